@@ -1,0 +1,98 @@
+//! Build the pingora server from a validated config and run it: the public
+//! listener, the admin listener, and background services for drain and
+//! housekeeping (heartbeat ticks, history sweep).
+
+use crate::admin::AdminApp;
+use crate::config::Config;
+use crate::proxy::PublicProxy;
+use crate::shutdown::DrainOnSignal;
+use crate::state::Gateway;
+use async_trait::async_trait;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Heartbeat ticks and the memory broker's history sweep.
+#[derive(Debug)]
+struct Housekeeping {
+    gw: Arc<Gateway>,
+}
+
+#[async_trait]
+impl BackgroundService for Housekeeping {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let sweep = async {
+            let mut t = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                t.tick().await;
+                if let Some(m) = &self.gw.memory {
+                    m.sweep();
+                }
+            }
+        };
+        tokio::select! {
+            _ = self.gw.heartbeats.run() => {}
+            _ = sweep => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Fail early and clearly when an address is taken, instead of a half-started server.
+fn check_bindable(addr: SocketAddr, what: &str) -> Result<(), String> {
+    TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
+}
+
+pub fn worker_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+}
+
+/// Run until SIGTERM/SIGINT; returns only on a startup error.
+pub fn run(config: Config) -> Result<(), String> {
+    check_bindable(config.listen, "listen")?;
+    check_bindable(config.admin.listen, "admin.listen")?;
+    let grace = config.shutdown_grace;
+    let public_addr = config.listen.to_string();
+    let admin_addr = config.admin.listen.to_string();
+    let gw = Gateway::new(config)?;
+
+    let conf = ServerConf {
+        threads: worker_threads(),
+        // Our drain service exits as soon as streams are closed; pingora's own
+        // fixed sleep only applies if that somehow does not happen.
+        grace_period_seconds: Some(grace.as_secs() + 2),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut public = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        PublicProxy { gw: gw.clone() },
+        "public",
+    );
+    public.add_tcp(&public_addr);
+    let mut admin = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        AdminApp { gw: gw.clone() },
+        "admin",
+    );
+    admin.threads = Some(1);
+    admin.add_tcp(&admin_addr);
+
+    server.add_service(public);
+    server.add_service(admin);
+    server.add_service(background_service(
+        "drain",
+        DrainOnSignal { shutdown: gw.shutdown.clone(), grace },
+    ));
+    server.add_service(background_service("housekeeping", Housekeeping { gw: gw.clone() }));
+    tracing::info!(public = %public_addr, admin = %admin_addr, routes = gw.config.routes.len(), "ssegate listening");
+    server.run_forever()
+}

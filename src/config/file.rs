@@ -1,0 +1,179 @@
+//! The YAML file as serde sees it. Every struct denies unknown keys so a typo
+//! is an error, not a silently ignored setting; values stay as written
+//! (durations and sizes are strings) and are checked once in `validate`.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub shutdown_grace: Option<String>,
+    pub tls: Option<TlsFile>,
+    pub admin: Option<AdminFile>,
+    pub hub: Option<HubFile>,
+    pub sse: Option<SseFile>,
+    pub limits: Option<LimitsFile>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamFile>,
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
+    #[serde(default)]
+    pub webhooks: Vec<WebhookFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    pub listen: Option<String>,
+    pub token_env: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubFile {
+    pub broker: Option<String>,
+    pub redis: Option<RedisFile>,
+    pub history: Option<HistoryFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisFile {
+    pub url: Option<String>,
+    pub url_env: Option<String>,
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryFile {
+    pub size: Option<usize>,
+    pub ttl: Option<String>,
+}
+
+/// `sse:` at the top level (defaults) and the timing part of a route's `sse:`.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct SseFile {
+    pub heartbeat: Option<String>,
+    pub retry: Option<String>,
+    pub client_queue: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub max_channels_per_client: Option<usize>,
+    pub max_body: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub servers: Vec<String>,
+    pub connect_timeout: Option<String>,
+    pub read_timeout: Option<String>,
+    /// How long a server that refused a connection is skipped (passive health).
+    pub fail_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub path: String,
+    pub methods: Option<Vec<String>>,
+    pub host: Option<String>,
+    pub proxy: Option<String>,
+    #[serde(default)]
+    pub grip: bool,
+    pub sse: Option<SseRouteFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SseRouteFile {
+    #[serde(default)]
+    pub channels: Vec<String>,
+    #[serde(default)]
+    pub allow_channels: Vec<String>,
+    pub heartbeat: Option<String>,
+    pub retry: Option<String>,
+    pub client_queue: Option<usize>,
+    pub auth: Option<AuthFile>,
+    pub poll: Option<PollFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    pub forward: Option<ForwardAuthFile>,
+    pub jwt: Option<JwtFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAuthFile {
+    pub upstream: String,
+    pub path: String,
+    pub forward_headers: Option<Vec<String>>,
+    pub expose: Option<Vec<String>>,
+    pub cache_ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtFile {
+    pub secret_env: Option<String>,
+    pub public_key: Option<String>,
+    pub jwks: Option<String>,
+    pub algorithms: Option<Vec<String>>,
+    pub token_from: Option<Vec<String>>,
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
+    pub leeway: Option<String>,
+    pub channels_claim: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollFile {
+    pub upstream: String,
+    pub path: String,
+    pub method: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub event: Option<String>,
+    pub diff: Option<String>,
+    pub items: Option<String>,
+    pub key: Option<String>,
+    pub scope: Option<String>,
+    pub forward_headers: Option<Vec<String>>,
+    pub linger: Option<String>,
+    pub initial: Option<bool>,
+    pub max_backoff: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookFile {
+    pub path: String,
+    pub methods: Option<Vec<String>>,
+    pub verify: Option<serde_yaml::Value>,
+    pub channel: Option<serde_yaml::Value>,
+    pub event: Option<String>,
+    pub id: Option<String>,
+    pub data: Option<String>,
+    pub each: Option<String>,
+}

@@ -1,0 +1,529 @@
+//! read → parse → validate. Every problem becomes a `ConfigError` that names
+//! FILE:LINE:COL, and validation goes on after the first one so that
+//! `ssegate check` can list them all.
+
+use super::file::{self, FileConfig};
+use super::positions::Positions;
+use super::runtime::*;
+use super::template::{is_channel_char, Template, Var};
+use crate::routing;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)
+    }
+}
+
+/// All errors of one file, in file order.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for e in &self.0 {
+            writeln!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Read and validate a config file, taking secrets from the process environment.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.display().to_string(),
+            line: 1,
+            col: 1,
+            message: format!("cannot read the config file: {e}"),
+        }])
+    })?;
+    load_str(&text, path, &|k| std::env::var(k).ok())
+}
+
+/// Validate a config text; `env` stands in for the environment (tests).
+pub fn load_str(
+    text: &str,
+    source: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let file_name = source.display().to_string();
+    let parsed: FileConfig = if text.trim().is_empty() {
+        FileConfig::default()
+    } else {
+        serde_yaml::from_str(text).map_err(|e| ConfigErrors(vec![from_serde(&file_name, &e)]))?
+    };
+    let mut v = Validator {
+        file: file_name,
+        pos: Positions::index(text),
+        errors: Vec::new(),
+        env,
+    };
+    let cfg = v.config(parsed, source.to_path_buf());
+    if v.errors.is_empty() {
+        if let Some(cfg) = cfg {
+            return Ok(cfg);
+        }
+    }
+    v.errors.sort_by_key(|e| (e.line, e.col));
+    Err(ConfigErrors(v.errors))
+}
+
+fn from_serde(file: &str, e: &serde_yaml::Error) -> ConfigError {
+    let (line, col) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((1, 1));
+    let mut msg = e.to_string();
+    // serde_yaml appends " at line L column C"; we already say where.
+    if let Some(i) = msg.find(" at line ") {
+        msg.truncate(i);
+    }
+    ConfigError {
+        file: file.to_string(),
+        line,
+        col,
+        message: explain_unknown_key(&msg).unwrap_or(msg),
+    }
+}
+
+/// "unknown field `brokr`, expected one of `broker`, …" → a suggestion.
+fn explain_unknown_key(msg: &str) -> Option<String> {
+    let rest = msg.split("unknown field `").nth(1)?;
+    let (unknown, tail) = rest.split_once('`')?;
+    let prefix = msg.split("unknown field").next().unwrap_or("");
+    let valid: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+    let best = valid
+        .iter()
+        .map(|k| (strsim::jaro_winkler(unknown, k), *k))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let hint = match best {
+        Some((score, k)) if score > 0.7 => format!(" (did you mean `{k}`?)"),
+        _ if !valid.is_empty() => format!(" (valid keys: {})", valid.join(", ")),
+        _ => String::new(),
+    };
+    Some(format!("{prefix}unknown key `{unknown}`{hint}"))
+}
+
+struct Validator<'e> {
+    file: String,
+    pos: Positions,
+    errors: Vec<ConfigError>,
+    env: &'e dyn Fn(&str) -> Option<String>,
+}
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
+
+impl Validator<'_> {
+    fn err(&mut self, path: &str, message: impl Into<String>) {
+        let (line, col) = self.pos.find(path);
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            line,
+            col,
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, path: &str, v: Option<&String>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match humantime::parse_duration(s.trim()) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.err(path, format!("`{s}` is not a duration like 15s, 2m or 1h: {e}"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn addr(&mut self, path: &str, v: Option<&String>, default: &str) -> SocketAddr {
+        let s = v.map(String::as_str).unwrap_or(default);
+        match SocketAddr::from_str(s.trim()) {
+            Ok(a) => a,
+            Err(_) => {
+                self.err(path, format!("`{s}` is not an address like 127.0.0.1:8080"));
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        }
+    }
+
+    fn secret(&mut self, path: &str, var: &str) -> Option<String> {
+        match (self.env)(var) {
+            Some(v) if !v.is_empty() => Some(v),
+            _ => {
+                self.err(path, format!("environment variable `{var}` is not set"));
+                None
+            }
+        }
+    }
+
+    fn not_yet(&mut self, path: &str, what: &str) {
+        self.err(
+            path,
+            format!("{what} is part of the configuration schema but not implemented in this build yet; remove it or see docs/config.md"),
+        );
+    }
+
+    fn config(&mut self, f: FileConfig, source: PathBuf) -> Option<Config> {
+        let listen = self.addr("listen", f.listen.as_ref(), DEFAULT_LISTEN);
+        let shutdown_grace =
+            self.duration("shutdown_grace", f.shutdown_grace.as_ref(), Duration::from_secs(10));
+        if f.tls.is_some() {
+            self.not_yet("tls", "`tls`");
+        }
+        let admin_file = f.admin.unwrap_or_default();
+        let admin = Admin {
+            listen: self.addr("admin.listen", admin_file.listen.as_ref(), DEFAULT_ADMIN),
+            token: admin_file
+                .token_env
+                .as_ref()
+                .and_then(|var| self.secret("admin.token_env", var)),
+        };
+        if admin.listen == listen {
+            self.err("admin.listen", "the admin listener must not share the public address");
+        }
+        let hub = self.hub(f.hub.unwrap_or_default());
+        let sse = self.sse_settings("sse", &f.sse.unwrap_or_default(), None);
+        let limits = self.limits(f.limits.unwrap_or_default());
+        let upstreams = self.upstreams(f.upstreams);
+        let routes = self.routes(f.routes, &upstreams, &sse);
+        if !f.webhooks.is_empty() {
+            self.not_yet("webhooks", "`webhooks`");
+        }
+        if let Err(problems) = routing::Router::build(&routes) {
+            for (index, msg) in problems {
+                self.err(&format!("routes.{index}.path"), msg);
+            }
+        }
+        Some(Config {
+            source,
+            listen,
+            shutdown_grace,
+            tls: None,
+            admin,
+            hub,
+            sse,
+            limits,
+            upstreams,
+            routes,
+        })
+    }
+
+    fn hub(&mut self, h: file::HubFile) -> Hub {
+        let broker = match h.broker.as_deref() {
+            None | Some("memory") => BrokerKind::Memory,
+            Some("redis") => {
+                self.not_yet("hub.broker", "`broker: redis`");
+                BrokerKind::Memory
+            }
+            Some(other) => {
+                self.err("hub.broker", format!("unknown broker `{other}` (memory or redis)"));
+                BrokerKind::Memory
+            }
+        };
+        let history = h.history.unwrap_or_default();
+        let history_size = history.size.unwrap_or(1000);
+        if history_size > 1_000_000 {
+            self.err("hub.history.size", "history size above 1,000,000 per channel");
+        }
+        Hub {
+            broker,
+            history_size,
+            history_ttl: self.duration(
+                "hub.history.ttl",
+                history.ttl.as_ref(),
+                Duration::from_secs(3600),
+            ),
+        }
+    }
+
+    fn sse_settings(
+        &mut self,
+        path: &str,
+        s: &file::SseFile,
+        base: Option<&SseSettings>,
+    ) -> SseSettings {
+        let d = base.cloned().unwrap_or(SseSettings {
+            heartbeat: Duration::from_secs(15),
+            retry: Duration::from_secs(3),
+            client_queue: 1024,
+        });
+        let heartbeat = self.duration(&format!("{path}.heartbeat"), s.heartbeat.as_ref(), d.heartbeat);
+        if heartbeat < Duration::from_millis(100) {
+            self.err(&format!("{path}.heartbeat"), "heartbeat below 100ms");
+        }
+        let client_queue = s.client_queue.unwrap_or(d.client_queue);
+        if client_queue == 0 {
+            self.err(&format!("{path}.client_queue"), "client_queue must be at least 1");
+        }
+        SseSettings {
+            heartbeat,
+            retry: self.duration(&format!("{path}.retry"), s.retry.as_ref(), d.retry),
+            client_queue,
+        }
+    }
+
+    fn limits(&mut self, l: file::LimitsFile) -> Limits {
+        let max_body = match &l.max_body {
+            None => 1024 * 1024,
+            Some(s) => match s.trim().parse::<bytesize::ByteSize>() {
+                Ok(b) => b.as_u64() as usize,
+                Err(e) => {
+                    self.err("limits.max_body", format!("`{s}` is not a size like 1MiB or 64KB: {e}"));
+                    1024 * 1024
+                }
+            },
+        };
+        let max_channels_per_client = l.max_channels_per_client.unwrap_or(32);
+        if max_channels_per_client == 0 {
+            self.err("limits.max_channels_per_client", "must be at least 1");
+        }
+        Limits {
+            max_connections: l.max_connections.unwrap_or(100_000),
+            max_connections_per_ip: l.max_connections_per_ip.unwrap_or(0),
+            max_channels_per_client,
+            max_body,
+        }
+    }
+
+    fn upstreams(&mut self, ups: BTreeMap<String, file::UpstreamFile>) -> BTreeMap<String, Upstream> {
+        let mut out = BTreeMap::new();
+        for (name, u) in ups {
+            let base = format!("upstreams.{name}");
+            if u.servers.is_empty() {
+                self.err(&format!("{base}.servers"), "an upstream needs at least one server");
+            }
+            let mut servers = Vec::new();
+            for (i, s) in u.servers.iter().enumerate() {
+                match std::net::ToSocketAddrs::to_socket_addrs(s.as_str()) {
+                    Ok(mut it) => match it.next() {
+                        Some(a) => servers.push(a),
+                        None => self.err(&format!("{base}.servers.{i}"), format!("`{s}` resolves to no address")),
+                    },
+                    Err(e) => self.err(
+                        &format!("{base}.servers.{i}"),
+                        format!("`{s}` is not a host:port server address: {e}"),
+                    ),
+                }
+            }
+            let up = Upstream {
+                name: name.clone(),
+                servers,
+                connect_timeout: self.duration(&format!("{base}.connect_timeout"), u.connect_timeout.as_ref(), Duration::from_secs(5)),
+                read_timeout: self.duration(&format!("{base}.read_timeout"), u.read_timeout.as_ref(), Duration::from_secs(60)),
+                fail_timeout: self.duration(&format!("{base}.fail_timeout"), u.fail_timeout.as_ref(), Duration::from_secs(10)),
+            };
+            out.insert(name, up);
+        }
+        out
+    }
+
+    fn routes(
+        &mut self,
+        routes: Vec<file::RouteFile>,
+        upstreams: &BTreeMap<String, Upstream>,
+        sse: &SseSettings,
+    ) -> Vec<Route> {
+        let mut out = Vec::new();
+        for (index, r) in routes.into_iter().enumerate() {
+            let base = format!("routes.{index}");
+            if !r.path.starts_with('/') {
+                self.err(&format!("{base}.path"), format!("route path `{}` must start with /", r.path));
+            }
+            let methods = r.methods.as_ref().map(|ms| {
+                ms.iter()
+                    .enumerate()
+                    .filter_map(|(i, m)| match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                        Ok(m) => Some(m),
+                        Err(_) => {
+                            self.err(&format!("{base}.methods.{i}"), format!("`{m}` is not an HTTP method"));
+                            None
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let host = r.host.as_ref().map(|h| h.to_ascii_lowercase());
+            let kind = match (&r.proxy, r.sse) {
+                (Some(_), Some(_)) => {
+                    self.err(&base, "a route is either `proxy:` or `sse:`, not both");
+                    continue;
+                }
+                (None, None) => {
+                    self.err(&base, "a route needs `proxy: UPSTREAM` or `sse: {…}`");
+                    continue;
+                }
+                (Some(up), None) => {
+                    if !upstreams.contains_key(up) {
+                        let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+                        self.err(
+                            &format!("{base}.proxy"),
+                            format!("unknown upstream `{up}` (defined: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") }),
+                        );
+                    }
+                    if r.grip {
+                        self.not_yet(&format!("{base}.grip"), "`grip: true` (GRIP holds)");
+                    }
+                    RouteKind::Proxy { upstream: up.clone(), grip: r.grip }
+                }
+                (None, Some(s)) => {
+                    if r.grip {
+                        self.err(&format!("{base}.grip"), "`grip` applies to proxy routes only");
+                    }
+                    RouteKind::Sse(Box::new(self.sse_route(&base, &r.path, s, sse)))
+                }
+            };
+            out.push(Route { index, path: r.path, methods, host, kind });
+        }
+        out
+    }
+
+    fn sse_route(
+        &mut self,
+        base: &str,
+        route_path: &str,
+        s: file::SseRouteFile,
+        defaults: &SseSettings,
+    ) -> SseRoute {
+        let params = routing::path_params(route_path);
+        let mut channels = Vec::new();
+        for (i, c) in s.channels.iter().enumerate() {
+            let at = format!("{base}.sse.channels.{i}");
+            match Template::parse(c) {
+                Err(e) => self.err(&at, e),
+                Ok(t) => {
+                    for lit in t.literals() {
+                        if let Some(ch) = lit.chars().find(|ch| !is_channel_char(*ch)) {
+                            self.err(&at, format!("channel template `{c}` has {ch:?}, outside [A-Za-z0-9_.:@-]"));
+                        }
+                    }
+                    for v in t.vars() {
+                        match v {
+                            Var::Param(n) if !params.iter().any(|p| p == n) => self.err(
+                                &at,
+                                format!("`{{{n}}}` is not a parameter of route path `{route_path}`"),
+                            ),
+                            Var::Param(_) | Var::Query(_) | Var::Header(_) => {}
+                            Var::Jwt(_) | Var::Auth(_) => self.err(
+                                &at,
+                                format!("`{v}` needs `auth:` on this route, which is not implemented in this build yet"),
+                            ),
+                            Var::Pointer(_) | Var::Form(_) => self.err(
+                                &at,
+                                format!("`{v}` ({}) is for webhooks; sse channels take {{name}}, {{query.x}}, {{header.x}}, {{jwt.x}} or {{auth.x}}", v.kind()),
+                            ),
+                        }
+                    }
+                    channels.push(t);
+                }
+            }
+        }
+        let mut allow = Vec::new();
+        for (i, p) in s.allow_channels.iter().enumerate() {
+            if p.is_empty() || p.chars().any(|c| c != '*' && !is_channel_char(c)) {
+                self.err(
+                    &format!("{base}.sse.allow_channels.{i}"),
+                    format!("pattern `{p}` may hold only [A-Za-z0-9_.:@-] and `*`"),
+                );
+            }
+            allow.push(ChannelPattern(p.clone()));
+        }
+        if channels.is_empty() && allow.is_empty() && s.poll.is_none() {
+            self.err(
+                &format!("{base}.sse"),
+                "this sse route subscribes to nothing: give `channels` or `allow_channels`",
+            );
+        }
+        if s.auth.is_some() {
+            self.not_yet(&format!("{base}.sse.auth"), "`auth`");
+        }
+        if s.poll.is_some() {
+            self.not_yet(&format!("{base}.sse.poll"), "`poll`");
+        }
+        let timing = file::SseFile {
+            heartbeat: s.heartbeat,
+            retry: s.retry,
+            client_queue: s.client_queue,
+        };
+        SseRoute {
+            channels,
+            allow_channels: allow,
+            settings: self.sse_settings(&format!("{base}.sse"), &timing, Some(defaults)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Config, ConfigErrors> {
+        load_str(text, Path::new("t.yaml"), &|k| (k == "TOKEN").then(|| "s3cret".to_string()))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = check("").unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.sse.heartbeat, Duration::from_secs(15));
+        assert_eq!(c.limits.max_body, 1024 * 1024);
+    }
+
+    #[test]
+    fn unknown_key_is_located_and_suggested() {
+        let e = check("hub:\n  brokr: memory\n").unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        let msg = e.0[0].to_string();
+        assert!(msg.starts_with("t.yaml:2:3: "), "{msg}");
+        assert!(msg.contains("`brokr`") && msg.contains("did you mean `broker`"), "{msg}");
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported_with_positions() {
+        let text = "\
+upstreams:
+  app: { servers: [\"127.0.0.1:3000\"] }
+shutdown_grace: soon
+routes:
+  - path: /a
+    proxy: nope
+  - path: /e/{id}
+    sse:
+      channels: [\"x:{other}\", \"y:{jwt.sub}\"]
+  - path: /e/{name}
+    sse: { channels: [\"z\"] }
+";
+        let e = check(text).unwrap_err();
+        let lines: Vec<String> = e.0.iter().map(|e| e.to_string()).collect();
+        assert!(lines.iter().any(|l| l.starts_with("t.yaml:3:1:") && l.contains("duration")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("t.yaml:6:5:") && l.contains("unknown upstream `nope`")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("t.yaml:9:") && l.contains("{other}")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("t.yaml:9:") && l.contains("jwt.sub")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("t.yaml:10:") && l.contains("conflict")), "{lines:?}");
+    }
+
+    #[test]
+    fn secrets_come_from_env() {
+        let c = check("admin: { token_env: TOKEN }").unwrap();
+        assert_eq!(c.admin.token.as_deref(), Some("s3cret"));
+        let e = check("admin:\n  token_env: MISSING\n").unwrap_err();
+        assert!(e.to_string().contains("t.yaml:2:3: environment variable `MISSING` is not set"), "{e}");
+    }
+}

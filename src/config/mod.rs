@@ -1,0 +1,11 @@
+//! The YAML config: `file` (serde structs, the file as written) →
+//! `load` (validate once, errors with FILE:LINE:COL) → `runtime` (what runs).
+
+pub mod file;
+mod load;
+mod positions;
+mod runtime;
+pub mod template;
+
+pub use load::{load, load_str, ConfigError, ConfigErrors};
+pub use runtime::*;

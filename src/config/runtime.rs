@@ -1,0 +1,142 @@
+//! The validated configuration the gateway runs on. No serde here: every value
+//! has been checked and converted once, in `load`.
+
+use super::template::Template;
+use http::Method;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: PathBuf,
+    pub listen: SocketAddr,
+    pub shutdown_grace: Duration,
+    pub tls: Option<Tls>,
+    pub admin: Admin,
+    pub hub: Hub,
+    pub sse: SseSettings,
+    pub limits: Limits,
+    pub upstreams: BTreeMap<String, Upstream>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    /// Bearer token required by the publish API, read from the environment.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerKind {
+    Memory,
+    Redis { url: String, prefix: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Hub {
+    pub broker: BrokerKind,
+    pub history_size: usize,
+    pub history_ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseSettings {
+    pub heartbeat: Duration,
+    pub retry: Duration,
+    pub client_queue: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// 0 = unlimited.
+    pub max_connections: usize,
+    /// 0 = unlimited.
+    pub max_connections_per_ip: usize,
+    pub max_channels_per_client: usize,
+    pub max_body: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub servers: Vec<SocketAddr>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub fail_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Index in the file, for error messages and metrics.
+    pub index: usize,
+    pub path: String,
+    /// None = any method.
+    pub methods: Option<Vec<Method>>,
+    /// Lower-cased, without port. None = any host.
+    pub host: Option<String>,
+    pub kind: RouteKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum RouteKind {
+    Proxy { upstream: String, grip: bool },
+    Sse(Box<SseRoute>),
+}
+
+#[derive(Debug, Clone)]
+pub struct SseRoute {
+    pub channels: Vec<Template>,
+    pub allow_channels: Vec<ChannelPattern>,
+    pub settings: SseSettings,
+}
+
+/// `news:*` style: `*` matches any run of channel characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelPattern(pub String);
+
+impl ChannelPattern {
+    pub fn matches(&self, channel: &str) -> bool {
+        glob(self.0.as_bytes(), channel.as_bytes())
+    }
+}
+
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    match p.split_first() {
+        None => s.is_empty(),
+        Some((b'*', rest)) => (0..=s.len()).any(|i| glob(rest, &s[i..])),
+        Some((c, rest)) => s.first() == Some(c) && glob(rest, &s[1..]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChannelPattern;
+
+    #[test]
+    fn patterns() {
+        let p = ChannelPattern("news:*".into());
+        assert!(p.matches("news:sport"));
+        assert!(p.matches("news:"));
+        assert!(!p.matches("newsx"));
+        assert!(ChannelPattern("a:*:b".into()).matches("a:x:y:b"));
+        assert!(!ChannelPattern("exact".into()).matches("exactly"));
+    }
+}

@@ -1,0 +1,381 @@
+//! The embedded broker: all state in this process.
+//!
+//! One mutex guards cursors, history and subscriber lists. Publishing takes it
+//! once per batch, and fan-out happens inside it, so every client sees events
+//! in cursor order across all its channels — which is what makes a single
+//! `Last-Event-ID` enough to resume a multi-channel stream without duplicates.
+//! Fan-out only pushes shared `Bytes` into bounded queues, never waits.
+
+use super::{
+    Broker, BrokerError, Delivery, Event, HubStats, Offer, Payload, PublishReport, Replay, Resume,
+    Subscriber,
+};
+use crate::metrics::Metrics;
+use crate::sse::frame;
+use async_trait::async_trait;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+pub struct MemoryBroker {
+    state: Mutex<State>,
+    /// Distinguishes this process's cursors from those of an earlier run:
+    /// a cursor from another epoch cannot be resumed and gets a reset.
+    epoch: u64,
+    history_size: usize,
+    history_ttl: Duration,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    seq: u64,
+    channels: HashMap<Box<str>, Channel>,
+    /// Highest cursor of any channel dropped from memory: a resume from before
+    /// it onto a channel we no longer know may have missed events.
+    forgotten: u64,
+}
+
+#[derive(Debug, Default)]
+struct Channel {
+    subs: HashMap<u64, Arc<Subscriber>>,
+    history: VecDeque<Stored>,
+    ids: HashSet<Arc<str>>,
+    /// Highest cursor evicted from this channel's history.
+    evicted: u64,
+}
+
+#[derive(Debug)]
+struct Stored {
+    delivery: Delivery,
+    at: Instant,
+    dedupe_id: Option<Arc<str>>,
+}
+
+impl Channel {
+    fn expire(&mut self, now: Instant, ttl: Duration, size: usize) {
+        while let Some(front) = self.history.front() {
+            if self.history.len() <= size && now.duration_since(front.at) < ttl {
+                break;
+            }
+            if let Some(old) = self.history.pop_front() {
+                self.evicted = old.delivery.seq;
+                if let Some(id) = old.dedupe_id {
+                    self.ids.remove(&id);
+                }
+            }
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.subs.is_empty() && self.history.is_empty()
+    }
+}
+
+pub fn format_cursor(epoch: u64, seq: u64) -> String {
+    format!("{epoch:x}-{seq}")
+}
+
+pub fn parse_cursor(s: &str) -> Option<(u64, u64)> {
+    let (e, n) = s.trim().split_once('-')?;
+    Some((u64::from_str_radix(e, 16).ok()?, n.parse().ok()?))
+}
+
+impl MemoryBroker {
+    pub fn new(history_size: usize, history_ttl: Duration, metrics: Arc<Metrics>) -> MemoryBroker {
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(1);
+        MemoryBroker {
+            state: Mutex::new(State::default()),
+            epoch,
+            history_size,
+            history_ttl,
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere must not take the hub down with it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cursor(&self, seq: u64) -> String {
+        format_cursor(self.epoch, seq)
+    }
+
+    /// Drop expired history and forget idle channels. Runs on a timer so that
+    /// channels nobody publishes to still release their memory.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        let mut forgotten = st.forgotten;
+        st.channels.retain(|_, ch| {
+            ch.expire(now, self.history_ttl, self.history_size);
+            if ch.idle() {
+                forgotten = forgotten.max(ch.evicted);
+                return false;
+            }
+            true
+        });
+        st.forgotten = forgotten;
+        if st.channels.capacity() > 64 && st.channels.capacity() > st.channels.len() * 4 {
+            st.channels.shrink_to_fit();
+        }
+    }
+
+    /// What to replay after `after` on `channels`; `created` lists channels
+    /// that did not exist before this call.
+    fn missed(&self, st: &mut State, channels: &[String], after: &str, created: &[bool]) -> Replay {
+        let head = self.cursor(st.seq);
+        let reset = || Replay {
+            reset: Some(frame::reset(&head)),
+            frames: Vec::new(),
+        };
+        let Some((epoch, seq)) = parse_cursor(after) else {
+            return reset();
+        };
+        if epoch != self.epoch {
+            return reset();
+        }
+        if seq >= st.seq {
+            return Replay::default();
+        }
+        let now = Instant::now();
+        let mut frames = Vec::new();
+        for (i, name) in channels.iter().enumerate() {
+            let Some(ch) = st.channels.get_mut(name.as_str()) else {
+                if seq < st.forgotten {
+                    return reset();
+                }
+                continue;
+            };
+            ch.expire(now, self.history_ttl, self.history_size);
+            let forgotten = created.get(i).copied().unwrap_or(false) && seq < st.forgotten;
+            if ch.evicted > seq || forgotten {
+                return reset();
+            }
+            let start = ch.history.partition_point(|s| s.delivery.seq <= seq);
+            frames.extend(ch.history.range(start..).map(|s| s.delivery.clone()));
+        }
+        frames.sort_by_key(|d| d.seq);
+        frames.dedup_by_key(|d| d.seq);
+        Replay { reset: None, frames }
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn publish(&self, events: Vec<Event>) -> Result<PublishReport, BrokerError> {
+        let mut report = PublishReport::default();
+        let now = Instant::now();
+        let mut st = self.lock();
+        for ev in events {
+            if let Payload::Close = ev.payload {
+                if let Some(ch) = st.channels.get(ev.channel.as_str()) {
+                    for sub in ch.subs.values() {
+                        sub.close();
+                    }
+                    report.closed += ch.subs.len();
+                }
+                continue;
+            }
+            let ch = st.channels.entry(ev.channel.as_str().into()).or_default();
+            ch.expire(now, self.history_ttl, self.history_size);
+            let dedupe_id: Option<Arc<str>> = ev.dedupe_id.as_deref().map(Arc::from);
+            if let Some(id) = &dedupe_id {
+                if ch.ids.contains(id) {
+                    report.duplicates += 1;
+                    continue;
+                }
+            }
+            st.seq += 1;
+            let seq = st.seq;
+            let cursor = format_cursor(self.epoch, seq);
+            let bytes = match &ev.payload {
+                Payload::Message { event, data } => frame::encode(Some(&cursor), event.as_deref(), data)
+                    .unwrap_or_else(|_| frame::encode(Some(&cursor), None, data).unwrap_or_default()),
+                Payload::Raw(content) => frame::with_cursor(content, &cursor),
+                Payload::Close => continue,
+            };
+            let delivery = Delivery { seq, frame: bytes, published: now };
+            // ok: `entry` above created the channel and nothing removed it since.
+            let ch = st.channels.get_mut(ev.channel.as_str()).expect("channel exists");
+            let mut dropped = 0;
+            for sub in ch.subs.values() {
+                if let Offer::Evicted(n) = sub.offer(&delivery) {
+                    self.metrics.slow_disconnects.inc();
+                    dropped += n;
+                }
+            }
+            if dropped > 0 {
+                self.metrics.dropped.with_label_values(&["slow_client"]).inc_by(dropped as u64);
+            }
+            if self.history_size > 0 {
+                if let Some(id) = &dedupe_id {
+                    ch.ids.insert(id.clone());
+                }
+                ch.history.push_back(Stored { delivery, at: now, dedupe_id });
+                ch.expire(now, self.history_ttl, self.history_size);
+            } else {
+                ch.evicted = seq;
+            }
+            report.published += 1;
+        }
+        drop(st);
+        self.metrics.published.inc_by(report.published as u64);
+        self.metrics.duplicates.inc_by(report.duplicates as u64);
+        Ok(report)
+    }
+
+    async fn subscribe(
+        &self,
+        sub: &Arc<Subscriber>,
+        channels: &[String],
+        resume: &Resume,
+    ) -> Result<Replay, BrokerError> {
+        let mut st = self.lock();
+        let mut created = Vec::with_capacity(channels.len());
+        for name in channels {
+            created.push(!st.channels.contains_key(name.as_str()));
+            st.channels
+                .entry(name.as_str().into())
+                .or_default()
+                .subs
+                .insert(sub.id(), sub.clone());
+        }
+        Ok(match resume {
+            Resume::Live => Replay::default(),
+            Resume::After(after) => self.missed(&mut st, channels, after, &created),
+        })
+    }
+
+    async fn replay(&self, channels: &[String], after: &str) -> Result<Replay, BrokerError> {
+        let mut st = self.lock();
+        let created: Vec<bool> = channels.iter().map(|c| !st.channels.contains_key(c.as_str())).collect();
+        Ok(self.missed(&mut st, channels, after, &created))
+    }
+
+    fn unsubscribe(&self, sub: &Subscriber, channels: &[String]) {
+        let mut st = self.lock();
+        let mut forgotten = st.forgotten;
+        for name in channels {
+            if let Some(ch) = st.channels.get_mut(name.as_str()) {
+                ch.subs.remove(&sub.id());
+                if ch.idle() {
+                    forgotten = forgotten.max(ch.evicted);
+                    st.channels.remove(name.as_str());
+                }
+            }
+        }
+        st.forgotten = forgotten;
+    }
+
+    async fn ready(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    fn stats(&self) -> HubStats {
+        let st = self.lock();
+        HubStats {
+            channels: st.channels.len(),
+            subscriptions: st.channels.values().map(|c| c.subs.len()).sum(),
+            history_events: st.channels.values().map(|c| c.history.len()).sum(),
+            cursor: self.cursor(st.seq),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker(size: usize) -> MemoryBroker {
+        MemoryBroker::new(size, Duration::from_secs(3600), Arc::new(Metrics::new()))
+    }
+
+    fn msg(ch: &str, data: &str, id: Option<&str>) -> Event {
+        Event {
+            channel: ch.into(),
+            dedupe_id: id.map(String::from),
+            payload: Payload::Message { event: None, data: data.into() },
+        }
+    }
+
+    fn drained(s: &Subscriber) -> Vec<String> {
+        let mut v = Vec::new();
+        s.drain_into(&mut v);
+        v.iter().map(|d| String::from_utf8_lossy(&d.frame).to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn fan_out_shares_one_frame() {
+        let b = broker(10);
+        let subs: Vec<_> = (0..3).map(|i| Arc::new(Subscriber::new(i, 8))).collect();
+        for s in &subs {
+            b.subscribe(s, &["a".into()], &Resume::Live).await.unwrap();
+        }
+        b.publish(vec![msg("a", "hi", None)]).await.unwrap();
+        let mut frames = Vec::new();
+        for s in &subs {
+            s.drain_into(&mut frames);
+        }
+        assert_eq!(frames.len(), 3);
+        assert!(frames.iter().all(|f| f.frame.as_ptr() == frames[0].frame.as_ptr()));
+    }
+
+    #[tokio::test]
+    async fn resume_replays_in_order_across_channels() {
+        let b = broker(10);
+        let first = Arc::new(Subscriber::new(1, 64));
+        b.subscribe(&first, &["a".into(), "b".into()], &Resume::Live).await.unwrap();
+        b.publish(vec![msg("a", "1", None)]).await.unwrap();
+        let mut got = Vec::new();
+        first.drain_into(&mut got);
+        let last = b.cursor(got[0].seq);
+        b.publish(vec![msg("b", "2", None), msg("a", "3", None), msg("c", "x", None), msg("b", "4", None)]).await.unwrap();
+        let again = Arc::new(Subscriber::new(2, 64));
+        let r = b.subscribe(&again, &["a".into(), "b".into()], &Resume::After(last)).await.unwrap();
+        assert!(r.reset.is_none());
+        let datas: Vec<String> = r.frames.iter().map(|d| String::from_utf8_lossy(&d.frame).to_string()).collect();
+        assert!(datas[0].ends_with("data: 2\n\n") && datas[1].ends_with("data: 3\n\n") && datas[2].ends_with("data: 4\n\n"), "{datas:?}");
+        assert_eq!(datas.len(), 3);
+        b.publish(vec![msg("a", "5", None)]).await.unwrap();
+        assert_eq!(drained(&again).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn gap_and_foreign_cursor_reset() {
+        let b = broker(2);
+        let s = Arc::new(Subscriber::new(1, 64));
+        b.subscribe(&s, &["a".into()], &Resume::Live).await.unwrap();
+        b.publish(vec![msg("a", "1", None)]).await.unwrap();
+        let first = b.cursor(1);
+        b.publish((2..6).map(|i| msg("a", &i.to_string(), None)).collect()).await.unwrap();
+        let r = b.replay(&["a".into()], &first).await.unwrap();
+        assert!(r.reset.is_some() && r.frames.is_empty());
+        let r = b.replay(&["a".into()], "garbage").await.unwrap();
+        assert!(r.reset.is_some());
+        let r = b.replay(&["a".into()], &b.cursor(4)).await.unwrap();
+        assert!(r.reset.is_none() && r.frames.len() == 1);
+    }
+
+    #[tokio::test]
+    async fn dedupe_within_history() {
+        let b = broker(10);
+        let r = b.publish(vec![msg("a", "1", Some("x")), msg("a", "1", Some("x")), msg("b", "1", Some("x"))]).await.unwrap();
+        assert_eq!(r, PublishReport { published: 2, duplicates: 1, closed: 0 });
+    }
+
+    #[tokio::test]
+    async fn forgotten_channel_resumes_with_reset() {
+        let b = MemoryBroker::new(10, Duration::ZERO, Arc::new(Metrics::new()));
+        b.publish(vec![msg("a", "1", None), msg("a", "2", None)]).await.unwrap();
+        b.sweep();
+        assert_eq!(b.stats().channels, 0);
+        let r = b.replay(&["a".into()], &b.cursor(1)).await.unwrap();
+        assert!(r.reset.is_some());
+    }
+}

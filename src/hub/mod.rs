@@ -1,0 +1,107 @@
+//! The hub: every source publishes `Event`s here; the broker gives each a
+//! cursor, keeps it in bounded per-channel history, encodes its SSE frame once
+//! and offers those shared bytes to every subscriber's bounded queue.
+
+pub mod memory;
+mod subscriber;
+
+pub use subscriber::{Delivery, Offer, SubState, Subscriber};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// What a source publishes.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub channel: String,
+    /// Publisher-given id: a second event with the same id on the same
+    /// channel, while the first is still in history, is dropped.
+    pub dedupe_id: Option<String>,
+    pub payload: Payload,
+}
+
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// An SSE event; `data` is already text (JSON compacted by the source).
+    Message { event: Option<String>, data: String },
+    /// GRIP `http-stream` content, written verbatim (an `id:` is added when
+    /// it is an SSE event without one).
+    Raw(Bytes),
+    /// GRIP `action: close`: end every stream subscribed to the channel.
+    Close,
+}
+
+/// Where a subscriber starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// Live events only.
+    Live,
+    /// After this `Last-Event-ID`, as the client sent it.
+    After(String),
+}
+
+/// What a new subscriber gets before live events.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// `event: ssegate.reset`, when the missed events are no longer in history.
+    pub reset: Option<Bytes>,
+    /// Missed events, in publish order.
+    pub frames: Vec<Delivery>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PublishReport {
+    pub published: usize,
+    pub duplicates: usize,
+    pub closed: usize,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct HubStats {
+    pub channels: usize,
+    pub subscriptions: usize,
+    pub history_events: usize,
+    pub cursor: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum BrokerError {
+    /// The broker cannot be reached: subscriptions get 503.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for BrokerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BrokerError::Unavailable(why) => write!(f, "broker unavailable: {why}"),
+        }
+    }
+}
+
+/// The hub's contract; `memory` is the embedded default, a Redis broker
+/// implements the same for cluster mode.
+#[async_trait]
+pub trait Broker: Send + Sync + std::fmt::Debug {
+    /// Publish a batch in order; one call is one lock/round trip for all items.
+    async fn publish(&self, events: Vec<Event>) -> Result<PublishReport, BrokerError>;
+
+    /// Register `sub` on `channels` and return what it missed since `resume`.
+    /// Registration and the history read are one step, so there is no gap and
+    /// no duplicate between replay and live events.
+    async fn subscribe(
+        &self,
+        sub: &std::sync::Arc<Subscriber>,
+        channels: &[String],
+        resume: &Resume,
+    ) -> Result<Replay, BrokerError>;
+
+    /// Missed events of `channels` after `after`, without subscribing.
+    async fn replay(&self, channels: &[String], after: &str) -> Result<Replay, BrokerError>;
+
+    fn unsubscribe(&self, sub: &Subscriber, channels: &[String]);
+
+    /// Ok when subscriptions and publishes can be served.
+    async fn ready(&self) -> Result<(), BrokerError>;
+
+    fn stats(&self) -> HubStats;
+}

@@ -1,0 +1,158 @@
+//! One client's bounded queue. The hub offers frames without waiting; the
+//! client's stream drains them. A full queue evicts the client (it resumes
+//! from history on reconnect), so a slow reader costs bounded memory and
+//! never slows a publisher.
+
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+use tokio::sync::Notify;
+
+/// A frame on its way to one client. Cloning shares the bytes.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The hub cursor (0 for frames that carry none).
+    pub seq: u64,
+    pub frame: Bytes,
+    pub published: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubState {
+    Open,
+    /// Evicted because its queue filled.
+    Slow,
+    /// Closed by a publisher (GRIP `action: close`) or by the gateway.
+    Closed,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    /// This offer filled the queue: the client is evicted now, and these
+    /// many queued frames were dropped with it.
+    Evicted(usize),
+    /// The client was already gone.
+    Gone,
+}
+
+const OPEN: u8 = 0;
+const SLOW: u8 = 1;
+const CLOSED: u8 = 2;
+
+#[derive(Debug)]
+pub struct Subscriber {
+    id: u64,
+    capacity: usize,
+    state: AtomicU8,
+    // A std Mutex: held only to push or swap, never across an await.
+    queue: Mutex<VecDeque<Delivery>>,
+    wake: Notify,
+}
+
+impl Subscriber {
+    pub fn new(id: u64, capacity: usize) -> Subscriber {
+        Subscriber {
+            id,
+            capacity: capacity.max(1),
+            state: AtomicU8::new(OPEN),
+            queue: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn state(&self) -> SubState {
+        match self.state.load(Ordering::Acquire) {
+            OPEN => SubState::Open,
+            SLOW => SubState::Slow,
+            _ => SubState::Closed,
+        }
+    }
+
+    pub fn offer(&self, d: &Delivery) -> Offer {
+        if self.state.load(Ordering::Acquire) != OPEN {
+            return Offer::Gone;
+        }
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= self.capacity {
+            let dropped = q.len() + 1;
+            *q = VecDeque::new();
+            drop(q);
+            self.state.store(SLOW, Ordering::Release);
+            self.wake.notify_one();
+            return Offer::Evicted(dropped);
+        }
+        let was_empty = q.is_empty();
+        q.push_back(d.clone());
+        drop(q);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Offer::Queued
+    }
+
+    /// End the stream (publisher close or shutdown).
+    pub fn close(&self) {
+        if self
+            .state
+            .compare_exchange(OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Move everything queued into `out` (appending).
+    pub fn drain_into(&self, out: &mut Vec<Delivery>) {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        out.extend(q.drain(..));
+        // A burst may have grown the buffer; an idle client should not keep it.
+        if q.capacity() > 64 {
+            *q = VecDeque::new();
+        }
+    }
+
+    /// Resolves after the next offer or state change (a wake-up sent while
+    /// nobody waited is kept, so none is lost).
+    pub async fn woken(&self) {
+        self.wake.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(seq: u64) -> Delivery {
+        Delivery { seq, frame: Bytes::from_static(b"x"), published: Instant::now() }
+    }
+
+    #[test]
+    fn full_queue_evicts_and_frees() {
+        let s = Subscriber::new(1, 2);
+        assert_eq!(s.offer(&d(1)), Offer::Queued);
+        assert_eq!(s.offer(&d(2)), Offer::Queued);
+        assert_eq!(s.offer(&d(3)), Offer::Evicted(3));
+        assert_eq!(s.state(), SubState::Slow);
+        assert_eq!(s.offer(&d(4)), Offer::Gone);
+        let mut out = Vec::new();
+        s.drain_into(&mut out);
+        assert!(out.is_empty());
+    }
+
+    #[tokio::test]
+    async fn wake_is_not_lost() {
+        let s = Subscriber::new(1, 8);
+        s.offer(&d(1));
+        tokio::time::timeout(std::time::Duration::from_secs(1), s.woken()).await.unwrap();
+        let mut out = Vec::new();
+        s.drain_into(&mut out);
+        assert_eq!(out.len(), 1);
+    }
+}

@@ -1,0 +1,31 @@
+//! ssegate: a pingora reverse proxy that adds Server-Sent Events to existing
+//! HTTP applications.
+//!
+//! Data flows one way: sources → hub → client streams.
+//!
+//! - `config`: the YAML file → validated runtime config (errors name FILE:LINE:COL).
+//! - `routing`: (method, host, path) → route; pure.
+//! - `proxy`: the public listener (`ProxyHttp`): SSE stream or pass-through.
+//! - `sse`: wire framing, what a request subscribes to, one client's stream.
+//! - `hub`: the `Broker` trait, cursors, history, subscriber queues; `memory` broker.
+//! - `sources`: the publish API (native and Pushpin GRIP formats).
+//! - `admin`: publish, health, readiness, metrics, stats, dashboard.
+//! - `upstream`: server pools (round robin, passive health).
+//! - `limits`, `heartbeat`, `shutdown`, `metrics`, `state`, `respond`: shared parts.
+//! - `app`: builds the pingora server; `main.rs` is only the CLI.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod heartbeat;
+pub mod hub;
+pub mod limits;
+pub mod metrics;
+pub mod proxy;
+pub mod respond;
+pub mod routing;
+pub mod shutdown;
+pub mod sources;
+pub mod sse;
+pub mod state;
+pub mod upstream;

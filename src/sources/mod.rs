@@ -1,0 +1,3 @@
+//! Where events come from: the publish API (native and GRIP formats).
+
+pub mod publish;

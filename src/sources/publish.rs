@@ -1,0 +1,142 @@
+//! The publish API's body formats → hub events.
+//!
+//! Native: `{"channel","event","id","data"}` or `{"items":[…]}`; `data` that
+//! is not a string is sent as compact JSON.
+//! GRIP (Pushpin's, as sent by `gripcontrol`): `{"items":[{"channel","id",
+//! "prev-id","formats":{"http-stream":{"content"|"content-bin"|"action"}}}]}`.
+//! Both are accepted on `/publish` and `/publish/`, item by item.
+
+use crate::config::template::check_channel;
+use crate::hub::{Event, Payload};
+use crate::sse::frame::check_event_name;
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::Value;
+
+/// Parse a publish body; every problem is one line naming the item.
+pub fn parse(body: &[u8]) -> Result<Vec<Event>, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    let Value::Object(obj) = &v else {
+        return Err("body must be a JSON object".into());
+    };
+    match obj.get("items") {
+        Some(Value::Array(items)) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                if let Some(ev) = item_event(item).map_err(|e| format!("items[{i}]: {e}"))? {
+                    out.push(ev);
+                }
+            }
+            Ok(out)
+        }
+        Some(_) => Err("`items` must be an array".into()),
+        None => Ok(item_event(&v)?.into_iter().collect()),
+    }
+}
+
+fn str_field<'a>(item: &'a Value, name: &str) -> Result<Option<&'a str>, String> {
+    match item.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(format!("`{name}` must be a string")),
+    }
+}
+
+/// One item; None for a GRIP item with no `http-stream` format (other
+/// transports, which this gateway does not serve).
+fn item_event(item: &Value) -> Result<Option<Event>, String> {
+    if !item.is_object() {
+        return Err("an item must be a JSON object".into());
+    }
+    let channel = str_field(item, "channel")?.ok_or("`channel` is required")?;
+    check_channel(channel)?;
+    let dedupe_id = match str_field(item, "id")? {
+        Some(id) if id.len() > 256 || id.contains(['\r', '\n', '\0']) => {
+            return Err("`id` must be at most 256 bytes without CR, LF or NUL".into())
+        }
+        other => other.map(str::to_string),
+    };
+    str_field(item, "prev-id")?;
+    if let Some(formats) = item.get("formats") {
+        let Some(stream) = formats.get("http-stream") else {
+            return Ok(None);
+        };
+        let payload = if str_field(stream, "action")? == Some("close") {
+            Payload::Close
+        } else if let Some(content) = str_field(stream, "content")? {
+            Payload::Raw(Bytes::copy_from_slice(content.as_bytes()))
+        } else if let Some(b64) = str_field(stream, "content-bin")? {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| format!("`content-bin` is not base64: {e}"))?;
+            Payload::Raw(Bytes::from(raw))
+        } else {
+            return Err("`http-stream` needs `content`, `content-bin` or `action: close`".into());
+        };
+        return Ok(Some(Event { channel: channel.to_string(), dedupe_id, payload }));
+    }
+    let event = str_field(item, "event")?.map(str::to_string);
+    if let Some(e) = &event {
+        check_event_name(e).map_err(|e| e.to_string())?;
+    }
+    let data = match item.get("data") {
+        None => return Err("`data` is required".into()),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    Ok(Some(Event {
+        channel: channel.to_string(),
+        dedupe_id,
+        payload: Payload::Message { event, data },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_single_and_items() {
+        let e = parse(br#"{"channel":"a","event":"e","id":"x","data":{"k":[1, 2]}}"#).unwrap();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].dedupe_id.as_deref(), Some("x"));
+        match &e[0].payload {
+            Payload::Message { event, data } => {
+                assert_eq!(event.as_deref(), Some("e"));
+                assert_eq!(data, r#"{"k":[1,2]}"#);
+            }
+            p => panic!("{p:?}"),
+        }
+        let e = parse(br#"{"items":[{"channel":"a","data":"1"},{"channel":"b","data":"2"}]}"#).unwrap();
+        assert_eq!(e.len(), 2);
+    }
+
+    #[test]
+    fn grip_items() {
+        let e = parse(br#"{"items":[{"channel":"a","id":"1","prev-id":"0","formats":{"http-stream":{"content":"data: x\n\n"}}},
+            {"channel":"a","formats":{"http-stream":{"action":"close"}}},
+            {"channel":"a","formats":{"ws-message":{"content":"x"}}},
+            {"channel":"a","formats":{"http-stream":{"content-bin":"aGk="}}}]}"#)
+        .unwrap();
+        assert_eq!(e.len(), 3);
+        assert!(matches!(&e[0].payload, Payload::Raw(b) if &b[..] == b"data: x\n\n"));
+        assert!(matches!(e[1].payload, Payload::Close));
+        assert!(matches!(&e[2].payload, Payload::Raw(b) if &b[..] == b"hi"));
+    }
+
+    #[test]
+    fn bad_bodies_say_why() {
+        for (body, why) in [
+            (&b"nope"[..], "not JSON"),
+            (br#"[]"#, "object"),
+            (br#"{"data":"x"}"#, "`channel` is required"),
+            (br#"{"channel":"a b","data":"x"}"#, "outside"),
+            (br#"{"channel":"a","event":"x\ny","data":"x"}"#, "CR or LF"),
+            (br#"{"channel":"a"}"#, "`data` is required"),
+            (br#"{"items":[{"channel":"a","data":"x"},{"channel":5,"data":"x"}]}"#, "items[1]"),
+        ] {
+            let e = parse(body).unwrap_err();
+            assert!(e.contains(why), "{e} should mention {why}");
+        }
+    }
+}

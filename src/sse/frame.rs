@@ -1,0 +1,173 @@
+//! Event → SSE bytes, per the WHATWG HTML "server-sent events" section.
+//! Pure functions; each event is encoded once and the bytes shared.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Why an event cannot be framed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// `event:`/`id:` values may not hold CR or LF (they would end the field).
+    LineBreak(&'static str),
+    /// `id:` may not hold NUL (clients ignore such ids).
+    Nul,
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::LineBreak(field) => write!(f, "`{field}` may not contain CR or LF"),
+            FrameError::Nul => write!(f, "`id` may not contain NUL"),
+        }
+    }
+}
+
+pub fn check_event_name(name: &str) -> Result<(), FrameError> {
+    if name.contains(['\r', '\n']) {
+        return Err(FrameError::LineBreak("event"));
+    }
+    Ok(())
+}
+
+/// An event frame: optional id, optional event type (omitted when `message`),
+/// one `data:` line per line of `data` (CR, LF and CRLF all split).
+pub fn encode(id: Option<&str>, event: Option<&str>, data: &str) -> Result<Bytes, FrameError> {
+    let mut out = BytesMut::with_capacity(data.len() + 32 + id.map_or(0, str::len));
+    if let Some(id) = id {
+        if id.contains(['\r', '\n']) {
+            return Err(FrameError::LineBreak("id"));
+        }
+        if id.contains('\0') {
+            return Err(FrameError::Nul);
+        }
+        field(&mut out, "id", id);
+    }
+    if let Some(ev) = event.filter(|e| *e != "message") {
+        check_event_name(ev)?;
+        field(&mut out, "event", ev);
+    }
+    for line in split_lines(data) {
+        field(&mut out, "data", line);
+    }
+    out.put_u8(b'\n');
+    Ok(out.freeze())
+}
+
+fn field(out: &mut BytesMut, name: &str, value: &str) {
+    out.put_slice(name.as_bytes());
+    if value.is_empty() {
+        out.put_u8(b':');
+    } else {
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+    }
+    out.put_u8(b'\n');
+}
+
+/// Split on CRLF, LF or lone CR. An empty text is one empty line, so an
+/// event with empty data still dispatches.
+pub fn split_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        match s.find(['\r', '\n']) {
+            None => {
+                rest = None;
+                Some(s)
+            }
+            Some(i) => {
+                let skip = if s[i..].starts_with("\r\n") { 2 } else { 1 };
+                rest = Some(&s[i + skip..]);
+                Some(&s[..i])
+            }
+        }
+    })
+}
+
+/// The first bytes of every stream: a `retry:` so clients back off as told,
+/// and a comment so that `open` fires before the first event.
+pub fn prelude(retry_ms: u128) -> Bytes {
+    Bytes::from(format!("retry: {retry_ms}\n:ok\n\n"))
+}
+
+/// A heartbeat comment: keeps proxies from timing the stream out.
+pub const HEARTBEAT: &[u8] = b":\n\n";
+
+/// Sent on drain: a jittered retry so clients do not all come back at once.
+pub fn retry_only(retry_ms: u128) -> Bytes {
+    Bytes::from(format!("retry: {retry_ms}\n\n"))
+}
+
+/// The event that tells a resuming client its missed events are gone.
+pub fn reset(id: &str) -> Bytes {
+    // ok: a cursor never holds CR, LF or NUL.
+    encode(Some(id), Some("ssegate.reset"), r#"{"reason":"history-gap"}"#).unwrap_or_default()
+}
+
+/// GRIP `http-stream` content is passed verbatim, as in Pushpin; when it is
+/// SSE without an `id:` line the gateway adds its cursor so resume works.
+pub fn with_cursor(content: &[u8], id: &str) -> Bytes {
+    let Ok(text) = std::str::from_utf8(content) else {
+        return Bytes::copy_from_slice(content);
+    };
+    if !looks_like_sse(text) || split_lines(text).any(|l| l == "id" || l.starts_with("id:")) {
+        return Bytes::copy_from_slice(content);
+    }
+    // Put the id on the last event block: the whole item then shares one cursor.
+    let body = text.trim_end_matches(['\r', '\n']);
+    let start = ["\n\n", "\r\n\r\n", "\r\r"]
+        .iter()
+        .filter_map(|sep| body.rfind(sep).map(|i| i + sep.len()))
+        .max()
+        .unwrap_or(0);
+    let mut out = BytesMut::with_capacity(content.len() + id.len() + 8);
+    out.put_slice(&content[..start]);
+    field(&mut out, "id", id);
+    out.put_slice(&content[start..]);
+    out.freeze()
+}
+
+/// Every non-empty line is `field:value`, `field` or a `:comment`, and the text
+/// ends with a blank line.
+fn looks_like_sse(text: &str) -> bool {
+    let ends_block = text.ends_with("\n\n") || text.ends_with("\r\n\r\n") || text.ends_with("\r\r");
+    ends_block
+        && split_lines(text).all(|l| {
+            l.is_empty()
+                || l.starts_with(':')
+                || matches!(l.split(':').next(), Some("data" | "event" | "id" | "retry"))
+        })
+        && split_lines(text).any(|l| l.starts_with("data"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(b: Bytes) -> String {
+        String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn frames_exactly() {
+        assert_eq!(s(encode(Some("1"), None, "hi").unwrap()), "id: 1\ndata: hi\n\n");
+        assert_eq!(s(encode(None, Some("message"), "x").unwrap()), "data: x\n\n");
+        assert_eq!(s(encode(None, Some("e"), "a\nb\r\nc\rd").unwrap()), "event: e\ndata: a\ndata: b\ndata: c\ndata: d\n\n");
+        assert_eq!(s(encode(None, None, "").unwrap()), "data:\n\n");
+        assert_eq!(s(encode(None, None, "t\n").unwrap()), "data: t\ndata:\n\n");
+    }
+
+    #[test]
+    fn refuses_injection() {
+        assert_eq!(encode(None, Some("a\nb"), "x"), Err(FrameError::LineBreak("event")));
+        assert_eq!(encode(Some("1\r"), None, "x"), Err(FrameError::LineBreak("id")));
+        assert_eq!(encode(Some("1\0"), None, "x"), Err(FrameError::Nul));
+    }
+
+    #[test]
+    fn grip_content_gets_a_cursor() {
+        assert_eq!(s(with_cursor(b"event: greet\ndata: hi\n\n", "c-9")), "id: c-9\nevent: greet\ndata: hi\n\n");
+        assert_eq!(s(with_cursor(b"data: a\n\ndata: b\n\n", "c-9")), "data: a\n\nid: c-9\ndata: b\n\n");
+        assert_eq!(s(with_cursor(b"id: mine\ndata: a\n\n", "c-9")), "id: mine\ndata: a\n\n");
+        assert_eq!(s(with_cursor(b"plain text", "c-9")), "plain text");
+    }
+}

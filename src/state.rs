@@ -1,0 +1,80 @@
+//! What every handler shares: config, router, hub, metrics, pools, limits.
+
+use crate::config::{BrokerKind, Config, RouteKind};
+use crate::heartbeat::Heartbeats;
+use crate::hub::memory::MemoryBroker;
+use crate::hub::Broker;
+use crate::limits::ConnLimiter;
+use crate::metrics::Metrics;
+use crate::routing::Router;
+use crate::shutdown::Shutdown;
+use crate::upstream::UpstreamPool;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug)]
+pub struct Gateway {
+    pub config: Arc<Config>,
+    pub router: Router,
+    pub hub: Arc<dyn Broker>,
+    /// The memory broker, for its periodic sweep (None with other brokers).
+    pub memory: Option<Arc<MemoryBroker>>,
+    pub metrics: Arc<Metrics>,
+    pub upstreams: HashMap<String, Arc<UpstreamPool>>,
+    pub limiter: Arc<ConnLimiter>,
+    pub heartbeats: Heartbeats,
+    pub shutdown: Shutdown,
+    pub started: Instant,
+    next_id: AtomicU64,
+}
+
+impl Gateway {
+    pub fn new(config: Config) -> Result<Arc<Gateway>, String> {
+        let metrics = Arc::new(Metrics::new());
+        let router = Router::build(&config.routes).map_err(|p| {
+            p.into_iter().map(|(i, m)| format!("route #{}: {m}", i + 1)).collect::<Vec<_>>().join("; ")
+        })?;
+        let memory = match &config.hub.broker {
+            BrokerKind::Memory => Arc::new(MemoryBroker::new(
+                config.hub.history_size,
+                config.hub.history_ttl,
+                metrics.clone(),
+            )),
+            BrokerKind::Redis { .. } => return Err("the redis broker is not implemented yet".into()),
+        };
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|(n, u)| (n.clone(), Arc::new(UpstreamPool::new(u.clone()))))
+            .collect();
+        let mut intervals: BTreeSet<_> = config
+            .routes
+            .iter()
+            .filter_map(|r| match &r.kind {
+                RouteKind::Sse(s) => Some(s.settings.heartbeat),
+                RouteKind::Proxy { .. } => None,
+            })
+            .collect();
+        intervals.insert(config.sse.heartbeat);
+        intervals.insert(crate::admin::DASHBOARD_TICK);
+        Ok(Arc::new(Gateway {
+            limiter: ConnLimiter::new(config.limits.max_connections, config.limits.max_connections_per_ip),
+            config: Arc::new(config),
+            router,
+            hub: memory.clone(),
+            memory: Some(memory),
+            metrics,
+            upstreams,
+            heartbeats: Heartbeats::new(intervals),
+            shutdown: Shutdown::new(),
+            started: Instant::now(),
+            next_id: AtomicU64::new(1),
+        }))
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
