@@ -42,6 +42,8 @@ fn str_field<'a>(item: &'a Value, name: &str) -> Result<Option<&'a str>, String>
     }
 }
 
+const GRIP_FORMATS: [&str; 3] = ["http-stream", "http-response", "ws-message"];
+
 /// One item; None for a GRIP item with no `http-stream` format (other
 /// transports, which this gateway does not serve).
 fn item_event(item: &Value) -> Result<Option<Event>, String> {
@@ -57,7 +59,11 @@ fn item_event(item: &Value) -> Result<Option<Event>, String> {
         other => other.map(str::to_string),
     };
     str_field(item, "prev-id")?;
-    if let Some(formats) = item.get("formats") {
+    // GRIP formats sit under `formats` or, as gripcontrol sends them, directly on the item.
+    let formats = item.get("formats").unwrap_or(item);
+    let grip = item.get("formats").is_some()
+        || GRIP_FORMATS.iter().any(|f| item.get(*f).is_some());
+    if grip {
         let Some(stream) = formats.get("http-stream") else {
             return Ok(None);
         };
@@ -116,9 +122,12 @@ mod tests {
         let e = parse(br#"{"items":[{"channel":"a","id":"1","prev-id":"0","formats":{"http-stream":{"content":"data: x\n\n"}}},
             {"channel":"a","formats":{"http-stream":{"action":"close"}}},
             {"channel":"a","formats":{"ws-message":{"content":"x"}}},
-            {"channel":"a","formats":{"http-stream":{"content-bin":"aGk="}}}]}"#)
+            {"channel":"a","formats":{"http-stream":{"content-bin":"aGk="}}},
+            {"channel":"a","http-stream":{"content":"data: flat\n\n"}},
+            {"channel":"a","http-response":{"body":"x"}}]}"#)
         .unwrap();
-        assert_eq!(e.len(), 3);
+        assert_eq!(e.len(), 4);
+        assert!(matches!(&e[3].payload, Payload::Raw(b) if &b[..] == b"data: flat\n\n"));
         assert!(matches!(&e[0].payload, Payload::Raw(b) if &b[..] == b"data: x\n\n"));
         assert!(matches!(e[1].payload, Payload::Close));
         assert!(matches!(&e[2].payload, Payload::Raw(b) if &b[..] == b"hi"));
