@@ -82,15 +82,22 @@ impl AdminApp {
 
     async fn publish(&self, session: &mut Session) -> Result<bool> {
         if !self.authorized(session) {
-            return self.refuse(session, 401, "missing or wrong bearer token").await;
+            return self
+                .refuse(session, 401, "missing or wrong bearer token")
+                .await;
         }
         let body = match read_body(session, self.gw.config.limits.max_body).await {
             Ok(b) => b,
             Err(BodyError::TooLarge) => {
-                let reason = format!("body larger than limits.max_body ({} bytes)", self.gw.config.limits.max_body);
+                let reason = format!(
+                    "body larger than limits.max_body ({} bytes)",
+                    self.gw.config.limits.max_body
+                );
                 return self.refuse(session, 413, &reason).await;
             }
-            Err(BodyError::Read) => return self.refuse(session, 400, "could not read the body").await,
+            Err(BodyError::Read) => {
+                return self.refuse(session, 400, "could not read the body").await
+            }
         };
         let events = match publish::parse(&body) {
             Ok(e) => e,
@@ -119,7 +126,12 @@ impl AdminApp {
             .router
             .routes()
             .filter(|r| r.is_sse())
-            .map(|r| (r.label().to_string(), m.connections.with_label_values(&[r.label()]).get().into()))
+            .map(|r| {
+                (
+                    r.label().to_string(),
+                    m.connections.with_label_values(&[r.label()]).get().into(),
+                )
+            })
             .collect();
         json!({
             "uptime_seconds": gw.started.elapsed().as_secs(),
@@ -140,8 +152,15 @@ impl AdminApp {
     async fn stats_stream(&self, session: &mut Session) -> Result<bool> {
         let gw = &self.gw;
         let _active = gw.shutdown.track();
-        session.write_response_header(Box::new(stream::response_header(session.as_downstream().is_http2())?), false).await?;
-        session.write_response_body(Some(frame::prelude(2000)), false).await?;
+        session
+            .write_response_header(
+                Box::new(stream::response_header(session.as_downstream().is_http2())?),
+                false,
+            )
+            .await?;
+        session
+            .write_response_body(Some(frame::prelude(2000)), false)
+            .await?;
         let mut tick = gw.heartbeats.subscribe(DASHBOARD_TICK);
         let mut shutdown = gw.shutdown.watch();
         loop {
@@ -177,7 +196,9 @@ impl ProxyHttp for AdminApp {
             }
             (Method::GET | Method::HEAD, "/readyz") => {
                 match gw.hub.ready().await {
-                    Ok(()) if !gw.shutdown.is_draining() => respond::text(session, 200, "ready").await?,
+                    Ok(()) if !gw.shutdown.is_draining() => {
+                        respond::text(session, 200, "ready").await?
+                    }
                     Ok(()) => respond::text(session, 503, "draining").await?,
                     Err(e) => respond::text(session, 503, &e.to_string()).await?,
                 }
@@ -197,14 +218,22 @@ impl ProxyHttp for AdminApp {
                 respond::send(session, 200, "text/html; charset=utf-8", DASHBOARD, &[]).await?;
                 Ok(true)
             }
-            (_, "/publish" | "/publish/" | "/healthz" | "/readyz" | "/metrics" | "/stats" | "/stats/stream" | "/") => {
-                self.refuse(session, 405, "method not allowed").await
+            (
+                _,
+                "/publish" | "/publish/" | "/healthz" | "/readyz" | "/metrics" | "/stats"
+                | "/stats/stream" | "/",
+            ) => self.refuse(session, 405, "method not allowed").await,
+            _ => {
+                self.refuse(session, 404, &format!("no admin endpoint {path}"))
+                    .await
             }
-            _ => self.refuse(session, 404, &format!("no admin endpoint {path}")).await,
         }
     }
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Error::e_explain(ErrorType::HTTPStatus(404), "the admin listener proxies nothing")
+        Error::e_explain(
+            ErrorType::HTTPStatus(404),
+            "the admin listener proxies nothing",
+        )
     }
 }

@@ -49,7 +49,9 @@ fn check_bindable(addr: SocketAddr, what: &str) -> Result<(), String> {
 }
 
 pub fn worker_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
 }
 
 /// Run until SIGTERM/SIGINT; returns only on a startup error.
@@ -90,9 +92,15 @@ pub fn run(config: Config) -> Result<(), String> {
     server.add_service(admin);
     server.add_service(background_service(
         "drain",
-        DrainOnSignal { shutdown: gw.shutdown.clone(), grace },
+        DrainOnSignal {
+            shutdown: gw.shutdown.clone(),
+            grace,
+        },
     ));
-    server.add_service(background_service("housekeeping", Housekeeping { gw: gw.clone() }));
+    server.add_service(background_service(
+        "housekeeping",
+        Housekeeping { gw: gw.clone() },
+    ));
     tracing::info!(public = %public_addr, admin = %admin_addr, routes = gw.config.routes.len(), "ssegate listening");
     server.run_forever()
 }

@@ -12,7 +12,10 @@ pub struct Heartbeats {
 
 impl Heartbeats {
     pub fn new(intervals: impl IntoIterator<Item = Duration>) -> Heartbeats {
-        let ticks = intervals.into_iter().map(|d| (d, watch::channel(0).0)).collect();
+        let ticks = intervals
+            .into_iter()
+            .map(|d| (d, watch::channel(0).0))
+            .collect();
         Heartbeats { ticks }
     }
 

@@ -23,7 +23,11 @@ pub struct ConnSlot {
 impl ConnLimiter {
     /// 0 means unlimited.
     pub fn new(max_total: usize, max_per_ip: usize) -> Arc<ConnLimiter> {
-        Arc::new(ConnLimiter { max_total, max_per_ip, ..Default::default() })
+        Arc::new(ConnLimiter {
+            max_total,
+            max_per_ip,
+            ..Default::default()
+        })
     }
 
     pub fn open(&self) -> usize {
@@ -44,18 +48,27 @@ impl ConnLimiter {
             if *n >= self.max_per_ip {
                 drop(map);
                 self.total.fetch_sub(1, Ordering::AcqRel);
-                return Err("too many connections from this address (limits.max_connections_per_ip)");
+                return Err(
+                    "too many connections from this address (limits.max_connections_per_ip)",
+                );
             }
             *n += 1;
         }
-        Ok(ConnSlot { limiter: self.clone(), ip })
+        Ok(ConnSlot {
+            limiter: self.clone(),
+            ip,
+        })
     }
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         if let Some(ip) = self.ip {
-            let mut map = self.limiter.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let mut map = self
+                .limiter
+                .per_ip
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if let Some(n) = map.get_mut(&ip) {
                 *n -= 1;
                 if *n == 0 {

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "ssegate", version, about = "Adds Server-Sent Events to existing HTTP applications")]
+#[command(
+    name = "ssegate",
+    version,
+    about = "Adds Server-Sent Events to existing HTTP applications"
+)]
 struct Cli {
     /// Log format on stderr (level from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]

@@ -31,7 +31,8 @@ pub struct Metrics {
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
     // ok: every name below is distinct and valid, so registering cannot fail.
-    r.register(Box::new(m.clone())).expect("metric registration");
+    r.register(Box::new(m.clone()))
+        .expect("metric registration");
     m
 }
 
@@ -44,38 +45,93 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
-        let counter = |name: &str, help: &str| reg(&r, IntCounter::new(name, help).expect("metric")); // ok: static names
+        let counter =
+            |name: &str, help: &str| reg(&r, IntCounter::new(name, help).expect("metric")); // ok: static names
         let cvec = |name: &str, help: &str, labels: &[&str]| {
-            reg(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("metric")) // ok: static names
+            reg(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("metric"),
+            ) // ok: static names
         };
         Metrics {
             connections: reg(
                 &r,
-                IntGaugeVec::new(Opts::new("ssegate_connections", "Open SSE streams per route"), &["route"])
-                    .expect("metric"), // ok: static names
+                IntGaugeVec::new(
+                    Opts::new("ssegate_connections", "Open SSE streams per route"),
+                    &["route"],
+                )
+                .expect("metric"), // ok: static names
             ),
-            connections_opened: cvec("ssegate_connections_opened_total", "SSE streams opened per route", &["route"]),
-            published: counter("ssegate_events_published_total", "Events accepted by the hub"),
-            duplicates: counter("ssegate_events_duplicate_total", "Events dropped as duplicates of a publisher id"),
-            delivered: counter("ssegate_events_delivered_total", "Event frames written to clients"),
-            dropped: cvec("ssegate_events_dropped_total", "Event frames not delivered, by reason", &["reason"]),
-            slow_disconnects: counter("ssegate_slow_client_disconnects_total", "Clients disconnected because their queue filled"),
+            connections_opened: cvec(
+                "ssegate_connections_opened_total",
+                "SSE streams opened per route",
+                &["route"],
+            ),
+            published: counter(
+                "ssegate_events_published_total",
+                "Events accepted by the hub",
+            ),
+            duplicates: counter(
+                "ssegate_events_duplicate_total",
+                "Events dropped as duplicates of a publisher id",
+            ),
+            delivered: counter(
+                "ssegate_events_delivered_total",
+                "Event frames written to clients",
+            ),
+            dropped: cvec(
+                "ssegate_events_dropped_total",
+                "Event frames not delivered, by reason",
+                &["reason"],
+            ),
+            slow_disconnects: counter(
+                "ssegate_slow_client_disconnects_total",
+                "Clients disconnected because their queue filled",
+            ),
             latency: reg(
                 &r,
                 Histogram::with_opts(
-                    HistogramOpts::new("ssegate_delivery_latency_seconds", "Publish to socket write latency").buckets(vec![
-                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    HistogramOpts::new(
+                        "ssegate_delivery_latency_seconds",
+                        "Publish to socket write latency",
+                    )
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 0.5, 1.0, 2.5,
                     ]),
                 )
                 .expect("metric"), // ok: static buckets
             ),
-            refused: cvec("ssegate_requests_refused_total", "Requests refused by the gateway, by status", &["status"]),
-            proxied: cvec("ssegate_proxy_responses_total", "Pass-through responses by upstream and status class", &["upstream", "class"]),
-            poll_requests: cvec("ssegate_poll_requests_total", "Upstream poll requests", &["route"]),
-            poll_changes: cvec("ssegate_poll_changes_total", "Polls that found a change", &["route"]),
+            refused: cvec(
+                "ssegate_requests_refused_total",
+                "Requests refused by the gateway, by status",
+                &["status"],
+            ),
+            proxied: cvec(
+                "ssegate_proxy_responses_total",
+                "Pass-through responses by upstream and status class",
+                &["upstream", "class"],
+            ),
+            poll_requests: cvec(
+                "ssegate_poll_requests_total",
+                "Upstream poll requests",
+                &["route"],
+            ),
+            poll_changes: cvec(
+                "ssegate_poll_changes_total",
+                "Polls that found a change",
+                &["route"],
+            ),
             poll_errors: cvec("ssegate_poll_errors_total", "Failed polls", &["route"]),
-            pollers: reg(&r, IntGauge::new("ssegate_pollers_active", "Running pollers").expect("metric")), // ok: static name
-            webhooks: cvec("ssegate_webhooks_total", "Webhook requests by path and outcome", &["path", "outcome"]),
+            pollers: reg(
+                &r,
+                IntGauge::new("ssegate_pollers_active", "Running pollers").expect("metric"),
+            ), // ok: static name
+            webhooks: cvec(
+                "ssegate_webhooks_total",
+                "Webhook requests by path and outcome",
+                &["path", "outcome"],
+            ),
             registry: r,
         }
     }
@@ -88,7 +144,9 @@ impl Metrics {
     }
 
     pub fn refuse(&self, status: u16) {
-        self.refused.with_label_values(&[status_label(status)]).inc();
+        self.refused
+            .with_label_values(&[status_label(status)])
+            .inc();
     }
 }
 

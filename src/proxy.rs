@@ -42,45 +42,87 @@ impl PublicProxy {
         Ok(true)
     }
 
-    async fn open_stream(&self, session: &mut Session, m: &Matched, route: &SseRoute) -> Result<bool> {
+    async fn open_stream(
+        &self,
+        session: &mut Session,
+        m: &Matched,
+        route: &SseRoute,
+    ) -> Result<bool> {
         let gw = &self.gw;
         let method = &session.req_header().method;
         if method != http::Method::GET && method != http::Method::HEAD {
             gw.metrics.refuse(405);
-            respond::send(session, 405, "text/plain", "sse routes answer GET only\n", &[("allow", "GET".into())]).await?;
+            respond::send(
+                session,
+                405,
+                "text/plain",
+                "sse routes answer GET only\n",
+                &[("allow", "GET".into())],
+            )
+            .await?;
             return Ok(true);
         }
-        let wanted = match request::resolve(session.req_header(), route, &m.params, gw.config.limits.max_channels_per_client) {
+        let wanted = match request::resolve(
+            session.req_header(),
+            route,
+            &m.params,
+            gw.config.limits.max_channels_per_client,
+        ) {
             Ok(w) => w,
             Err(Refusal { status, reason }) => return self.refuse(session, status, &reason).await,
         };
         if gw.shutdown.is_draining() {
             return self.refuse(session, 503, "shutting down").await;
         }
-        let ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
         let _slot = match gw.limiter.acquire(ip) {
             Ok(s) => s,
             Err(reason) => return self.refuse(session, 429, reason).await,
         };
-        let sub = Arc::new(crate::hub::Subscriber::new(gw.next_id(), route.settings.client_queue));
-        let replay = match gw.hub.subscribe(&sub, &wanted.channels, &wanted.resume).await {
+        let sub = Arc::new(crate::hub::Subscriber::new(
+            gw.next_id(),
+            route.settings.client_queue,
+        ));
+        let replay = match gw
+            .hub
+            .subscribe(&sub, &wanted.channels, &wanted.resume)
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 gw.hub.unsubscribe(&sub, &wanted.channels);
                 return self.refuse(session, 503, &e.to_string()).await;
             }
         };
-        let subscription = Subscription { hub: gw.hub.clone(), sub, channels: wanted.channels };
+        let subscription = Subscription {
+            hub: gw.hub.clone(),
+            sub,
+            channels: wanted.channels,
+        };
         let label = m.route.label();
         let gauge = gw.metrics.connections.with_label_values(&[label]);
         gauge.inc();
-        gw.metrics.connections_opened.with_label_values(&[label]).inc();
+        gw.metrics
+            .connections_opened
+            .with_label_values(&[label])
+            .inc();
         let _active = gw.shutdown.track();
         let signals = Signals {
             heartbeat: gw.heartbeats.subscribe(route.settings.heartbeat),
             shutdown: gw.shutdown.watch(),
         };
-        let end = stream::serve(session, &subscription, replay, &route.settings, signals, &gw.metrics).await;
+        let end = stream::serve(
+            session,
+            &subscription,
+            replay,
+            &route.settings,
+            signals,
+            &gw.metrics,
+        )
+        .await;
         gauge.dec();
         tracing::debug!(route = label, end = ?end, "sse stream ended");
         Ok(true)
@@ -97,7 +139,10 @@ impl ProxyHttp for PublicProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let req = session.req_header();
-        let found = self.gw.router.lookup(&req.method, host_of(req), req.uri.path());
+        let found = self
+            .gw
+            .router
+            .lookup(&req.method, host_of(req), req.uri.path());
         let m = match found {
             Ok(m) => m,
             Err(Miss::NotFound) => {
@@ -106,8 +151,19 @@ impl ProxyHttp for PublicProxy {
             }
             Err(Miss::MethodNotAllowed(allowed)) => {
                 self.gw.metrics.refuse(405);
-                let allow = allowed.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ");
-                respond::send(session, 405, "text/plain", "method not allowed on this route\n", &[("allow", allow)]).await?;
+                let allow = allowed
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                respond::send(
+                    session,
+                    405,
+                    "text/plain",
+                    "method not allowed on this route\n",
+                    &[("allow", allow)],
+                )
+                .await?;
                 return Ok(true);
             }
         };
@@ -126,9 +182,9 @@ impl ProxyHttp for PublicProxy {
             .upstream
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "route has no upstream"))?;
-        let (index, addr) = pool
-            .pick(&ctx.tried)
-            .ok_or_else(|| Error::explain(ErrorType::ConnectError, "no upstream server left to try"))?;
+        let (index, addr) = pool.pick(&ctx.tried).ok_or_else(|| {
+            Error::explain(ErrorType::ConnectError, "no upstream server left to try")
+        })?;
         ctx.tried.push(index);
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(pool.config.connect_timeout);
@@ -136,7 +192,13 @@ impl ProxyHttp for PublicProxy {
         Ok(Box::new(peer))
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         if let (Some(pool), Some(&last)) = (&ctx.upstream, ctx.tried.last()) {
             pool.mark_failed(last);
             if ctx.tried.len() < pool.len() {
@@ -152,27 +214,37 @@ impl ProxyHttp for PublicProxy {
         upstream_request: &mut RequestHeader,
         _ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()) {
-            let xff = match upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip,
-            };
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+        {
+            // Several X-Forwarded-For lines are one list: keep every earlier hop.
+            let mut hops: Vec<&str> = upstream_request
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            hops.push(&ip);
+            let xff = hops.join(", ");
             upstream_request.insert_header("x-forwarded-for", xff)?;
         }
-        if upstream_request.headers.get("x-forwarded-proto").is_none() {
-            upstream_request.insert_header("x-forwarded-proto", "http")?;
-        }
+        // This listener terminates the client connection: what the client
+        // claims about scheme and host is not passed on as fact.
+        upstream_request.insert_header("x-forwarded-proto", "http")?;
         if let Some(host) = host_of(session.req_header()).map(str::to_string) {
-            if upstream_request.headers.get("x-forwarded-host").is_none() {
-                upstream_request.insert_header("x-forwarded-host", host)?;
-            }
+            upstream_request.insert_header("x-forwarded-host", host)?;
         }
         Ok(())
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         if let Some(pool) = &ctx.upstream {
-            let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+            let status = session
+                .response_written()
+                .map(|r| r.status.as_u16())
+                .unwrap_or(0);
             let class = match status {
                 100..=199 => "1xx",
                 200..=299 => "2xx",
@@ -181,22 +253,40 @@ impl ProxyHttp for PublicProxy {
                 500..=599 => "5xx",
                 _ => "none",
             };
-            self.gw.metrics.proxied.with_label_values(&[&pool.config.name, class]).inc();
+            self.gw
+                .metrics
+                .proxied
+                .with_label_values(&[&pool.config.name, class])
+                .inc();
         }
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         use ErrorType::*;
-        let upstream = ctx.upstream.as_ref().map(|p| p.config.name.as_str()).unwrap_or("?");
+        let upstream = ctx
+            .upstream
+            .as_ref()
+            .map(|p| p.config.name.as_str())
+            .unwrap_or("?");
         let (code, reason) = match (e.etype(), e.esource()) {
-            (HTTPStatus(c), _) => (*c, format!("{}", e.etype().as_str())),
+            (HTTPStatus(c), _) => (
+                *c,
+                format!(
+                    "upstream {upstream}: {}",
+                    e.context.as_ref().map(|c| c.as_str()).unwrap_or("failed")
+                ),
+            ),
             (ConnectTimedout, _) => (504, format!("upstream {upstream}: connect timed out")),
-            (ReadTimedout | WriteTimedout, ErrorSource::Upstream) => (504, format!("upstream {upstream}: timed out")),
+            (ReadTimedout | WriteTimedout, ErrorSource::Upstream) => {
+                (504, format!("upstream {upstream}: timed out"))
+            }
             (ConnectRefused, _) => (502, format!("upstream {upstream}: connection refused")),
             (_, ErrorSource::Upstream) | (ConnectError | ConnectNoRoute, _) => {
                 (502, format!("upstream {upstream}: {}", e.etype().as_str()))
             }
-            (ReadError | WriteError | ConnectionClosed, ErrorSource::Downstream) => (0, String::new()),
+            (ReadError | WriteError | ConnectionClosed, ErrorSource::Downstream) => {
+                (0, String::new())
+            }
             (_, ErrorSource::Downstream) => (400, "bad request".to_string()),
             _ => (502, format!("upstream {upstream}: {}", e.etype().as_str())),
         };
@@ -206,6 +296,9 @@ impl ProxyHttp for PublicProxy {
                 let _ = respond::text(session, code, &reason).await;
             }
         }
-        FailToProxy { error_code: code, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 }

@@ -21,7 +21,9 @@ pub async fn send(
         resp.insert_header(*k, v.as_str())?;
     }
     let head_only = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(resp), head_only || body.is_empty()).await?;
+    session
+        .write_response_header(Box::new(resp), head_only || body.is_empty())
+        .await?;
     if !head_only && !body.is_empty() {
         session.write_response_body(Some(body), true).await?;
     }
@@ -30,7 +32,14 @@ pub async fn send(
 
 /// `text/plain` reason, for the public listener.
 pub async fn text(session: &mut Session, status: u16, reason: &str) -> Result<()> {
-    send(session, status, "text/plain; charset=utf-8", format!("{reason}\n"), &[]).await
+    send(
+        session,
+        status,
+        "text/plain; charset=utf-8",
+        format!("{reason}\n"),
+        &[],
+    )
+    .await
 }
 
 /// `{"error": reason}`, for the admin API.

@@ -103,12 +103,18 @@ impl Router {
             }
             let method_ok = match &r.methods {
                 None => true,
-                Some(ms) => ms.contains(method) || (*method == Method::HEAD && ms.contains(&Method::GET)),
+                Some(ms) => {
+                    ms.contains(method) || (*method == Method::HEAD && ms.contains(&Method::GET))
+                }
             };
             if method_ok {
                 return Ok(Matched {
                     route: r.clone(),
-                    params: m.params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                    params: m
+                        .params
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
                 });
             }
             allowed.extend(r.methods.iter().flatten().cloned());
@@ -187,17 +193,38 @@ routes:
         assert_eq!(m.params, vec![("rest".to_string(), "a/b".to_string())]);
         let m = r.lookup(&Method::GET, None, "/events/x1").unwrap();
         assert_eq!(upstream(&m), "sse");
-        assert_eq!(r.lookup(&Method::GET, None, "/nope").unwrap_err(), Miss::NotFound);
+        assert_eq!(
+            r.lookup(&Method::GET, None, "/nope").unwrap_err(),
+            Miss::NotFound
+        );
     }
 
     #[test]
     fn methods_and_hosts_narrow() {
         let r = router(ROUTES);
-        assert_eq!(upstream(&r.lookup(&Method::POST, None, "/w").unwrap()), "app");
-        assert_eq!(upstream(&r.lookup(&Method::GET, None, "/w").unwrap()), "other");
-        assert!(matches!(r.lookup(&Method::PUT, None, "/w"), Err(Miss::MethodNotAllowed(_))));
-        assert_eq!(upstream(&r.lookup(&Method::GET, Some("Example.COM:8080"), "/h").unwrap()), "app");
-        assert_eq!(upstream(&r.lookup(&Method::GET, Some("other.org"), "/h").unwrap()), "other");
+        assert_eq!(
+            upstream(&r.lookup(&Method::POST, None, "/w").unwrap()),
+            "app"
+        );
+        assert_eq!(
+            upstream(&r.lookup(&Method::GET, None, "/w").unwrap()),
+            "other"
+        );
+        assert!(matches!(
+            r.lookup(&Method::PUT, None, "/w"),
+            Err(Miss::MethodNotAllowed(_))
+        ));
+        assert_eq!(
+            upstream(
+                &r.lookup(&Method::GET, Some("Example.COM:8080"), "/h")
+                    .unwrap()
+            ),
+            "app"
+        );
+        assert_eq!(
+            upstream(&r.lookup(&Method::GET, Some("other.org"), "/h").unwrap()),
+            "other"
+        );
     }
 
     #[test]
@@ -208,6 +235,9 @@ routes:
             &|_| None,
         );
         let e = c.unwrap_err().to_string();
-        assert!(e.contains("t.yaml:4:") && e.contains("matches the same requests"), "{e}");
+        assert!(
+            e.contains("t.yaml:4:") && e.contains("matches the same requests"),
+            "{e}"
+        );
     }
 }

@@ -36,7 +36,10 @@ impl Default for Shutdown {
 
 impl Shutdown {
     pub fn new() -> Shutdown {
-        Shutdown { tx: Arc::new(watch::channel(false).0), active: Arc::default() }
+        Shutdown {
+            tx: Arc::new(watch::channel(false).0),
+            active: Arc::default(),
+        }
     }
 
     pub fn watch(&self) -> watch::Receiver<bool> {

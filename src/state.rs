@@ -34,7 +34,10 @@ impl Gateway {
     pub fn new(config: Config) -> Result<Arc<Gateway>, String> {
         let metrics = Arc::new(Metrics::new());
         let router = Router::build(&config.routes).map_err(|p| {
-            p.into_iter().map(|(i, m)| format!("route #{}: {m}", i + 1)).collect::<Vec<_>>().join("; ")
+            p.into_iter()
+                .map(|(i, m)| format!("route #{}: {m}", i + 1))
+                .collect::<Vec<_>>()
+                .join("; ")
         })?;
         let memory = match &config.hub.broker {
             BrokerKind::Memory => Arc::new(MemoryBroker::new(
@@ -42,7 +45,9 @@ impl Gateway {
                 config.hub.history_ttl,
                 metrics.clone(),
             )),
-            BrokerKind::Redis { .. } => return Err("the redis broker is not implemented yet".into()),
+            BrokerKind::Redis { .. } => {
+                return Err("the redis broker is not implemented yet".into())
+            }
         };
         let upstreams = config
             .upstreams
@@ -60,7 +65,10 @@ impl Gateway {
         intervals.insert(config.sse.heartbeat);
         intervals.insert(crate::admin::DASHBOARD_TICK);
         Ok(Arc::new(Gateway {
-            limiter: ConnLimiter::new(config.limits.max_connections, config.limits.max_connections_per_ip),
+            limiter: ConnLimiter::new(
+                config.limits.max_connections,
+                config.limits.max_connections_per_ip,
+            ),
             config: Arc::new(config),
             router,
             hub: memory.clone(),

@@ -19,7 +19,12 @@ pub struct UpstreamPool {
 impl UpstreamPool {
     pub fn new(config: Upstream) -> UpstreamPool {
         let down_until = config.servers.iter().map(|_| AtomicU64::new(0)).collect();
-        UpstreamPool { config, next: AtomicUsize::new(0), down_until, born: Instant::now() }
+        UpstreamPool {
+            config,
+            next: AtomicUsize::new(0),
+            down_until,
+            born: Instant::now(),
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -34,7 +39,9 @@ impl UpstreamPool {
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = self.now_ms();
-        let order = (0..n).map(|k| (start + k) % n).filter(|i| !tried.contains(i));
+        let order = (0..n)
+            .map(|k| (start + k) % n)
+            .filter(|i| !tried.contains(i));
         let mut fallback = None;
         for i in order {
             if self.down_until[i].load(Ordering::Relaxed) <= now {
@@ -69,7 +76,9 @@ mod tests {
     fn pool(n: u16) -> UpstreamPool {
         UpstreamPool::new(Upstream {
             name: "app".into(),
-            servers: (0..n).map(|i| SocketAddr::from(([127, 0, 0, 1], 1000 + i))).collect(),
+            servers: (0..n)
+                .map(|i| SocketAddr::from(([127, 0, 0, 1], 1000 + i)))
+                .collect(),
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
             fail_timeout: Duration::from_secs(60),
@@ -84,7 +93,11 @@ mod tests {
         p.mark_failed(1);
         let picks: Vec<usize> = (0..4).map(|_| p.pick(&[]).unwrap().0).collect();
         assert!(!picks.contains(&1), "{picks:?}");
-        assert_eq!(p.pick(&[0, 2]).unwrap().0, 1, "a down server is still tried when nothing else is left");
+        assert_eq!(
+            p.pick(&[0, 2]).unwrap().0,
+            1,
+            "a down server is still tried when nothing else is left"
+        );
         assert!(p.pick(&[0, 1, 2]).is_none());
     }
 }

@@ -39,14 +39,22 @@ async fn headers_prelude_and_heartbeat_are_exact() {
     assert!(lower.contains("transfer-encoding: chunked"), "{head}");
     raw.read_until(WAIT, "prelude", |_| true);
     let body = loop {
-        raw.read_until(Duration::from_secs(5), "heartbeat", |t| t.matches(":\n\n").count() >= 2);
+        raw.read_until(Duration::from_secs(5), "heartbeat", |t| {
+            t.matches(":\n\n").count() >= 2
+        });
         let b = raw.body();
         if b.contains(":\n\n") {
             break b;
         }
     };
-    assert!(body.starts_with("retry: 2000\n:ok\n\n"), "prelude was {body:?}");
-    assert!(body["retry: 2000\n:ok\n\n".len()..].starts_with(":\n\n"), "heartbeat comment expected: {body:?}");
+    assert!(
+        body.starts_with("retry: 2000\n:ok\n\n"),
+        "prelude was {body:?}"
+    );
+    assert!(
+        body["retry: 2000\n:ok\n\n".len()..].starts_with(":\n\n"),
+        "heartbeat comment expected: {body:?}"
+    );
 }
 
 #[tokio::test]
@@ -72,7 +80,10 @@ async fn framing_is_whatwg_and_json_is_compact() {
     let evs = sse.take(4).await;
     assert_eq!(evs[0].data, "a\nb\nc");
     assert_eq!(evs[0].event, "message");
-    assert_eq!((evs[1].event.as_str(), evs[1].data.as_str()), ("kind", "x\ny"));
+    assert_eq!(
+        (evs[1].event.as_str(), evs[1].data.as_str()),
+        ("kind", "x\ny")
+    );
     assert_eq!(evs[2].data, "p\nq");
     assert_eq!(evs[3].data, r#"{"b":[1,2,{"k":"v"}],"ok":true}"#);
     let ids: Vec<&str> = evs.iter().map(|e| e.id.as_str()).collect();
@@ -82,7 +93,10 @@ async fn framing_is_whatwg_and_json_is_compact() {
         raw.body()
     };
     assert!(body.contains("data: a\ndata: b\ndata: c\n\n"), "{body:?}");
-    assert!(body.contains("event: kind\ndata: x\ndata: y\n\n"), "{body:?}");
+    assert!(
+        body.contains("event: kind\ndata: x\ndata: y\n\n"),
+        "{body:?}"
+    );
     assert!(!body.contains("event: message"), "{body:?}");
     assert!(!body.contains('\r'), "{body:?}");
 }
@@ -100,14 +114,19 @@ async fn events_arrive_in_order_each_flushed_at_once() {
     let t = std::time::Instant::now();
     gw.publish_ok("room:ord", json!("alone")).await;
     assert_eq!(sse.next().await.data, "alone");
-    assert!(t.elapsed() < Duration::from_millis(250), "single event took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(250),
+        "single event took {:?}",
+        t.elapsed()
+    );
 }
 
 #[tokio::test]
 async fn multi_channel_and_allowed_extra_channels() {
     let gw = Gateway::start(BASE);
     let mut m = Sse::connect(&gw.url("/multi/7")).await;
-    let mut extra = Sse::connect(&gw.url("/events/base?channel=news:sport&channel=news:tech")).await;
+    let mut extra =
+        Sse::connect(&gw.url("/events/base?channel=news:sport&channel=news:tech")).await;
     assert_eq!(extra.status, 200);
     gw.publish_ok("left:7", json!("L")).await;
     gw.publish_ok("right:7", json!("R")).await;
@@ -128,20 +147,43 @@ async fn refused_subscriptions_say_why() {
     for (path, status, reason) in [
         ("/nowhere", 404, "no route"),
         ("/events/x?channel=secret", 403, "not allowed"),
-        ("/events/x?channel=news:a&channel=news:b&channel=news:c", 400, "at most 3"),
+        (
+            "/events/x?channel=news:a&channel=news:b&channel=news:c",
+            400,
+            "at most 3",
+        ),
         ("/events/a%2Ab", 400, "bad channel"),
         ("/events/a%2Cb", 400, "bad channel"),
         ("/events/a%0Ab", 400, "bad channel"),
         ("/q", 400, "required"),
         ("/q?topic=a:b:*", 400, "bad channel"),
     ] {
-        let r = c.get(gw.url(path)).header("accept", "text/event-stream").send().await.unwrap();
+        let r = c
+            .get(gw.url(path))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), status, "{path}");
-        let ct = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
-        assert!(!ct.starts_with("text/event-stream"), "{path}: refusal must not be a stream");
+        let ct = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        assert!(
+            !ct.starts_with("text/event-stream"),
+            "{path}: refusal must not be a stream"
+        );
         let body = r.text().await.unwrap();
-        assert!(body.contains(reason), "{path}: body {body:?} should say {reason:?}");
-        assert_eq!(body.lines().count(), 1, "{path}: one-line reason, got {body:?}");
+        assert!(
+            body.contains(reason),
+            "{path}: body {body:?} should say {reason:?}"
+        );
+        assert_eq!(
+            body.lines().count(),
+            1,
+            "{path}: one-line reason, got {body:?}"
+        );
     }
     let r = c.post(gw.url("/events/x")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 405);
@@ -164,7 +206,10 @@ async fn resume_replays_missed_events_without_gap_or_duplicate() {
     // Query form, for clients that cannot set headers.
     let mut by_query = Sse::connect(&gw.url(&format!("/multi/r?lastEventId={last}"))).await;
     gw.publish_ok("right:r", json!("live")).await;
-    let want: Vec<String> = (0..5).map(|i| format!("missed{i}")).chain(["live".to_string()]).collect();
+    let want: Vec<String> = (0..5)
+        .map(|i| format!("missed{i}"))
+        .chain(["live".to_string()])
+        .collect();
     for s in [&mut again, &mut by_query] {
         let got: Vec<String> = s.take(6).await.into_iter().map(|e| e.data).collect();
         assert_eq!(got, want);
@@ -184,7 +229,12 @@ async fn replay_and_live_interleave_without_loss_under_concurrent_publish() {
         tokio::spawn(async move {
             let c = client();
             for i in 1..=60 {
-                let r = c.post(&url).json(&json!({"channel": "room:race", "data": i})).send().await.unwrap();
+                let r = c
+                    .post(&url)
+                    .json(&json!({"channel": "room:race", "data": i}))
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(r.status().as_u16(), 200);
             }
         })
@@ -192,7 +242,12 @@ async fn replay_and_live_interleave_without_loss_under_concurrent_publish() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let mut again = Sse::connect_with(&gw.url("/events/race"), &[("last-event-id", &last)]).await;
     publisher.await.unwrap();
-    let got: Vec<i64> = again.take(60).await.into_iter().map(|e| e.data.parse().unwrap()).collect();
+    let got: Vec<i64> = again
+        .take(60)
+        .await
+        .into_iter()
+        .map(|e| e.data.parse().unwrap())
+        .collect();
     assert_eq!(got, (1..=60).collect::<Vec<_>>());
     again.silent_for(Duration::from_millis(300)).await;
 }
@@ -215,13 +270,15 @@ async fn history_gap_sends_reset_then_live() {
     gw.publish_ok("room:gap", json!("live")).await;
     assert_eq!(again.next().await.data, "live");
     // A cursor from another run (or garbage) cannot be trusted either.
-    let mut foreign = Sse::connect_with(&gw.url("/events/gap"), &[("last-event-id", "abc-1")]).await;
+    let mut foreign =
+        Sse::connect_with(&gw.url("/events/gap"), &[("last-event-id", "abc-1")]).await;
     assert_eq!(foreign.next().await.event, "ssegate.reset");
 }
 
 #[tokio::test]
 async fn connection_limits_answer_429() {
-    let gw = Gateway::start(&BASE.replace("max_connections_per_ip: 0", "max_connections_per_ip: 2"));
+    let gw =
+        Gateway::start(&BASE.replace("max_connections_per_ip: 0", "max_connections_per_ip: 2"));
     let _a = Sse::connect(&gw.url("/events/l")).await;
     let _b = Sse::connect(&gw.url("/events/l")).await;
     let r = client().get(gw.url("/events/l")).send().await.unwrap();
@@ -238,7 +295,10 @@ async fn connection_limits_answer_429() {
         assert!(std::time::Instant::now() < deadline, "slot never released");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let global = Gateway::start(&format!("{BASE}\n").replace("limits: { max_channels_per_client: 3, max_connections_per_ip: 0 }", "limits: { max_connections: 1 }"));
+    let global = Gateway::start(&format!("{BASE}\n").replace(
+        "limits: { max_channels_per_client: 3, max_connections_per_ip: 0 }",
+        "limits: { max_connections: 1 }",
+    ));
     let _one = Sse::connect(&global.url("/events/g")).await;
     let r = client().get(global.url("/events/g")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 429);
@@ -265,11 +325,21 @@ async fn slow_client_is_cut_and_costs_bounded_memory() {
     });
     // Batches smaller than client_queue (64): a reading client keeps up.
     for batch in 0..(total / 50) {
-        let items: Vec<_> = (0..50).map(|_| json!({"channel": "room:slow", "data": payload})).collect();
-        let r = c.post(gw.admin("/publish")).json(&json!({"items": items})).send().await.unwrap();
+        let items: Vec<_> = (0..50)
+            .map(|_| json!({"channel": "room:slow", "data": payload}))
+            .collect();
+        let r = c
+            .post(gw.admin("/publish"))
+            .json(&json!({"items": items}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 200, "batch {batch}");
     }
-    let got = tokio::time::timeout(Duration::from_secs(60), reader).await.expect("fast reader").unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("fast reader")
+        .unwrap();
     assert_eq!(got, total);
     let rss_after = gw.rss();
     assert!(

@@ -24,7 +24,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.col, self.message
+        )
     }
 }
 
@@ -147,7 +151,10 @@ impl Validator<'_> {
             Some(s) => match humantime::parse_duration(s.trim()) {
                 Ok(d) => d,
                 Err(e) => {
-                    self.err(path, format!("`{s}` is not a duration like 15s, 2m or 1h: {e}"));
+                    self.err(
+                        path,
+                        format!("`{s}` is not a duration like 15s, 2m or 1h: {e}"),
+                    );
                     default
                 }
             },
@@ -184,8 +191,11 @@ impl Validator<'_> {
 
     fn config(&mut self, f: FileConfig, source: PathBuf) -> Option<Config> {
         let listen = self.addr("listen", f.listen.as_ref(), DEFAULT_LISTEN);
-        let shutdown_grace =
-            self.duration("shutdown_grace", f.shutdown_grace.as_ref(), Duration::from_secs(10));
+        let shutdown_grace = self.duration(
+            "shutdown_grace",
+            f.shutdown_grace.as_ref(),
+            Duration::from_secs(10),
+        );
         if f.tls.is_some() {
             self.not_yet("tls", "`tls`");
         }
@@ -198,7 +208,10 @@ impl Validator<'_> {
                 .and_then(|var| self.secret("admin.token_env", var)),
         };
         if admin.listen == listen {
-            self.err("admin.listen", "the admin listener must not share the public address");
+            self.err(
+                "admin.listen",
+                "the admin listener must not share the public address",
+            );
         }
         let hub = self.hub(f.hub.unwrap_or_default());
         let sse = self.sse_settings("sse", &f.sse.unwrap_or_default(), None);
@@ -235,14 +248,20 @@ impl Validator<'_> {
                 BrokerKind::Memory
             }
             Some(other) => {
-                self.err("hub.broker", format!("unknown broker `{other}` (memory or redis)"));
+                self.err(
+                    "hub.broker",
+                    format!("unknown broker `{other}` (memory or redis)"),
+                );
                 BrokerKind::Memory
             }
         };
         let history = h.history.unwrap_or_default();
         let history_size = history.size.unwrap_or(1000);
         if history_size > 1_000_000 {
-            self.err("hub.history.size", "history size above 1,000,000 per channel");
+            self.err(
+                "hub.history.size",
+                "history size above 1,000,000 per channel",
+            );
         }
         Hub {
             broker,
@@ -266,13 +285,20 @@ impl Validator<'_> {
             retry: Duration::from_secs(3),
             client_queue: 1024,
         });
-        let heartbeat = self.duration(&format!("{path}.heartbeat"), s.heartbeat.as_ref(), d.heartbeat);
+        let heartbeat = self.duration(
+            &format!("{path}.heartbeat"),
+            s.heartbeat.as_ref(),
+            d.heartbeat,
+        );
         if heartbeat < Duration::from_millis(100) {
             self.err(&format!("{path}.heartbeat"), "heartbeat below 100ms");
         }
         let client_queue = s.client_queue.unwrap_or(d.client_queue);
         if client_queue == 0 {
-            self.err(&format!("{path}.client_queue"), "client_queue must be at least 1");
+            self.err(
+                &format!("{path}.client_queue"),
+                "client_queue must be at least 1",
+            );
         }
         SseSettings {
             heartbeat,
@@ -287,7 +313,10 @@ impl Validator<'_> {
             Some(s) => match s.trim().parse::<bytesize::ByteSize>() {
                 Ok(b) => b.as_u64() as usize,
                 Err(e) => {
-                    self.err("limits.max_body", format!("`{s}` is not a size like 1MiB or 64KB: {e}"));
+                    self.err(
+                        "limits.max_body",
+                        format!("`{s}` is not a size like 1MiB or 64KB: {e}"),
+                    );
                     1024 * 1024
                 }
             },
@@ -304,19 +333,28 @@ impl Validator<'_> {
         }
     }
 
-    fn upstreams(&mut self, ups: BTreeMap<String, file::UpstreamFile>) -> BTreeMap<String, Upstream> {
+    fn upstreams(
+        &mut self,
+        ups: BTreeMap<String, file::UpstreamFile>,
+    ) -> BTreeMap<String, Upstream> {
         let mut out = BTreeMap::new();
         for (name, u) in ups {
             let base = format!("upstreams.{name}");
             if u.servers.is_empty() {
-                self.err(&format!("{base}.servers"), "an upstream needs at least one server");
+                self.err(
+                    &format!("{base}.servers"),
+                    "an upstream needs at least one server",
+                );
             }
             let mut servers = Vec::new();
             for (i, s) in u.servers.iter().enumerate() {
                 match std::net::ToSocketAddrs::to_socket_addrs(s.as_str()) {
                     Ok(mut it) => match it.next() {
                         Some(a) => servers.push(a),
-                        None => self.err(&format!("{base}.servers.{i}"), format!("`{s}` resolves to no address")),
+                        None => self.err(
+                            &format!("{base}.servers.{i}"),
+                            format!("`{s}` resolves to no address"),
+                        ),
                     },
                     Err(e) => self.err(
                         &format!("{base}.servers.{i}"),
@@ -327,9 +365,21 @@ impl Validator<'_> {
             let up = Upstream {
                 name: name.clone(),
                 servers,
-                connect_timeout: self.duration(&format!("{base}.connect_timeout"), u.connect_timeout.as_ref(), Duration::from_secs(5)),
-                read_timeout: self.duration(&format!("{base}.read_timeout"), u.read_timeout.as_ref(), Duration::from_secs(60)),
-                fail_timeout: self.duration(&format!("{base}.fail_timeout"), u.fail_timeout.as_ref(), Duration::from_secs(10)),
+                connect_timeout: self.duration(
+                    &format!("{base}.connect_timeout"),
+                    u.connect_timeout.as_ref(),
+                    Duration::from_secs(5),
+                ),
+                read_timeout: self.duration(
+                    &format!("{base}.read_timeout"),
+                    u.read_timeout.as_ref(),
+                    Duration::from_secs(60),
+                ),
+                fail_timeout: self.duration(
+                    &format!("{base}.fail_timeout"),
+                    u.fail_timeout.as_ref(),
+                    Duration::from_secs(10),
+                ),
             };
             out.insert(name, up);
         }
@@ -346,16 +396,24 @@ impl Validator<'_> {
         for (index, r) in routes.into_iter().enumerate() {
             let base = format!("routes.{index}");
             if !r.path.starts_with('/') {
-                self.err(&format!("{base}.path"), format!("route path `{}` must start with /", r.path));
+                self.err(
+                    &format!("{base}.path"),
+                    format!("route path `{}` must start with /", r.path),
+                );
             }
             let methods = r.methods.as_ref().map(|ms| {
                 ms.iter()
                     .enumerate()
-                    .filter_map(|(i, m)| match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
-                        Ok(m) => Some(m),
-                        Err(_) => {
-                            self.err(&format!("{base}.methods.{i}"), format!("`{m}` is not an HTTP method"));
-                            None
+                    .filter_map(|(i, m)| {
+                        match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                            Ok(m) => Some(m),
+                            Err(_) => {
+                                self.err(
+                                    &format!("{base}.methods.{i}"),
+                                    format!("`{m}` is not an HTTP method"),
+                                );
+                                None
+                            }
                         }
                     })
                     .collect::<Vec<_>>()
@@ -375,22 +433,41 @@ impl Validator<'_> {
                         let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
                         self.err(
                             &format!("{base}.proxy"),
-                            format!("unknown upstream `{up}` (defined: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") }),
+                            format!(
+                                "unknown upstream `{up}` (defined: {})",
+                                if known.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    known.join(", ")
+                                }
+                            ),
                         );
                     }
                     if r.grip {
                         self.not_yet(&format!("{base}.grip"), "`grip: true` (GRIP holds)");
                     }
-                    RouteKind::Proxy { upstream: up.clone(), grip: r.grip }
+                    RouteKind::Proxy {
+                        upstream: up.clone(),
+                        grip: r.grip,
+                    }
                 }
                 (None, Some(s)) => {
                     if r.grip {
-                        self.err(&format!("{base}.grip"), "`grip` applies to proxy routes only");
+                        self.err(
+                            &format!("{base}.grip"),
+                            "`grip` applies to proxy routes only",
+                        );
                     }
                     RouteKind::Sse(Box::new(self.sse_route(&base, &r.path, s, sse)))
                 }
             };
-            out.push(Route { index, path: r.path, methods, host, kind });
+            out.push(Route {
+                index,
+                path: r.path,
+                methods,
+                host,
+                kind,
+            });
         }
         out
     }
@@ -411,7 +488,12 @@ impl Validator<'_> {
                 Ok(t) => {
                     for lit in t.literals() {
                         if let Some(ch) = lit.chars().find(|ch| !is_channel_char(*ch)) {
-                            self.err(&at, format!("channel template `{c}` has {ch:?}, outside [A-Za-z0-9_.:@-]"));
+                            self.err(
+                                &at,
+                                format!(
+                                    "channel template `{c}` has {ch:?}, outside [A-Za-z0-9_.:@-]"
+                                ),
+                            );
                         }
                     }
                     for v in t.vars() {
@@ -475,7 +557,9 @@ mod tests {
     use super::*;
 
     fn check(text: &str) -> Result<Config, ConfigErrors> {
-        load_str(text, Path::new("t.yaml"), &|k| (k == "TOKEN").then(|| "s3cret".to_string()))
+        load_str(text, Path::new("t.yaml"), &|k| {
+            (k == "TOKEN").then(|| "s3cret".to_string())
+        })
     }
 
     #[test]
@@ -492,7 +576,10 @@ mod tests {
         assert_eq!(e.0.len(), 1);
         let msg = e.0[0].to_string();
         assert!(msg.starts_with("t.yaml:2:3: "), "{msg}");
-        assert!(msg.contains("`brokr`") && msg.contains("did you mean `broker`"), "{msg}");
+        assert!(
+            msg.contains("`brokr`") && msg.contains("did you mean `broker`"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -512,11 +599,36 @@ routes:
 ";
         let e = check(text).unwrap_err();
         let lines: Vec<String> = e.0.iter().map(|e| e.to_string()).collect();
-        assert!(lines.iter().any(|l| l.starts_with("t.yaml:3:1:") && l.contains("duration")), "{lines:?}");
-        assert!(lines.iter().any(|l| l.starts_with("t.yaml:6:5:") && l.contains("unknown upstream `nope`")), "{lines:?}");
-        assert!(lines.iter().any(|l| l.starts_with("t.yaml:9:") && l.contains("{other}")), "{lines:?}");
-        assert!(lines.iter().any(|l| l.starts_with("t.yaml:9:") && l.contains("jwt.sub")), "{lines:?}");
-        assert!(lines.iter().any(|l| l.starts_with("t.yaml:10:") && l.contains("conflict")), "{lines:?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("t.yaml:3:1:") && l.contains("duration")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("t.yaml:6:5:") && l.contains("unknown upstream `nope`")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("t.yaml:9:") && l.contains("{other}")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("t.yaml:9:") && l.contains("jwt.sub")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("t.yaml:10:") && l.contains("conflict")),
+            "{lines:?}"
+        );
     }
 
     #[test]
@@ -524,6 +636,10 @@ routes:
         let c = check("admin: { token_env: TOKEN }").unwrap();
         assert_eq!(c.admin.token.as_deref(), Some("s3cret"));
         let e = check("admin:\n  token_env: MISSING\n").unwrap_err();
-        assert!(e.to_string().contains("t.yaml:2:3: environment variable `MISSING` is not set"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("t.yaml:2:3: environment variable `MISSING` is not set"),
+            "{e}"
+        );
     }
 }

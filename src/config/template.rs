@@ -237,7 +237,9 @@ pub fn check_pointer(p: &str) -> Result<(), String> {
     let b = p.as_bytes();
     for (i, c) in b.iter().enumerate() {
         if *c == b'~' && !matches!(b.get(i + 1), Some(b'0') | Some(b'1')) {
-            return Err(format!("JSON pointer {p:?}: `~` must be followed by 0 or 1"));
+            return Err(format!(
+                "JSON pointer {p:?}: `~` must be followed by 0 or 1"
+            ));
         }
     }
     Ok(())
@@ -260,8 +262,10 @@ mod tests {
 
     #[test]
     fn parses_every_kind() {
-        let t = Template::parse("a:{id}:{query.x}:{header.X-Y}:{jwt.sub}:{auth.X-User}:{/a/b}:{form.f}")
-            .unwrap();
+        let t = Template::parse(
+            "a:{id}:{query.x}:{header.X-Y}:{jwt.sub}:{auth.X-User}:{/a/b}:{form.f}",
+        )
+        .unwrap();
         let vars: Vec<_> = t.vars().cloned().collect();
         assert_eq!(
             vars,
@@ -290,9 +294,15 @@ mod tests {
         assert_eq!(ok.render_channel(vals).unwrap(), "order:42:q");
         for t in ["o:{evil}", "o:{comma}", "o:{empty}"] {
             let t = Template::parse(t).unwrap();
-            assert!(matches!(t.render_channel(vals), Err(RenderError::BadValue(..))));
+            assert!(matches!(
+                t.render_channel(vals),
+                Err(RenderError::BadValue(..))
+            ));
         }
         let missing = Template::parse("o:{query.nope}").unwrap();
-        assert!(matches!(missing.render_channel(vals), Err(RenderError::Missing(_))));
+        assert!(matches!(
+            missing.render_channel(vals),
+            Err(RenderError::Missing(_))
+        ));
     }
 }

@@ -162,7 +162,10 @@ impl MemoryBroker {
         }
         frames.sort_by_key(|d| d.seq);
         frames.dedup_by_key(|d| d.seq);
-        Replay { reset: None, frames }
+        Replay {
+            reset: None,
+            frames,
+        }
     }
 }
 
@@ -195,14 +198,24 @@ impl Broker for MemoryBroker {
             let seq = st.seq;
             let cursor = format_cursor(self.epoch, seq);
             let bytes = match &ev.payload {
-                Payload::Message { event, data } => frame::encode(Some(&cursor), event.as_deref(), data)
-                    .unwrap_or_else(|_| frame::encode(Some(&cursor), None, data).unwrap_or_default()),
+                Payload::Message { event, data } => {
+                    frame::encode(Some(&cursor), event.as_deref(), data).unwrap_or_else(|_| {
+                        frame::encode(Some(&cursor), None, data).unwrap_or_default()
+                    })
+                }
                 Payload::Raw(content) => frame::with_cursor(content, &cursor),
                 Payload::Close => continue,
             };
-            let delivery = Delivery { seq, frame: bytes, published: now };
+            let delivery = Delivery {
+                seq,
+                frame: bytes,
+                published: now,
+            };
             // ok: `entry` above created the channel and nothing removed it since.
-            let ch = st.channels.get_mut(ev.channel.as_str()).expect("channel exists");
+            let ch = st
+                .channels
+                .get_mut(ev.channel.as_str())
+                .expect("channel exists");
             let mut dropped = 0;
             for sub in ch.subs.values() {
                 if let Offer::Evicted(n) = sub.offer(&delivery) {
@@ -211,13 +224,20 @@ impl Broker for MemoryBroker {
                 }
             }
             if dropped > 0 {
-                self.metrics.dropped.with_label_values(&["slow_client"]).inc_by(dropped as u64);
+                self.metrics
+                    .dropped
+                    .with_label_values(&["slow_client"])
+                    .inc_by(dropped as u64);
             }
             if self.history_size > 0 {
                 if let Some(id) = &dedupe_id {
                     ch.ids.insert(id.clone());
                 }
-                ch.history.push_back(Stored { delivery, at: now, dedupe_id });
+                ch.history.push_back(Stored {
+                    delivery,
+                    at: now,
+                    dedupe_id,
+                });
                 ch.expire(now, self.history_ttl, self.history_size);
             } else {
                 ch.evicted = seq;
@@ -254,7 +274,10 @@ impl Broker for MemoryBroker {
 
     async fn replay(&self, channels: &[String], after: &str) -> Result<Replay, BrokerError> {
         let mut st = self.lock();
-        let created: Vec<bool> = channels.iter().map(|c| !st.channels.contains_key(c.as_str())).collect();
+        let created: Vec<bool> = channels
+            .iter()
+            .map(|c| !st.channels.contains_key(c.as_str()))
+            .collect();
         Ok(self.missed(&mut st, channels, after, &created))
     }
 
@@ -300,14 +323,19 @@ mod tests {
         Event {
             channel: ch.into(),
             dedupe_id: id.map(String::from),
-            payload: Payload::Message { event: None, data: data.into() },
+            payload: Payload::Message {
+                event: None,
+                data: data.into(),
+            },
         }
     }
 
     fn drained(s: &Subscriber) -> Vec<String> {
         let mut v = Vec::new();
         s.drain_into(&mut v);
-        v.iter().map(|d| String::from_utf8_lossy(&d.frame).to_string()).collect()
+        v.iter()
+            .map(|d| String::from_utf8_lossy(&d.frame).to_string())
+            .collect()
     }
 
     #[tokio::test]
@@ -323,24 +351,47 @@ mod tests {
             s.drain_into(&mut frames);
         }
         assert_eq!(frames.len(), 3);
-        assert!(frames.iter().all(|f| f.frame.as_ptr() == frames[0].frame.as_ptr()));
+        assert!(frames
+            .iter()
+            .all(|f| f.frame.as_ptr() == frames[0].frame.as_ptr()));
     }
 
     #[tokio::test]
     async fn resume_replays_in_order_across_channels() {
         let b = broker(10);
         let first = Arc::new(Subscriber::new(1, 64));
-        b.subscribe(&first, &["a".into(), "b".into()], &Resume::Live).await.unwrap();
+        b.subscribe(&first, &["a".into(), "b".into()], &Resume::Live)
+            .await
+            .unwrap();
         b.publish(vec![msg("a", "1", None)]).await.unwrap();
         let mut got = Vec::new();
         first.drain_into(&mut got);
         let last = b.cursor(got[0].seq);
-        b.publish(vec![msg("b", "2", None), msg("a", "3", None), msg("c", "x", None), msg("b", "4", None)]).await.unwrap();
+        b.publish(vec![
+            msg("b", "2", None),
+            msg("a", "3", None),
+            msg("c", "x", None),
+            msg("b", "4", None),
+        ])
+        .await
+        .unwrap();
         let again = Arc::new(Subscriber::new(2, 64));
-        let r = b.subscribe(&again, &["a".into(), "b".into()], &Resume::After(last)).await.unwrap();
+        let r = b
+            .subscribe(&again, &["a".into(), "b".into()], &Resume::After(last))
+            .await
+            .unwrap();
         assert!(r.reset.is_none());
-        let datas: Vec<String> = r.frames.iter().map(|d| String::from_utf8_lossy(&d.frame).to_string()).collect();
-        assert!(datas[0].ends_with("data: 2\n\n") && datas[1].ends_with("data: 3\n\n") && datas[2].ends_with("data: 4\n\n"), "{datas:?}");
+        let datas: Vec<String> = r
+            .frames
+            .iter()
+            .map(|d| String::from_utf8_lossy(&d.frame).to_string())
+            .collect();
+        assert!(
+            datas[0].ends_with("data: 2\n\n")
+                && datas[1].ends_with("data: 3\n\n")
+                && datas[2].ends_with("data: 4\n\n"),
+            "{datas:?}"
+        );
         assert_eq!(datas.len(), 3);
         b.publish(vec![msg("a", "5", None)]).await.unwrap();
         assert_eq!(drained(&again).len(), 1);
@@ -353,7 +404,9 @@ mod tests {
         b.subscribe(&s, &["a".into()], &Resume::Live).await.unwrap();
         b.publish(vec![msg("a", "1", None)]).await.unwrap();
         let first = b.cursor(1);
-        b.publish((2..6).map(|i| msg("a", &i.to_string(), None)).collect()).await.unwrap();
+        b.publish((2..6).map(|i| msg("a", &i.to_string(), None)).collect())
+            .await
+            .unwrap();
         let r = b.replay(&["a".into()], &first).await.unwrap();
         assert!(r.reset.is_some() && r.frames.is_empty());
         let r = b.replay(&["a".into()], "garbage").await.unwrap();
@@ -365,14 +418,30 @@ mod tests {
     #[tokio::test]
     async fn dedupe_within_history() {
         let b = broker(10);
-        let r = b.publish(vec![msg("a", "1", Some("x")), msg("a", "1", Some("x")), msg("b", "1", Some("x"))]).await.unwrap();
-        assert_eq!(r, PublishReport { published: 2, duplicates: 1, closed: 0 });
+        let r = b
+            .publish(vec![
+                msg("a", "1", Some("x")),
+                msg("a", "1", Some("x")),
+                msg("b", "1", Some("x")),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            r,
+            PublishReport {
+                published: 2,
+                duplicates: 1,
+                closed: 0
+            }
+        );
     }
 
     #[tokio::test]
     async fn forgotten_channel_resumes_with_reset() {
         let b = MemoryBroker::new(10, Duration::ZERO, Arc::new(Metrics::new()));
-        b.publish(vec![msg("a", "1", None), msg("a", "2", None)]).await.unwrap();
+        b.publish(vec![msg("a", "1", None), msg("a", "2", None)])
+            .await
+            .unwrap();
         b.sweep();
         assert_eq!(b.stats().channels, 0);
         let r = b.replay(&["a".into()], &b.cursor(1)).await.unwrap();

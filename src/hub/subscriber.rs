@@ -130,7 +130,11 @@ mod tests {
     use super::*;
 
     fn d(seq: u64) -> Delivery {
-        Delivery { seq, frame: Bytes::from_static(b"x"), published: Instant::now() }
+        Delivery {
+            seq,
+            frame: Bytes::from_static(b"x"),
+            published: Instant::now(),
+        }
     }
 
     #[test]
@@ -150,7 +154,9 @@ mod tests {
     async fn wake_is_not_lost() {
         let s = Subscriber::new(1, 8);
         s.offer(&d(1));
-        tokio::time::timeout(std::time::Duration::from_secs(1), s.woken()).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), s.woken())
+            .await
+            .unwrap();
         let mut out = Vec::new();
         s.drain_into(&mut out);
         assert_eq!(out.len(), 1);

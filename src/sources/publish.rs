@@ -61,8 +61,7 @@ fn item_event(item: &Value) -> Result<Option<Event>, String> {
     str_field(item, "prev-id")?;
     // GRIP formats sit under `formats` or, as gripcontrol sends them, directly on the item.
     let formats = item.get("formats").unwrap_or(item);
-    let grip = item.get("formats").is_some()
-        || GRIP_FORMATS.iter().any(|f| item.get(*f).is_some());
+    let grip = item.get("formats").is_some() || GRIP_FORMATS.iter().any(|f| item.get(*f).is_some());
     if grip {
         let Some(stream) = formats.get("http-stream") else {
             return Ok(None);
@@ -79,7 +78,11 @@ fn item_event(item: &Value) -> Result<Option<Event>, String> {
         } else {
             return Err("`http-stream` needs `content`, `content-bin` or `action: close`".into());
         };
-        return Ok(Some(Event { channel: channel.to_string(), dedupe_id, payload }));
+        return Ok(Some(Event {
+            channel: channel.to_string(),
+            dedupe_id,
+            payload,
+        }));
     }
     let event = str_field(item, "event")?.map(str::to_string);
     if let Some(e) = &event {
@@ -113,7 +116,8 @@ mod tests {
             }
             p => panic!("{p:?}"),
         }
-        let e = parse(br#"{"items":[{"channel":"a","data":"1"},{"channel":"b","data":"2"}]}"#).unwrap();
+        let e =
+            parse(br#"{"items":[{"channel":"a","data":"1"},{"channel":"b","data":"2"}]}"#).unwrap();
         assert_eq!(e.len(), 2);
     }
 
@@ -142,7 +146,10 @@ mod tests {
             (br#"{"channel":"a b","data":"x"}"#, "outside"),
             (br#"{"channel":"a","event":"x\ny","data":"x"}"#, "CR or LF"),
             (br#"{"channel":"a"}"#, "`data` is required"),
-            (br#"{"items":[{"channel":"a","data":"x"},{"channel":5,"data":"x"}]}"#, "items[1]"),
+            (
+                br#"{"items":[{"channel":"a","data":"x"},{"channel":5,"data":"x"}]}"#,
+                "items[1]",
+            ),
         ] {
             let e = parse(body).unwrap_err();
             assert!(e.contains(why), "{e} should mention {why}");

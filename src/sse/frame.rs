@@ -100,7 +100,12 @@ pub fn retry_only(retry_ms: u128) -> Bytes {
 /// The event that tells a resuming client its missed events are gone.
 pub fn reset(id: &str) -> Bytes {
     // ok: a cursor never holds CR, LF or NUL.
-    encode(Some(id), Some("ssegate.reset"), r#"{"reason":"history-gap"}"#).unwrap_or_default()
+    encode(
+        Some(id),
+        Some("ssegate.reset"),
+        r#"{"reason":"history-gap"}"#,
+    )
+    .unwrap_or_default()
 }
 
 /// GRIP `http-stream` content is passed verbatim, as in Pushpin; when it is
@@ -149,25 +154,49 @@ mod tests {
 
     #[test]
     fn frames_exactly() {
-        assert_eq!(s(encode(Some("1"), None, "hi").unwrap()), "id: 1\ndata: hi\n\n");
-        assert_eq!(s(encode(None, Some("message"), "x").unwrap()), "data: x\n\n");
-        assert_eq!(s(encode(None, Some("e"), "a\nb\r\nc\rd").unwrap()), "event: e\ndata: a\ndata: b\ndata: c\ndata: d\n\n");
+        assert_eq!(
+            s(encode(Some("1"), None, "hi").unwrap()),
+            "id: 1\ndata: hi\n\n"
+        );
+        assert_eq!(
+            s(encode(None, Some("message"), "x").unwrap()),
+            "data: x\n\n"
+        );
+        assert_eq!(
+            s(encode(None, Some("e"), "a\nb\r\nc\rd").unwrap()),
+            "event: e\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+        );
         assert_eq!(s(encode(None, None, "").unwrap()), "data:\n\n");
         assert_eq!(s(encode(None, None, "t\n").unwrap()), "data: t\ndata:\n\n");
     }
 
     #[test]
     fn refuses_injection() {
-        assert_eq!(encode(None, Some("a\nb"), "x"), Err(FrameError::LineBreak("event")));
-        assert_eq!(encode(Some("1\r"), None, "x"), Err(FrameError::LineBreak("id")));
+        assert_eq!(
+            encode(None, Some("a\nb"), "x"),
+            Err(FrameError::LineBreak("event"))
+        );
+        assert_eq!(
+            encode(Some("1\r"), None, "x"),
+            Err(FrameError::LineBreak("id"))
+        );
         assert_eq!(encode(Some("1\0"), None, "x"), Err(FrameError::Nul));
     }
 
     #[test]
     fn grip_content_gets_a_cursor() {
-        assert_eq!(s(with_cursor(b"event: greet\ndata: hi\n\n", "c-9")), "id: c-9\nevent: greet\ndata: hi\n\n");
-        assert_eq!(s(with_cursor(b"data: a\n\ndata: b\n\n", "c-9")), "data: a\n\nid: c-9\ndata: b\n\n");
-        assert_eq!(s(with_cursor(b"id: mine\ndata: a\n\n", "c-9")), "id: mine\ndata: a\n\n");
+        assert_eq!(
+            s(with_cursor(b"event: greet\ndata: hi\n\n", "c-9")),
+            "id: c-9\nevent: greet\ndata: hi\n\n"
+        );
+        assert_eq!(
+            s(with_cursor(b"data: a\n\ndata: b\n\n", "c-9")),
+            "data: a\n\nid: c-9\ndata: b\n\n"
+        );
+        assert_eq!(
+            s(with_cursor(b"id: mine\ndata: a\n\n", "c-9")),
+            "id: mine\ndata: a\n\n"
+        );
         assert_eq!(s(with_cursor(b"plain text", "c-9")), "plain text");
     }
 }

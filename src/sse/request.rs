@@ -15,7 +15,10 @@ pub struct Refusal {
 }
 
 fn refuse(status: u16, reason: impl Into<String>) -> Refusal {
-    Refusal { status, reason: reason.into() }
+    Refusal {
+        status,
+        reason: reason.into(),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +51,10 @@ pub fn resolve(
                 .iter()
                 .find(|(k, _)| k == n)
                 .map(|(_, val)| percent_encoding::percent_decode_str(val).decode_utf8_lossy()),
-            Var::Query(n) => query.iter().find(|(k, _)| k == n).map(|(_, v)| Cow::Borrowed(v.as_str())),
+            Var::Query(n) => query
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| Cow::Borrowed(v.as_str())),
             Var::Header(n) => header(req, n).map(Cow::Borrowed),
             _ => None,
         }
@@ -69,7 +75,10 @@ pub fn resolve(
         }
         check_channel(v).map_err(|why| refuse(400, format!("bad channel: {why}")))?;
         if !route.allow_channels.iter().any(|p| p.matches(v)) {
-            return Err(refuse(403, format!("channel {v:?} is not allowed on this route")));
+            return Err(refuse(
+                403,
+                format!("channel {v:?} is not allowed on this route"),
+            ));
         }
         if !channels.contains(v) {
             channels.push(v.clone());
@@ -81,12 +90,20 @@ pub fn resolve(
     if channels.len() > max_channels {
         return Err(refuse(
             400,
-            format!("{} channels requested, at most {max_channels} allowed", channels.len()),
+            format!(
+                "{} channels requested, at most {max_channels} allowed",
+                channels.len()
+            ),
         ));
     }
     let last_id = header(req, "last-event-id")
         .map(str::to_string)
-        .or_else(|| query.iter().find(|(k, _)| k == "lastEventId").map(|(_, v)| v.clone()))
+        .or_else(|| {
+            query
+                .iter()
+                .find(|(k, _)| k == "lastEventId")
+                .map(|(_, v)| v.clone())
+        })
         .filter(|s| !s.trim().is_empty());
     Ok(Wanted {
         channels,
@@ -103,9 +120,19 @@ mod tests {
 
     fn route(channels: &[&str], allow: &[&str]) -> SseRoute {
         SseRoute {
-            channels: channels.iter().map(|c| Template::parse(c).unwrap()).collect(),
-            allow_channels: allow.iter().map(|p| ChannelPattern(p.to_string())).collect(),
-            settings: SseSettings { heartbeat: Duration::from_secs(1), retry: Duration::from_secs(1), client_queue: 8 },
+            channels: channels
+                .iter()
+                .map(|c| Template::parse(c).unwrap())
+                .collect(),
+            allow_channels: allow
+                .iter()
+                .map(|p| ChannelPattern(p.to_string()))
+                .collect(),
+            settings: SseSettings {
+                heartbeat: Duration::from_secs(1),
+                retry: Duration::from_secs(1),
+                client_queue: 8,
+            },
         }
     }
 
@@ -124,7 +151,13 @@ mod tests {
     #[test]
     fn renders_channels_and_resume() {
         let r = route(&["room:{room}", "u:{query.u}"], &[]);
-        let w = resolve(&req("/e/a1?u=7", &[("last-event-id", "x-3")]), &r, &params("a1"), 8).unwrap();
+        let w = resolve(
+            &req("/e/a1?u=7", &[("last-event-id", "x-3")]),
+            &r,
+            &params("a1"),
+            8,
+        )
+        .unwrap();
         assert_eq!(w.channels, vec!["room:a1", "u:7"]);
         assert_eq!(w.resume, Resume::After("x-3".into()));
         let w = resolve(&req("/e/a1?u=7&lastEventId=x-4", &[]), &r, &params("a1"), 8).unwrap();
@@ -147,10 +180,30 @@ mod tests {
         let r = route(&["base"], &["news:*"]);
         let w = resolve(&req("/e?channel=news:a&channel=news:b", &[]), &r, &[], 8).unwrap();
         assert_eq!(w.channels, vec!["base", "news:a", "news:b"]);
-        assert_eq!(resolve(&req("/e?channel=secret", &[]), &r, &[], 8).unwrap_err().status, 403);
-        assert_eq!(resolve(&req("/e?channel=news:*", &[]), &r, &[], 8).unwrap_err().status, 400);
-        assert_eq!(resolve(&req("/e?channel=news:a&channel=news:b", &[]), &r, &[], 2).unwrap_err().status, 400);
+        assert_eq!(
+            resolve(&req("/e?channel=secret", &[]), &r, &[], 8)
+                .unwrap_err()
+                .status,
+            403
+        );
+        assert_eq!(
+            resolve(&req("/e?channel=news:*", &[]), &r, &[], 8)
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            resolve(&req("/e?channel=news:a&channel=news:b", &[]), &r, &[], 2)
+                .unwrap_err()
+                .status,
+            400
+        );
         let closed = route(&["base"], &[]);
-        assert_eq!(resolve(&req("/e?channel=news:a", &[]), &closed, &[], 8).unwrap_err().status, 403);
+        assert_eq!(
+            resolve(&req("/e?channel=news:a", &[]), &closed, &[], 8)
+                .unwrap_err()
+                .status,
+            403
+        );
     }
 }

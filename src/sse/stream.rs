@@ -70,8 +70,12 @@ pub async fn serve(
 ) -> Result<End> {
     let sub = &subscription.sub;
     let is_h2 = session.as_downstream().is_http2();
-    session.downstream_session.set_write_timeout(Some(WRITE_TIMEOUT));
-    session.write_response_header(Box::new(response_header(is_h2)?), false).await?;
+    session
+        .downstream_session
+        .set_write_timeout(Some(WRITE_TIMEOUT));
+    session
+        .write_response_header(Box::new(response_header(is_h2)?), false)
+        .await?;
 
     let mut first = BytesMut::from(&frame::prelude(settings.retry.as_millis())[..]);
     if let Some(reset) = &replay.reset {

@@ -16,11 +16,19 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn port_open(port: u16) -> bool {
-    TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok()
+    TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
 }
 
 /// Poll `f` until it is Some, or panic after `timeout` naming `what`.
@@ -30,7 +38,10 @@ pub async fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() ->
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -62,7 +73,10 @@ impl Gateway {
         let has_admin = body.lines().any(|l| l.starts_with("admin:"));
         let mut text = format!("listen: 127.0.0.1:{port}\n");
         if has_admin {
-            text.push_str(&body.replace("admin:\n", &format!("admin:\n  listen: 127.0.0.1:{admin_port}\n")));
+            text.push_str(&body.replace(
+                "admin:\n",
+                &format!("admin:\n  listen: 127.0.0.1:{admin_port}\n"),
+            ));
         } else {
             text.push_str(&format!("admin:\n  listen: 127.0.0.1:{admin_port}\n{body}"));
         }
@@ -71,19 +85,37 @@ impl Gateway {
         let log_path = dir.path().join("ssegate.log");
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(bin());
-        cmd.args(["run", "-c"]).arg(&config_path).stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        cmd.args(["run", "-c"])
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
         cmd.env("RUST_LOG", "info");
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
-        let mut gw = Gateway { port, admin_port, dir, config_path, child: Some(child), log_path };
+        let mut gw = Gateway {
+            port,
+            admin_port,
+            dir,
+            config_path,
+            child: Some(child),
+            log_path,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !(port_open(port) && port_open(admin_port)) {
             if let Some(status) = gw.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("ssegate exited early ({status}); config:\n{text}\nlog:\n{}", gw.log());
+                panic!(
+                    "ssegate exited early ({status}); config:\n{text}\nlog:\n{}",
+                    gw.log()
+                );
             }
-            assert!(Instant::now() < deadline, "ssegate did not listen within 20s; log:\n{}", gw.log());
+            assert!(
+                Instant::now() < deadline,
+                "ssegate did not listen within 20s; log:\n{}",
+                gw.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         gw
@@ -118,7 +150,11 @@ impl Gateway {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([sig, &self.pid().to_string()]).status().unwrap().success();
+        let ok = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "kill {sig} failed");
     }
 
@@ -138,20 +174,34 @@ impl Gateway {
     }
 
     pub async fn publish(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
-        let r = client().post(self.admin("/publish")).json(&body).send().await.unwrap();
+        let r = client()
+            .post(self.admin("/publish"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         let v = r.json().await.unwrap_or(serde_json::Value::Null);
         (status, v)
     }
 
     pub async fn publish_ok(&self, channel: &str, data: serde_json::Value) {
-        let (s, v) = self.publish(serde_json::json!({"channel": channel, "data": data})).await;
+        let (s, v) = self
+            .publish(serde_json::json!({"channel": channel, "data": data}))
+            .await;
         assert_eq!(s, 200, "publish answered {s} {v}");
     }
 
     /// Prometheus sample value (sum over label sets matching `prefix`).
     pub async fn metric(&self, prefix: &str) -> f64 {
-        let text = client().get(self.admin("/metrics")).send().await.unwrap().text().await.unwrap();
+        let text = client()
+            .get(self.admin("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         text.lines()
             .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -196,11 +246,16 @@ impl Sse {
 
     pub async fn connect_with(url: &str, headers: &[(&str, &str)]) -> Sse {
         use eventsource_stream::Eventsource;
-        let mut req = reqwest::Client::new().get(url).header("accept", "text/event-stream");
+        let mut req = reqwest::Client::new()
+            .get(url)
+            .header("accept", "text/event-stream");
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = tokio::time::timeout(WAIT, req.send()).await.expect("connect timed out").expect("connect");
+        let resp = tokio::time::timeout(WAIT, req.send())
+            .await
+            .expect("connect timed out")
+            .expect("connect");
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -208,7 +263,11 @@ impl Sse {
             let mut s = resp.bytes_stream().eventsource();
             while let Some(item) = s.next().await {
                 let msg = item
-                    .map(|e| Ev { event: e.event, data: e.data, id: e.id })
+                    .map(|e| Ev {
+                        event: e.event,
+                        data: e.data,
+                        id: e.id,
+                    })
                     .map_err(|e| e.to_string());
                 if tx.send(msg).is_err() {
                     break;
@@ -216,7 +275,12 @@ impl Sse {
             }
             let _ = tx.send(Err("eof".into()));
         });
-        Sse { status, headers, rx, task }
+        Sse {
+            status,
+            headers,
+            rx,
+            task,
+        }
     }
 
     pub async fn next(&mut self) -> Ev {
@@ -274,18 +338,30 @@ pub struct Raw {
 impl Raw {
     pub fn get(port: u16, target: &str, headers: &[(&str, &str)]) -> Raw {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        let mut req = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut req = format!(
+            "GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n"
+        );
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
         req.push_str("\r\n");
         stream.write_all(req.as_bytes()).unwrap();
-        Raw { stream, buf: Vec::new() }
+        Raw {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     /// Read until `pred(text so far)` holds; panics after `timeout`.
-    pub fn read_until(&mut self, timeout: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    pub fn read_until(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         let mut chunk = [0u8; 65536];
         loop {
@@ -293,7 +369,10 @@ impl Raw {
             if pred(&text) {
                 return text;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; got {text:?}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; got {text:?}"
+            );
             match self.stream.read(&mut chunk) {
                 Ok(0) => {
                     let text = String::from_utf8_lossy(&self.buf).to_string();
@@ -301,7 +380,11 @@ impl Raw {
                     return text;
                 }
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) => panic!("read error {e} waiting for {what}"),
             }
         }
@@ -310,10 +393,14 @@ impl Raw {
     /// The body so far with chunked framing removed.
     pub fn body(&self) -> String {
         let text = String::from_utf8_lossy(&self.buf).to_string();
-        let Some((_, mut rest)) = text.split_once("\r\n\r\n") else { return String::new() };
+        let Some((_, mut rest)) = text.split_once("\r\n\r\n") else {
+            return String::new();
+        };
         let mut out = String::new();
         while let Some((size, after)) = rest.split_once("\r\n") {
-            let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+            let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+                break;
+            };
             if n == 0 || after.len() < n {
                 break;
             }
@@ -327,9 +414,12 @@ impl Raw {
 // ---------------------------------------------------------------------------
 // A real HTTP backend.
 
+/// (method, uri, headers) of one request the backend saw.
+pub type SeenRequest = (String, String, Vec<(String, String)>);
+
 #[derive(Clone, Default)]
 pub struct BackendLog {
-    pub requests: Arc<Mutex<Vec<(String, String, Vec<(String, String)>)>>>,
+    pub requests: Arc<Mutex<Vec<SeenRequest>>>,
     pub bytes_in: Arc<AtomicU64>,
 }
 
@@ -359,7 +449,10 @@ impl Backend {
         let addr = listener.local_addr().unwrap();
         let l2 = log.clone();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let echo_log = l2.clone();
                 let upload_log = l2.clone();
@@ -436,7 +529,12 @@ impl Backend {
                     .unwrap();
             });
         });
-        Backend { addr, log, stop: Some(stop_tx), thread: Some(thread) }
+        Backend {
+            addr,
+            log,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
     }
 }
 
