@@ -5,8 +5,9 @@ use crate::config::{RouteKind, SseRoute};
 use crate::respond;
 use crate::routing::{Matched, Miss};
 use crate::shutdown::Active;
+use crate::sse::detached::{self, DetachedStream};
 use crate::sse::request::{self, Refusal};
-use crate::sse::stream::{self, Signals, Subscription};
+use crate::sse::stream::{self, Signals, StreamGuards, Subscription};
 use crate::state::Gateway;
 use crate::upstream::UpstreamPool;
 use async_trait::async_trait;
@@ -78,7 +79,7 @@ impl PublicProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let _slot = match gw.limiter.acquire(ip) {
+        let slot = match gw.limiter.acquire(ip) {
             Ok(s) => s,
             Err(reason) => return self.refuse(session, 429, reason).await,
         };
@@ -109,11 +110,28 @@ impl PublicProxy {
             .connections_opened
             .with_label_values(&[label])
             .inc();
-        let _active = gw.shutdown.track();
+        let guards = StreamGuards {
+            slot,
+            active: gw.shutdown.track(),
+            gauge,
+        };
         let signals = Signals {
             heartbeat: gw.heartbeats.subscribe(route.settings.heartbeat),
             shutdown: gw.shutdown.watch(),
         };
+        if let Some(tcp) = detached::take_socket(session) {
+            DetachedStream {
+                tcp,
+                subscription,
+                replay,
+                settings: route.settings.clone(),
+                signals,
+                metrics: gw.metrics.clone(),
+                guards,
+            }
+            .spawn();
+            return Ok(true);
+        }
         let end = stream::serve(
             session,
             &subscription,
@@ -123,7 +141,7 @@ impl PublicProxy {
             &gw.metrics,
         )
         .await;
-        gauge.dec();
+        drop(guards);
         tracing::debug!(route = label, end = ?end, "sse stream ended");
         Ok(true)
     }

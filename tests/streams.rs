@@ -306,35 +306,45 @@ async fn connection_limits_answer_429() {
 
 #[tokio::test]
 async fn slow_client_is_cut_and_costs_bounded_memory() {
-    let gw = Gateway::start(BASE);
-    // A client that never reads, with a tiny receive buffer.
-    let stalled = Raw::get(gw.port, "/events/slow", &[]);
+    let gw = Gateway::start(&BASE.replace("client_queue: 64", "client_queue: 1024"));
+    // A client that sends its request and then never reads.
+    let mut stalled = Raw::get(gw.port, "/events/slow", &[]);
+    stalled.read_until(WAIT, "stalled client's headers", |t| t.contains(":ok"));
     let mut fast = Sse::connect(&gw.url("/events/slow")).await;
     let rss_before = gw.rss();
     let payload = "x".repeat(200);
-    let c = client();
-    let total = 50_000;
+    let total = 50_000usize;
+    let (progress_tx, mut progress) = tokio::sync::watch::channel(0usize);
     let reader = tokio::spawn(async move {
-        let mut n = 0;
-        while n < total {
+        for n in 1..=total {
             let ev = fast.next().await;
             assert_eq!(ev.data.len(), 200);
-            n += 1;
+            if n % 50 == 0 {
+                let _ = progress_tx.send(n);
+            }
         }
-        n
+        total
     });
-    // Batches smaller than client_queue (64): a reading client keeps up.
-    for batch in 0..(total / 50) {
+    let c = client();
+    let mut published = 0;
+    while published < total {
+        // Stay within the fast client's queue: it reads, so it must get everything.
+        let lag_ok = published.saturating_sub(500);
+        tokio::time::timeout(WAIT, progress.wait_for(|n| *n >= lag_ok))
+            .await
+            .expect("fast reader stalled")
+            .unwrap();
         let items: Vec<_> = (0..50)
             .map(|_| json!({"channel": "room:slow", "data": payload}))
             .collect();
         let r = c
             .post(gw.admin("/publish"))
-            .json(&json!({"items": items}))
+            .json(&json!({ "items": items }))
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status().as_u16(), 200, "batch {batch}");
+        assert_eq!(r.status().as_u16(), 200);
+        published += 50;
     }
     let got = tokio::time::timeout(Duration::from_secs(60), reader)
         .await

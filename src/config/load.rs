@@ -321,6 +321,9 @@ impl Validator<'_> {
                 }
             },
         };
+        if max_body == 0 {
+            self.err("limits.max_body", "max_body must be larger than 0");
+        }
         let max_channels_per_client = l.max_channels_per_client.unwrap_or(32);
         if max_channels_per_client == 0 {
             self.err("limits.max_channels_per_client", "must be at least 1");
@@ -419,6 +422,14 @@ impl Validator<'_> {
                     .collect::<Vec<_>>()
             });
             let host = r.host.as_ref().map(|h| h.to_ascii_lowercase());
+            if let Some(h) = &host {
+                if h.is_empty() || (h.contains([':', '/']) && !h.starts_with('[')) {
+                    self.err(
+                        &format!("{base}.host"),
+                        format!("host `{h}` must be a name without scheme or port (ports are ignored when matching)"),
+                    );
+                }
+            }
             let kind = match (&r.proxy, r.sse) {
                 (Some(_), Some(_)) => {
                     self.err(&base, "a route is either `proxy:` or `sse:`, not both");

@@ -185,7 +185,16 @@ impl Broker for MemoryBroker {
                 }
                 continue;
             }
-            let ch = st.channels.entry(ev.channel.as_str().into()).or_default();
+            let forgotten = st.forgotten;
+            let ch = st
+                .channels
+                .entry(ev.channel.as_str().into())
+                .or_insert_with(|| Channel {
+                    // A channel forgotten earlier may come back: what it had is gone,
+                    // so a resume from before then must be told (reset), not skipped.
+                    evicted: forgotten,
+                    ..Channel::default()
+                });
             ch.expire(now, self.history_ttl, self.history_size);
             let dedupe_id: Option<Arc<str>> = ev.dedupe_id.as_deref().map(Arc::from);
             if let Some(id) = &dedupe_id {
@@ -446,5 +455,20 @@ mod tests {
         assert_eq!(b.stats().channels, 0);
         let r = b.replay(&["a".into()], &b.cursor(1)).await.unwrap();
         assert!(r.reset.is_some());
+    }
+
+    #[tokio::test]
+    async fn recreated_channel_still_reports_the_gap() {
+        let b = MemoryBroker::new(10, Duration::ZERO, Arc::new(Metrics::new()));
+        b.publish(vec![msg("a", "1", None)]).await.unwrap();
+        let seen = b.cursor(1);
+        b.publish(vec![msg("a", "2", None)]).await.unwrap();
+        b.sweep();
+        b.publish(vec![msg("a", "3", None)]).await.unwrap();
+        let r = b.replay(&["a".into()], &seen).await.unwrap();
+        assert!(
+            r.reset.is_some(),
+            "event 2 is gone: the client must get a reset"
+        );
     }
 }

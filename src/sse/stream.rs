@@ -29,6 +29,21 @@ impl Drop for Subscription {
     }
 }
 
+/// What an open stream holds on to: its connection slot, its place in the
+/// drain count, and its route's gauge. Dropping it releases all three.
+#[derive(Debug)]
+pub struct StreamGuards {
+    pub slot: crate::limits::ConnSlot,
+    pub active: crate::shutdown::Active,
+    pub gauge: prometheus::IntGauge,
+}
+
+impl Drop for StreamGuards {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
 /// Everything the loop selects on besides the client itself.
 #[derive(Debug)]
 pub struct Signals {
@@ -142,7 +157,7 @@ pub async fn serve(
     Ok(end)
 }
 
-async fn tick(rx: &mut Option<watch::Receiver<u64>>) {
+pub(crate) async fn tick(rx: &mut Option<watch::Receiver<u64>>) {
     match rx {
         Some(rx) => {
             if rx.changed().await.is_err() {
@@ -153,7 +168,7 @@ async fn tick(rx: &mut Option<watch::Receiver<u64>>) {
     }
 }
 
-fn join(batch: &[Delivery]) -> Bytes {
+pub(crate) fn join(batch: &[Delivery]) -> Bytes {
     if let [one] = batch {
         return one.frame.clone();
     }

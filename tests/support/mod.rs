@@ -14,13 +14,19 @@ use std::time::{Duration, Instant};
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago and not handed out before in
+/// this test process (tests run in parallel and the OS may reuse a port).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut seen = HANDED_OUT.lock().unwrap();
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if !seen.contains(&port) {
+            seen.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn port_open(port: u16) -> bool {
@@ -67,6 +73,19 @@ impl Gateway {
     }
 
     pub fn start_with_env(body: &str, env: &[(&str, &str)]) -> Gateway {
+        // Another process may take a "free" port between our check and the
+        // gateway's bind: try fresh ports a few times before failing.
+        for _ in 0..3 {
+            match Self::try_start(body, env) {
+                Ok(gw) => return gw,
+                Err(log) if log.contains("cannot listen") => continue,
+                Err(log) => panic!("{log}"),
+            }
+        }
+        panic!("no free ports for ssegate after 3 tries")
+    }
+
+    fn try_start(body: &str, env: &[(&str, &str)]) -> Result<Gateway, String> {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let admin_port = free_port();
@@ -106,10 +125,10 @@ impl Gateway {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !(port_open(port) && port_open(admin_port)) {
             if let Some(status) = gw.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
+                return Err(format!(
                     "ssegate exited early ({status}); config:\n{text}\nlog:\n{}",
                     gw.log()
-                );
+                ));
             }
             assert!(
                 Instant::now() < deadline,
@@ -118,7 +137,7 @@ impl Gateway {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        gw
+        Ok(gw)
     }
 
     pub fn url(&self, path: &str) -> String {
