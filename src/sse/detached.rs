@@ -88,7 +88,7 @@ pub fn take_socket(session: &mut Session) -> Option<TcpStream> {
         return None;
     };
     let l4 = v1.into_inner().into_any().downcast::<L4Stream>().ok()?;
-    let fd = dup(&*l4).ok()?;
+    let fd = dup(&l4).ok()?;
     drop(l4);
     let std = std::net::TcpStream::from(fd);
     std.set_nonblocking(true).ok()?;
