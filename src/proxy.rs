@@ -189,7 +189,7 @@ impl ProxyHttp for PublicProxy {
         use ErrorType::*;
         let upstream = ctx.upstream.as_ref().map(|p| p.config.name.as_str()).unwrap_or("?");
         let (code, reason) = match (e.etype(), e.esource()) {
-            (HTTPStatus(c), _) => (*c, format!("{}", e.etype().as_str())),
+            (HTTPStatus(c), _) => (*c, e.etype().as_str().to_string()),
             (ConnectTimedout, _) => (504, format!("upstream {upstream}: connect timed out")),
             (ReadTimedout | WriteTimedout, ErrorSource::Upstream) => (504, format!("upstream {upstream}: timed out")),
             (ConnectRefused, _) => (502, format!("upstream {upstream}: connection refused")),

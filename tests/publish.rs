@@ -204,7 +204,7 @@ async fn sigterm_drains_with_jittered_retry_and_exits_zero() {
         let retry: u64 = body
             .lines()
             .filter_map(|l| l.strip_prefix("retry: "))
-            .last()
+            .next_back()
             .and_then(|v| v.parse().ok())
             .unwrap();
         retries.push(retry);

@@ -327,9 +327,12 @@ impl Raw {
 // ---------------------------------------------------------------------------
 // A real HTTP backend.
 
+/// (method, uri, headers) of each request the backend saw.
+pub type RequestLog = Vec<(String, String, Vec<(String, String)>)>;
+
 #[derive(Clone, Default)]
 pub struct BackendLog {
-    pub requests: Arc<Mutex<Vec<(String, String, Vec<(String, String)>)>>>,
+    pub requests: Arc<Mutex<RequestLog>>,
     pub bytes_in: Arc<AtomicU64>,
 }
 
