@@ -16,6 +16,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod heartbeat;
 pub mod hub;
