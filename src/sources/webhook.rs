@@ -6,6 +6,8 @@
 //! `application/x-www-form-urlencoded`; a form becomes a JSON object of
 //! field → value (the first value of a repeated field), so `{/field}`,
 //! `{form.field}` and the default `data` (the whole form as JSON) all work.
+//! A form-labelled body that starts with `{` or `[` and parses as JSON is
+//! JSON: that is what `curl -d '{…}'` sends.
 //! With `each: /items` the pointers of channel, event, id and data are
 //! relative to each element, while `{header.x}`, `{query.x}` and `{form.x}`
 //! still read the request.
@@ -79,6 +81,15 @@ fn parse_body(req: &Inbound<'_>) -> Result<(Value, bool), Refused> {
             mime.trim()
                 .eq_ignore_ascii_case("application/x-www-form-urlencoded")
         });
+    // curl -d and some legacy clients label JSON as a form; no real form
+    // starts with `{` or `[`, so such a body that parses as JSON is JSON.
+    let looks_json = req.body.trim_ascii_start().starts_with(b"{")
+        || req.body.trim_ascii_start().starts_with(b"[");
+    if is_form && looks_json {
+        if let Ok(v) = serde_json::from_slice(req.body) {
+            return Ok((v, false));
+        }
+    }
     if is_form {
         let mut fields = Map::new();
         for (k, v) in form_urlencoded::parse(req.body) {

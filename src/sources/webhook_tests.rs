@@ -106,6 +106,9 @@ const CASES: &[Case] = &[
      Ok(&[r#"ticket:12 - - {"state":"open","ticket":"12"}"#])),
     ("channel: \"ticket:{/ticket}\"\ndata: \"{form.state} by {form.who}\"", &[FORM], "", "ticket=12&state=open&who=J%C3%BCrgen+K",
      Ok(&["ticket:12 - - open by Jürgen K"])),
+    // curl -d labels JSON as a form: a body that is JSON is read as JSON.
+    ("channel: \"t:{/t}\"\ndata: /d", &[FORM], "", r#" {"t":"x","d":[1]}"#, Ok(&["t:x - - [1]"])),
+    ("channel: x", &[FORM], "", "{a=1", Ok(&[r#"x - - {"{a":"1"}"#])),
     // Refusals name what failed.
     ("channel: \"order:{/order/id}\"", &[], "", r#"{"order":{}}"#, Err(("missing_pointer", "pointer /order/id matches nothing in the body"))),
     ("channel: \"order:{/id}\"", &[], "", r#"{"id":null}"#, Err(("missing_pointer", "/id"))),
