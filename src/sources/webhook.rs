@@ -223,6 +223,7 @@ pub fn map(
     let mut events = Vec::new();
     for (i, element) in elements.iter().enumerate() {
         let place = match &hook.each {
+            Some(p) if p.is_empty() => format!("in element {i} of the body"),
             Some(p) => format!("in element {i} of {p}"),
             None => "in the body".to_string(),
         };

@@ -34,6 +34,12 @@ impl Validator<'_> {
             let methods = self
                 .methods(&base, w.methods.as_deref())
                 .unwrap_or_else(|| vec![http::Method::POST]);
+            if methods.is_empty() && w.methods.as_ref().is_some_and(Vec::is_empty) {
+                self.err(
+                    &format!("{base}.methods"),
+                    "`methods:` lists no method; omit it for POST",
+                );
+            }
             let verify = w
                 .verify
                 .and_then(|v| self.verify(&format!("{base}.verify"), v));
@@ -335,6 +341,7 @@ webhooks:
   - path: /c/{id}
     channel: x
     data: \"{auth.user}\"
+    methods: []
 ";
         let e = errors(text);
         assert!(
@@ -368,6 +375,7 @@ webhooks:
         assert!(has(&e, "t.yaml:12:5:", "must start with `/`"), "{e:#?}");
         assert!(has(&e, "t.yaml:13:5:", "must be an exact path"), "{e:#?}");
         assert!(has(&e, "t.yaml:15:5:", "`{auth.user}`"), "{e:#?}");
+        assert!(has(&e, "t.yaml:16:5:", "lists no method"), "{e:#?}");
     }
 
     #[test]
