@@ -49,7 +49,7 @@ impl BackgroundService for Housekeeping {
 }
 
 /// Fail early and clearly when an address is taken, instead of a half-started server.
-fn check_bindable(addr: SocketAddr, what: &str) -> Result<(), String> {
+pub fn check_bindable(addr: SocketAddr, what: &str) -> Result<(), String> {
     TcpListener::bind(addr)
         .map(drop)
         .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
@@ -63,6 +63,14 @@ pub fn worker_threads() -> usize {
 
 /// Run until SIGTERM/SIGINT; returns only on a startup error.
 pub fn run(config: Config) -> Result<(), String> {
+    run_with(config, |_, _| {})
+}
+
+/// `run`, letting the caller add services of its own (the demo's backend).
+pub fn run_with(
+    config: Config,
+    extra: impl FnOnce(&mut Server, &Arc<Gateway>),
+) -> Result<(), String> {
     // Every stream is a socket: use the whole hard limit, as nginx's
     // worker_rlimit_nofile would.
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
@@ -115,6 +123,7 @@ pub fn run(config: Config) -> Result<(), String> {
         "housekeeping",
         Housekeeping { gw: gw.clone() },
     ));
+    extra(&mut server, &gw);
     tracing::info!(public = %public_addr, admin = %admin_addr, routes = gw.config.routes.len(), "ssegate listening");
     server.run_forever()
 }

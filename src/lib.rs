@@ -13,12 +13,13 @@
 //! - `admin`: publish, webhooks, health, readiness, metrics, stats, dashboard.
 //! - `upstream`: server pools (round robin, passive health).
 //! - `limits`, `heartbeat`, `shutdown`, `metrics`, `state`, `respond`: shared parts.
-//! - `app`: builds the pingora server; `main.rs` is only the CLI.
+//! - `app`: builds the pingora server; `demo`: `ssegate demo`; `main.rs` is only the CLI.
 
 pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod demo;
 pub mod heartbeat;
 pub mod hub;
 pub mod limits;

@@ -9,6 +9,9 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+const DEFAULT_CONFIG: &str = "conf/ssegate.yaml";
+const EMBEDDED_CONFIG: &str = include_str!("../conf/ssegate.yaml");
+
 #[derive(Parser, Debug)]
 #[command(
     name = "ssegate",
@@ -35,6 +38,15 @@ enum Command {
     Run {
         #[arg(short, long, default_value = "conf/ssegate.yaml")]
         config: PathBuf,
+    },
+    /// Run the gateway in front of a built-in demo app, with a live page.
+    Demo {
+        /// Public listener (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Admin listener (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: std::net::SocketAddr,
     },
     /// Validate a config file: prints `ok` or every error as FILE:LINE:COL: message.
     Check {
@@ -70,8 +82,22 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Demo { listen, admin } => match ssegate::demo::run(listen, admin) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ssegate: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Run { config } => {
-            let cfg = match ssegate::config::load(&config) {
+            let loaded = if config == std::path::Path::new(DEFAULT_CONFIG) && !config.exists() {
+                // One binary that runs out of the box: the default config is built in.
+                tracing::info!("{DEFAULT_CONFIG} not found; using the built-in default config");
+                ssegate::config::load_str(EMBEDDED_CONFIG, &config, &|k| std::env::var(k).ok())
+            } else {
+                ssegate::config::load(&config)
+            };
+            let cfg = match loaded {
                 Ok(c) => c,
                 Err(errors) => {
                     eprint!("{errors}");
