@@ -8,6 +8,7 @@ use crate::limits::ConnLimiter;
 use crate::metrics::Metrics;
 use crate::routing::Router;
 use crate::shutdown::Shutdown;
+use crate::sources::poll::Pollers;
 use crate::upstream::UpstreamPool;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +24,8 @@ pub struct Gateway {
     pub memory: Option<Arc<MemoryBroker>>,
     pub metrics: Arc<Metrics>,
     pub upstreams: HashMap<String, Arc<UpstreamPool>>,
+    /// Running pollers of `poll:` routes, keyed by poll channel.
+    pub pollers: Arc<Pollers>,
     pub limiter: Arc<ConnLimiter>,
     pub heartbeats: Heartbeats,
     pub shutdown: Shutdown,
@@ -49,11 +52,12 @@ impl Gateway {
                 return Err("the redis broker is not implemented yet".into())
             }
         };
-        let upstreams = config
+        let upstreams: HashMap<String, Arc<UpstreamPool>> = config
             .upstreams
             .iter()
             .map(|(n, u)| (n.clone(), Arc::new(UpstreamPool::new(u.clone()))))
             .collect();
+        let pollers = Pollers::new(memory.clone(), metrics.clone(), upstreams.clone());
         let mut intervals: BTreeSet<_> = config
             .routes
             .iter()
@@ -75,6 +79,7 @@ impl Gateway {
             memory: Some(memory),
             metrics,
             upstreams,
+            pollers,
             heartbeats: Heartbeats::new(intervals),
             shutdown: Shutdown::new(),
             started: Instant::now(),
