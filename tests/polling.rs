@@ -462,3 +462,58 @@ async fn poll_channels_cannot_be_named_by_clients() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 403);
 }
+
+/// Upstream requests per second with 1, 100, 1,000 … subscribers on one shared
+/// route: must stay at one poller's rate. Ignored by default (it holds many
+/// sockets); run with
+/// `SSEGATE_POLL_SUBSCRIBERS=1,100,10000 cargo test --test polling -- --ignored --nocapture upstream_rate`.
+#[tokio::test]
+#[ignore]
+async fn upstream_rate_is_flat_in_subscribers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let counts: Vec<usize> = std::env::var("SSEGATE_POLL_SUBSCRIBERS")
+        .unwrap_or_else(|_| "1,100,1000".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    let legacy = Legacy::start("rate");
+    let gw = Gateway::start(&config(
+        legacy.port,
+        "  - path: /rate\n    sse:\n      poll: { upstream: legacy, path: /rate, interval: 100ms, linger: 1h }\nlimits: { max_connections_per_ip: 0 }\n",
+    ));
+    let mut held = Vec::new();
+    for n in counts {
+        let started = Instant::now();
+        while held.len() < n {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+                .await
+                .unwrap();
+            s.write_all(b"GET /rate HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = vec![0u8; 1024];
+            let mut seen = Vec::new();
+            while !String::from_utf8_lossy(&seen).contains("event: snapshot") {
+                let k = tokio::time::timeout(WAIT, s.read(&mut buf))
+                    .await
+                    .expect("snapshot in time")
+                    .unwrap();
+                assert!(k > 0, "stream closed");
+                seen.extend_from_slice(&buf[..k]);
+            }
+            held.push(s);
+        }
+        let connect = started.elapsed();
+        let before = legacy.requests();
+        settle(Duration::from_secs(3)).await;
+        let rate = (legacy.requests() - before) as f64 / 3.0;
+        println!(
+            "subscribers={n} upstream_requests_per_s={rate:.1} (connect {connect:?}, rss {} MiB)",
+            gw.rss() >> 20
+        );
+        assert!(
+            rate <= 15.0,
+            "{n} subscribers: {rate} requests/s at a 100ms interval"
+        );
+    }
+}

@@ -478,6 +478,53 @@ pub fn backoff(interval: Duration, max: Duration, failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::load_str;
+    use crate::state::Gateway;
+
+    fn gateway(port: u16) -> (Arc<Gateway>, Arc<Route>) {
+        let text = format!(
+            "upstreams:\n  app: {{ servers: [\"127.0.0.1:{port}\"] }}\nroutes:\n  - path: /p\n    sse:\n      poll: {{ upstream: app, path: /p, interval: 50ms, linger: 100ms }}\n"
+        );
+        let cfg = load_str(&text, std::path::Path::new("t.yaml"), &|_| None).unwrap();
+        let route = Arc::new(cfg.routes[0].clone());
+        (Gateway::new(cfg).unwrap(), route)
+    }
+
+    fn target_of(route: &Route) -> Target {
+        let req = pingora_http::RequestHeader::build("GET", b"/p", None).unwrap();
+        target(&req, route.index, poll_of(route).unwrap(), &[]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_crowd_starts_one_poller_that_stops_after_linger() {
+        // Nothing listens there: every poll fails fast, which is fine here.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (gw, route) = gateway(port);
+        let leases: Vec<Lease> = (0..100)
+            .map(|_| gw.pollers.acquire(target_of(&route), &route).unwrap())
+            .collect();
+        assert_eq!(gw.pollers.active(), 1);
+        assert_eq!(gw.metrics.pollers.get(), 1);
+        assert!(leases.iter().all(|l| l.channel() == leases[0].channel()));
+        // The first poll fails: a waiting subscriber gets no snapshot, and does not hang.
+        assert!(leases[0].snapshot(Duration::from_secs(5)).await.is_none());
+        drop(leases);
+        assert_eq!(gw.pollers.active(), 1, "lingers");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while gw.metrics.pollers.get() != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "poller did not stop after linger"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(gw.pollers.active(), 0);
+        assert!(gw.metrics.poll_errors.with_label_values(&["/p"]).get() >= 1);
+    }
 
     #[test]
     fn backoff_grows_to_the_cap_with_jitter() {
