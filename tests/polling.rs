@@ -312,6 +312,33 @@ async fn json_items_emit_created_updated_deleted() {
 }
 
 #[tokio::test]
+async fn json_items_burst_becomes_one_snapshot() {
+    let items = |v: &str| {
+        let list: Vec<String> = (0..10)
+            .map(|i| format!(r#"{{"id":{i},"v":"{v}"}}"#))
+            .collect();
+        format!("[{}]", list.join(","))
+    };
+    let legacy = Legacy::start(&items("a"));
+    let gw = Gateway::start(&config(
+        legacy.port,
+        "  - path: /many\n    sse:\n      client_queue: 8\n      poll: { upstream: legacy, path: /many, interval: 100ms, diff: json-items, items: \"\", key: id }\n",
+    ));
+    let mut c = Sse::connect(&gw.url("/many")).await;
+    assert_eq!(c.next().await.data, items("a"));
+    // Ten updates against a queue of eight: one snapshot instead, and the client stays.
+    legacy.set(&items("b"));
+    let ev = c.next().await;
+    assert_eq!(
+        (ev.event.as_str(), ev.data.as_str()),
+        ("snapshot", items("b").as_str())
+    );
+    assert!(!ev.id.is_empty(), "it went through the hub");
+    legacy.set(&items("b").replace(r#"{"id":3,"v":"b"}"#, r#"{"id":3,"v":"c"}"#));
+    assert_eq!(c.next().await.data, r#"{"id":3,"v":"c"}"#);
+}
+
+#[tokio::test]
 async fn json_patch_sends_rfc6902_patches() {
     let legacy = Legacy::start(r#"{"price":1,"tags":["a"]}"#);
     let gw = Gateway::start(&config(

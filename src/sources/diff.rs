@@ -194,6 +194,9 @@ fn json_items(
     };
     let mut order = Vec::with_capacity(items.len());
     let mut hashes = HashMap::with_capacity(items.len());
+    // Each item is serialised once: for its hash, its event and the snapshot.
+    let mut snapshot = String::with_capacity(body.len());
+    snapshot.push('[');
     let mut changes = Vec::new();
     for (index, item) in items.iter().enumerate() {
         let k = item_key(item, key).ok_or_else(|| DiffError::BadKey {
@@ -205,21 +208,24 @@ fn json_items(
         if hashes.insert(k.clone(), h).is_some() {
             return Err(DiffError::DuplicateKey(index));
         }
-        if let Some((_, old_hashes)) = old {
-            match old_hashes.get(&k) {
-                None => changes.push(Change {
-                    kind: Kind::Created,
-                    data: text,
-                }),
-                Some(was) if *was != h => changes.push(Change {
-                    kind: Kind::Updated,
-                    data: text,
-                }),
-                Some(_) => {}
-            }
+        let kind = match old.map(|(_, old_hashes)| old_hashes.get(&k)) {
+            Some(None) => Some(Kind::Created),
+            Some(Some(was)) if *was != h => Some(Kind::Updated),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            changes.push(Change {
+                kind,
+                data: text.clone(),
+            });
         }
+        if index > 0 {
+            snapshot.push(',');
+        }
+        snapshot.push_str(&text);
         order.push(k);
     }
+    snapshot.push(']');
     if let Some((old_order, _)) = old {
         let now: HashSet<&String> = order.iter().collect();
         for k in old_order.iter().filter(|k| !now.contains(k)) {
@@ -229,7 +235,6 @@ fn json_items(
             });
         }
     }
-    let snapshot = compact(&Value::Array(items.clone()));
     let state = State {
         body: body_hash,
         detail: Detail::Items { order, hashes },

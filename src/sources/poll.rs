@@ -379,10 +379,16 @@ impl Poller {
             .initial
             .then(|| frame::encode(None, Some("snapshot"), &snapshot).ok())
             .flatten();
-        let mut events: Vec<Event> = changes
-            .into_iter()
-            .map(|c| self.event(event_name(poll, c.kind), c.data))
-            .collect();
+        let mut events: Vec<Event> = if changes.len() > self.burst_limit() {
+            // More per-item events than half a client queue would evict every
+            // subscriber as slow; one whole snapshot says the same in one event.
+            vec![self.event("snapshot", snapshot.clone())]
+        } else {
+            changes
+                .into_iter()
+                .map(|c| self.event(event_name(poll, c.kind), c.data))
+                .collect()
+        };
         // Subscribers who waited for a first poll that failed got no snapshot:
         // the first good poll after that brings it to them through the hub.
         if baseline
@@ -409,6 +415,14 @@ impl Poller {
             .snapshot
             .send_replace(frame.map_or(Snapshot::Missing, Snapshot::Ready));
         Ok(())
+    }
+
+    /// Most change events one poll may publish: half the route's client queue.
+    fn burst_limit(&self) -> usize {
+        match &self.route.kind {
+            RouteKind::Sse(s) => (s.settings.client_queue / 2).max(1),
+            RouteKind::Proxy { .. } => usize::MAX,
+        }
     }
 
     fn event(&self, name: &str, data: String) -> Event {
