@@ -1,8 +1,8 @@
-//! The admin listener: publish API, health, readiness, metrics, stats and a
+//! The admin listener: publish API, webhooks, health, readiness, metrics, stats and a
 //! live dashboard. Answered entirely in `request_filter`; nothing is proxied.
 
 use crate::respond;
-use crate::sources::publish;
+use crate::sources::{publish, webhook};
 use crate::sse::{frame, stream};
 use crate::state::Gateway;
 use async_trait::async_trait;
@@ -223,10 +223,13 @@ impl ProxyHttp for AdminApp {
                 "/publish" | "/publish/" | "/healthz" | "/readyz" | "/metrics" | "/stats"
                 | "/stats/stream" | "/",
             ) => self.refuse(session, 405, "method not allowed").await,
-            _ => {
-                self.refuse(session, 404, &format!("no admin endpoint {path}"))
-                    .await
-            }
+            _ => match webhook::find(&gw.config.webhooks, &path) {
+                Some(hook) => webhook::serve(gw, hook, session).await,
+                None => {
+                    self.refuse(session, 404, &format!("no admin endpoint {path}"))
+                        .await
+                }
+            },
         }
     }
 

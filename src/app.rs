@@ -56,6 +56,11 @@ pub fn worker_threads() -> usize {
 
 /// Run until SIGTERM/SIGINT; returns only on a startup error.
 pub fn run(config: Config) -> Result<(), String> {
+    // Every stream is a socket: use the whole hard limit, as nginx's
+    // worker_rlimit_nofile would.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!("could not raise the open-file limit: {e}");
+    }
     check_bindable(config.listen, "listen")?;
     check_bindable(config.admin.listen, "admin.listen")?;
     let grace = config.shutdown_grace;
@@ -90,11 +95,13 @@ pub fn run(config: Config) -> Result<(), String> {
 
     server.add_service(public);
     server.add_service(admin);
+    let woken = gw.clone();
     server.add_service(background_service(
         "drain",
         DrainOnSignal {
             shutdown: gw.shutdown.clone(),
             grace,
+            wake_streams: Box::new(move || woken.heartbeats.wake_all()),
         },
     ));
     server.add_service(background_service(

@@ -1,20 +1,86 @@
-//! One shared tick per heartbeat interval instead of a timer per client: an
-//! idle stream costs a watch receiver, not a timer entry and a wake-up of its own.
+//! One shared tick per heartbeat interval instead of a timer per client.
+//!
+//! Streams held in pingora watch a `watch` channel. Detached streams cost
+//! less: they register their subscriber here, and each tick bumps an epoch and
+//! wakes every member through the subscriber's own `Notify` — the one thing an
+//! idle detached stream waits on. The drain on shutdown uses the same wake-up.
 
+use crate::hub::Subscriber;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
 
 #[derive(Debug, Default)]
 pub struct Heartbeats {
-    ticks: HashMap<Duration, watch::Sender<u64>>,
+    ticks: HashMap<Duration, Arc<Beat>>,
+}
+
+/// One interval's tick: an epoch, a watch for held streams, and the
+/// subscribers of detached streams to wake.
+#[derive(Debug)]
+pub struct Beat {
+    epoch: AtomicU64,
+    watch: watch::Sender<u64>,
+    members: Mutex<HashMap<u64, Weak<Subscriber>>>,
+}
+
+/// A detached stream's place in its interval; leaves when dropped.
+#[derive(Debug)]
+pub struct Membership {
+    beat: Arc<Beat>,
+    id: u64,
+}
+
+impl Membership {
+    pub fn epoch(&self) -> u64 {
+        self.beat.epoch.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let mut m = self.beat.members.lock().unwrap_or_else(|p| p.into_inner());
+        m.remove(&self.id);
+        if m.capacity() > 64 && m.capacity() > m.len() * 4 {
+            m.shrink_to_fit();
+        }
+    }
+}
+
+impl Beat {
+    fn new() -> Beat {
+        Beat {
+            epoch: AtomicU64::new(0),
+            watch: watch::channel(0).0,
+            members: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn wake_members(&self) {
+        // Collect first: waking under the lock would serialise with joins and leaves.
+        let subs: Vec<Arc<Subscriber>> = {
+            let m = self.members.lock().unwrap_or_else(|p| p.into_inner());
+            m.values().filter_map(Weak::upgrade).collect()
+        };
+        for s in subs {
+            s.nudge();
+        }
+    }
+
+    fn tick(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.watch.send_modify(|n| *n += 1);
+        self.wake_members();
+    }
 }
 
 impl Heartbeats {
     pub fn new(intervals: impl IntoIterator<Item = Duration>) -> Heartbeats {
         let ticks = intervals
             .into_iter()
-            .map(|d| (d, watch::channel(0).0))
+            .map(|d| (d, Arc::new(Beat::new())))
             .collect();
         Heartbeats { ticks }
     }
@@ -22,18 +88,35 @@ impl Heartbeats {
     /// A receiver that changes every `interval`; None for an interval not
     /// registered at startup (no route uses it).
     pub fn subscribe(&self, interval: Duration) -> Option<watch::Receiver<u64>> {
-        self.ticks.get(&interval).map(|tx| {
-            let mut rx = tx.subscribe();
+        self.ticks.get(&interval).map(|b| {
+            let mut rx = b.watch.subscribe();
             rx.mark_unchanged();
             rx
         })
     }
 
+    /// Register a detached stream's subscriber to be woken every `interval`.
+    pub fn join(&self, interval: Duration, sub: &Arc<Subscriber>) -> Option<Membership> {
+        let beat = self.ticks.get(&interval)?.clone();
+        beat.members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sub.id(), Arc::downgrade(sub));
+        Some(Membership { beat, id: sub.id() })
+    }
+
+    /// Wake every detached stream now (shutdown: they look at the drain flag).
+    pub fn wake_all(&self) {
+        for beat in self.ticks.values() {
+            beat.wake_members();
+        }
+    }
+
     /// Drive every tick; runs until the process ends.
     pub async fn run(&self) {
         let mut tasks = tokio::task::JoinSet::new();
-        for (interval, tx) in &self.ticks {
-            let tx = tx.clone();
+        for (interval, beat) in &self.ticks {
+            let beat = beat.clone();
             let interval = *interval;
             tasks.spawn(async move {
                 let mut t = tokio::time::interval(interval);
@@ -41,7 +124,7 @@ impl Heartbeats {
                 t.tick().await;
                 loop {
                     t.tick().await;
-                    tx.send_modify(|n| *n += 1);
+                    beat.tick();
                 }
             });
         }

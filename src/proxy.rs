@@ -151,23 +151,25 @@ impl PublicProxy {
             gauge,
             poll: lease,
         };
+        if let Some(tcp) = detached::take_socket(session) {
+            DetachedStream {
+                tcp,
+                heartbeat: gw
+                    .heartbeats
+                    .join(route.settings.heartbeat, &subscription.sub),
+                subscription,
+                settings: route.settings.clone(),
+                shutdown: gw.shutdown.clone(),
+                metrics: gw.metrics.clone(),
+                guards,
+            }
+            .spawn(replay);
+            return Ok(true);
+        }
         let signals = Signals {
             heartbeat: gw.heartbeats.subscribe(route.settings.heartbeat),
             shutdown: gw.shutdown.watch(),
         };
-        if let Some(tcp) = detached::take_socket(session) {
-            DetachedStream {
-                tcp,
-                subscription,
-                replay,
-                settings: route.settings.clone(),
-                signals,
-                metrics: gw.metrics.clone(),
-                guards,
-            }
-            .spawn();
-            return Ok(true);
-        }
         let end = stream::serve(
             session,
             &subscription,

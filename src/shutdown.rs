@@ -77,10 +77,19 @@ impl Shutdown {
 }
 
 /// The background service that turns SIGTERM into a drain and an exit.
-#[derive(Debug)]
 pub struct DrainOnSignal {
     pub shutdown: Shutdown,
     pub grace: Duration,
+    /// Wakes streams that do not watch the signal themselves (detached ones).
+    pub wake_streams: Box<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for DrainOnSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DrainOnSignal")
+            .field("grace", &self.grace)
+            .finish()
+    }
 }
 
 #[async_trait]
@@ -90,6 +99,7 @@ impl BackgroundService for DrainOnSignal {
         let open = self.shutdown.active();
         tracing::info!(open, grace = ?self.grace, "shutdown: draining");
         self.shutdown.begin();
+        (self.wake_streams)();
         let clean = self.shutdown.drained(self.grace).await;
         tracing::info!(clean, left = self.shutdown.active(), "shutdown: exiting");
         std::process::exit(0);

@@ -182,10 +182,68 @@ pub struct PollEventsFile {
 pub struct WebhookFile {
     pub path: String,
     pub methods: Option<Vec<String>>,
-    pub verify: Option<serde_yaml::Value>,
-    pub channel: Option<serde_yaml::Value>,
+    pub verify: Option<VerifyFile>,
+    pub channel: Option<ChannelsFile>,
     pub event: Option<String>,
     pub id: Option<String>,
     pub data: Option<String>,
     pub each: Option<String>,
+}
+
+/// `channel: "a:{/x}"` or `channel: ["a:{/x}", "all"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ChannelsFile {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl ChannelsFile {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            ChannelsFile::One(c) => vec![c],
+            ChannelsFile::Many(cs) => cs,
+        }
+    }
+}
+
+/// Exactly one scheme must be given; `load` checks that.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyFile {
+    pub hmac_sha256: Option<HmacFile>,
+    pub stripe: Option<StripeFile>,
+    pub standard_webhooks: Option<StandardWebhooksFile>,
+    pub token: Option<TokenFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HmacFile {
+    pub secret_env: String,
+    pub header: String,
+    pub prefix: Option<String>,
+    pub encoding: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StripeFile {
+    pub secret_env: String,
+    pub header: Option<String>,
+    pub tolerance: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandardWebhooksFile {
+    pub secret_env: String,
+    pub tolerance: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenFile {
+    pub header: String,
+    pub value_env: String,
 }

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+mod webhooks;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub file: String,
@@ -224,9 +226,7 @@ impl Validator<'_> {
         let limits = self.limits(f.limits.unwrap_or_default());
         let upstreams = self.upstreams(f.upstreams);
         let routes = self.routes(f.routes, &upstreams, &sse);
-        if !f.webhooks.is_empty() {
-            self.not_yet("webhooks", "`webhooks`");
-        }
+        let webhooks = self.webhooks(f.webhooks);
         if let Err(problems) = routing::Router::build(&routes) {
             for (index, msg) in problems {
                 self.err(&format!("routes.{index}.path"), msg);
@@ -243,6 +243,7 @@ impl Validator<'_> {
             limits,
             upstreams,
             routes,
+            webhooks,
         })
     }
 
@@ -457,23 +458,7 @@ impl Validator<'_> {
                     format!("route path `{}` must start with /", r.path),
                 );
             }
-            let methods = r.methods.as_ref().map(|ms| {
-                ms.iter()
-                    .enumerate()
-                    .filter_map(|(i, m)| {
-                        match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
-                            Ok(m) => Some(m),
-                            Err(_) => {
-                                self.err(
-                                    &format!("{base}.methods.{i}"),
-                                    format!("`{m}` is not an HTTP method"),
-                                );
-                                None
-                            }
-                        }
-                    })
-                    .collect::<Vec<_>>()
-            });
+            let methods = self.methods(&base, r.methods.as_deref());
             let host = r.host.as_ref().map(|h| h.to_ascii_lowercase());
             if let Some(h) = &host {
                 if h.is_empty() || (h.contains([':', '/']) && !h.starts_with('[')) {

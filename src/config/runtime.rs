@@ -20,6 +20,8 @@ pub struct Config {
     pub limits: Limits,
     pub upstreams: BTreeMap<String, Upstream>,
     pub routes: Vec<Route>,
+    /// Served on the admin listener, matched by exact path.
+    pub webhooks: Vec<Webhook>,
 }
 
 #[derive(Debug, Clone)]
@@ -176,6 +178,69 @@ pub enum PollScope {
     Shared,
     /// One poller per distinct set of forwarded header values.
     PerClient,
+}
+
+/// One `webhooks:` entry: how a backend's callback becomes events.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    /// Exact path on the admin listener; also the metrics label.
+    pub path: String,
+    pub methods: Vec<Method>,
+    pub verify: Option<Verify>,
+    /// One event per channel (per element with `each`).
+    pub channels: Vec<Template>,
+    pub event: Option<Template>,
+    pub id: Option<Template>,
+    pub data: WebhookData,
+    /// JSON pointer to an array: one event (per channel) per element.
+    pub each: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum WebhookData {
+    /// JSON pointer (`""` = the whole body or element); strings are sent as
+    /// they are, anything else as compact JSON.
+    Pointer(String),
+    /// Text with placeholders, such as `{form.text}`.
+    Template(Template),
+}
+
+/// A webhook signature scheme with its secret already read from the environment.
+#[derive(Debug, Clone)]
+pub enum Verify {
+    /// GitHub style: HMAC-SHA256 of the raw body in one header.
+    HmacSha256 {
+        secret: Secret,
+        header: String,
+        prefix: String,
+        encoding: SignatureEncoding,
+    },
+    /// `t=…,v1=…` over `"{t}.{body}"`.
+    Stripe {
+        secret: Secret,
+        header: String,
+        tolerance: Duration,
+    },
+    /// standardwebhooks.com: `webhook-id`, `webhook-timestamp`, `webhook-signature`.
+    StandardWebhooks { secret: Secret, tolerance: Duration },
+    /// A static shared token in one header.
+    Token { header: String, value: Secret },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureEncoding {
+    Hex,
+    Base64,
+}
+
+/// Key material that must never reach a log line through `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 /// `news:*` style: `*` matches any run of channel characters.

@@ -118,6 +118,17 @@ impl Subscriber {
         }
     }
 
+    /// Wake the stream without queueing anything (heartbeat tick, drain): it
+    /// looks at the world again.
+    pub fn nudge(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The wake-up future itself, for a stream that polls it by hand.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wake.notified()
+    }
+
     /// Resolves after the next offer or state change (a wake-up sent while
     /// nobody waited is kept, so none is lost).
     pub async fn woken(&self) {

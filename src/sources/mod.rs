@@ -1,5 +1,5 @@
-//! Where events come from: the publish API (native and GRIP formats) and
-//! pollers of legacy endpoints (`poll`: registry and loop; `poll_target`:
+//! Where events come from: the publish API (native and GRIP formats), webhooks,
+//! and pollers of legacy endpoints (`poll`: registry and loop; `poll_target`:
 //! which poller a request needs; `poll_fetch`: one upstream request; `diff`:
 //! what changed).
 
@@ -8,3 +8,4 @@ pub mod poll;
 pub mod poll_fetch;
 pub mod poll_target;
 pub mod publish;
+pub mod webhook;

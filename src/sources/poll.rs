@@ -48,8 +48,11 @@ pub enum Snapshot {
     Ready(Bytes),
 }
 
+/// One poller's state that its subscribers share.
 #[derive(Debug)]
 struct Shared {
+    pollers: Arc<Pollers>,
+    channel: String,
     snapshot: watch::Sender<Snapshot>,
     /// Wakes the poller when its last subscriber leaves, to start the linger clock.
     idle: Notify,
@@ -79,17 +82,16 @@ impl std::fmt::Debug for Pollers {
     }
 }
 
-/// One subscriber's hold on a poller.
+/// One subscriber's hold on a poller: a single pointer, since every
+/// stream of a poll route carries one for its whole life.
 #[derive(Debug)]
 pub struct Lease {
-    pollers: Arc<Pollers>,
-    channel: String,
     shared: Arc<Shared>,
 }
 
 impl Lease {
     pub fn channel(&self) -> &str {
-        &self.channel
+        &self.shared.channel
     }
 
     /// The latest snapshot frame; waits up to `wait` while the first poll is in flight.
@@ -111,8 +113,8 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let mut entries = self.pollers.lock();
-        let Some(e) = entries.get_mut(&self.channel) else {
+        let mut entries = self.shared.pollers.lock();
+        let Some(e) = entries.get_mut(&self.shared.channel) else {
             return;
         };
         // A poller that died and was replaced is not ours to count down.
@@ -176,19 +178,18 @@ impl Pollers {
             e.subscribers += 1;
             e.idle_since = None;
             return Ok(Lease {
-                pollers: self.clone(),
-                channel: target.channel.clone(),
                 shared: e.shared.clone(),
             });
         }
         let shared = Arc::new(Shared {
+            pollers: self.clone(),
+            channel: target.channel.clone(),
             snapshot: watch::channel(Snapshot::Pending).0,
             idle: Notify::new(),
         });
         let target = Arc::new(target);
-        let channel = target.channel.clone();
         entries.insert(
-            channel.clone(),
+            target.channel.clone(),
             Entry {
                 target: target.clone(),
                 subscribers: 1,
@@ -209,11 +210,7 @@ impl Pollers {
             failing_since: None,
         };
         tokio::spawn(task.run());
-        Ok(Lease {
-            pollers: self.clone(),
-            channel,
-            shared,
-        })
+        Ok(Lease { shared })
     }
 }
 

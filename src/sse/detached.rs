@@ -10,15 +10,18 @@
 //! HTTP/2 sessions cannot be taken apart like this and stay in `stream`.
 
 use super::frame;
-use super::stream::{jittered, End, Signals, StreamGuards, Subscription};
+use super::stream::{jittered, End, StreamGuards, Subscription};
 use crate::config::SseSettings;
+use crate::heartbeat::Membership;
 use crate::hub::{Delivery, Replay, SubState, Subscriber};
 use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
 use bytes::{Bytes, BytesMut};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
 use pingora_proxy::Session;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::pin::Pin;
@@ -110,45 +113,62 @@ fn dup(stream: &L4Stream) -> io::Result<OwnedFd> {
 pub struct DetachedStream {
     pub tcp: TcpStream,
     pub subscription: Subscription,
-    pub replay: Replay,
     pub settings: SseSettings,
-    pub signals: Signals,
+    pub heartbeat: Option<Membership>,
+    pub shutdown: Shutdown,
     pub metrics: Arc<Metrics>,
     pub guards: StreamGuards,
 }
 
 const RESPONSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\ntransfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n";
 
+/// Why an idle stream woke up.
+enum Wake {
+    /// Its subscriber was notified: frames, a state change, a tick, a drain.
+    Nudged,
+    /// The socket is readable: the client closed, or sent bytes.
+    Readable(bool),
+}
+
 impl DetachedStream {
-    pub fn spawn(self) {
+    pub fn spawn(self, replay: Replay) {
         tokio::spawn(async move {
-            let end = self.run().await;
+            let end = self.run(replay).await;
             tracing::debug!(?end, "sse stream ended");
         });
     }
 
-    async fn run(mut self) -> End {
-        let sub = self.subscription.sub.clone();
-        let mut first = BytesMut::from(RESPONSE_HEAD);
+    /// Response head, prelude, reset and replay: one write.
+    fn opening(&self, replay: Replay) -> (Bytes, u64) {
         let mut body = BytesMut::from(&frame::prelude(self.settings.retry.as_millis())[..]);
-        if let Some(reset) = self.replay.reset.take() {
-            body.extend_from_slice(&reset);
+        if let Some(reset) = &replay.reset {
+            body.extend_from_slice(reset);
         }
-        let replay = std::mem::take(&mut self.replay.frames);
-        let mut last_seq = replay.last().map_or(0, |d| d.seq);
-        for d in &replay {
+        for d in &replay.frames {
             body.extend_from_slice(&d.frame);
         }
-        drop(replay);
-        push_chunk(&mut first, &body);
-        drop(body);
-        match send(&self.tcp, &sub, &[&first]).await {
+        let mut out = BytesMut::with_capacity(RESPONSE_HEAD.len() + body.len() + 16);
+        out.extend_from_slice(RESPONSE_HEAD);
+        out.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+        out.extend_from_slice(&body);
+        out.extend_from_slice(b"\r\n");
+        (out.freeze(), replay.frames.last().map_or(0, |d| d.seq))
+    }
+
+    // The future of this function is what every idle client costs, so it
+    // awaits as little as possible: one `Notified` and the socket's read
+    // readiness while idle; writes are tried synchronously and only a full
+    // socket boxes a future to wait in.
+    async fn run(self, replay: Replay) -> End {
+        let sub = self.subscription.sub.clone();
+        let (opening, mut last_seq) = self.opening(replay);
+        match send(&self.tcp, &sub, &[&opening]).await {
             Ok(true) => {}
             Ok(false) => return End::Slow,
             Err(_) => return End::WriteFailed,
         }
-        drop(first);
-
+        drop(opening);
+        let mut last_beat = self.heartbeat.as_ref().map_or(0, Membership::epoch);
         let mut batch: Vec<Delivery> = Vec::new();
         let end = loop {
             batch.clear();
@@ -179,21 +199,22 @@ impl DetachedStream {
                 SubState::Slow => break End::Slow,
                 SubState::Closed => break End::ClosedByPublisher,
             }
-            if *self.signals.shutdown.borrow() {
+            if self.shutdown.is_draining() {
                 break End::Shutdown;
             }
-            tokio::select! {
-                _ = sub.woken() => {}
-                _ = super::stream::tick(&mut self.signals.heartbeat) => {
-                    match send_frames(&self.tcp, &sub, &[heartbeat()]).await {
-                        Ok(true) => {}
-                        Ok(false) => break End::Slow,
-                        Err(_) => break End::WriteFailed,
-                    }
+            let beat = self.heartbeat.as_ref().map_or(0, Membership::epoch);
+            if beat != last_beat {
+                last_beat = beat;
+                match send(&self.tcp, &sub, &[b"3\r\n", frame::HEARTBEAT, b"\r\n"]).await {
+                    Ok(true) => continue,
+                    Ok(false) => break End::Slow,
+                    Err(_) => break End::WriteFailed,
                 }
-                _ = self.signals.shutdown.changed() => {}
-                r = self.tcp.readable() => {
-                    if r.is_err() || client_closed(&self.tcp) {
+            }
+            match idle(&self.tcp, &sub).await {
+                Wake::Nudged => {}
+                Wake::Readable(ok) => {
+                    if !ok || client_closed(&self.tcp) {
                         break End::ClientGone;
                     }
                 }
@@ -201,18 +222,10 @@ impl DetachedStream {
         };
         if end == End::Shutdown {
             let retry = frame::retry_only(jittered(self.settings.retry).as_millis());
-            let _ = send_frames(
-                &self.tcp,
-                &sub,
-                &[Delivery {
-                    seq: 0,
-                    frame: retry,
-                    published: std::time::Instant::now(),
-                }],
-            )
-            .await;
-        }
-        if matches!(end, End::Shutdown | End::ClosedByPublisher) {
+            let mut head = [0u8; 18];
+            let head = chunk_head(retry.len(), &mut head);
+            let _ = send(&self.tcp, &sub, &[head, &retry, b"\r\n0\r\n\r\n"]).await;
+        } else if end == End::ClosedByPublisher {
             let _ = send(&self.tcp, &sub, &[b"0\r\n\r\n"]).await;
         }
         drop(self.guards);
@@ -220,12 +233,21 @@ impl DetachedStream {
     }
 }
 
-fn heartbeat() -> Delivery {
-    Delivery {
-        seq: 0,
-        frame: Bytes::from_static(frame::HEARTBEAT),
-        published: std::time::Instant::now(),
-    }
+/// Wait until the subscriber is nudged or the socket turns readable, holding
+/// nothing but the `Notified` (read readiness is polled in place).
+async fn idle(tcp: &TcpStream, sub: &Subscriber) -> Wake {
+    let notified = sub.notified();
+    tokio::pin!(notified);
+    std::future::poll_fn(|cx| {
+        if notified.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Wake::Nudged);
+        }
+        match tcp.poll_read_ready(cx) {
+            Poll::Ready(r) => Poll::Ready(Wake::Readable(r.is_ok())),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Read readiness on an SSE stream means the client closed (EOF or reset) or
@@ -238,12 +260,6 @@ fn client_closed(tcp: &TcpStream) -> bool {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
         Err(_) => true,
     }
-}
-
-fn push_chunk(out: &mut BytesMut, data: &[u8]) {
-    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// `len` as a chunk-size line, in a stack buffer.
@@ -284,12 +300,10 @@ async fn send_frames(tcp: &TcpStream, sub: &Subscriber, batch: &[Delivery]) -> i
     send(tcp, sub, &[head, body, b"\r\n"]).await
 }
 
-/// Write all of `parts` (at most three), waiting for the socket as needed;
-/// Ok(false) when the client is evicted as slow meanwhile (its queue filled
-/// while we waited).
-async fn send(tcp: &TcpStream, sub: &Subscriber, parts: &[&[u8]]) -> io::Result<bool> {
+/// Write as much of `parts` (at most three) as the socket takes now; the
+/// number of bytes written, or an error other than WouldBlock.
+fn write_now(tcp: &TcpStream, parts: &[&[u8]], mut done: usize) -> io::Result<usize> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
-    let mut done = 0;
     while done < total {
         let mut slices = [IoSlice::new(&[]), IoSlice::new(&[]), IoSlice::new(&[])];
         let mut used = 0;
@@ -306,19 +320,46 @@ async fn send(tcp: &TcpStream, sub: &Subscriber, parts: &[&[u8]]) -> io::Result<
         match tcp.try_write_vectored(&slices[..used]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                tokio::select! {
-                    r = tcp.writable() => r?,
-                    _ = sub.woken() => {
-                        if sub.state() == SubState::Slow {
-                            return Ok(false);
-                        }
-                    }
-                    _ = tokio::time::sleep(WRITE_TIMEOUT) => return Err(io::ErrorKind::TimedOut.into()),
-                }
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(done),
             Err(e) => return Err(e),
         }
+    }
+    Ok(done)
+}
+
+/// Write all of `parts`; Ok(false) when the client is evicted as slow while
+/// its socket is full.
+async fn send(tcp: &TcpStream, sub: &Subscriber, parts: &[&[u8]]) -> io::Result<bool> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let done = write_now(tcp, parts, 0)?;
+    if done == total {
+        return Ok(true);
+    }
+    // Boxed: only a stream whose socket is full pays for waiting.
+    Box::pin(send_rest(tcp, sub, parts, done, total)).await
+}
+
+async fn send_rest(
+    tcp: &TcpStream,
+    sub: &Subscriber,
+    parts: &[&[u8]],
+    mut done: usize,
+    total: usize,
+) -> io::Result<bool> {
+    let deadline = tokio::time::sleep(WRITE_TIMEOUT);
+    tokio::pin!(deadline);
+    while done < total {
+        tokio::select! {
+            r = tcp.writable() => r?,
+            _ = sub.woken() => {
+                if sub.state() == SubState::Slow {
+                    return Ok(false);
+                }
+                continue;
+            }
+            _ = &mut deadline => return Err(io::ErrorKind::TimedOut.into()),
+        }
+        done = write_now(tcp, parts, done)?;
     }
     Ok(true)
 }
@@ -333,5 +374,59 @@ mod tests {
         assert_eq!(chunk_head(0, &mut b), b"0\r\n");
         assert_eq!(chunk_head(255, &mut b), b"ff\r\n");
         assert_eq!(chunk_head(4096, &mut b), b"1000\r\n");
+    }
+}
+
+#[cfg(test)]
+mod size_probe {
+    use super::*;
+    use crate::hub::memory::MemoryBroker;
+    use crate::hub::Broker;
+
+    /// What an idle detached stream costs is mostly its task's future: keep
+    /// it from growing back unnoticed.
+    #[tokio::test]
+    async fn idle_stream_future_stays_small() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        c.set_nonblocking(true).unwrap();
+        let tcp = TcpStream::from_std(c).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let hub: Arc<dyn Broker> = Arc::new(MemoryBroker::new(
+            10,
+            Duration::from_secs(1),
+            metrics.clone(),
+        ));
+        let sub = Arc::new(Subscriber::new(1, 8));
+        let limiter = crate::limits::ConnLimiter::new(0, 0);
+        let shutdown = Shutdown::new();
+        let ds = DetachedStream {
+            tcp,
+            subscription: Subscription {
+                hub,
+                sub,
+                channels: vec!["a".into()],
+            },
+            settings: crate::config::SseSettings {
+                heartbeat: Duration::from_secs(1),
+                retry: Duration::from_secs(1),
+                client_queue: 8,
+            },
+            heartbeat: None,
+            shutdown: shutdown.clone(),
+            metrics,
+            guards: StreamGuards {
+                slot: limiter.acquire(None).unwrap(),
+                active: shutdown.track(),
+                gauge: prometheus::IntGauge::new("g", "g").unwrap(),
+                poll: None,
+            },
+        };
+        let fut = ds.run(Replay::default());
+        let size = std::mem::size_of_val(&fut);
+        assert!(
+            size <= 800,
+            "the detached stream future grew to {size} bytes"
+        );
     }
 }

@@ -1,0 +1,3 @@
+//! Who may send what: webhook signature schemes (`signature`).
+
+pub mod signature;
