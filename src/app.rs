@@ -33,7 +33,14 @@ impl BackgroundService for Housekeeping {
                 }
             }
         };
+        let redis = async {
+            match &self.gw.redis {
+                Some(r) => r.clone().run().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            _ = redis => {}
             _ = self.gw.heartbeats.run() => {}
             _ = sweep => {}
             _ = shutdown.changed() => {}

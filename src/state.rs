@@ -3,6 +3,7 @@
 use crate::config::{BrokerKind, Config, RouteKind};
 use crate::heartbeat::Heartbeats;
 use crate::hub::memory::MemoryBroker;
+use crate::hub::redis::{RedisBroker, RedisSettings};
 use crate::hub::Broker;
 use crate::limits::ConnLimiter;
 use crate::metrics::Metrics;
@@ -22,6 +23,8 @@ pub struct Gateway {
     pub hub: Arc<dyn Broker>,
     /// The memory broker, for its periodic sweep (None with other brokers).
     pub memory: Option<Arc<MemoryBroker>>,
+    /// The Redis broker, whose connection task housekeeping runs.
+    pub redis: Option<Arc<RedisBroker>>,
     pub metrics: Arc<Metrics>,
     pub upstreams: HashMap<String, Arc<UpstreamPool>>,
     /// Running pollers of `poll:` routes, keyed by poll channel.
@@ -42,14 +45,26 @@ impl Gateway {
                 .collect::<Vec<_>>()
                 .join("; ")
         })?;
-        let memory = match &config.hub.broker {
-            BrokerKind::Memory => Arc::new(MemoryBroker::new(
-                config.hub.history_size,
-                config.hub.history_ttl,
-                metrics.clone(),
-            )),
-            BrokerKind::Redis { .. } => {
-                return Err("the redis broker is not implemented yet".into())
+        let (hub, memory, redis): (Arc<dyn Broker>, _, _) = match &config.hub.broker {
+            BrokerKind::Memory => {
+                let m = Arc::new(MemoryBroker::new(
+                    config.hub.history_size,
+                    config.hub.history_ttl,
+                    metrics.clone(),
+                ));
+                (m.clone(), Some(m), None)
+            }
+            BrokerKind::Redis { url, prefix } => {
+                let r = RedisBroker::new(
+                    RedisSettings {
+                        url: url.clone(),
+                        prefix: prefix.clone(),
+                        history_size: config.hub.history_size,
+                        history_ttl: config.hub.history_ttl,
+                    },
+                    metrics.clone(),
+                )?;
+                (r.clone(), None, Some(r))
             }
         };
         let upstreams: HashMap<String, Arc<UpstreamPool>> = config
@@ -57,7 +72,7 @@ impl Gateway {
             .iter()
             .map(|(n, u)| (n.clone(), Arc::new(UpstreamPool::new(u.clone()))))
             .collect();
-        let pollers = Pollers::new(memory.clone(), metrics.clone(), upstreams.clone());
+        let pollers = Pollers::new(hub.clone(), metrics.clone(), upstreams.clone());
         let mut intervals: BTreeSet<_> = config
             .routes
             .iter()
@@ -75,8 +90,9 @@ impl Gateway {
             ),
             config: Arc::new(config),
             router,
-            hub: memory.clone(),
-            memory: Some(memory),
+            hub,
+            memory,
+            redis,
             metrics,
             upstreams,
             pollers,

@@ -251,8 +251,37 @@ impl Validator<'_> {
         let broker = match h.broker.as_deref() {
             None | Some("memory") => BrokerKind::Memory,
             Some("redis") => {
-                self.not_yet("hub.broker", "`broker: redis`");
-                BrokerKind::Memory
+                let r = h.redis.as_ref();
+                let url = match (
+                    r.and_then(|r| r.url.clone()),
+                    r.and_then(|r| r.url_env.as_ref()),
+                ) {
+                    (Some(_), Some(_)) => {
+                        self.err("hub.redis", "give `url` or `url_env`, not both");
+                        None
+                    }
+                    (Some(u), None) => Some(u),
+                    (None, Some(var)) => self.secret("hub.redis.url_env", var),
+                    (None, None) => Some("redis://127.0.0.1:6379".to_string()),
+                };
+                if let Some(u) = &url {
+                    if let Err(e) = redis::Client::open(u.as_str()) {
+                        self.err("hub.redis", format!("bad redis url: {e}"));
+                    }
+                }
+                let prefix = r
+                    .and_then(|r| r.prefix.clone())
+                    .unwrap_or_else(|| "ssegate".into());
+                if prefix.is_empty() || prefix.contains(['{', '}', ' ']) {
+                    self.err(
+                        "hub.redis.prefix",
+                        "prefix may not be empty or hold `{`, `}` or spaces",
+                    );
+                }
+                BrokerKind::Redis {
+                    url: url.unwrap_or_default(),
+                    prefix,
+                }
             }
             Some(other) => {
                 self.err(

@@ -7,8 +7,8 @@
 //! Fan-out only pushes shared `Bytes` into bounded queues, never waits.
 
 use super::{
-    Broker, BrokerError, Delivery, Event, HubStats, Offer, Payload, PublishReport, Replay, Resume,
-    Subscriber,
+    offer_all, Broker, BrokerError, Delivery, Event, HubStats, Payload, PublishReport, Replay,
+    Resume, Subscriber,
 };
 use crate::metrics::Metrics;
 use crate::sse::frame;
@@ -225,19 +225,7 @@ impl Broker for MemoryBroker {
                 .channels
                 .get_mut(ev.channel.as_str())
                 .expect("channel exists");
-            let mut dropped = 0;
-            for sub in ch.subs.values() {
-                if let Offer::Evicted(n) = sub.offer(&delivery) {
-                    self.metrics.slow_disconnects.inc();
-                    dropped += n;
-                }
-            }
-            if dropped > 0 {
-                self.metrics
-                    .dropped
-                    .with_label_values(&["slow_client"])
-                    .inc_by(dropped as u64);
-            }
+            offer_all(ch.subs.values(), &delivery, &self.metrics);
             if self.history_size > 0 {
                 if let Some(id) = &dedupe_id {
                     ch.ids.insert(id.clone());

@@ -2,13 +2,36 @@
 //! cursor, keeps it in bounded per-channel history, encodes its SSE frame once
 //! and offers those shared bytes to every subscriber's bounded queue.
 
+mod local;
 pub mod memory;
+pub mod redis;
 mod subscriber;
 
 pub use subscriber::{Delivery, Offer, SubState, Subscriber};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+
+/// Offer one frame to many subscribers, counting the slow ones it evicts.
+pub(crate) fn offer_all<'a>(
+    subs: impl Iterator<Item = &'a std::sync::Arc<Subscriber>>,
+    d: &Delivery,
+    metrics: &crate::metrics::Metrics,
+) {
+    let mut dropped = 0;
+    for sub in subs {
+        if let Offer::Evicted(n) = sub.offer(d) {
+            metrics.slow_disconnects.inc();
+            dropped += n;
+        }
+    }
+    if dropped > 0 {
+        metrics
+            .dropped
+            .with_label_values(&["slow_client"])
+            .inc_by(dropped as u64);
+    }
+}
 
 /// What a source publishes.
 #[derive(Debug, Clone)]

@@ -1,0 +1,149 @@
+//! The clients of this instance, by channel, for brokers whose history lives
+//! elsewhere (Redis): which channels to listen to, whom to hand each frame,
+//! and the last cursor each channel delivered (to catch up after an outage).
+
+use super::{offer_all, Delivery, Subscriber};
+use crate::metrics::Metrics;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::watch;
+
+/// Confirmation of a channel's upstream subscription: 0 pending, 1 ok, 2 failed.
+type Confirmed = watch::Sender<u8>;
+
+#[derive(Debug, Default)]
+pub(super) struct Local {
+    channels: Mutex<HashMap<String, LocalChannel>>,
+}
+
+#[derive(Debug)]
+struct LocalChannel {
+    subs: HashMap<u64, Arc<Subscriber>>,
+    last_seq: u64,
+    confirmed: Confirmed,
+}
+
+impl Local {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, LocalChannel>> {
+        self.channels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Register `sub`. `on_fresh` runs under the lock with the channels this
+    /// instance did not listen to yet (to subscribe upstream, in order). The
+    /// receivers are for channels whose upstream subscription is still pending.
+    pub(super) fn add(
+        &self,
+        sub: &Arc<Subscriber>,
+        channels: &[String],
+        on_fresh: impl FnOnce(&[String]),
+    ) -> (Vec<String>, Vec<watch::Receiver<u8>>) {
+        let mut map = self.lock();
+        let mut fresh = Vec::new();
+        let mut waits = Vec::new();
+        for name in channels {
+            let ch = map.entry(name.clone()).or_insert_with(|| {
+                fresh.push(name.clone());
+                LocalChannel {
+                    subs: HashMap::new(),
+                    last_seq: 0,
+                    confirmed: watch::channel(0).0,
+                }
+            });
+            ch.subs.insert(sub.id(), sub.clone());
+            if !fresh.contains(name) && *ch.confirmed.borrow() != 1 {
+                waits.push(ch.confirmed.subscribe());
+            }
+        }
+        if !fresh.is_empty() {
+            on_fresh(&fresh);
+        }
+        (fresh, waits)
+    }
+
+    pub(super) fn confirm(&self, channels: &[String], ok: bool) {
+        let map = self.lock();
+        for name in channels {
+            if let Some(ch) = map.get(name) {
+                ch.confirmed.send_replace(if ok { 1 } else { 2 });
+            }
+        }
+    }
+
+    /// Unregister `sub`; `on_emptied` runs under the lock with the channels
+    /// no local client listens to any more.
+    pub(super) fn remove(
+        &self,
+        sub: &Subscriber,
+        channels: &[String],
+        on_emptied: impl FnOnce(Vec<String>),
+    ) {
+        let mut map = self.lock();
+        let mut emptied = Vec::new();
+        for name in channels {
+            if let Some(ch) = map.get_mut(name) {
+                ch.subs.remove(&sub.id());
+                if ch.subs.is_empty() {
+                    map.remove(name);
+                    emptied.push(name.clone());
+                }
+            }
+        }
+        if !emptied.is_empty() {
+            on_emptied(emptied);
+        }
+    }
+
+    /// Hand a frame to every local client of `channel`, once per cursor.
+    pub(super) fn deliver(&self, channel: &str, d: &Delivery, metrics: &Metrics) {
+        let mut map = self.lock();
+        let Some(ch) = map.get_mut(channel) else {
+            return;
+        };
+        if d.seq != 0 {
+            if d.seq <= ch.last_seq {
+                return;
+            }
+            ch.last_seq = d.seq;
+        }
+        offer_all(ch.subs.values(), d, metrics);
+    }
+
+    /// A frame for every local client (a comment while the broker is away).
+    pub(super) fn broadcast(&self, d: &Delivery) {
+        let map = self.lock();
+        for ch in map.values() {
+            for s in ch.subs.values() {
+                s.offer(d);
+            }
+        }
+    }
+
+    pub(super) fn close_channel(&self, channel: &str) {
+        if let Some(ch) = self.lock().get(channel) {
+            ch.subs.values().for_each(|s| s.close());
+        }
+    }
+
+    pub(super) fn close_all(&self) {
+        for ch in self.lock().values() {
+            ch.subs.values().for_each(|s| s.close());
+        }
+    }
+
+    pub(super) fn channels(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    pub(super) fn last_seq(&self, channel: &str) -> u64 {
+        self.lock().get(channel).map_or(0, |c| c.last_seq)
+    }
+
+    pub(super) fn max_seq(&self) -> u64 {
+        self.lock().values().map(|c| c.last_seq).max().unwrap_or(0)
+    }
+
+    pub(super) fn counts(&self) -> (usize, usize) {
+        let map = self.lock();
+        (map.len(), map.values().map(|c| c.subs.len()).sum())
+    }
+}

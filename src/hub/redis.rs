@@ -1,0 +1,623 @@
+//! Cluster mode: many gateways act as one through Redis.
+//!
+//! - **Publish** is one Lua script per batch, so cursor assignment, history
+//!   and notification are atomic and in one order for every instance: `INCR`
+//!   a global counter, `XADD` to the channel's stream (capped at
+//!   `history.size`, entries older than `history.ttl` ignored), `PUBLISH` the
+//!   encoded event. O(1) Redis commands per event, whatever the number of
+//!   clients or instances.
+//! - **Subscribe** registers the client locally; an instance `SUBSCRIBE`s in
+//!   Redis only to channels that have local clients, all over one pub/sub
+//!   connection, and waits for the confirmation before it reads history, so
+//!   nothing falls between replay and live (an event in both is dropped by the
+//!   stream's cursor check).
+//! - **Faults**: while Redis is away new subscriptions and publishes get 503,
+//!   open streams stay and get a comment; when it returns, every local
+//!   channel catches up from its stream history after the last cursor seen.
+//!
+//! All keys share the `{prefix}` hash tag, so one script touches one slot
+//! (Redis Cluster works, without spreading this load over shards).
+
+use super::local::Local;
+use super::memory::{format_cursor, parse_cursor};
+use super::{
+    Broker, BrokerError, Delivery, Event, HubStats, Payload, PublishReport, Replay, Resume,
+    Subscriber,
+};
+use crate::metrics::Metrics;
+use crate::sse::frame;
+use async_trait::async_trait;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot, RwLock};
+
+const PUBLISH_SCRIPT: &str = r#"
+local p, size, ttl, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local keep = ttl + 604800000
+local out = {}
+local i = 5
+while i <= #ARGV do
+  local ch, id, kind, body = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3]
+  i = i + 4
+  if kind == 'c' then
+    redis.call('PUBLISH', p..':n:'..ch, '0 c '..now..'\n')
+    table.insert(out, 0)
+  elseif id ~= '' and not redis.call('SET', p..':d:'..ch..':'..id, '1', 'NX', 'PX', ttl) then
+    table.insert(out, -1)
+  else
+    local seq = redis.call('INCR', p..':seq')
+    local h = p..':h:'..ch
+    if size > 0 then
+      local len = redis.call('XLEN', h)
+      if len >= size then
+        local gone = redis.call('XRANGE', h, '-', '+', 'COUNT', len - size + 1)
+        local last = gone[#gone]
+        if last then
+          redis.call('SET', p..':t:'..ch, string.match(last[1], '^(%d+)'), 'PX', keep)
+        end
+      end
+      redis.call('XADD', h, 'MAXLEN', size, seq..'-0', 'k', kind, 'b', body, 't', now)
+      redis.call('PEXPIRE', h, ttl)
+    else
+      redis.call('SET', p..':t:'..ch, seq, 'PX', keep)
+    end
+    redis.call('SET', p..':l:'..ch, seq, 'PX', keep)
+    redis.call('PUBLISH', p..':n:'..ch, seq..' '..kind..' '..now..'\n'..body)
+    table.insert(out, seq)
+  end
+end
+return out
+"#;
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub prefix: String,
+    pub history_size: usize,
+    pub history_ttl: Duration,
+}
+
+enum Command {
+    Subscribe(Vec<String>, oneshot::Sender<Result<(), String>>),
+    Unsubscribe(Vec<String>),
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Subscribe(c, _) => write!(f, "Subscribe({c:?})"),
+            Command::Unsubscribe(c) => write!(f, "Unsubscribe({c:?})"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct RedisBroker {
+    settings: RedisSettings,
+    /// `{prefix}`: the hash tag that keeps every key in one slot.
+    keys: String,
+    client: redis::Client,
+    conn: RwLock<Option<ConnectionManager>>,
+    script: redis::Script,
+    epoch: AtomicU64,
+    healthy: AtomicBool,
+    last_error: Mutex<String>,
+    local: Local,
+    commands: mpsc::UnboundedSender<Command>,
+    command_rx: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
+    metrics: Arc<Metrics>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// When an event published at unix `ms` was published, as an `Instant`.
+fn instant_of(ms: u64) -> Instant {
+    let age = now_ms().saturating_sub(ms);
+    Instant::now()
+        .checked_sub(Duration::from_millis(age))
+        .unwrap_or_else(Instant::now)
+}
+
+/// One notification or history entry, before it becomes a frame.
+#[derive(Debug, PartialEq, Eq)]
+struct Wire {
+    seq: u64,
+    kind: u8,
+    at_ms: u64,
+    body: Bytes,
+}
+
+/// `"<seq> <kind> <ms>\n<body>"`
+fn parse_notification(payload: &[u8]) -> Option<Wire> {
+    let nl = payload.iter().position(|b| *b == b'\n')?;
+    let head = std::str::from_utf8(&payload[..nl]).ok()?;
+    let mut parts = head.split(' ');
+    let seq = parts.next()?.parse().ok()?;
+    let kind = *parts.next()?.as_bytes().first()?;
+    let at_ms = parts.next()?.parse().ok()?;
+    Some(Wire {
+        seq,
+        kind,
+        at_ms,
+        body: Bytes::copy_from_slice(&payload[nl + 1..]),
+    })
+}
+
+impl RedisBroker {
+    pub fn new(settings: RedisSettings, metrics: Arc<Metrics>) -> Result<Arc<RedisBroker>, String> {
+        let client = redis::Client::open(settings.url.as_str())
+            .map_err(|e| format!("bad redis url: {e}"))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        Ok(Arc::new(RedisBroker {
+            keys: format!("{{{}}}", settings.prefix),
+            settings,
+            client,
+            conn: RwLock::new(None),
+            script: redis::Script::new(PUBLISH_SCRIPT),
+            epoch: AtomicU64::new(0),
+            healthy: AtomicBool::new(false),
+            last_error: Mutex::new("not connected yet".into()),
+            local: Local::default(),
+            commands: tx,
+            command_rx: Mutex::new(Some(rx)),
+            metrics,
+        }))
+    }
+
+    fn unavailable(&self) -> BrokerError {
+        let why = self
+            .last_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default();
+        BrokerError::Unavailable(format!("redis: {why}"))
+    }
+
+    fn set_down(&self, why: String) {
+        let was = self.healthy.swap(false, Ordering::AcqRel);
+        if was {
+            tracing::warn!(error = %why, "redis lost; new subscriptions get 503 until it returns");
+            // Open streams stay; tell them why nothing arrives.
+            self.local.broadcast(&Delivery {
+                seq: 0,
+                frame: Bytes::from_static(b": broker unavailable, catching up when it returns\n\n"),
+                published: Instant::now(),
+            });
+        }
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = why;
+        }
+    }
+
+    fn cursor(&self, seq: u64) -> String {
+        format_cursor(self.epoch.load(Ordering::Acquire), seq)
+    }
+
+    fn frame_of(&self, w: &Wire) -> Option<Delivery> {
+        let cursor = self.cursor(w.seq);
+        let frame = match w.kind {
+            b'm' => {
+                let mut out = BytesMut::with_capacity(w.body.len() + cursor.len() + 6);
+                out.put_slice(b"id: ");
+                out.put_slice(cursor.as_bytes());
+                out.put_u8(b'\n');
+                out.put_slice(&w.body);
+                out.freeze()
+            }
+            b'r' => frame::with_cursor(&w.body, &cursor),
+            _ => return None,
+        };
+        Some(Delivery {
+            seq: w.seq,
+            frame,
+            published: instant_of(w.at_ms),
+        })
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, BrokerError> {
+        if !self.healthy.load(Ordering::Acquire) {
+            return Err(self.unavailable());
+        }
+        self.conn
+            .read()
+            .await
+            .clone()
+            .ok_or_else(|| self.unavailable())
+    }
+
+    /// Read (and on first use set) the shared epoch: cursors of a Redis that
+    /// lost its data must not be confused with the new ones.
+    async fn load_epoch(&self, conn: &mut ConnectionManager) -> redis::RedisResult<u64> {
+        let key = format!("{}:epoch", self.keys);
+        let _: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(now_ms())
+            .arg("NX")
+            .query_async(conn)
+            .await?;
+        let epoch: u64 = redis::cmd("GET").arg(&key).query_async(conn).await?;
+        Ok(epoch)
+    }
+
+    /// Missed events of one channel after `after`, or None for a gap.
+    async fn history(
+        &self,
+        conn: &mut ConnectionManager,
+        channel: &str,
+        after: u64,
+    ) -> redis::RedisResult<Option<Vec<Wire>>> {
+        let k = &self.keys;
+        let (trimmed, last, entries): (Option<u64>, Option<u64>, redis::streams::StreamRangeReply) =
+            redis::pipe()
+                .cmd("GET")
+                .arg(format!("{k}:t:{channel}"))
+                .cmd("GET")
+                .arg(format!("{k}:l:{channel}"))
+                .cmd("XRANGE")
+                .arg(format!("{k}:h:{channel}"))
+                .arg(format!("{}-0", after + 1))
+                .arg("+")
+                .query_async(conn)
+                .await?;
+        if trimmed.is_some_and(|t| t > after) {
+            return Ok(None);
+        }
+        let oldest_ok = now_ms().saturating_sub(self.settings.history_ttl.as_millis() as u64);
+        let mut out = Vec::with_capacity(entries.ids.len());
+        for e in entries.ids {
+            let seq =
+                e.id.split('-')
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+            let at_ms: u64 = e.get("t").unwrap_or(0);
+            if at_ms < oldest_ok {
+                return Ok(None);
+            }
+            let kind: String = e.get("k").unwrap_or_default();
+            let body: Vec<u8> = e.get("b").unwrap_or_default();
+            out.push(Wire {
+                seq,
+                kind: kind.bytes().next().unwrap_or(b'm'),
+                at_ms,
+                body: Bytes::from(body),
+            });
+        }
+        if out.is_empty() && last.is_some_and(|l| l > after) {
+            return Ok(None);
+        }
+        Ok(Some(out))
+    }
+
+    async fn missed(&self, channels: &[String], after: &str) -> Result<Replay, BrokerError> {
+        let mut conn = self.connection().await?;
+        let head_seq: u64 = redis::cmd("GET")
+            .arg(format!("{}:seq", self.keys))
+            .query_async::<Option<u64>>(&mut conn)
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("redis: {e}")))?
+            .unwrap_or(0);
+        let reset = Replay {
+            reset: Some(frame::reset(&self.cursor(head_seq))),
+            frames: Vec::new(),
+        };
+        let Some((epoch, seq)) = parse_cursor(after) else {
+            return Ok(reset);
+        };
+        if epoch != self.epoch.load(Ordering::Acquire) {
+            return Ok(reset);
+        }
+        let mut frames = Vec::new();
+        for ch in channels {
+            match self.history(&mut conn, ch, seq).await {
+                Ok(Some(wires)) => frames.extend(wires.iter().filter_map(|w| self.frame_of(w))),
+                Ok(None) => return Ok(reset),
+                Err(e) => return Err(BrokerError::Unavailable(format!("redis: {e}"))),
+            }
+        }
+        frames.sort_by_key(|d| d.seq);
+        frames.dedup_by_key(|d| d.seq);
+        Ok(Replay {
+            reset: None,
+            frames,
+        })
+    }
+
+    /// Keep the pub/sub connection (and the command connection) alive for
+    /// the life of the process: connect, resubscribe, catch up, relay.
+    pub async fn run(self: Arc<Self>) {
+        let Some(mut commands) = self.command_rx.lock().ok().and_then(|mut r| r.take()) else {
+            return;
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.session(&mut commands).await {
+                Ok(()) => return,
+                Err(why) => self.set_down(why),
+            }
+            let jitter = backoff.mul_f64(rand::random::<f64>());
+            tokio::time::sleep(backoff / 2 + jitter / 2).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            if self.healthy.load(Ordering::Acquire) {
+                backoff = Duration::from_millis(100);
+            }
+        }
+    }
+
+    /// One connected period; Err when the connection is lost.
+    async fn session(&self, commands: &mut mpsc::UnboundedReceiver<Command>) -> Result<(), String> {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1);
+        let mut conn = self
+            .client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let epoch = self
+            .load_epoch(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let old_epoch = self.epoch.swap(epoch, Ordering::AcqRel);
+        if old_epoch != 0 && old_epoch != epoch {
+            // Redis came back without its data: cursors restarted. Streams
+            // reconnect and get a reset instead of silently missing events.
+            tracing::warn!(
+                "redis lost its data; closing local streams so they resume with a reset"
+            );
+            self.local.close_all();
+        }
+        let (mut sink, mut stream) = self
+            .client
+            .get_async_pubsub()
+            .await
+            .map_err(|e| e.to_string())?
+            .split();
+        let subscribed = self.local.channels();
+        if !subscribed.is_empty() {
+            let names: Vec<String> = subscribed.iter().map(|c| self.notify_key(c)).collect();
+            sink.subscribe(&names).await.map_err(|e| e.to_string())?;
+        }
+        *self.conn.write().await = Some(conn.clone());
+        // Catch up: what was published while we were away.
+        for ch in &subscribed {
+            let after = self.local.last_seq(ch);
+            if after == 0 {
+                continue;
+            }
+            match self
+                .history(&mut conn, ch, after)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Some(wires) => {
+                    for w in wires {
+                        if let Some(d) = self.frame_of(&w) {
+                            self.local.deliver(ch, &d, &self.metrics);
+                        }
+                    }
+                }
+                None => self.local.deliver(
+                    ch,
+                    &Delivery {
+                        seq: 0,
+                        frame: frame::reset(&self.cursor(after)),
+                        published: Instant::now(),
+                    },
+                    &self.metrics,
+                ),
+            }
+        }
+        if !self.healthy.swap(true, Ordering::AcqRel) {
+            tracing::info!(url = %self.settings.url, "redis connected");
+        }
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { return Err("pub/sub connection closed".into()) };
+                    let Some(channel) = msg.get_channel_name().strip_prefix(&format!("{}:n:", self.keys)) else { continue };
+                    let Some(wire) = parse_notification(msg.get_payload_bytes()) else { continue };
+                    if wire.kind == b'c' {
+                        self.local.close_channel(channel);
+                    } else if let Some(d) = self.frame_of(&wire) {
+                        self.local.deliver(channel, &d, &self.metrics);
+                    }
+                }
+                cmd = commands.recv() => {
+                    let Some(cmd) = cmd else { return Ok(()) };
+                    match cmd {
+                        Command::Subscribe(chs, done) => {
+                            let names: Vec<String> = chs.iter().map(|c| self.notify_key(c)).collect();
+                            let r = sink.subscribe(&names).await.map_err(|e| e.to_string());
+                            let failed = r.as_ref().err().cloned();
+                            let _ = done.send(r);
+                            if let Some(e) = failed {
+                                return Err(e);
+                            }
+                        }
+                        Command::Unsubscribe(chs) => {
+                            let names: Vec<String> = chs.iter().map(|c| self.notify_key(c)).collect();
+                            sink.unsubscribe(&names).await.map_err(|e| e.to_string())?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn notify_key(&self, channel: &str) -> String {
+        format!("{}:n:{channel}", self.keys)
+    }
+
+    /// Ask for a poll lease: true when this instance holds `key` for `ttl`.
+    pub async fn lease(&self, key: &str, holder: &str, ttl: Duration) -> bool {
+        let Ok(mut conn) = self.connection().await else {
+            return false;
+        };
+        let script = redis::Script::new(
+            "local v = redis.call('GET', KEYS[1]) \
+             if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end \
+             return 0",
+        );
+        script
+            .key(format!("{}:lease:{key}", self.keys))
+            .arg(holder)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(|v| v == 1)
+            .unwrap_or(false)
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish(&self, events: Vec<Event>) -> Result<PublishReport, BrokerError> {
+        if events.is_empty() {
+            return Ok(PublishReport::default());
+        }
+        let mut conn = self.connection().await?;
+        let mut inv = self.script.prepare_invoke();
+        inv.arg(&self.keys)
+            .arg(self.settings.history_size)
+            .arg(self.settings.history_ttl.as_millis().max(1) as u64)
+            .arg(now_ms());
+        for ev in &events {
+            let (kind, body): (&str, Bytes) = match &ev.payload {
+                Payload::Message { event, data } => {
+                    // The frame without its id line: the cursor is known only inside the script.
+                    let body = frame::encode(None, event.as_deref(), data)
+                        .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+                    ("m", body)
+                }
+                Payload::Raw(content) => ("r", content.clone()),
+                Payload::Close => ("c", Bytes::new()),
+            };
+            inv.arg(&ev.channel)
+                .arg(ev.dedupe_id.as_deref().unwrap_or(""))
+                .arg(kind)
+                .arg(&body[..]);
+        }
+        let seqs: Vec<i64> = inv.invoke_async(&mut conn).await.map_err(|e| {
+            self.set_down(e.to_string());
+            self.unavailable()
+        })?;
+        let mut report = PublishReport::default();
+        for (ev, seq) in events.iter().zip(seqs) {
+            match (seq, &ev.payload) {
+                (_, Payload::Close) => report.closed += 1,
+                (s, _) if s < 0 => report.duplicates += 1,
+                _ => report.published += 1,
+            }
+        }
+        self.metrics.published.inc_by(report.published as u64);
+        self.metrics.duplicates.inc_by(report.duplicates as u64);
+        Ok(report)
+    }
+
+    async fn subscribe(
+        &self,
+        sub: &Arc<Subscriber>,
+        channels: &[String],
+        resume: &Resume,
+    ) -> Result<Replay, BrokerError> {
+        if !self.healthy.load(Ordering::Acquire) {
+            return Err(self.unavailable());
+        }
+        let (tx, rx) = oneshot::channel();
+        let mut sent = false;
+        let (fresh, waits) = self.local.add(sub, channels, |fresh| {
+            sent = self
+                .commands
+                .send(Command::Subscribe(fresh.to_vec(), tx))
+                .is_ok();
+        });
+        if !fresh.is_empty() {
+            let confirmed = sent
+                && matches!(
+                    tokio::time::timeout(Duration::from_secs(5), rx).await,
+                    Ok(Ok(Ok(())))
+                );
+            self.local.confirm(&fresh, confirmed);
+            if !confirmed {
+                self.unsubscribe(sub, channels);
+                return Err(self.unavailable());
+            }
+        }
+        // Another client's SUBSCRIBE of the same channel may still be in flight.
+        for mut w in waits {
+            let ok = tokio::time::timeout(Duration::from_secs(5), w.wait_for(|c| *c != 0)).await;
+            if !matches!(ok, Ok(Ok(c)) if *c == 1) {
+                self.unsubscribe(sub, channels);
+                return Err(self.unavailable());
+            }
+        }
+        match resume {
+            Resume::Live => Ok(Replay::default()),
+            Resume::After(after) => self.missed(channels, after).await.inspect_err(|_| {
+                self.unsubscribe(sub, channels);
+            }),
+        }
+    }
+
+    async fn replay(&self, channels: &[String], after: &str) -> Result<Replay, BrokerError> {
+        self.missed(channels, after).await
+    }
+
+    fn unsubscribe(&self, sub: &Subscriber, channels: &[String]) {
+        // Sent under the registry's lock, so Redis sees subscribes and
+        // unsubscribes of one channel in the order the registry made them.
+        self.local.remove(sub, channels, |emptied| {
+            let _ = self.commands.send(Command::Unsubscribe(emptied));
+        });
+    }
+
+    async fn ready(&self) -> Result<(), BrokerError> {
+        if self.healthy.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(self.unavailable())
+        }
+    }
+
+    fn stats(&self) -> HubStats {
+        let (channels, subscriptions) = self.local.counts();
+        HubStats {
+            channels,
+            subscriptions,
+            history_events: 0,
+            cursor: self.cursor(self.local.max_seq()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notifications_parse() {
+        let w = parse_notification(b"42 m 1700000000000\ndata: x\n\n").unwrap();
+        assert_eq!(
+            w,
+            Wire {
+                seq: 42,
+                kind: b'm',
+                at_ms: 1_700_000_000_000,
+                body: Bytes::from_static(b"data: x\n\n")
+            }
+        );
+        assert!(parse_notification(b"garbage").is_none());
+        assert!(parse_notification(b"x m 1\n").is_none());
+    }
+}
