@@ -8,7 +8,8 @@
 //! - `proxy`: the public listener (`ProxyHttp`): SSE stream or pass-through.
 //! - `sse`: wire framing, what a request subscribes to, one client's stream.
 //! - `hub`: the `Broker` trait, cursors, history, subscriber queues; `memory` broker.
-//! - `sources`: the publish API (native and Pushpin GRIP formats); webhooks mapped by YAML.
+//! - `sources`: the publish API (native and Pushpin GRIP formats); webhooks mapped by
+//!   YAML; pollers of legacy GET endpoints (`poll`, `poll_target`, `poll_fetch`, `diff`).
 //! - `auth`: webhook signature schemes (HMAC, Stripe, Standard Webhooks, token).
 //! - `admin`: publish, webhooks, health, readiness, metrics, stats, dashboard.
 //! - `upstream`: server pools (round robin, passive health).

@@ -1,8 +1,8 @@
 //! Prometheus metrics of SPEC §5, registered once and shared.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 #[derive(Debug, Clone)]
@@ -25,6 +25,8 @@ pub struct Metrics {
     pub poll_requests: IntCounterVec,
     pub poll_changes: IntCounterVec,
     pub poll_errors: IntCounterVec,
+    /// Upstream poll request duration per route, failures included.
+    pub poll_duration: HistogramVec,
     pub pollers: IntGauge,
     pub webhooks: IntCounterVec,
 }
@@ -123,6 +125,21 @@ impl Metrics {
                 &["route"],
             ),
             poll_errors: cvec("ssegate_poll_errors_total", "Failed polls", &["route"]),
+            poll_duration: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "ssegate_poll_duration_seconds",
+                        "Upstream poll request duration",
+                    )
+                    .buckets(vec![
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0,
+                    ]),
+                    &["route"],
+                )
+                .expect("metric"), // ok: static name and buckets
+            ),
             pollers: reg(
                 &r,
                 IntGauge::new("ssegate_pollers_active", "Running pollers").expect("metric"),

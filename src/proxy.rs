@@ -2,9 +2,11 @@
 //! holds itself, or passed through to an upstream pool.
 
 use crate::config::{RouteKind, SseRoute};
+use crate::hub::{Delivery, Resume};
 use crate::respond;
 use crate::routing::{Matched, Miss};
 use crate::shutdown::Active;
+use crate::sources::poll;
 use crate::sse::detached::{self, DetachedStream};
 use crate::sse::request::{self, Refusal};
 use crate::sse::stream::{self, Signals, StreamGuards, Subscription};
@@ -63,7 +65,7 @@ impl PublicProxy {
             .await?;
             return Ok(true);
         }
-        let wanted = match request::resolve(
+        let mut wanted = match request::resolve(
             session.req_header(),
             route,
             &m.params,
@@ -83,6 +85,22 @@ impl PublicProxy {
             Ok(s) => s,
             Err(reason) => return self.refuse(session, 429, reason).await,
         };
+        // Counted before anything is awaited; released by the guards' Drop
+        // however the stream ends.
+        let lease = match &route.poll {
+            None => None,
+            Some(p) => match poll::target(session.req_header(), m.route.index, p, &m.params)
+                .and_then(|t| gw.pollers.acquire(t, &m.route))
+            {
+                Ok(l) => Some(l),
+                Err(Refusal { status, reason }) => {
+                    return self.refuse(session, status, &reason).await
+                }
+            },
+        };
+        if let Some(l) = &lease {
+            wanted.channels.push(l.channel().to_string());
+        }
         let sub = Arc::new(crate::hub::Subscriber::new(
             gw.next_id(),
             route.settings.client_queue,
@@ -98,6 +116,23 @@ impl PublicProxy {
                 return self.refuse(session, 503, &e.to_string()).await;
             }
         };
+        // Subscribed first, then the snapshot: a change in between arrives twice
+        // rather than never. A resume whose replay is complete needs none; one
+        // with a history gap gets it right after the reset.
+        let mut replay = replay;
+        if let (Some(l), Some(p)) = (&lease, &route.poll) {
+            if p.initial && (wanted.resume == Resume::Live || replay.reset.is_some()) {
+                if let Some(frame) = l.snapshot(p.timeout + poll::SNAPSHOT_SLACK).await {
+                    // Cursor 0: it carries no `id:` and moves no resume point.
+                    let snapshot = Delivery {
+                        seq: 0,
+                        frame,
+                        published: std::time::Instant::now(),
+                    };
+                    replay.frames.insert(0, snapshot);
+                }
+            }
+        }
         let subscription = Subscription {
             hub: gw.hub.clone(),
             sub,
@@ -114,6 +149,7 @@ impl PublicProxy {
             slot,
             active: gw.shutdown.track(),
             gauge,
+            poll: lease,
         };
         if let Some(tcp) = detached::take_socket(session) {
             DetachedStream {

@@ -9,6 +9,7 @@ use crate::limits::ConnLimiter;
 use crate::metrics::Metrics;
 use crate::routing::Router;
 use crate::shutdown::Shutdown;
+use crate::sources::poll::Pollers;
 use crate::upstream::UpstreamPool;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +27,8 @@ pub struct Gateway {
     pub redis: Option<Arc<RedisBroker>>,
     pub metrics: Arc<Metrics>,
     pub upstreams: HashMap<String, Arc<UpstreamPool>>,
+    /// Running pollers of `poll:` routes, keyed by poll channel.
+    pub pollers: Arc<Pollers>,
     pub limiter: Arc<ConnLimiter>,
     pub heartbeats: Heartbeats,
     pub shutdown: Shutdown,
@@ -64,11 +67,12 @@ impl Gateway {
                 (r.clone(), None, Some(r))
             }
         };
-        let upstreams = config
+        let upstreams: HashMap<String, Arc<UpstreamPool>> = config
             .upstreams
             .iter()
             .map(|(n, u)| (n.clone(), Arc::new(UpstreamPool::new(u.clone()))))
             .collect();
+        let pollers = Pollers::new(hub.clone(), metrics.clone(), upstreams.clone());
         let mut intervals: BTreeSet<_> = config
             .routes
             .iter()
@@ -91,6 +95,7 @@ impl Gateway {
             redis,
             metrics,
             upstreams,
+            pollers,
             heartbeats: Heartbeats::new(intervals),
             shutdown: Shutdown::new(),
             started: Instant::now(),

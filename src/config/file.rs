@@ -163,6 +163,18 @@ pub struct PollFile {
     pub linger: Option<String>,
     pub initial: Option<bool>,
     pub max_backoff: Option<String>,
+    pub max_body: Option<String>,
+    pub events: Option<PollEventsFile>,
+    pub error_event: Option<String>,
+}
+
+/// Event names of `diff: json-items`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollEventsFile {
+    pub created: Option<String>,
+    pub updated: Option<String>,
+    pub deleted: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,6 +7,7 @@ use super::positions::Positions;
 use super::runtime::*;
 use super::template::{is_channel_char, Template, Var};
 use crate::routing;
+use crate::sources::poll::CHANNEL_PREFIX;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -126,7 +127,7 @@ fn explain_unknown_key(msg: &str) -> Option<String> {
     Some(format!("{prefix}unknown key `{unknown}`{hint}"))
 }
 
-struct Validator<'e> {
+pub(super) struct Validator<'e> {
     file: String,
     pos: Positions,
     errors: Vec<ConfigError>,
@@ -137,7 +138,7 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
 
 impl Validator<'_> {
-    fn err(&mut self, path: &str, message: impl Into<String>) {
+    pub(super) fn err(&mut self, path: &str, message: impl Into<String>) {
         let (line, col) = self.pos.find(path);
         self.errors.push(ConfigError {
             file: self.file.clone(),
@@ -147,7 +148,12 @@ impl Validator<'_> {
         });
     }
 
-    fn duration(&mut self, path: &str, v: Option<&String>, default: Duration) -> Duration {
+    pub(super) fn duration(
+        &mut self,
+        path: &str,
+        v: Option<&String>,
+        default: Duration,
+    ) -> Duration {
         match v {
             None => default,
             Some(s) => match humantime::parse_duration(s.trim()) {
@@ -337,20 +343,67 @@ impl Validator<'_> {
         }
     }
 
-    fn limits(&mut self, l: file::LimitsFile) -> Limits {
-        let max_body = match &l.max_body {
-            None => 1024 * 1024,
+    pub(super) fn size(&mut self, path: &str, v: Option<&String>, default: usize) -> usize {
+        match v {
+            None => default,
             Some(s) => match s.trim().parse::<bytesize::ByteSize>() {
                 Ok(b) => b.as_u64() as usize,
                 Err(e) => {
-                    self.err(
-                        "limits.max_body",
-                        format!("`{s}` is not a size like 1MiB or 64KB: {e}"),
-                    );
-                    1024 * 1024
+                    self.err(path, format!("`{s}` is not a size like 1MiB or 64KB: {e}"));
+                    default
                 }
             },
-        };
+        }
+    }
+
+    /// An error unless `name` is a defined upstream.
+    pub(super) fn check_upstream(
+        &mut self,
+        path: &str,
+        name: &str,
+        upstreams: &BTreeMap<String, Upstream>,
+    ) {
+        if !upstreams.contains_key(name) {
+            let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+            self.err(
+                path,
+                format!(
+                    "unknown upstream `{name}` (defined: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            );
+        }
+    }
+
+    /// Placeholders an sse request can fill: `{name}` must be a parameter of
+    /// the route; `takes` lists what the template accepts, for the message.
+    pub(super) fn request_vars(&mut self, at: &str, t: &Template, route_path: &str, takes: &str) {
+        let params = routing::path_params(route_path);
+        for v in t.vars() {
+            match v {
+                Var::Param(n) if !params.iter().any(|p| p == n) => self.err(
+                    at,
+                    format!("`{{{n}}}` is not a parameter of route path `{route_path}`"),
+                ),
+                Var::Param(_) | Var::Query(_) | Var::Header(_) => {}
+                Var::Jwt(_) | Var::Auth(_) => self.err(
+                    at,
+                    format!("`{v}` needs `auth:` on this route, which is not implemented in this build yet"),
+                ),
+                Var::Pointer(_) | Var::Form(_) => self.err(
+                    at,
+                    format!("`{v}` ({}) is for webhooks; {takes}", v.kind()),
+                ),
+            }
+        }
+    }
+
+    fn limits(&mut self, l: file::LimitsFile) -> Limits {
+        let max_body = self.size("limits.max_body", l.max_body.as_ref(), 1024 * 1024);
         if max_body == 0 {
             self.err("limits.max_body", "max_body must be larger than 0");
         }
@@ -454,20 +507,7 @@ impl Validator<'_> {
                     continue;
                 }
                 (Some(up), None) => {
-                    if !upstreams.contains_key(up) {
-                        let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
-                        self.err(
-                            &format!("{base}.proxy"),
-                            format!(
-                                "unknown upstream `{up}` (defined: {})",
-                                if known.is_empty() {
-                                    "none".to_string()
-                                } else {
-                                    known.join(", ")
-                                }
-                            ),
-                        );
-                    }
+                    self.check_upstream(&format!("{base}.proxy"), up, upstreams);
                     if r.grip {
                         self.not_yet(&format!("{base}.grip"), "`grip: true` (GRIP holds)");
                     }
@@ -483,7 +523,7 @@ impl Validator<'_> {
                             "`grip` applies to proxy routes only",
                         );
                     }
-                    RouteKind::Sse(Box::new(self.sse_route(&base, &r.path, s, sse)))
+                    RouteKind::Sse(Box::new(self.sse_route(&base, &r.path, s, sse, upstreams)))
                 }
             };
             out.push(Route {
@@ -503,11 +543,17 @@ impl Validator<'_> {
         route_path: &str,
         s: file::SseRouteFile,
         defaults: &SseSettings,
+        upstreams: &BTreeMap<String, Upstream>,
     ) -> SseRoute {
-        let params = routing::path_params(route_path);
         let mut channels = Vec::new();
         for (i, c) in s.channels.iter().enumerate() {
             let at = format!("{base}.sse.channels.{i}");
+            if c.starts_with(CHANNEL_PREFIX) {
+                self.err(
+                    &at,
+                    format!("channels starting with `{CHANNEL_PREFIX}` are reserved for pollers"),
+                );
+            }
             match Template::parse(c) {
                 Err(e) => self.err(&at, e),
                 Ok(t) => {
@@ -521,23 +567,12 @@ impl Validator<'_> {
                             );
                         }
                     }
-                    for v in t.vars() {
-                        match v {
-                            Var::Param(n) if !params.iter().any(|p| p == n) => self.err(
-                                &at,
-                                format!("`{{{n}}}` is not a parameter of route path `{route_path}`"),
-                            ),
-                            Var::Param(_) | Var::Query(_) | Var::Header(_) => {}
-                            Var::Jwt(_) | Var::Auth(_) => self.err(
-                                &at,
-                                format!("`{v}` needs `auth:` on this route, which is not implemented in this build yet"),
-                            ),
-                            Var::Pointer(_) | Var::Form(_) => self.err(
-                                &at,
-                                format!("`{v}` ({}) is for webhooks; sse channels take {{name}}, {{query.x}}, {{header.x}}, {{jwt.x}} or {{auth.x}}", v.kind()),
-                            ),
-                        }
-                    }
+                    self.request_vars(
+                        &at,
+                        &t,
+                        route_path,
+                        "sse channels take {name}, {query.x}, {header.x}, {jwt.x} or {auth.x}",
+                    );
                     channels.push(t);
                 }
             }
@@ -555,15 +590,15 @@ impl Validator<'_> {
         if channels.is_empty() && allow.is_empty() && s.poll.is_none() {
             self.err(
                 &format!("{base}.sse"),
-                "this sse route subscribes to nothing: give `channels` or `allow_channels`",
+                "this sse route subscribes to nothing: give `channels`, `allow_channels` or `poll`",
             );
         }
         if s.auth.is_some() {
             self.not_yet(&format!("{base}.sse.auth"), "`auth`");
         }
-        if s.poll.is_some() {
-            self.not_yet(&format!("{base}.sse.poll"), "`poll`");
-        }
+        let poll = s
+            .poll
+            .map(|p| self.poll(&format!("{base}.sse.poll"), route_path, p, upstreams));
         let timing = file::SseFile {
             heartbeat: s.heartbeat,
             retry: s.retry,
@@ -573,6 +608,7 @@ impl Validator<'_> {
             channels,
             allow_channels: allow,
             settings: self.sse_settings(&format!("{base}.sse"), &timing, Some(defaults)),
+            poll,
         }
     }
 }

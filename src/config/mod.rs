@@ -3,6 +3,7 @@
 
 pub mod file;
 mod load;
+mod poll;
 mod positions;
 mod runtime;
 pub mod template;

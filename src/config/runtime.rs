@@ -108,6 +108,76 @@ pub struct SseRoute {
     pub channels: Vec<Template>,
     pub allow_channels: Vec<ChannelPattern>,
     pub settings: SseSettings,
+    /// `poll:`: the gateway polls a legacy endpoint and pushes what changed.
+    pub poll: Option<Poll>,
+}
+
+/// A validated `poll:` block (SPEC §4 Polling).
+#[derive(Debug, Clone)]
+pub struct Poll {
+    pub upstream: String,
+    /// Rendered per request; values are percent-encoded so they cannot change
+    /// the path's shape.
+    pub path: Template,
+    /// The route's `{*rest}` parameter, whose `/` are kept when rendered.
+    pub catch_all: Option<String>,
+    pub method: Method,
+    /// Extra request headers, the same for every poll (lower-cased names).
+    pub headers: Vec<(String, String)>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub linger: Duration,
+    pub max_backoff: Duration,
+    pub max_body: usize,
+    pub diff: PollDiff,
+    pub events: PollEvents,
+    pub scope: PollScope,
+    /// Request headers copied from each subscriber (lower-cased); empty for `shared`.
+    pub forward_headers: Vec<String>,
+    /// Send the latest snapshot to each new subscriber.
+    pub initial: bool,
+    /// Tell subscribers when polling starts failing and when it recovers.
+    pub error_event: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollDiff {
+    /// Hash of the body; the whole body is the event.
+    Body,
+    /// Conditional requests (If-None-Match / If-Modified-Since); then as `Body`.
+    Etag,
+    /// Per-item `created` / `updated` / `deleted` of the array at `items`.
+    JsonItems { items: String, key: String },
+    /// An RFC 6902 patch from the previous document to the new one.
+    JsonPatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollEvents {
+    /// `event:` of a whole-document change (body, etag, json-patch).
+    pub update: String,
+    pub created: String,
+    pub updated: String,
+    pub deleted: String,
+}
+
+impl Default for PollEvents {
+    fn default() -> Self {
+        PollEvents {
+            update: "update".into(),
+            created: "created".into(),
+            updated: "updated".into(),
+            deleted: "deleted".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollScope {
+    /// One poller per resolved request, whoever listens.
+    Shared,
+    /// One poller per distinct set of forwarded header values.
+    PerClient,
 }
 
 /// One `webhooks:` entry: how a backend's callback becomes events.

@@ -419,6 +419,7 @@ mod size_probe {
                 slot: limiter.acquire(None).unwrap(),
                 active: shutdown.track(),
                 gauge: prometheus::IntGauge::new("g", "g").unwrap(),
+                poll: None,
             },
         };
         let fut = ds.run(Replay::default());

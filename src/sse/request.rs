@@ -5,6 +5,7 @@
 use crate::config::template::{check_channel, RenderError, Var};
 use crate::config::SseRoute;
 use crate::hub::Resume;
+use crate::sources::poll::CHANNEL_PREFIX;
 use pingora_http::RequestHeader;
 use std::borrow::Cow;
 
@@ -84,7 +85,15 @@ pub fn resolve(
             channels.push(v.clone());
         }
     }
-    if channels.is_empty() {
+    // Poll channels are keyed by a client's credentials: never nameable.
+    if let Some(ch) = channels.iter().find(|c| c.starts_with(CHANNEL_PREFIX)) {
+        return Err(refuse(
+            403,
+            format!("channel {ch:?} is reserved for pollers"),
+        ));
+    }
+    // A poll route adds its poller's channel after this.
+    if channels.is_empty() && route.poll.is_none() {
         return Err(refuse(400, "no channel: add ?channel=NAME"));
     }
     if channels.len() > max_channels {
@@ -133,6 +142,7 @@ mod tests {
                 retry: Duration::from_secs(1),
                 client_queue: 8,
             },
+            poll: None,
         }
     }
 
@@ -197,6 +207,12 @@ mod tests {
                 .unwrap_err()
                 .status,
             400
+        );
+        let open = route(&["base"], &["*"]);
+        let poll_channel = req("/e?channel=poll:0:abc", &[]);
+        assert_eq!(
+            resolve(&poll_channel, &open, &[], 8).unwrap_err().status,
+            403
         );
         let closed = route(&["base"], &[]);
         assert_eq!(

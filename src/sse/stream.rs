@@ -36,6 +36,8 @@ pub struct StreamGuards {
     pub slot: crate::limits::ConnSlot,
     pub active: crate::shutdown::Active,
     pub gauge: prometheus::IntGauge,
+    /// The poller this stream keeps alive (poll routes).
+    pub poll: Option<crate::sources::poll::Lease>,
 }
 
 impl Drop for StreamGuards {

@@ -462,20 +462,13 @@ impl Backend {
         use axum::response::{IntoResponse, Response};
         use axum::routing::{any, get, post};
         let log = BackendLog::default();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-        listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let l2 = log.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let echo_log = l2.clone();
-                let upload_log = l2.clone();
-                let app = axum::Router::new()
+        let (stop_tx, thread) = serve_in_thread(listener, move || {
+            let echo_log = l2.clone();
+            let upload_log = l2.clone();
+            let app = axum::Router::new()
                     .route(
                         "/status/{code}",
                         any(|Path(code): Path<u16>| async move {
@@ -539,14 +532,7 @@ impl Backend {
                             ([("x-backend", "echo"), ("content-type", "application/json")], v.to_string()).into_response()
                         }
                     });
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stop_rx.await;
-                    })
-                    .await
-                    .unwrap();
-            });
+            app
         });
         Backend {
             addr,
@@ -565,6 +551,35 @@ impl Drop for Backend {
         // Not joined: an upstream keep-alive connection may hold it open a while.
         drop(self.thread.take());
     }
+}
+
+/// Serve the app `make` builds on `listener`, in a thread with its own
+/// runtime (so a test's runtime pauses never stall it), until the sender fires.
+pub fn serve_in_thread(
+    listener: std::net::TcpListener,
+    make: impl FnOnce() -> axum::Router + Send + 'static,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    listener.set_nonblocking(true).unwrap();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, make())
+                .with_graceful_shutdown(async {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .unwrap();
+        });
+    });
+    (stop_tx, thread)
 }
 
 // ---------------------------------------------------------------------------

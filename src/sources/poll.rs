@@ -1,0 +1,558 @@
+//! Polling legacy endpoints (SPEC §4 Polling): one poller per resolved poll
+//! request however many clients listen, started by the first subscriber and
+//! stopped `linger` after the last.
+//!
+//! The registry is one map under one std mutex (held only to look up, count
+//! and insert, never across an await), keyed by the poll channel. Whoever
+//! inserts the entry spawns its task, so a crowd arriving at once starts one
+//! poller. Each subscriber holds a `Lease`; dropping it, however the stream
+//! ended, releases the count.
+//!
+//! Changes go through the hub like any other event (so history and resume
+//! apply); the snapshot goes straight to each new client, encoded once.
+
+pub use super::poll_target::{resolve as target, Target, CHANNEL_PREFIX};
+
+use super::diff::{self, Compared, Kind};
+use super::poll_fetch::{Fetch, FetchError, Fetched, Validators};
+use crate::config::{Poll, PollDiff, Route, RouteKind};
+use crate::hub::{Broker, Event, Payload};
+use crate::metrics::Metrics;
+use crate::sse::frame;
+use crate::sse::request::Refusal;
+use crate::upstream::UpstreamPool;
+use bytes::Bytes;
+use pingora_core::connectors::http::Connector;
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+
+/// Bodies above this are diffed on a blocking thread, so a large document
+/// never stalls the client streams sharing the runtime.
+const BLOCKING_DIFF: usize = 256 * 1024;
+/// Never retry sooner than this, whatever the jitter drew.
+const MIN_RETRY: Duration = Duration::from_millis(10);
+/// A waiting subscriber allows the first poll this much beyond its timeout.
+pub const SNAPSHOT_SLACK: Duration = Duration::from_millis(500);
+
+/// What a new subscriber can be sent.
+#[derive(Debug, Clone)]
+pub enum Snapshot {
+    /// The first poll is still in flight.
+    Pending,
+    /// No good poll yet (or `initial: false`).
+    Missing,
+    /// The `event: snapshot` frame of the latest state.
+    Ready(Bytes),
+}
+
+/// One poller's state that its subscribers share.
+#[derive(Debug)]
+struct Shared {
+    pollers: Arc<Pollers>,
+    channel: String,
+    snapshot: watch::Sender<Snapshot>,
+    /// Wakes the poller when its last subscriber leaves, to start the linger clock.
+    idle: Notify,
+}
+
+#[derive(Debug)]
+struct Entry {
+    target: Arc<Target>,
+    subscribers: usize,
+    idle_since: Option<Instant>,
+    shared: Arc<Shared>,
+}
+
+pub struct Pollers {
+    entries: Mutex<HashMap<String, Entry>>,
+    hub: Arc<dyn Broker>,
+    metrics: Arc<Metrics>,
+    upstreams: HashMap<String, Arc<UpstreamPool>>,
+    connector: Connector,
+}
+
+impl std::fmt::Debug for Pollers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pollers")
+            .field("active", &self.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One subscriber's hold on a poller: a single pointer, since every
+/// stream of a poll route carries one for its whole life.
+#[derive(Debug)]
+pub struct Lease {
+    shared: Arc<Shared>,
+}
+
+impl Lease {
+    pub fn channel(&self) -> &str {
+        &self.shared.channel
+    }
+
+    /// The latest snapshot frame; waits up to `wait` while the first poll is in flight.
+    pub async fn snapshot(&self, wait: Duration) -> Option<Bytes> {
+        let mut rx = self.shared.snapshot.subscribe();
+        let got = tokio::time::timeout(wait, async {
+            rx.wait_for(|s| !matches!(s, Snapshot::Pending))
+                .await
+                .map(|s| s.clone())
+                .ok()
+        })
+        .await;
+        match got {
+            Ok(Some(Snapshot::Ready(b))) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut entries = self.shared.pollers.lock();
+        let Some(e) = entries.get_mut(&self.shared.channel) else {
+            return;
+        };
+        // A poller that died and was replaced is not ours to count down.
+        if !Arc::ptr_eq(&e.shared, &self.shared) {
+            return;
+        }
+        e.subscribers = e.subscribers.saturating_sub(1);
+        if e.subscribers == 0 {
+            e.idle_since = Some(Instant::now());
+            e.shared.idle.notify_one();
+        }
+    }
+}
+
+/// The poll settings of an sse route.
+pub fn poll_of(route: &Route) -> Option<&Poll> {
+    match &route.kind {
+        RouteKind::Sse(s) => s.poll.as_ref(),
+        RouteKind::Proxy { .. } => None,
+    }
+}
+
+impl Pollers {
+    pub fn new(
+        hub: Arc<dyn Broker>,
+        metrics: Arc<Metrics>,
+        upstreams: HashMap<String, Arc<UpstreamPool>>,
+    ) -> Arc<Pollers> {
+        Arc::new(Pollers {
+            entries: Mutex::new(HashMap::new()),
+            hub,
+            metrics,
+            upstreams,
+            connector: Connector::new(None),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        // A panic elsewhere must not stop every poller with it.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Running pollers.
+    pub fn active(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Count a subscriber on `target`'s poller, starting it if none runs.
+    /// Must be called inside the tokio runtime.
+    pub fn acquire(self: &Arc<Self>, target: Target, route: &Arc<Route>) -> Result<Lease, Refusal> {
+        let mut entries = self.lock();
+        if let Some(e) = entries.get_mut(&target.channel) {
+            if *e.target != target {
+                // 128-bit hashes do not collide in practice; if they ever do,
+                // refusing beats showing one client another's data.
+                return Err(Refusal {
+                    status: 503,
+                    reason: "poll key collision".into(),
+                });
+            }
+            e.subscribers += 1;
+            e.idle_since = None;
+            return Ok(Lease {
+                shared: e.shared.clone(),
+            });
+        }
+        let shared = Arc::new(Shared {
+            pollers: self.clone(),
+            channel: target.channel.clone(),
+            snapshot: watch::channel(Snapshot::Pending).0,
+            idle: Notify::new(),
+        });
+        let target = Arc::new(target);
+        entries.insert(
+            target.channel.clone(),
+            Entry {
+                target: target.clone(),
+                subscribers: 1,
+                idle_since: None,
+                shared: shared.clone(),
+            },
+        );
+        drop(entries);
+        self.metrics.pollers.inc();
+        let task = Poller {
+            pollers: self.clone(),
+            target,
+            route: route.clone(),
+            shared: shared.clone(),
+            state: None,
+            validators: None,
+            failures: 0,
+            failing_since: None,
+        };
+        tokio::spawn(task.run());
+        Ok(Lease { shared })
+    }
+}
+
+/// One poller's task and its private state.
+struct Poller {
+    pollers: Arc<Pollers>,
+    target: Arc<Target>,
+    route: Arc<Route>,
+    shared: Arc<Shared>,
+    state: Option<diff::State>,
+    validators: Option<Validators>,
+    failures: u32,
+    failing_since: Option<Instant>,
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        // Normally the entry is already gone; after a panic this frees the key
+        // so the next subscriber starts a fresh poller.
+        let mut entries = self.pollers.lock();
+        if entries
+            .get(&self.target.channel)
+            .is_some_and(|e| Arc::ptr_eq(&e.shared, &self.shared))
+        {
+            entries.remove(&self.target.channel);
+        }
+        drop(entries);
+        self.pollers.metrics.pollers.dec();
+    }
+}
+
+impl Poller {
+    async fn run(mut self) {
+        let Some(poll) = poll_of(&self.route).cloned() else {
+            return;
+        };
+        let Some(pool) = self.pollers.upstreams.get(&poll.upstream).cloned() else {
+            tracing::error!(route = self.route.label(), upstream = %poll.upstream, "poll upstream missing");
+            return;
+        };
+        let label = self.route.label().to_string();
+        tracing::debug!(route = %label, channel = %self.target.channel, "poller started");
+        let mut first = true;
+        loop {
+            let started = Instant::now();
+            let delay = match self.poll_once(&poll, &pool, &label).await {
+                Ok(()) => {
+                    self.recovered(&poll, &label).await;
+                    if first {
+                        // A random phase: pollers started together do not stay in step.
+                        poll.interval.mul_f64(rand::rng().random::<f64>())
+                    } else {
+                        poll.interval.mul_f64(rand::rng().random_range(0.9..1.1))
+                    }
+                }
+                Err(why) => {
+                    self.failed(&poll, &label, why).await;
+                    backoff(poll.interval, poll.max_backoff, self.failures)
+                }
+            };
+            if first && matches!(*self.shared.snapshot.borrow(), Snapshot::Pending) {
+                self.shared.snapshot.send_replace(Snapshot::Missing);
+            }
+            first = false;
+            if !self.wait(started + delay, poll.linger).await {
+                tracing::debug!(route = %label, channel = %self.target.channel, "poller stopped: no subscriber");
+                return;
+            }
+        }
+    }
+
+    /// Sleep until `due`; false when the poller should stop because nobody
+    /// listened for `linger` (the entry is removed under the lock, so a new
+    /// subscriber either kept it alive or starts a new poller).
+    async fn wait(&self, due: Instant, linger: Duration) -> bool {
+        loop {
+            let stop_at = {
+                let mut entries = self.pollers.lock();
+                let Some(e) = entries
+                    .get(&self.target.channel)
+                    .filter(|e| Arc::ptr_eq(&e.shared, &self.shared))
+                else {
+                    return false;
+                };
+                match e.idle_since {
+                    Some(since) if since + linger <= Instant::now() => {
+                        entries.remove(&self.target.channel);
+                        return false;
+                    }
+                    Some(since) => Some(since + linger),
+                    None => None,
+                }
+            };
+            let until = stop_at.map_or(due, |s| s.min(due));
+            tokio::select! {
+                _ = tokio::time::sleep_until(until.into()) => {
+                    if Instant::now() >= due {
+                        return true;
+                    }
+                }
+                _ = self.shared.idle.notified() => {}
+            }
+        }
+    }
+
+    async fn poll_once(
+        &mut self,
+        poll: &Poll,
+        pool: &UpstreamPool,
+        label: &str,
+    ) -> Result<(), String> {
+        let m = &self.pollers.metrics;
+        m.poll_requests.with_label_values(&[label]).inc();
+        let t = Instant::now();
+        let conditional = match (&poll.diff, &self.validators, &self.state) {
+            (PollDiff::Etag, Some(v), Some(_)) if !v.is_empty() => Some(v),
+            _ => None,
+        };
+        let fetched = Fetch {
+            connector: &self.pollers.connector,
+            pool,
+            target: &self.target,
+            poll,
+            validators: conditional,
+        }
+        .run()
+        .await;
+        m.poll_duration
+            .with_label_values(&[label])
+            .observe(t.elapsed().as_secs_f64());
+        let (body, validators) = match fetched.map_err(|e: FetchError| e.to_string())? {
+            Fetched::NotModified if self.state.is_some() => return Ok(()),
+            Fetched::NotModified => return Err("304 without a previous response".into()),
+            Fetched::Body { body, validators } => (body, validators),
+        };
+        let mode = poll.diff.clone();
+        let prev = self.state.take();
+        let (prev, compared) = if body.len() > BLOCKING_DIFF {
+            tokio::task::spawn_blocking(move || {
+                let c = diff::compare(&mode, prev.as_ref(), &body);
+                (prev, c)
+            })
+            .await
+            .map_err(|e| format!("diff task: {e}"))?
+        } else {
+            let c = diff::compare(&mode, prev.as_ref(), &body);
+            (prev, c)
+        };
+        self.state = prev;
+        let (changes, snapshot, state) = match compared.map_err(|e| e.to_string())? {
+            Compared::Unchanged => {
+                self.validators = Some(validators);
+                return Ok(());
+            }
+            Compared::Changed {
+                changes,
+                snapshot,
+                state,
+            } => (changes, snapshot, state),
+        };
+        let baseline = self.state.is_none();
+        let frame = poll
+            .initial
+            .then(|| frame::encode(None, Some("snapshot"), &snapshot).ok())
+            .flatten();
+        let mut events: Vec<Event> = if changes.len() > self.burst_limit() {
+            // More per-item events than half a client queue would evict every
+            // subscriber as slow; one whole snapshot says the same in one event.
+            vec![self.event("snapshot", snapshot.clone())]
+        } else {
+            changes
+                .into_iter()
+                .map(|c| self.event(event_name(poll, c.kind), c.data))
+                .collect()
+        };
+        // Subscribers who waited for a first poll that failed got no snapshot:
+        // the first good poll after that brings it to them through the hub.
+        if baseline
+            && frame.is_some()
+            && matches!(*self.shared.snapshot.borrow(), Snapshot::Missing)
+        {
+            events.push(self.event("snapshot", snapshot));
+        }
+        let changed = !events.is_empty();
+        if changed {
+            // Not committed on failure: the next poll diffs against the old state again.
+            self.pollers
+                .hub
+                .publish(events)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !baseline {
+                m.poll_changes.with_label_values(&[label]).inc();
+            }
+        }
+        self.state = Some(state);
+        self.validators = Some(validators);
+        self.shared
+            .snapshot
+            .send_replace(frame.map_or(Snapshot::Missing, Snapshot::Ready));
+        Ok(())
+    }
+
+    /// Most change events one poll may publish: half the route's client queue.
+    fn burst_limit(&self) -> usize {
+        match &self.route.kind {
+            RouteKind::Sse(s) => (s.settings.client_queue / 2).max(1),
+            RouteKind::Proxy { .. } => usize::MAX,
+        }
+    }
+
+    fn event(&self, name: &str, data: String) -> Event {
+        Event {
+            channel: self.target.channel.clone(),
+            dedupe_id: None,
+            payload: Payload::Message {
+                event: Some(name.to_string()),
+                data,
+            },
+        }
+    }
+
+    /// Count every failure; log and notify only on healthy → failing.
+    async fn failed(&mut self, poll: &Poll, label: &str, why: String) {
+        self.pollers
+            .metrics
+            .poll_errors
+            .with_label_values(&[label])
+            .inc();
+        self.failures = self.failures.saturating_add(1);
+        if self.failures > 1 {
+            return;
+        }
+        self.failing_since = Some(Instant::now());
+        tracing::warn!(route = label, upstream = %poll.upstream, channel = %self.target.channel, error = %why, "poll failing");
+        if let Some(name) = &poll.error_event {
+            let data = serde_json::json!({"state": "failing", "error": why}).to_string();
+            let _ = self.pollers.hub.publish(vec![self.event(name, data)]).await;
+        }
+    }
+
+    /// Log and notify only on failing → healthy.
+    async fn recovered(&mut self, poll: &Poll, label: &str) {
+        if self.failures == 0 {
+            return;
+        }
+        let failures = std::mem::take(&mut self.failures);
+        let down = self
+            .failing_since
+            .take()
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        tracing::info!(route = label, upstream = %poll.upstream, channel = %self.target.channel, failures, down = ?down, "poll recovered");
+        if let Some(name) = &poll.error_event {
+            let data = serde_json::json!({"state": "recovered", "failures": failures}).to_string();
+            let _ = self.pollers.hub.publish(vec![self.event(name, data)]).await;
+        }
+    }
+}
+
+fn event_name(poll: &Poll, kind: Kind) -> &str {
+    match kind {
+        Kind::Update => &poll.events.update,
+        Kind::Created => &poll.events.created,
+        Kind::Updated => &poll.events.updated,
+        Kind::Deleted => &poll.events.deleted,
+    }
+}
+
+/// Exponential backoff with full jitter: uniform in [0, min(max, interval·2^n)).
+pub fn backoff(interval: Duration, max: Duration, failures: u32) -> Duration {
+    let ceiling = interval.saturating_mul(1u32 << failures.min(20)).min(max);
+    ceiling.mul_f64(rand::rng().random::<f64>()).max(MIN_RETRY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+    use crate::state::Gateway;
+
+    fn gateway(port: u16) -> (Arc<Gateway>, Arc<Route>) {
+        let text = format!(
+            "upstreams:\n  app: {{ servers: [\"127.0.0.1:{port}\"] }}\nroutes:\n  - path: /p\n    sse:\n      poll: {{ upstream: app, path: /p, interval: 50ms, linger: 100ms }}\n"
+        );
+        let cfg = load_str(&text, std::path::Path::new("t.yaml"), &|_| None).unwrap();
+        let route = Arc::new(cfg.routes[0].clone());
+        (Gateway::new(cfg).unwrap(), route)
+    }
+
+    fn target_of(route: &Route) -> Target {
+        let req = pingora_http::RequestHeader::build("GET", b"/p", None).unwrap();
+        target(&req, route.index, poll_of(route).unwrap(), &[]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_crowd_starts_one_poller_that_stops_after_linger() {
+        // Nothing listens there: every poll fails fast, which is fine here.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (gw, route) = gateway(port);
+        let leases: Vec<Lease> = (0..100)
+            .map(|_| gw.pollers.acquire(target_of(&route), &route).unwrap())
+            .collect();
+        assert_eq!(gw.pollers.active(), 1);
+        assert_eq!(gw.metrics.pollers.get(), 1);
+        assert!(leases.iter().all(|l| l.channel() == leases[0].channel()));
+        // The first poll fails: a waiting subscriber gets no snapshot, and does not hang.
+        assert!(leases[0].snapshot(Duration::from_secs(5)).await.is_none());
+        drop(leases);
+        assert_eq!(gw.pollers.active(), 1, "lingers");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while gw.metrics.pollers.get() != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "poller did not stop after linger"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(gw.pollers.active(), 0);
+        assert!(gw.metrics.poll_errors.with_label_values(&["/p"]).get() >= 1);
+    }
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter() {
+        let i = Duration::from_millis(100);
+        let max = Duration::from_secs(2);
+        for n in 1..30 {
+            let ceiling = (i * 2u32.pow(n.min(20))).min(max);
+            for _ in 0..50 {
+                let d = backoff(i, max, n);
+                assert!(
+                    d >= MIN_RETRY && d <= ceiling,
+                    "failure {n}: {d:?} above {ceiling:?}"
+                );
+            }
+        }
+        let spread: std::collections::HashSet<u128> =
+            (0..50).map(|_| backoff(i, max, 10).as_micros()).collect();
+        assert!(spread.len() > 10, "jitter must spread retries: {spread:?}");
+    }
+}
