@@ -72,7 +72,12 @@ impl Gateway {
             .iter()
             .map(|(n, u)| (n.clone(), Arc::new(UpstreamPool::new(u.clone()))))
             .collect();
-        let pollers = Pollers::new(hub.clone(), metrics.clone(), upstreams.clone());
+        let pollers = Pollers::new(
+            hub.clone(),
+            redis.clone(),
+            metrics.clone(),
+            upstreams.clone(),
+        );
         let mut intervals: BTreeSet<_> = config
             .routes
             .iter()

@@ -103,6 +103,9 @@ pub struct RedisBroker {
     client: redis::Client,
     conn: RwLock<Option<ConnectionManager>>,
     script: redis::Script,
+    lease_script: redis::Script,
+    /// Random per process: who holds a poll lease.
+    instance: String,
     epoch: AtomicU64,
     healthy: AtomicBool,
     last_error: Mutex<String>,
@@ -163,6 +166,12 @@ impl RedisBroker {
             client,
             conn: RwLock::new(None),
             script: redis::Script::new(PUBLISH_SCRIPT),
+            lease_script: redis::Script::new(
+                "local v = redis.call('GET', KEYS[1]) \
+                 if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end \
+                 return 0",
+            ),
+            instance: format!("{:016x}", rand::random::<u64>()),
             epoch: AtomicU64::new(0),
             healthy: AtomicBool::new(false),
             last_error: Mutex::new("not connected yet".into()),
@@ -459,24 +468,49 @@ impl RedisBroker {
         format!("{}:n:{channel}", self.keys)
     }
 
-    /// Ask for a poll lease: true when this instance holds `key` for `ttl`.
-    pub async fn lease(&self, key: &str, holder: &str, ttl: Duration) -> bool {
+    /// This instance's name in poll leases.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Take or renew the poll lease on `key`: true while this instance holds
+    /// it. A holder that dies stops renewing, and after `ttl` another takes over.
+    pub async fn lease(&self, key: &str, ttl: Duration) -> bool {
         let Ok(mut conn) = self.connection().await else {
             return false;
         };
-        let script = redis::Script::new(
-            "local v = redis.call('GET', KEYS[1]) \
-             if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end \
-             return 0",
-        );
-        script
+        self.lease_script
             .key(format!("{}:lease:{key}", self.keys))
-            .arg(holder)
-            .arg(ttl.as_millis() as u64)
+            .arg(&self.instance)
+            .arg(ttl.as_millis().max(1) as u64)
             .invoke_async::<i64>(&mut conn)
             .await
             .map(|v| v == 1)
             .unwrap_or(false)
+    }
+
+    /// The poll leader keeps the latest snapshot frame here, so that
+    /// followers can hand it to their own new subscribers.
+    pub async fn store_snapshot(&self, key: &str, frame: &[u8], ttl: Duration) {
+        if let Ok(mut conn) = self.connection().await {
+            let _: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(format!("{}:snap:{key}", self.keys))
+                .arg(frame)
+                .arg("PX")
+                .arg(ttl.as_millis().max(1) as u64)
+                .query_async(&mut conn)
+                .await;
+        }
+    }
+
+    pub async fn load_snapshot(&self, key: &str) -> Option<Bytes> {
+        let mut conn = self.connection().await.ok()?;
+        let v: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(format!("{}:snap:{key}", self.keys))
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        v.map(Bytes::from)
     }
 }
 

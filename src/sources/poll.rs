@@ -16,6 +16,7 @@ pub use super::poll_target::{resolve as target, Target, CHANNEL_PREFIX};
 use super::diff::{self, Compared, Kind};
 use super::poll_fetch::{Fetch, FetchError, Fetched, Validators};
 use crate::config::{Poll, PollDiff, Route, RouteKind};
+use crate::hub::redis::RedisBroker;
 use crate::hub::{Broker, Event, Payload};
 use crate::metrics::Metrics;
 use crate::sse::frame;
@@ -69,6 +70,8 @@ struct Entry {
 pub struct Pollers {
     entries: Mutex<HashMap<String, Entry>>,
     hub: Arc<dyn Broker>,
+    /// In cluster mode each poll key is polled by one instance at a time.
+    cluster: Option<Arc<RedisBroker>>,
     metrics: Arc<Metrics>,
     upstreams: HashMap<String, Arc<UpstreamPool>>,
     connector: Connector,
@@ -140,12 +143,14 @@ pub fn poll_of(route: &Route) -> Option<&Poll> {
 impl Pollers {
     pub fn new(
         hub: Arc<dyn Broker>,
+        cluster: Option<Arc<RedisBroker>>,
         metrics: Arc<Metrics>,
         upstreams: HashMap<String, Arc<UpstreamPool>>,
     ) -> Arc<Pollers> {
         Arc::new(Pollers {
             entries: Mutex::new(HashMap::new()),
             hub,
+            cluster,
             metrics,
             upstreams,
             connector: Connector::new(None),
@@ -208,6 +213,7 @@ impl Pollers {
             validators: None,
             failures: 0,
             failing_since: None,
+            takeover: false,
         };
         tokio::spawn(task.run());
         Ok(Lease { shared })
@@ -224,6 +230,8 @@ struct Poller {
     validators: Option<Validators>,
     failures: u32,
     failing_since: Option<Instant>,
+    /// Cluster mode: this instance just took the poll over from another.
+    takeover: bool,
 }
 
 impl Drop for Poller {
@@ -256,6 +264,13 @@ impl Poller {
         let mut first = true;
         loop {
             let started = Instant::now();
+            if !self.lead(&poll).await {
+                first = false;
+                if !self.wait(started + poll.interval, poll.linger).await {
+                    return;
+                }
+                continue;
+            }
             let delay = match self.poll_once(&poll, &pool, &label).await {
                 Ok(()) => {
                     self.recovered(&poll, &label).await;
@@ -388,10 +403,11 @@ impl Poller {
         };
         // Subscribers who waited for a first poll that failed got no snapshot:
         // the first good poll after that brings it to them through the hub.
-        if baseline
-            && frame.is_some()
-            && matches!(*self.shared.snapshot.borrow(), Snapshot::Missing)
-        {
+        // So do clients of an instance that took the poll over from another
+        // (cluster mode): changes between the two leaders are unknown.
+        let missed = frame.is_some() && matches!(*self.shared.snapshot.borrow(), Snapshot::Missing);
+        let takeover = std::mem::take(&mut self.takeover);
+        if baseline && (missed || takeover) {
             events.push(self.event("snapshot", snapshot));
         }
         let changed = !events.is_empty();
@@ -408,10 +424,40 @@ impl Poller {
         }
         self.state = Some(state);
         self.validators = Some(validators);
+        if let (Some(cluster), Some(f)) = (&self.pollers.cluster, &frame) {
+            let keep = (poll.interval * 3).max(Duration::from_secs(2)) + poll.linger;
+            cluster.store_snapshot(&self.target.channel, f, keep).await;
+        }
         self.shared
             .snapshot
             .send_replace(frame.map_or(Snapshot::Missing, Snapshot::Ready));
         Ok(())
+    }
+
+    /// In cluster mode: true when this instance holds the poll lease. A
+    /// follower keeps the leader's snapshot for its own new subscribers and
+    /// forgets its diff state, so that if it takes over it starts afresh.
+    async fn lead(&mut self, poll: &Poll) -> bool {
+        let Some(cluster) = self.pollers.cluster.clone() else {
+            return true;
+        };
+        let ttl = (poll.interval * 3).max(Duration::from_secs(2));
+        if cluster.lease(&self.target.channel, ttl).await {
+            if self.state.is_none() {
+                // Taking over from a leader that stopped: clients may have
+                // missed changes in between, so the first poll republishes
+                // the whole snapshot.
+                self.takeover = cluster.load_snapshot(&self.target.channel).await.is_some();
+            }
+            return true;
+        }
+        self.state = None;
+        self.validators = None;
+        let snap = cluster.load_snapshot(&self.target.channel).await;
+        self.shared
+            .snapshot
+            .send_replace(snap.map_or(Snapshot::Missing, Snapshot::Ready));
+        false
     }
 
     /// Most change events one poll may publish: half the route's client queue.
