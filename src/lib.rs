@@ -9,7 +9,9 @@
 //! - `sse`: wire framing, what a request subscribes to, one client's stream.
 //! - `hub`: the `Broker` trait, cursors, history, subscriber queues; `memory` broker.
 //! - `sources`: the publish API (native and Pushpin GRIP formats); webhooks mapped by YAML.
-//! - `auth`: webhook signature schemes (HMAC, Stripe, Standard Webhooks, token).
+//! - `auth`: subscriber JWTs, forward auth, expiry of JWT streams; webhook signature schemes.
+//! - `grip`: GRIP holds decided by the backend (Grip-Hold, grip-instruct, Grip-Sig).
+//! - `fetch`: requests the gateway makes to upstream pools itself.
 //! - `admin`: publish, webhooks, health, readiness, metrics, stats, dashboard.
 //! - `upstream`: server pools (round robin, passive health).
 //! - `limits`, `heartbeat`, `shutdown`, `metrics`, `state`, `respond`: shared parts.
@@ -19,6 +21,8 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod fetch;
+pub mod grip;
 pub mod heartbeat;
 pub mod hub;
 pub mod limits;

@@ -1,13 +1,17 @@
 //! The public listener: each request is routed to an SSE stream the gateway
-//! holds itself, or passed through to an upstream pool.
+//! holds itself (after the route's auth), to a GRIP route whose backend may
+//! hold the client, or passed through to an upstream pool.
 
-use crate::config::{RouteKind, SseRoute};
+use crate::auth;
+use crate::config::{GripRoute, RouteKind, SseRoute, SseSettings};
+use crate::grip::{self, backend::Forwarded, backend::HoldStart};
+use crate::hub::Resume;
 use crate::respond;
 use crate::routing::{Matched, Miss};
 use crate::shutdown::Active;
 use crate::sse::detached::{self, DetachedStream};
 use crate::sse::request::{self, Refusal};
-use crate::sse::stream::{self, Signals, StreamGuards, Subscription};
+use crate::sse::stream::{self, GripOpening, Signals, StreamGuards, Subscription};
 use crate::state::Gateway;
 use crate::upstream::UpstreamPool;
 use async_trait::async_trait;
@@ -63,15 +67,86 @@ impl PublicProxy {
             .await?;
             return Ok(true);
         }
+        let identity = match auth::authorize(&gw.fetcher, session.req_header(), route, &m.params)
+            .await
+        {
+            Ok(id) => id,
+            Err(Refusal { status, reason }) => return self.refuse(session, status, &reason).await,
+        };
         let wanted = match request::resolve(
             session.req_header(),
             route,
             &m.params,
             gw.config.limits.max_channels_per_client,
+            &identity,
         ) {
             Ok(w) => w,
             Err(Refusal { status, reason }) => return self.refuse(session, status, &reason).await,
         };
+        // Closed at `exp` (plus the leeway validation allowed).
+        let expires = route.auth.jwt.as_ref().and_then(|jwt| {
+            let exp = identity.claims.as_ref()?.exp?;
+            Some(exp.saturating_add(jwt.leeway))
+        });
+        let spec = StreamSpec {
+            channels: wanted.channels,
+            resume: wanted.resume,
+            settings: route.settings.clone(),
+            heartbeat: route.settings.heartbeat,
+            expires,
+            grip: None,
+        };
+        self.hold_stream(session, m.route.label(), spec).await
+    }
+
+    /// A GRIP route: the backend answers, and may hold the client.
+    async fn grip(
+        &self,
+        session: &mut Session,
+        m: &Matched,
+        upstream: &str,
+        route: &GripRoute,
+    ) -> Result<bool> {
+        let gw = &self.gw;
+        let start = match grip::backend::forward(gw, session, upstream, route).await {
+            Ok(Forwarded::Done) => return Ok(true),
+            Ok(Forwarded::Hold(start)) => start,
+            Err(Refusal { status, reason }) => {
+                tracing::debug!(upstream, status, %reason, "grip route refused");
+                return self.refuse(session, status, &reason).await;
+            }
+        };
+        let HoldStart { hold, head, body } = *start;
+        // Without Grip-Keep-Alive nothing is sent idle, but the stream still
+        // joins a tick so that a drain on shutdown wakes it.
+        let (heartbeat, keep_alive) = match hold.keep_alive {
+            Some(k) => (k.timeout, Some(k.content)),
+            None => (gw.config.sse.heartbeat, None),
+        };
+        let spec = StreamSpec {
+            channels: hold.channels,
+            resume: Resume::Live,
+            settings: gw.config.sse.clone(),
+            heartbeat,
+            expires: None,
+            grip: Some(Box::new(GripOpening {
+                head,
+                body,
+                keep_alive,
+            })),
+        };
+        self.hold_stream(session, m.route.label(), spec).await
+    }
+
+    /// Subscribe and hold the client: detached from pingora on plain
+    /// HTTP/1.1, held in its session otherwise.
+    async fn hold_stream(
+        &self,
+        session: &mut Session,
+        label: &str,
+        spec: StreamSpec,
+    ) -> Result<bool> {
+        let gw = &self.gw;
         if gw.shutdown.is_draining() {
             return self.refuse(session, 503, "shutting down").await;
         }
@@ -85,25 +160,23 @@ impl PublicProxy {
         };
         let sub = Arc::new(crate::hub::Subscriber::new(
             gw.next_id(),
-            route.settings.client_queue,
+            spec.settings.client_queue,
         ));
-        let replay = match gw
-            .hub
-            .subscribe(&sub, &wanted.channels, &wanted.resume)
-            .await
-        {
+        let replay = match gw.hub.subscribe(&sub, &spec.channels, &spec.resume).await {
             Ok(r) => r,
             Err(e) => {
-                gw.hub.unsubscribe(&sub, &wanted.channels);
+                gw.hub.unsubscribe(&sub, &spec.channels);
                 return self.refuse(session, 503, &e.to_string()).await;
             }
         };
+        let expiry = spec
+            .expires
+            .map(|at| Box::new(gw.expiries.register(at, &sub)));
         let subscription = Subscription {
             hub: gw.hub.clone(),
             sub,
-            channels: wanted.channels,
+            channels: spec.channels,
         };
-        let label = m.route.label();
         let gauge = gw.metrics.connections.with_label_values(&[label]);
         gauge.inc();
         gw.metrics
@@ -114,39 +187,52 @@ impl PublicProxy {
             slot,
             active: gw.shutdown.track(),
             gauge,
+            expiry,
         };
         if let Some(tcp) = detached::take_socket(session) {
             DetachedStream {
                 tcp,
-                heartbeat: gw
-                    .heartbeats
-                    .join(route.settings.heartbeat, &subscription.sub),
+                heartbeat: gw.heartbeats.join(spec.heartbeat, &subscription.sub),
                 subscription,
-                settings: route.settings.clone(),
+                settings: spec.settings,
                 shutdown: gw.shutdown.clone(),
                 metrics: gw.metrics.clone(),
                 guards,
+                grip: spec.grip,
             }
             .spawn(replay);
             return Ok(true);
         }
         let signals = Signals {
-            heartbeat: gw.heartbeats.subscribe(route.settings.heartbeat),
+            heartbeat: gw.heartbeats.subscribe(spec.heartbeat),
             shutdown: gw.shutdown.watch(),
         };
         let end = stream::serve(
             session,
             &subscription,
             replay,
-            &route.settings,
+            &spec.settings,
             signals,
             &gw.metrics,
+            spec.grip.as_deref(),
         )
         .await;
         drop(guards);
-        tracing::debug!(route = label, end = ?end, "sse stream ended");
+        tracing::debug!(route = label, end = ?end, "stream ended");
         Ok(true)
     }
+}
+
+/// What a held stream subscribes to and how it behaves.
+struct StreamSpec {
+    channels: Vec<String>,
+    resume: Resume,
+    settings: SseSettings,
+    /// The tick for heartbeats (SSE) or keep-alives (GRIP).
+    heartbeat: std::time::Duration,
+    /// Unix seconds at which the stream is closed with `ssegate.expired`.
+    expires: Option<u64>,
+    grip: Option<Box<GripOpening>>,
 }
 
 #[async_trait]
@@ -189,6 +275,13 @@ impl ProxyHttp for PublicProxy {
         };
         match &m.route.kind {
             RouteKind::Sse(route) => self.open_stream(session, &m, route).await,
+            RouteKind::Proxy {
+                upstream,
+                grip: Some(g),
+            } => {
+                ctx._active = Some(self.gw.shutdown.track());
+                self.grip(session, &m, upstream, g).await
+            }
             RouteKind::Proxy { upstream, .. } => {
                 ctx.upstream = self.gw.upstreams.get(upstream).cloned();
                 ctx._active = Some(self.gw.shutdown.track());

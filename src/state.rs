@@ -1,6 +1,8 @@
 //! What every handler shares: config, router, hub, metrics, pools, limits.
 
+use crate::auth::expiry::Expiries;
 use crate::config::{BrokerKind, Config, RouteKind};
+use crate::fetch::Fetcher;
 use crate::heartbeat::Heartbeats;
 use crate::hub::memory::MemoryBroker;
 use crate::hub::Broker;
@@ -27,6 +29,10 @@ pub struct Gateway {
     pub heartbeats: Heartbeats,
     pub shutdown: Shutdown,
     pub started: Instant,
+    /// Requests the gateway makes itself: forward auth, GRIP routes.
+    pub fetcher: Fetcher,
+    /// JWT streams, closed when their token expires.
+    pub expiries: Arc<Expiries>,
     next_id: AtomicU64,
 }
 
@@ -54,6 +60,7 @@ impl Gateway {
             .iter()
             .map(|(n, u)| (n.clone(), Arc::new(UpstreamPool::new(u.clone()))))
             .collect();
+        let fetcher = Fetcher::new(&upstreams)?;
         let mut intervals: BTreeSet<_> = config
             .routes
             .iter()
@@ -78,6 +85,8 @@ impl Gateway {
             heartbeats: Heartbeats::new(intervals),
             shutdown: Shutdown::new(),
             started: Instant::now(),
+            fetcher,
+            expiries: Arc::default(),
             next_id: AtomicU64::new(1),
         }))
     }

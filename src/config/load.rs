@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+mod auth;
 mod webhooks;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +80,8 @@ pub fn load_str(
         pos: Positions::index(text),
         errors: Vec::new(),
         env,
+        // Key files are named relative to the config file.
+        dir: source.parent().map(Path::to_path_buf).unwrap_or_default(),
     };
     let cfg = v.config(parsed, source.to_path_buf());
     if v.errors.is_empty() {
@@ -131,6 +134,7 @@ struct Validator<'e> {
     pos: Positions,
     errors: Vec<ConfigError>,
     env: &'e dyn Fn(&str) -> Option<String>,
+    dir: PathBuf,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -219,7 +223,8 @@ impl Validator<'_> {
         let sse = self.sse_settings("sse", &f.sse.unwrap_or_default(), None);
         let limits = self.limits(f.limits.unwrap_or_default());
         let upstreams = self.upstreams(f.upstreams);
-        let routes = self.routes(f.routes, &upstreams, &sse);
+        let grip_key = self.grip_key(f.grip);
+        let routes = self.routes(f.routes, &upstreams, &sse, grip_key.as_ref());
         let webhooks = self.webhooks(f.webhooks);
         if let Err(problems) = routing::Router::build(&routes) {
             for (index, msg) in problems {
@@ -395,6 +400,7 @@ impl Validator<'_> {
         routes: Vec<file::RouteFile>,
         upstreams: &BTreeMap<String, Upstream>,
         sse: &SseSettings,
+        grip_key: Option<&Secret>,
     ) -> Vec<Route> {
         let mut out = Vec::new();
         for (index, r) in routes.into_iter().enumerate() {
@@ -439,22 +445,20 @@ impl Validator<'_> {
                             ),
                         );
                     }
-                    if r.grip {
-                        self.not_yet(&format!("{base}.grip"), "`grip: true` (GRIP holds)");
-                    }
+                    let grip = self.grip_route(&base, r.grip, r.grip_key_env.as_ref(), grip_key);
                     RouteKind::Proxy {
                         upstream: up.clone(),
-                        grip: r.grip,
+                        grip,
                     }
                 }
                 (None, Some(s)) => {
-                    if r.grip {
+                    if r.grip || r.grip_key_env.is_some() {
                         self.err(
                             &format!("{base}.grip"),
                             "`grip` applies to proxy routes only",
                         );
                     }
-                    RouteKind::Sse(Box::new(self.sse_route(&base, &r.path, s, sse)))
+                    RouteKind::Sse(Box::new(self.sse_route(&base, &r.path, s, sse, upstreams)))
                 }
             };
             out.push(Route {
@@ -472,10 +476,15 @@ impl Validator<'_> {
         &mut self,
         base: &str,
         route_path: &str,
-        s: file::SseRouteFile,
+        mut s: file::SseRouteFile,
         defaults: &SseSettings,
+        upstreams: &BTreeMap<String, Upstream>,
     ) -> SseRoute {
         let params = routing::path_params(route_path);
+        let auth = match s.auth.take() {
+            Some(a) => self.route_auth(base, route_path, a, upstreams),
+            None => RouteAuth::default(),
+        };
         let mut channels = Vec::new();
         for (i, c) in s.channels.iter().enumerate() {
             let at = format!("{base}.sse.channels.{i}");
@@ -499,10 +508,23 @@ impl Validator<'_> {
                                 format!("`{{{n}}}` is not a parameter of route path `{route_path}`"),
                             ),
                             Var::Param(_) | Var::Query(_) | Var::Header(_) => {}
-                            Var::Jwt(_) | Var::Auth(_) => self.err(
+                            Var::Jwt(_) if auth.jwt.is_some() => {}
+                            Var::Jwt(_) => self.err(
                                 &at,
-                                format!("`{v}` needs `auth:` on this route, which is not implemented in this build yet"),
+                                format!("`{v}` needs `auth: {{ jwt: … }}` on this route"),
                             ),
+                            Var::Auth(n) => {
+                                let exposed = auth
+                                    .forward
+                                    .as_ref()
+                                    .is_some_and(|f| f.expose.iter().any(|e| e == n));
+                                if !exposed {
+                                    self.err(
+                                        &at,
+                                        format!("`{v}` needs `auth: {{ forward: {{ expose: [{n}] }} }}` on this route"),
+                                    );
+                                }
+                            }
                             Var::Pointer(_) | Var::Form(_) => self.err(
                                 &at,
                                 format!("`{v}` ({}) is for webhooks; sse channels take {{name}}, {{query.x}}, {{header.x}}, {{jwt.x}} or {{auth.x}}", v.kind()),
@@ -529,9 +551,6 @@ impl Validator<'_> {
                 "this sse route subscribes to nothing: give `channels` or `allow_channels`",
             );
         }
-        if s.auth.is_some() {
-            self.not_yet(&format!("{base}.sse.auth"), "`auth`");
-        }
         if s.poll.is_some() {
             self.not_yet(&format!("{base}.sse.poll"), "`poll`");
         }
@@ -544,6 +563,7 @@ impl Validator<'_> {
             channels,
             allow_channels: allow,
             settings: self.sse_settings(&format!("{base}.sse"), &timing, Some(defaults)),
+            auth,
         }
     }
 }
