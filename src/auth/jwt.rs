@@ -182,7 +182,22 @@ impl JwtAuth {
                 }
             }
         };
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &self.validation)
+        // jsonwebtoken wants every allowed algorithm to fit the key, so a
+        // JWKS that mixes RSA and EC keys narrows the list to this key's family.
+        let narrowed;
+        let validation = match &self.keys {
+            Keys::One(_) => &self.validation,
+            Keys::Set(_) => {
+                let mut v = self.validation.clone();
+                v.algorithms.retain(|a| a.family() == key.family());
+                if v.algorithms.is_empty() {
+                    return Err("algorithm not allowed");
+                }
+                narrowed = v;
+                &narrowed
+            }
+        };
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
             .map_err(|e| reason(e.kind()))?;
         let exp = data.claims.get("exp").and_then(Value::as_u64);
         Ok(Claims {
