@@ -15,7 +15,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Heartbeat ticks and the memory broker's history sweep.
+/// Heartbeat ticks, the memory broker's history sweep and the JWT expiry sweep.
 #[derive(Debug)]
 struct Housekeeping {
     gw: Arc<Gateway>,
@@ -31,6 +31,7 @@ impl BackgroundService for Housekeeping {
                 if let Some(m) = &self.gw.memory {
                     m.sweep();
                 }
+                self.gw.expiries.sweep(crate::auth::expiry::unix_now());
             }
         };
         let redis = async {

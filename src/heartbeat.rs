@@ -15,7 +15,14 @@ use tokio::sync::watch;
 #[derive(Debug, Default)]
 pub struct Heartbeats {
     ticks: HashMap<Duration, Arc<Beat>>,
+    /// Intervals first asked for at run time (GRIP keep-alive timeouts chosen
+    /// by backends), each driven by its own task from first use on. Bounded:
+    /// callers pass whole seconds, and at most `MAX_EXTRA` are created.
+    extra: Mutex<HashMap<Duration, Arc<Beat>>>,
 }
+
+/// Run-time intervals at most (whole seconds up to an hour fit).
+const MAX_EXTRA: usize = 3600;
 
 /// One interval's tick: an epoch, a watch for held streams, and the
 /// subscribers of detached streams to wake.
@@ -82,13 +89,36 @@ impl Heartbeats {
             .into_iter()
             .map(|d| (d, Arc::new(Beat::new())))
             .collect();
-        Heartbeats { ticks }
+        Heartbeats {
+            ticks,
+            extra: Mutex::default(),
+        }
     }
 
-    /// A receiver that changes every `interval`; None for an interval not
-    /// registered at startup (no route uses it).
+    /// The tick for `interval`: one registered at startup, else one created
+    /// now and driven on the current runtime. None past `MAX_EXTRA` or
+    /// outside a runtime.
+    fn beat(&self, interval: Duration) -> Option<Arc<Beat>> {
+        if let Some(b) = self.ticks.get(&interval) {
+            return Some(b.clone());
+        }
+        let mut extra = self.extra.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = extra.get(&interval) {
+            return Some(b.clone());
+        }
+        if extra.len() >= MAX_EXTRA || interval.is_zero() {
+            return None;
+        }
+        let rt = tokio::runtime::Handle::try_current().ok()?;
+        let beat = Arc::new(Beat::new());
+        rt.spawn(drive(beat.clone(), interval));
+        extra.insert(interval, beat.clone());
+        Some(beat)
+    }
+
+    /// A receiver that changes every `interval`.
     pub fn subscribe(&self, interval: Duration) -> Option<watch::Receiver<u64>> {
-        self.ticks.get(&interval).map(|b| {
+        self.beat(interval).map(|b| {
             let mut rx = b.watch.subscribe();
             rx.mark_unchanged();
             rx
@@ -97,7 +127,7 @@ impl Heartbeats {
 
     /// Register a detached stream's subscriber to be woken every `interval`.
     pub fn join(&self, interval: Duration, sub: &Arc<Subscriber>) -> Option<Membership> {
-        let beat = self.ticks.get(&interval)?.clone();
+        let beat = self.beat(interval)?;
         beat.members
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -110,24 +140,31 @@ impl Heartbeats {
         for beat in self.ticks.values() {
             beat.wake_members();
         }
+        let extra: Vec<Arc<Beat>> = {
+            let extra = self.extra.lock().unwrap_or_else(|p| p.into_inner());
+            extra.values().cloned().collect()
+        };
+        for beat in extra {
+            beat.wake_members();
+        }
     }
 
     /// Drive every tick; runs until the process ends.
     pub async fn run(&self) {
         let mut tasks = tokio::task::JoinSet::new();
         for (interval, beat) in &self.ticks {
-            let beat = beat.clone();
-            let interval = *interval;
-            tasks.spawn(async move {
-                let mut t = tokio::time::interval(interval);
-                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                t.tick().await;
-                loop {
-                    t.tick().await;
-                    beat.tick();
-                }
-            });
+            tasks.spawn(drive(beat.clone(), *interval));
         }
         while tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn drive(beat: Arc<Beat>, interval: Duration) {
+    let mut t = tokio::time::interval(interval);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t.tick().await;
+    loop {
+        t.tick().await;
+        beat.tick();
     }
 }

@@ -10,7 +10,9 @@
 //! - `hub`: the `Broker` trait, cursors, history, subscriber queues; `memory` broker.
 //! - `sources`: the publish API (native and Pushpin GRIP formats); webhooks mapped by
 //!   YAML; pollers of legacy GET endpoints (`poll`, `poll_target`, `poll_fetch`, `diff`).
-//! - `auth`: webhook signature schemes (HMAC, Stripe, Standard Webhooks, token).
+//! - `auth`: subscriber JWTs, forward auth, expiry of JWT streams; webhook signature schemes.
+//! - `grip`: GRIP holds decided by the backend (Grip-Hold, grip-instruct, Grip-Sig).
+//! - `fetch`: requests the gateway makes to upstream pools itself.
 //! - `admin`: publish, webhooks, health, readiness, metrics, stats, dashboard.
 //! - `upstream`: server pools (round robin, passive health).
 //! - `limits`, `heartbeat`, `shutdown`, `metrics`, `state`, `respond`: shared parts.
@@ -21,6 +23,8 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod fetch;
+pub mod grip;
 pub mod heartbeat;
 pub mod hub;
 pub mod limits;

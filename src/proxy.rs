@@ -1,7 +1,10 @@
 //! The public listener: each request is routed to an SSE stream the gateway
-//! holds itself, or passed through to an upstream pool.
+//! holds itself (after the route's auth), to a GRIP route whose backend may
+//! hold the client, or passed through to an upstream pool.
 
-use crate::config::{RouteKind, SseRoute};
+use crate::auth;
+use crate::config::{GripRoute, RouteKind, SseRoute, SseSettings};
+use crate::grip::{self, backend::Forwarded, backend::HoldStart};
 use crate::hub::{Delivery, Resume};
 use crate::respond;
 use crate::routing::{Matched, Miss};
@@ -9,7 +12,7 @@ use crate::shutdown::Active;
 use crate::sources::poll;
 use crate::sse::detached::{self, DetachedStream};
 use crate::sse::request::{self, Refusal};
-use crate::sse::stream::{self, Signals, StreamGuards, Subscription};
+use crate::sse::stream::{self, GripOpening, Signals, StreamGuards, Subscription};
 use crate::state::Gateway;
 use crate::upstream::UpstreamPool;
 use async_trait::async_trait;
@@ -65,25 +68,21 @@ impl PublicProxy {
             .await?;
             return Ok(true);
         }
+        let identity = match auth::authorize(&gw.fetcher, session.req_header(), route, &m.params)
+            .await
+        {
+            Ok(id) => id,
+            Err(Refusal { status, reason }) => return self.refuse(session, status, &reason).await,
+        };
         let mut wanted = match request::resolve(
             session.req_header(),
             route,
             &m.params,
             gw.config.limits.max_channels_per_client,
+            &identity,
         ) {
             Ok(w) => w,
             Err(Refusal { status, reason }) => return self.refuse(session, status, &reason).await,
-        };
-        if gw.shutdown.is_draining() {
-            return self.refuse(session, 503, "shutting down").await;
-        }
-        let ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let slot = match gw.limiter.acquire(ip) {
-            Ok(s) => s,
-            Err(reason) => return self.refuse(session, 429, reason).await,
         };
         // Counted before anything is awaited; released by the guards' Drop
         // however the stream ends.
@@ -101,18 +100,97 @@ impl PublicProxy {
         if let Some(l) = &lease {
             wanted.channels.push(l.channel().to_string());
         }
+        // Closed at `exp` (plus the leeway validation allowed).
+        let expires = route.auth.jwt.as_ref().and_then(|jwt| {
+            let exp = identity.claims.as_ref()?.exp?;
+            Some(exp.saturating_add(jwt.leeway))
+        });
+        let spec = StreamSpec {
+            channels: wanted.channels,
+            resume: wanted.resume,
+            settings: route.settings.clone(),
+            heartbeat: route.settings.heartbeat,
+            expires,
+            grip: None,
+            snapshot_wait: route
+                .poll
+                .as_ref()
+                .filter(|p| p.initial)
+                .map(|p| p.timeout + poll::SNAPSHOT_SLACK),
+            poll: lease,
+        };
+        self.hold_stream(session, m.route.label(), spec).await
+    }
+
+    /// A GRIP route: the backend answers, and may hold the client.
+    async fn grip(
+        &self,
+        session: &mut Session,
+        m: &Matched,
+        upstream: &str,
+        route: &GripRoute,
+    ) -> Result<bool> {
+        let gw = &self.gw;
+        let start = match grip::backend::forward(gw, session, upstream, route).await {
+            Ok(Forwarded::Done) => return Ok(true),
+            Ok(Forwarded::Hold(start)) => start,
+            Err(Refusal { status, reason }) => {
+                tracing::debug!(upstream, status, %reason, "grip route refused");
+                return self.refuse(session, status, &reason).await;
+            }
+        };
+        let HoldStart { hold, head, body } = *start;
+        // Without Grip-Keep-Alive nothing is sent idle, but the stream still
+        // joins a tick so that a drain on shutdown wakes it.
+        let (heartbeat, keep_alive) = match hold.keep_alive {
+            Some(k) => (k.timeout, Some(k.content)),
+            None => (gw.config.sse.heartbeat, None),
+        };
+        let spec = StreamSpec {
+            channels: hold.channels,
+            resume: Resume::Live,
+            settings: gw.config.sse.clone(),
+            heartbeat,
+            expires: None,
+            grip: Some(Box::new(GripOpening {
+                head,
+                body,
+                keep_alive,
+            })),
+            poll: None,
+            snapshot_wait: None,
+        };
+        self.hold_stream(session, m.route.label(), spec).await
+    }
+
+    /// Subscribe and hold the client: detached from pingora on plain
+    /// HTTP/1.1, held in its session otherwise.
+    async fn hold_stream(
+        &self,
+        session: &mut Session,
+        label: &str,
+        spec: StreamSpec,
+    ) -> Result<bool> {
+        let gw = &self.gw;
+        if gw.shutdown.is_draining() {
+            return self.refuse(session, 503, "shutting down").await;
+        }
+        let ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let slot = match gw.limiter.acquire(ip) {
+            Ok(s) => s,
+            Err(reason) => return self.refuse(session, 429, reason).await,
+        };
         let sub = Arc::new(crate::hub::Subscriber::new(
             gw.next_id(),
-            route.settings.client_queue,
+            spec.settings.client_queue,
         ));
-        let replay = match gw
-            .hub
-            .subscribe(&sub, &wanted.channels, &wanted.resume)
-            .await
-        {
+        let replay = match gw.hub.subscribe(&sub, &spec.channels, &spec.resume).await {
             Ok(r) => r,
             Err(e) => {
-                gw.hub.unsubscribe(&sub, &wanted.channels);
+                gw.hub.unsubscribe(&sub, &spec.channels);
                 return self.refuse(session, 503, &e.to_string()).await;
             }
         };
@@ -120,9 +198,9 @@ impl PublicProxy {
         // rather than never. A resume whose replay is complete needs none; one
         // with a history gap gets it right after the reset.
         let mut replay = replay;
-        if let (Some(l), Some(p)) = (&lease, &route.poll) {
-            if p.initial && (wanted.resume == Resume::Live || replay.reset.is_some()) {
-                if let Some(frame) = l.snapshot(p.timeout + poll::SNAPSHOT_SLACK).await {
+        if let (Some(l), Some(wait)) = (&spec.poll, spec.snapshot_wait) {
+            if spec.resume == Resume::Live || replay.reset.is_some() {
+                if let Some(frame) = l.snapshot(wait).await {
                     // Cursor 0: it carries no `id:` and moves no resume point.
                     let snapshot = Delivery {
                         seq: 0,
@@ -133,12 +211,14 @@ impl PublicProxy {
                 }
             }
         }
+        let expiry = spec
+            .expires
+            .map(|at| Box::new(gw.expiries.register(at, &sub)));
         let subscription = Subscription {
             hub: gw.hub.clone(),
             sub,
-            channels: wanted.channels,
+            channels: spec.channels,
         };
-        let label = m.route.label();
         let gauge = gw.metrics.connections.with_label_values(&[label]);
         gauge.inc();
         gw.metrics
@@ -149,40 +229,57 @@ impl PublicProxy {
             slot,
             active: gw.shutdown.track(),
             gauge,
-            poll: lease,
+            poll: spec.poll,
+            expiry,
         };
         if let Some(tcp) = detached::take_socket(session) {
             DetachedStream {
                 tcp,
-                heartbeat: gw
-                    .heartbeats
-                    .join(route.settings.heartbeat, &subscription.sub),
+                heartbeat: gw.heartbeats.join(spec.heartbeat, &subscription.sub),
                 subscription,
-                settings: route.settings.clone(),
+                settings: spec.settings,
                 shutdown: gw.shutdown.clone(),
                 metrics: gw.metrics.clone(),
                 guards,
+                grip: spec.grip,
             }
             .spawn(replay);
             return Ok(true);
         }
         let signals = Signals {
-            heartbeat: gw.heartbeats.subscribe(route.settings.heartbeat),
+            heartbeat: gw.heartbeats.subscribe(spec.heartbeat),
             shutdown: gw.shutdown.watch(),
         };
         let end = stream::serve(
             session,
             &subscription,
             replay,
-            &route.settings,
+            &spec.settings,
             signals,
             &gw.metrics,
+            spec.grip.as_deref(),
         )
         .await;
         drop(guards);
-        tracing::debug!(route = label, end = ?end, "sse stream ended");
+        tracing::debug!(route = label, end = ?end, "stream ended");
         Ok(true)
     }
+}
+
+/// What a held stream subscribes to and how it behaves.
+struct StreamSpec {
+    channels: Vec<String>,
+    resume: Resume,
+    settings: SseSettings,
+    /// The tick for heartbeats (SSE) or keep-alives (GRIP).
+    heartbeat: std::time::Duration,
+    /// Unix seconds at which the stream is closed with `ssegate.expired`.
+    expires: Option<u64>,
+    grip: Option<Box<GripOpening>>,
+    /// Poll routes: the poller this stream keeps alive, and how long a new
+    /// subscriber may wait for its first snapshot (None: `initial: false`).
+    poll: Option<poll::Lease>,
+    snapshot_wait: Option<std::time::Duration>,
 }
 
 #[async_trait]
@@ -225,6 +322,13 @@ impl ProxyHttp for PublicProxy {
         };
         match &m.route.kind {
             RouteKind::Sse(route) => self.open_stream(session, &m, route).await,
+            RouteKind::Proxy {
+                upstream,
+                grip: Some(g),
+            } => {
+                ctx._active = Some(self.gw.shutdown.track());
+                self.grip(session, &m, upstream, g).await
+            }
             RouteKind::Proxy { upstream, .. } => {
                 ctx.upstream = self.gw.upstreams.get(upstream).cloned();
                 ctx._active = Some(self.gw.shutdown.track());

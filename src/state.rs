@@ -1,6 +1,8 @@
 //! What every handler shares: config, router, hub, metrics, pools, limits.
 
+use crate::auth::expiry::Expiries;
 use crate::config::{BrokerKind, Config, RouteKind};
+use crate::fetch::Fetcher;
 use crate::heartbeat::Heartbeats;
 use crate::hub::memory::MemoryBroker;
 use crate::hub::redis::{RedisBroker, RedisSettings};
@@ -33,6 +35,10 @@ pub struct Gateway {
     pub heartbeats: Heartbeats,
     pub shutdown: Shutdown,
     pub started: Instant,
+    /// Requests the gateway makes itself: forward auth, GRIP routes.
+    pub fetcher: Fetcher,
+    /// JWT streams, closed when their token expires.
+    pub expiries: Arc<Expiries>,
     next_id: AtomicU64,
 }
 
@@ -78,6 +84,7 @@ impl Gateway {
             metrics.clone(),
             upstreams.clone(),
         );
+        let fetcher = Fetcher::new(&upstreams)?;
         let mut intervals: BTreeSet<_> = config
             .routes
             .iter()
@@ -104,6 +111,8 @@ impl Gateway {
             heartbeats: Heartbeats::new(intervals),
             shutdown: Shutdown::new(),
             started: Instant::now(),
+            fetcher,
+            expiries: Arc::default(),
             next_id: AtomicU64::new(1),
         }))
     }

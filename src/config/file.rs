@@ -21,6 +21,15 @@ pub struct FileConfig {
     pub routes: Vec<RouteFile>,
     #[serde(default)]
     pub webhooks: Vec<WebhookFile>,
+    pub grip: Option<GripFile>,
+}
+
+/// Gateway-wide GRIP settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GripFile {
+    /// Names the env var holding the key that signs `Grip-Sig`.
+    pub key_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,6 +106,8 @@ pub struct RouteFile {
     pub proxy: Option<String>,
     #[serde(default)]
     pub grip: bool,
+    /// Overrides `grip.key_env` for this route.
+    pub grip_key_env: Option<String>,
     pub sse: Option<SseRouteFile>,
 }
 

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+mod auth;
 mod webhooks;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +81,8 @@ pub fn load_str(
         pos: Positions::index(text),
         errors: Vec::new(),
         env,
+        // Key files are named relative to the config file.
+        dir: source.parent().map(Path::to_path_buf).unwrap_or_default(),
     };
     let cfg = v.config(parsed, source.to_path_buf());
     if v.errors.is_empty() {
@@ -132,6 +135,7 @@ pub(super) struct Validator<'e> {
     pos: Positions,
     errors: Vec<ConfigError>,
     env: &'e dyn Fn(&str) -> Option<String>,
+    dir: PathBuf,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -225,7 +229,8 @@ impl Validator<'_> {
         let sse = self.sse_settings("sse", &f.sse.unwrap_or_default(), None);
         let limits = self.limits(f.limits.unwrap_or_default());
         let upstreams = self.upstreams(f.upstreams);
-        let routes = self.routes(f.routes, &upstreams, &sse);
+        let grip_key = self.grip_key(f.grip);
+        let routes = self.routes(f.routes, &upstreams, &sse, grip_key.as_ref());
         let webhooks = self.webhooks(f.webhooks);
         if let Err(problems) = routing::Router::build(&routes) {
             for (index, msg) in problems {
@@ -381,7 +386,16 @@ impl Validator<'_> {
 
     /// Placeholders an sse request can fill: `{name}` must be a parameter of
     /// the route; `takes` lists what the template accepts, for the message.
-    pub(super) fn request_vars(&mut self, at: &str, t: &Template, route_path: &str, takes: &str) {
+    /// Check a template's placeholders against what a request offers:
+    /// `auth` None = no identity is known where it is rendered (poll paths).
+    pub(super) fn request_vars(
+        &mut self,
+        at: &str,
+        t: &Template,
+        route_path: &str,
+        auth: Option<&RouteAuth>,
+        takes: &str,
+    ) {
         let params = routing::path_params(route_path);
         for v in t.vars() {
             match v {
@@ -390,10 +404,22 @@ impl Validator<'_> {
                     format!("`{{{n}}}` is not a parameter of route path `{route_path}`"),
                 ),
                 Var::Param(_) | Var::Query(_) | Var::Header(_) => {}
-                Var::Jwt(_) | Var::Auth(_) => self.err(
-                    at,
-                    format!("`{v}` needs `auth:` on this route, which is not implemented in this build yet"),
-                ),
+                Var::Jwt(_) if auth.is_some_and(|a| a.jwt.is_some()) => {}
+                Var::Jwt(_) if auth.is_none() => self.err(at, format!("`{v}` is not available here; {takes}")),
+                Var::Jwt(_) => self.err(at, format!("`{v}` needs `auth: {{ jwt: … }}` on this route")),
+                Var::Auth(n) => {
+                    let exposed = auth
+                        .and_then(|a| a.forward.as_ref())
+                        .is_some_and(|f| f.expose.iter().any(|e| e == n));
+                    if auth.is_none() {
+                        self.err(at, format!("`{v}` is not available here; {takes}"));
+                    } else if !exposed {
+                        self.err(
+                            at,
+                            format!("`{v}` needs `auth: {{ forward: {{ expose: [{n}] }} }}` on this route"),
+                        );
+                    }
+                }
                 Var::Pointer(_) | Var::Form(_) => self.err(
                     at,
                     format!("`{v}` ({}) is for webhooks; {takes}", v.kind()),
@@ -477,6 +503,7 @@ impl Validator<'_> {
         routes: Vec<file::RouteFile>,
         upstreams: &BTreeMap<String, Upstream>,
         sse: &SseSettings,
+        grip_key: Option<&Secret>,
     ) -> Vec<Route> {
         let mut out = Vec::new();
         for (index, r) in routes.into_iter().enumerate() {
@@ -508,16 +535,14 @@ impl Validator<'_> {
                 }
                 (Some(up), None) => {
                     self.check_upstream(&format!("{base}.proxy"), up, upstreams);
-                    if r.grip {
-                        self.not_yet(&format!("{base}.grip"), "`grip: true` (GRIP holds)");
-                    }
+                    let grip = self.grip_route(&base, r.grip, r.grip_key_env.as_ref(), grip_key);
                     RouteKind::Proxy {
                         upstream: up.clone(),
-                        grip: r.grip,
+                        grip,
                     }
                 }
                 (None, Some(s)) => {
-                    if r.grip {
+                    if r.grip || r.grip_key_env.is_some() {
                         self.err(
                             &format!("{base}.grip"),
                             "`grip` applies to proxy routes only",
@@ -541,10 +566,14 @@ impl Validator<'_> {
         &mut self,
         base: &str,
         route_path: &str,
-        s: file::SseRouteFile,
+        mut s: file::SseRouteFile,
         defaults: &SseSettings,
         upstreams: &BTreeMap<String, Upstream>,
     ) -> SseRoute {
+        let auth = match s.auth.take() {
+            Some(a) => self.route_auth(base, route_path, a, upstreams),
+            None => RouteAuth::default(),
+        };
         let mut channels = Vec::new();
         for (i, c) in s.channels.iter().enumerate() {
             let at = format!("{base}.sse.channels.{i}");
@@ -571,6 +600,7 @@ impl Validator<'_> {
                         &at,
                         &t,
                         route_path,
+                        Some(&auth),
                         "sse channels take {name}, {query.x}, {header.x}, {jwt.x} or {auth.x}",
                     );
                     channels.push(t);
@@ -593,9 +623,6 @@ impl Validator<'_> {
                 "this sse route subscribes to nothing: give `channels`, `allow_channels` or `poll`",
             );
         }
-        if s.auth.is_some() {
-            self.not_yet(&format!("{base}.sse.auth"), "`auth`");
-        }
         let poll = s
             .poll
             .map(|p| self.poll(&format!("{base}.sse.poll"), route_path, p, upstreams));
@@ -609,6 +636,7 @@ impl Validator<'_> {
             allow_channels: allow,
             settings: self.sse_settings(&format!("{base}.sse"), &timing, Some(defaults)),
             poll,
+            auth,
         }
     }
 }

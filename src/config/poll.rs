@@ -151,6 +151,7 @@ impl Validator<'_> {
             at,
             &t,
             route_path,
+            None,
             "a poll path takes {name}, {query.x} or {header.x}",
         );
         t

@@ -99,8 +99,20 @@ pub struct Route {
 
 #[derive(Debug, Clone)]
 pub enum RouteKind {
-    Proxy { upstream: String, grip: bool },
+    /// `grip: Some(..)`: the backend may hold the client with Grip-Hold.
+    Proxy {
+        upstream: String,
+        grip: Option<GripRoute>,
+    },
     Sse(Box<SseRoute>),
+}
+
+/// A `grip: true` route.
+#[derive(Debug, Clone, Default)]
+pub struct GripRoute {
+    /// Signs the `Grip-Sig` sent to the backend (route `grip_key_env`, else
+    /// the top-level `grip.key_env`); None sends no signature.
+    pub key: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +120,7 @@ pub struct SseRoute {
     pub channels: Vec<Template>,
     pub allow_channels: Vec<ChannelPattern>,
     pub settings: SseSettings,
+    pub auth: RouteAuth,
     /// `poll:`: the gateway polls a legacy endpoint and pushes what changed.
     pub poll: Option<Poll>,
 }
@@ -178,6 +191,13 @@ pub enum PollScope {
     Shared,
     /// One poller per distinct set of forwarded header values.
     PerClient,
+}
+
+/// Who may subscribe: a JWT check, forward auth, both (JWT first) or neither.
+#[derive(Debug, Clone, Default)]
+pub struct RouteAuth {
+    pub jwt: Option<std::sync::Arc<crate::auth::jwt::JwtAuth>>,
+    pub forward: Option<std::sync::Arc<crate::auth::forward::ForwardAuth>>,
 }
 
 /// One `webhooks:` entry: how a backend's callback becomes events.

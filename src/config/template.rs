@@ -187,6 +187,14 @@ impl Template {
                     if val.is_empty() {
                         return Err(RenderError::BadValue(v.to_string(), "empty value".into()));
                     }
+                    // `.`/`..` mean nothing to the hub, but they would to any
+                    // store that maps channels onto paths or key prefixes.
+                    if val.chars().all(|c| c == '.') {
+                        return Err(RenderError::BadValue(
+                            v.to_string(),
+                            "a value of dots only".into(),
+                        ));
+                    }
                     if let Some(c) = val.chars().find(|c| !is_channel_char(*c)) {
                         return Err(RenderError::BadValue(
                             v.to_string(),

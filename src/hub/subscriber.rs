@@ -26,6 +26,8 @@ pub enum SubState {
     Slow,
     /// Closed by a publisher (GRIP `action: close`) or by the gateway.
     Closed,
+    /// Its JWT expired: the stream says so (`ssegate.expired`) and ends.
+    Expired,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -41,6 +43,7 @@ pub enum Offer {
 const OPEN: u8 = 0;
 const SLOW: u8 = 1;
 const CLOSED: u8 = 2;
+const EXPIRED: u8 = 3;
 
 #[derive(Debug)]
 pub struct Subscriber {
@@ -71,6 +74,7 @@ impl Subscriber {
         match self.state.load(Ordering::Acquire) {
             OPEN => SubState::Open,
             SLOW => SubState::Slow,
+            EXPIRED => SubState::Expired,
             _ => SubState::Closed,
         }
     }
@@ -102,6 +106,18 @@ impl Subscriber {
         if self
             .state
             .compare_exchange(OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.wake.notify_one();
+        }
+    }
+
+    /// End the stream because its credentials expired; the stream writes
+    /// `ssegate.expired` before it closes.
+    pub fn expire(&self) {
+        if self
+            .state
+            .compare_exchange(OPEN, EXPIRED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
             self.wake.notify_one();

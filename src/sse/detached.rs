@@ -10,7 +10,7 @@
 //! HTTP/2 sessions cannot be taken apart like this and stay in `stream`.
 
 use super::frame;
-use super::stream::{jittered, End, StreamGuards, Subscription};
+use super::stream::{jittered, End, GripOpening, StreamGuards, Subscription};
 use crate::config::SseSettings;
 use crate::heartbeat::Membership;
 use crate::hub::{Delivery, Replay, SubState, Subscriber};
@@ -118,6 +118,9 @@ pub struct DetachedStream {
     pub shutdown: Shutdown,
     pub metrics: Arc<Metrics>,
     pub guards: StreamGuards,
+    /// A GRIP hold: the backend's head and body open the stream instead of
+    /// the SSE prelude. Boxed: SSE streams pay one pointer for it.
+    pub grip: Option<Box<GripOpening>>,
 }
 
 const RESPONSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\ntransfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n";
@@ -138,20 +141,30 @@ impl DetachedStream {
         });
     }
 
-    /// Response head, prelude, reset and replay: one write.
-    fn opening(&self, replay: Replay) -> (Bytes, u64) {
-        let mut body = BytesMut::from(&frame::prelude(self.settings.retry.as_millis())[..]);
+    /// Response head, prelude (or a GRIP hold's own head and body), reset
+    /// and replay: one write.
+    fn opening(&self, grip: Option<&GripOpening>, replay: Replay) -> (Bytes, u64) {
+        let (head, mut body) = match grip {
+            None => (
+                Bytes::from_static(RESPONSE_HEAD),
+                BytesMut::from(&frame::prelude(self.settings.retry.as_millis())[..]),
+            ),
+            Some(g) => (h1_head(g), BytesMut::from(&g.body[..])),
+        };
         if let Some(reset) = &replay.reset {
             body.extend_from_slice(reset);
         }
         for d in &replay.frames {
             body.extend_from_slice(&d.frame);
         }
-        let mut out = BytesMut::with_capacity(RESPONSE_HEAD.len() + body.len() + 16);
-        out.extend_from_slice(RESPONSE_HEAD);
-        out.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
-        out.extend_from_slice(&body);
-        out.extend_from_slice(b"\r\n");
+        let mut out = BytesMut::with_capacity(head.len() + body.len() + 16);
+        out.extend_from_slice(&head);
+        // An empty chunk would end the body before it started.
+        if !body.is_empty() {
+            out.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+            out.extend_from_slice(&body);
+            out.extend_from_slice(b"\r\n");
+        }
         (out.freeze(), replay.frames.last().map_or(0, |d| d.seq))
     }
 
@@ -159,9 +172,16 @@ impl DetachedStream {
     // awaits as little as possible: one `Notified` and the socket's read
     // readiness while idle; writes are tried synchronously and only a full
     // socket boxes a future to wait in.
-    async fn run(self, replay: Replay) -> End {
+    async fn run(mut self, replay: Replay) -> End {
         let sub = self.subscription.sub.clone();
-        let (opening, mut last_seq) = self.opening(replay);
+        let (opening, mut last_seq) = self.opening(self.grip.as_deref(), replay);
+        if let Some(g) = &mut self.grip {
+            // Sent: only the keep-alive is needed from here on.
+            g.body = Bytes::new();
+        }
+        // A GRIP hold's keep-alive is its backend's content, sent only after
+        // a tick without other writes; an SSE heartbeat is the comment.
+        let mut wrote = false;
         match send(&self.tcp, &sub, &[&opening]).await {
             Ok(true) => {}
             Ok(false) => return End::Slow,
@@ -183,6 +203,7 @@ impl DetachedStream {
                     Ok(false) => break End::Slow,
                     Err(_) => break End::WriteFailed,
                 }
+                wrote = true;
                 self.metrics.delivered.inc_by(batch.len() as u64);
                 for d in &batch {
                     self.metrics
@@ -198,6 +219,7 @@ impl DetachedStream {
                 SubState::Open => {}
                 SubState::Slow => break End::Slow,
                 SubState::Closed => break End::ClosedByPublisher,
+                SubState::Expired => break End::Expired,
             }
             if self.shutdown.is_draining() {
                 break End::Shutdown;
@@ -205,11 +227,21 @@ impl DetachedStream {
             let beat = self.heartbeat.as_ref().map_or(0, Membership::epoch);
             if beat != last_beat {
                 last_beat = beat;
-                match send(&self.tcp, &sub, &[b"3\r\n", frame::HEARTBEAT, b"\r\n"]).await {
-                    Ok(true) => continue,
-                    Ok(false) => break End::Slow,
-                    Err(_) => break End::WriteFailed,
+                let idle = self.grip.is_none() || !std::mem::take(&mut wrote);
+                let keep_alive: &[u8] = match &self.grip {
+                    None => frame::HEARTBEAT,
+                    Some(g) => g.keep_alive.as_deref().unwrap_or_default(),
+                };
+                if idle && !keep_alive.is_empty() {
+                    let mut head = [0u8; 18];
+                    let head = chunk_head(keep_alive.len(), &mut head);
+                    match send(&self.tcp, &sub, &[head, keep_alive, b"\r\n"]).await {
+                        Ok(true) => {}
+                        Ok(false) => break End::Slow,
+                        Err(_) => break End::WriteFailed,
+                    }
                 }
+                continue;
             }
             match idle(&self.tcp, &sub).await {
                 Wake::Nudged => {}
@@ -220,17 +252,54 @@ impl DetachedStream {
                 }
             }
         };
-        if end == End::Shutdown {
-            let retry = frame::retry_only(jittered(self.settings.retry).as_millis());
+        let last = match end {
+            End::Shutdown if self.grip.is_none() => {
+                Some(frame::retry_only(jittered(self.settings.retry).as_millis()))
+            }
+            End::Expired => Some(frame::expired()),
+            End::Shutdown | End::ClosedByPublisher => Some(Bytes::new()),
+            _ => None,
+        };
+        if let Some(last) = last {
             let mut head = [0u8; 18];
-            let head = chunk_head(retry.len(), &mut head);
-            let _ = send(&self.tcp, &sub, &[head, &retry, b"\r\n0\r\n\r\n"]).await;
-        } else if end == End::ClosedByPublisher {
-            let _ = send(&self.tcp, &sub, &[b"0\r\n\r\n"]).await;
+            let head: &[u8] = if last.is_empty() {
+                &[]
+            } else {
+                chunk_head(last.len(), &mut head)
+            };
+            let tail: &[u8] = if last.is_empty() {
+                b"0\r\n\r\n"
+            } else {
+                b"\r\n0\r\n\r\n"
+            };
+            let _ = send(&self.tcp, &sub, &[head, &last, tail]).await;
         }
         drop(self.guards);
         end
     }
+}
+
+/// A GRIP hold's response head as HTTP/1.1 bytes: the backend's status and
+/// headers, chunked because the stream has no end we know of.
+fn h1_head(g: &GripOpening) -> Bytes {
+    let status = g.head.status;
+    let mut out = BytesMut::with_capacity(256);
+    out.extend_from_slice(
+        format!(
+            "HTTP/1.1 {} {}\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        )
+        .as_bytes(),
+    );
+    for (name, value) in g.head.headers.iter() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+    out.freeze()
 }
 
 /// Wait until the subscriber is nudged or the socket turns readable, holding
@@ -420,7 +489,9 @@ mod size_probe {
                 active: shutdown.track(),
                 gauge: prometheus::IntGauge::new("g", "g").unwrap(),
                 poll: None,
+                expiry: None,
             },
+            grip: None,
         };
         let fut = ds.run(Replay::default());
         let size = std::mem::size_of_val(&fut);

@@ -108,6 +108,12 @@ pub fn reset(id: &str) -> Bytes {
     .unwrap_or_default()
 }
 
+/// The last event of a stream whose JWT expired. No `id:`: a reconnect
+/// resumes after the last real event.
+pub fn expired() -> Bytes {
+    Bytes::from_static(b"event: ssegate.expired\ndata: {\"reason\":\"token-expired\"}\n\n")
+}
+
 /// GRIP `http-stream` content is passed verbatim, as in Pushpin; when it is
 /// SSE without an `id:` line the gateway adds its cursor so resume works.
 pub fn with_cursor(content: &[u8], id: &str) -> Bytes {
@@ -181,6 +187,19 @@ mod tests {
             Err(FrameError::LineBreak("id"))
         );
         assert_eq!(encode(Some("1\0"), None, "x"), Err(FrameError::Nul));
+    }
+
+    #[test]
+    fn expired_is_a_valid_frame() {
+        assert_eq!(
+            expired(),
+            encode(
+                None,
+                Some("ssegate.expired"),
+                r#"{"reason":"token-expired"}"#
+            )
+            .unwrap()
+        );
     }
 
     #[test]

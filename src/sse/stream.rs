@@ -38,6 +38,9 @@ pub struct StreamGuards {
     pub gauge: prometheus::IntGauge,
     /// The poller this stream keeps alive (poll routes).
     pub poll: Option<crate::sources::poll::Lease>,
+    /// JWT streams: their place in the expiry sweep. Boxed: every idle
+    /// detached stream carries this field in its future.
+    pub expiry: Option<Box<crate::auth::expiry::ExpiryGuard>>,
 }
 
 impl Drop for StreamGuards {
@@ -58,8 +61,21 @@ pub enum End {
     ClientGone,
     Slow,
     ClosedByPublisher,
+    /// The client's JWT expired (`ssegate.expired` was sent).
+    Expired,
     Shutdown,
     WriteFailed,
+}
+
+/// What a GRIP hold sends instead of the SSE opening: the backend's status,
+/// headers (Grip-* and Content-Length already removed) and body, and its
+/// `Grip-Keep-Alive` content in place of the heartbeat comment.
+#[derive(Debug, Clone)]
+pub struct GripOpening {
+    pub head: ResponseHeader,
+    pub body: Bytes,
+    /// None: the backend asked for no keep-alive, so nothing is sent idle.
+    pub keep_alive: Option<Bytes>,
 }
 
 /// A stream that stops reading for this long is cut even without new events.
@@ -84,17 +100,33 @@ pub async fn serve(
     settings: &SseSettings,
     mut signals: Signals,
     metrics: &Metrics,
+    grip: Option<&GripOpening>,
 ) -> Result<End> {
     let sub = &subscription.sub;
     let is_h2 = session.as_downstream().is_http2();
     session
         .downstream_session
         .set_write_timeout(Some(WRITE_TIMEOUT));
-    session
-        .write_response_header(Box::new(response_header(is_h2)?), false)
-        .await?;
+    let head = match grip {
+        None => response_header(is_h2)?,
+        Some(g) => {
+            let mut head = g.head.clone();
+            if !is_h2 {
+                head.insert_header("transfer-encoding", "chunked")?;
+            }
+            head
+        }
+    };
+    session.write_response_header(Box::new(head), false).await?;
+    let keep_alive = match grip {
+        None => Bytes::from_static(frame::HEARTBEAT),
+        Some(g) => g.keep_alive.clone().unwrap_or_default(),
+    };
 
-    let mut first = BytesMut::from(&frame::prelude(settings.retry.as_millis())[..]);
+    let mut first = match grip {
+        None => BytesMut::from(&frame::prelude(settings.retry.as_millis())[..]),
+        Some(g) => BytesMut::from(&g.body[..]),
+    };
     if let Some(reset) = &replay.reset {
         first.extend_from_slice(reset);
     }
@@ -110,6 +142,8 @@ pub async fn serve(
     drop(replay);
 
     let mut batch: Vec<Delivery> = Vec::new();
+    // GRIP keep-alives go only to streams that were idle for a whole tick.
+    let mut wrote = false;
     let end = loop {
         batch.clear();
         sub.drain_into(&mut batch);
@@ -123,6 +157,7 @@ pub async fn serve(
             if !write(session, sub, bytes).await? {
                 break End::Slow;
             }
+            wrote = true;
             metrics.delivered.inc_by(batch.len() as u64);
             for d in &batch {
                 metrics.latency.observe(d.published.elapsed().as_secs_f64());
@@ -133,6 +168,7 @@ pub async fn serve(
             SubState::Open => {}
             SubState::Slow => break End::Slow,
             SubState::Closed => break End::ClosedByPublisher,
+            SubState::Expired => break End::Expired,
         }
         if *signals.shutdown.borrow() {
             break End::Shutdown;
@@ -140,7 +176,8 @@ pub async fn serve(
         tokio::select! {
             _ = sub.woken() => {}
             _ = tick(&mut signals.heartbeat) => {
-                if !write(session, sub, Bytes::from_static(frame::HEARTBEAT)).await? {
+                let idle = grip.is_none() || !std::mem::take(&mut wrote);
+                if idle && !write(session, sub, keep_alive.clone()).await? {
                     break End::Slow;
                 }
             }
@@ -148,9 +185,12 @@ pub async fn serve(
             _ = session.downstream_session.read_body_or_idle(true) => break End::ClientGone,
         }
     };
-    if end == End::Shutdown {
+    if end == End::Shutdown && grip.is_none() {
         let retry = jittered(settings.retry);
         let _ = write(session, sub, frame::retry_only(retry.as_millis())).await;
+    }
+    if end == End::Expired {
+        let _ = write(session, sub, frame::expired()).await;
     }
     if end != End::ClientGone {
         let _ = session.write_response_body(None, true).await;
@@ -184,6 +224,10 @@ pub(crate) fn join(batch: &[Delivery]) -> Bytes {
 /// Write, unless the client is evicted meanwhile (its socket is full, so the
 /// write would otherwise wait for the timeout). Ok(false) = evicted.
 async fn write(session: &mut Session, sub: &Subscriber, bytes: Bytes) -> Result<bool> {
+    if bytes.is_empty() {
+        // An empty chunk would end a chunked body.
+        return Ok(true);
+    }
     let w = session.write_response_body(Some(bytes), false);
     tokio::pin!(w);
     loop {

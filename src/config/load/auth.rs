@@ -1,0 +1,319 @@
+//! `sse.auth` (JWT, forward auth) and `grip` → runtime types. Key files are
+//! read here, once, so that a missing or invalid key is a config error with
+//! its position rather than a 401 for every client later. Secrets come only
+//! from the environment; a JWKS may hold public keys only.
+
+use super::Validator;
+use crate::auth::forward::ForwardAuth;
+use crate::auth::jwt::{JwtAuth, Keys, TokenSource};
+use crate::config::file;
+use crate::config::runtime::{GripRoute, RouteAuth, Secret, Upstream};
+use crate::config::template::{Template, Var};
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+const DEFAULT_FORWARD_HEADERS: [&str; 2] = ["authorization", "cookie"];
+
+impl Validator<'_> {
+    pub(super) fn route_auth(
+        &mut self,
+        base: &str,
+        route_path: &str,
+        a: file::AuthFile,
+        upstreams: &BTreeMap<String, Upstream>,
+    ) -> RouteAuth {
+        let at = format!("{base}.sse.auth");
+        if a.jwt.is_none() && a.forward.is_none() {
+            self.err(&at, "`auth:` needs `jwt:` or `forward:`");
+        }
+        RouteAuth {
+            jwt: a
+                .jwt
+                .and_then(|j| self.jwt(&format!("{at}.jwt"), j))
+                .map(Arc::new),
+            forward: a
+                .forward
+                .and_then(|f| self.forward(&format!("{at}.forward"), route_path, f, upstreams))
+                .map(Arc::new),
+        }
+    }
+
+    fn jwt(&mut self, at: &str, j: file::JwtFile) -> Option<JwtAuth> {
+        let sources = [
+            j.secret_env.is_some(),
+            j.public_key.is_some(),
+            j.jwks.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            self.err(
+                at,
+                "give exactly one key: `secret_env` (HS*), `public_key` (PEM file) or `jwks` (JWKS file)",
+            );
+            return None;
+        }
+        let mut algorithms = Vec::new();
+        for (i, name) in j.algorithms.iter().flatten().enumerate() {
+            match Algorithm::from_str(name.trim()) {
+                Ok(a) => algorithms.push(a),
+                Err(_) => self.err(
+                    &format!("{at}.algorithms.{i}"),
+                    format!("unknown algorithm `{name}` (HS256, HS384, HS512, RS256, RS384, RS512, PS256, ES256, ES384, EdDSA)"),
+                ),
+            }
+        }
+        let keys = if let Some(var) = &j.secret_env {
+            let secret = self.secret(&format!("{at}.secret_env"), var)?;
+            if algorithms.is_empty() {
+                algorithms.push(Algorithm::HS256);
+            }
+            self.same_family(at, &algorithms, AlgorithmFamily::Hmac, "secret_env");
+            Keys::One(DecodingKey::from_secret(secret.as_bytes()))
+        } else if let Some(path) = &j.public_key {
+            let key = self.public_key(&format!("{at}.public_key"), path)?;
+            if algorithms.is_empty() {
+                algorithms.push(match key.family() {
+                    AlgorithmFamily::Ec => Algorithm::ES256,
+                    AlgorithmFamily::Ed => Algorithm::EdDSA,
+                    _ => Algorithm::RS256,
+                });
+            }
+            self.same_family(at, &algorithms, key.family(), "public_key");
+            Keys::One(key)
+        } else {
+            let path = j.jwks.as_deref().unwrap_or_default();
+            let set = self.jwks(&format!("{at}.jwks"), path)?;
+            if algorithms.is_empty() {
+                algorithms.extend([Algorithm::RS256, Algorithm::ES256]);
+            }
+            if algorithms
+                .iter()
+                .any(|a| a.family() == AlgorithmFamily::Hmac)
+            {
+                self.err(
+                    &format!("{at}.algorithms"),
+                    "HS* algorithms need `secret_env`, not a JWKS",
+                );
+            }
+            Keys::Set(set)
+        };
+        let mut token_from = Vec::new();
+        for (i, s) in j.token_from.iter().flatten().enumerate() {
+            match TokenSource::parse(s) {
+                Ok(t) => token_from.push(t),
+                Err(e) => self.err(&format!("{at}.token_from.{i}"), e),
+            }
+        }
+        if j.token_from.is_none() {
+            token_from.push(TokenSource::Header);
+        } else if token_from.is_empty() {
+            self.err(&format!("{at}.token_from"), "`token_from:` lists no source");
+        }
+        let leeway = self.duration(&format!("{at}.leeway"), j.leeway.as_ref(), Duration::ZERO);
+        let mut validation = Validation::new(algorithms[0]);
+        validation.algorithms = algorithms;
+        validation.leeway = leeway.as_secs();
+        validation.validate_nbf = true;
+        let mut required = vec!["exp"];
+        if let Some(aud) = &j.audience {
+            validation.set_audience(&[aud]);
+            required.push("aud");
+        } else {
+            // A token minted for some audience is still ours when the route names none.
+            validation.validate_aud = false;
+        }
+        if let Some(iss) = &j.issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
+        let channels_claim = j.channels_claim.unwrap_or_else(|| "subscribe".into());
+        if channels_claim.is_empty() {
+            self.err(&format!("{at}.channels_claim"), "empty claim name");
+        }
+        Some(JwtAuth {
+            keys,
+            validation,
+            token_from,
+            channels_claim,
+            leeway: leeway.as_secs(),
+        })
+    }
+
+    fn same_family(&mut self, at: &str, algs: &[Algorithm], family: AlgorithmFamily, key: &str) {
+        if let Some(a) = algs.iter().find(|a| a.family() != family) {
+            self.err(
+                &format!("{at}.algorithms"),
+                format!("algorithm {a:?} does not fit the key given by `{key}`"),
+            );
+        }
+    }
+
+    fn read_key_file(&mut self, at: &str, path: &str) -> Option<Vec<u8>> {
+        let full = self.dir.join(path);
+        match std::fs::read(&full) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                self.err(at, format!("cannot read `{}`: {e}", full.display()));
+                None
+            }
+        }
+    }
+
+    fn public_key(&mut self, at: &str, path: &str) -> Option<DecodingKey> {
+        let pem = self.read_key_file(at, path)?;
+        let text = String::from_utf8_lossy(&pem);
+        if text.contains("PRIVATE KEY") {
+            self.err(
+                at,
+                format!("`{path}` holds a private key; give the public key only"),
+            );
+            return None;
+        }
+        let key = DecodingKey::from_rsa_pem(&pem)
+            .or_else(|_| DecodingKey::from_ec_pem(&pem))
+            .or_else(|_| DecodingKey::from_ed_pem(&pem));
+        match key {
+            Ok(k) => Some(k),
+            Err(_) => {
+                self.err(
+                    at,
+                    format!("`{path}` is not an RSA, EC or Ed25519 public key in PEM"),
+                );
+                None
+            }
+        }
+    }
+
+    fn jwks(&mut self, at: &str, path: &str) -> Option<Vec<(Option<String>, DecodingKey)>> {
+        let bytes = self.read_key_file(at, path)?;
+        let set: JwkSet = match serde_json::from_slice(&bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                self.err(
+                    at,
+                    format!("`{path}` is not a JWKS (`{{\"keys\":[…]}}`): {e}"),
+                );
+                return None;
+            }
+        };
+        let mut out = Vec::new();
+        for (i, jwk) in set.keys.iter().enumerate() {
+            if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
+                self.err(
+                    at,
+                    format!("`{path}` key {i} is a symmetric key: secrets come from `secret_env`"),
+                );
+                continue;
+            }
+            match DecodingKey::from_jwk(jwk) {
+                Ok(k) => out.push((jwk.common.key_id.clone(), k)),
+                Err(e) => self.err(at, format!("`{path}` key {i} is not usable: {e}")),
+            }
+        }
+        if out.is_empty() && set.keys.is_empty() {
+            self.err(at, format!("`{path}` holds no key"));
+        }
+        (!out.is_empty()).then_some(out)
+    }
+
+    fn forward(
+        &mut self,
+        at: &str,
+        route_path: &str,
+        f: file::ForwardAuthFile,
+        upstreams: &BTreeMap<String, Upstream>,
+    ) -> Option<ForwardAuth> {
+        if !upstreams.contains_key(&f.upstream) {
+            self.err(
+                &format!("{at}.upstream"),
+                format!("unknown upstream `{}`", f.upstream),
+            );
+        }
+        let path = match Template::parse(&f.path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.err(&format!("{at}.path"), e);
+                return None;
+            }
+        };
+        if !f.path.starts_with('/') || f.path.contains(['?', '#']) {
+            self.err(
+                &format!("{at}.path"),
+                format!("auth path `{}` must start with / and hold no query", f.path),
+            );
+        }
+        let params = crate::routing::path_params(route_path);
+        for v in path.vars() {
+            match v {
+                Var::Param(n) if !params.iter().any(|p| p == n) => self.err(
+                    &format!("{at}.path"),
+                    format!("`{{{n}}}` is not a parameter of route path `{route_path}`"),
+                ),
+                Var::Param(_) | Var::Query(_) | Var::Header(_) | Var::Jwt(_) => {}
+                _ => self.err(
+                    &format!("{at}.path"),
+                    format!("`{v}` cannot be used in the auth path"),
+                ),
+            }
+        }
+        let lower = |v: Option<Vec<String>>, default: &[&str]| -> Vec<String> {
+            v.map(|l| l.iter().map(|h| h.trim().to_ascii_lowercase()).collect())
+                .unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect())
+        };
+        let forward_headers = lower(f.forward_headers, &DEFAULT_FORWARD_HEADERS);
+        let expose = lower(f.expose, &[]);
+        for (i, h) in forward_headers.iter().chain(&expose).enumerate() {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                self.err(at, format!("header name #{i} `{h}` is not valid"));
+            }
+        }
+        let cache_ttl = self.duration(
+            &format!("{at}.cache_ttl"),
+            f.cache_ttl.as_ref(),
+            Duration::ZERO,
+        );
+        Some(ForwardAuth::new(
+            f.upstream,
+            path,
+            forward_headers,
+            expose,
+            cache_ttl,
+        ))
+    }
+
+    /// The top-level `grip:` key, read once.
+    pub(super) fn grip_key(&mut self, g: Option<file::GripFile>) -> Option<Secret> {
+        let var = g?.key_env?;
+        self.secret("grip.key_env", &var)
+            .map(|s| Secret(s.into_bytes()))
+    }
+
+    pub(super) fn grip_route(
+        &mut self,
+        base: &str,
+        grip: bool,
+        key_env: Option<&String>,
+        global: Option<&Secret>,
+    ) -> Option<GripRoute> {
+        if !grip {
+            if key_env.is_some() {
+                self.err(
+                    &format!("{base}.grip_key_env"),
+                    "`grip_key_env` needs `grip: true`",
+                );
+            }
+            return None;
+        }
+        let key = match key_env {
+            Some(var) => self
+                .secret(&format!("{base}.grip_key_env"), var)
+                .map(|s| Secret(s.into_bytes())),
+            None => global.cloned(),
+        };
+        Some(GripRoute { key })
+    }
+}
