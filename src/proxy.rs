@@ -237,7 +237,7 @@ impl PublicProxy {
                 tcp,
                 heartbeat: gw.heartbeats.join(spec.heartbeat, &subscription.sub),
                 subscription,
-                settings: spec.settings,
+                retry: spec.settings.retry,
                 shutdown: gw.shutdown.clone(),
                 metrics: gw.metrics.clone(),
                 guards,

@@ -176,3 +176,122 @@ async fn unreachable_redis_at_start_is_503_then_recovers() {
     gw.publish_ok("room:z", json!("up")).await;
     assert_eq!(s.next().await.data, "up");
 }
+
+/// A legacy endpoint for polling: answers the current body, counts requests.
+struct Legacy {
+    port: u16,
+    body: std::sync::Arc<std::sync::Mutex<String>>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Legacy {
+    fn start(body: &str) -> Legacy {
+        let body = std::sync::Arc::new(std::sync::Mutex::new(body.to_string()));
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (b, h) = (body.clone(), hits.clone());
+        let (stop, _thread) = serve_in_thread(listener, move || {
+            axum::Router::new().fallback(move || {
+                let (b, h) = (b.clone(), h.clone());
+                async move {
+                    h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let text = b.lock().unwrap().clone();
+                    text
+                }
+            })
+        });
+        Legacy {
+            port,
+            body,
+            hits,
+            _stop: stop,
+        }
+    }
+
+    fn hits(&self) -> u64 {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn poll_config(redis: &str, legacy: u16) -> String {
+    format!(
+        "
+hub:
+  broker: redis
+  redis: {{ url: \"{redis}\", prefix: p }}
+sse: {{ heartbeat: 1s }}
+upstreams:
+  legacy: {{ servers: [\"127.0.0.1:{legacy}\"] }}
+routes:
+  - path: /prices
+    sse:
+      poll: {{ upstream: legacy, path: /prices, interval: 100ms, linger: 5s }}
+"
+    )
+}
+
+#[tokio::test]
+async fn each_poll_key_is_polled_by_one_instance_and_handed_over_when_it_dies() {
+    let redis = Redis::start();
+    let legacy = Legacy::start("v1");
+    let a = Gateway::start(&poll_config(&redis.url(), legacy.port));
+    let b = Gateway::start(&poll_config(&redis.url(), legacy.port));
+    ready(&a).await;
+    ready(&b).await;
+    let mut on_a = Sse::connect(&a.url("/prices")).await;
+    let mut on_b = Sse::connect(&b.url("/prices")).await;
+    // Both get the snapshot, whichever instance polls.
+    assert_eq!(on_a.next().await.data, "v1");
+    assert_eq!(on_b.next().await.data, "v1");
+    // One instance's worth of polls, not two: over ~1 s at 100 ms, ≤ 15.
+    let before = legacy.hits();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let per_second = legacy.hits() - before;
+    assert!(
+        (3..=15).contains(&per_second),
+        "{per_second} polls in one second from two instances"
+    );
+    *legacy.body.lock().unwrap() = "v2".to_string();
+    assert_eq!(on_a.next().await.data, "v2");
+    assert_eq!(on_b.next().await.data, "v2");
+    // Kill the instance that polls; the other takes over within a lease period.
+    let polls_of = |gw: &Gateway| {
+        let gw_url = gw.admin("/metrics");
+        async move {
+            let text = client()
+                .get(gw_url)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.lines()
+                .filter(|l| l.starts_with("ssegate_poll_requests_total"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        }
+    };
+    let (pa, pb) = (polls_of(&a).await, polls_of(&b).await);
+    assert!(
+        pa == 0.0 || pb == 0.0,
+        "both instances polled: {pa} and {pb}"
+    );
+    let (survivor, mut stream, leader) = if pa > 0.0 { (b, on_b, a) } else { (a, on_a, b) };
+    drop(leader);
+    *legacy.body.lock().unwrap() = "v3".to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        let ev = stream.next().await;
+        if ev.data == "v3" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no takeover: last event {ev:?}"
+        );
+    }
+    assert!(polls_of(&survivor).await > 0.0, "the survivor polls now");
+}

@@ -11,7 +11,6 @@
 
 use super::frame;
 use super::stream::{jittered, End, GripOpening, StreamGuards, Subscription};
-use crate::config::SseSettings;
 use crate::heartbeat::Membership;
 use crate::hub::{Delivery, Replay, SubState, Subscriber};
 use crate::metrics::Metrics;
@@ -113,7 +112,8 @@ fn dup(stream: &L4Stream) -> io::Result<OwnedFd> {
 pub struct DetachedStream {
     pub tcp: TcpStream,
     pub subscription: Subscription,
-    pub settings: SseSettings,
+    /// The route's `retry` (prelude, and drain's jittered retry).
+    pub retry: std::time::Duration,
     pub heartbeat: Option<Membership>,
     pub shutdown: Shutdown,
     pub metrics: Arc<Metrics>,
@@ -147,7 +147,7 @@ impl DetachedStream {
         let (head, mut body) = match grip {
             None => (
                 Bytes::from_static(RESPONSE_HEAD),
-                BytesMut::from(&frame::prelude(self.settings.retry.as_millis())[..]),
+                BytesMut::from(&frame::prelude(self.retry.as_millis())[..]),
             ),
             Some(g) => (h1_head(g), BytesMut::from(&g.body[..])),
         };
@@ -254,7 +254,7 @@ impl DetachedStream {
         };
         let last = match end {
             End::Shutdown if self.grip.is_none() => {
-                Some(frame::retry_only(jittered(self.settings.retry).as_millis()))
+                Some(frame::retry_only(jittered(self.retry).as_millis()))
             }
             End::Expired => Some(frame::expired()),
             End::Shutdown | End::ClosedByPublisher => Some(Bytes::new()),
@@ -476,11 +476,7 @@ mod size_probe {
                 sub,
                 channels: vec!["a".into()],
             },
-            settings: crate::config::SseSettings {
-                heartbeat: Duration::from_secs(1),
-                retry: Duration::from_secs(1),
-                client_queue: 8,
-            },
+            retry: Duration::from_secs(1),
             heartbeat: None,
             shutdown: shutdown.clone(),
             metrics,

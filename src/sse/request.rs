@@ -272,7 +272,9 @@ mod tests {
         let open = route(&["base"], &["*"]);
         let poll_channel = req("/e?channel=poll:0:abc", &[]);
         assert_eq!(
-            resolve(&poll_channel, &open, &[], 8).unwrap_err().status,
+            resolve(&poll_channel, &open, &[], 8, &none())
+                .unwrap_err()
+                .status,
             403
         );
         let closed = route(&["base"], &[]);
