@@ -12,16 +12,20 @@
 //! - `auth`: webhook signature schemes (HMAC, Stripe, Standard Webhooks, token).
 //! - `admin`: publish, webhooks, health, readiness, metrics, stats, dashboard.
 //! - `upstream`: server pools (round robin, passive health).
+//! - `tls`, `hangup`: certificates for the public listener, reloaded on SIGHUP.
 //! - `limits`, `heartbeat`, `shutdown`, `metrics`, `state`, `respond`: shared parts.
+//! - `logging`: tracing on stderr, pingora's `log` records bridged in.
 //! - `app`: builds the pingora server; `main.rs` is only the CLI.
 
 pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod hangup;
 pub mod heartbeat;
 pub mod hub;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod respond;
@@ -30,4 +34,5 @@ pub mod shutdown;
 pub mod sources;
 pub mod sse;
 pub mod state;
+pub mod tls;
 pub mod upstream;

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+mod tls;
 mod webhooks;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,9 +199,8 @@ impl Validator<'_> {
             f.shutdown_grace.as_ref(),
             Duration::from_secs(10),
         );
-        if f.tls.is_some() {
-            self.not_yet("tls", "`tls`");
-        }
+        let tls = f.tls.as_ref().and_then(|t| self.tls(t, &source));
+        let http2 = self.http2(f.http2.unwrap_or_default(), tls.is_some());
         let admin_file = f.admin.unwrap_or_default();
         let admin = Admin {
             listen: self.addr("admin.listen", admin_file.listen.as_ref(), DEFAULT_ADMIN),
@@ -230,7 +230,8 @@ impl Validator<'_> {
             source,
             listen,
             shutdown_grace,
-            tls: None,
+            tls,
+            http2,
             admin,
             hub,
             sse,
