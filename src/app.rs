@@ -1,13 +1,18 @@
 //! Build the pingora server from a validated config and run it: the public
-//! listener, the admin listener, and background services for drain and
+//! listener (TLS with ALPN h2/http1.1, or plain text with optional h2c), the
+//! admin listener, and background services for drain, SIGHUP reload and
 //! housekeeping (heartbeat ticks, history sweep).
 
 use crate::admin::AdminApp;
-use crate::config::Config;
+use crate::config::{Config, Http2};
+use crate::hangup::{self, Hangup};
 use crate::proxy::PublicProxy;
 use crate::shutdown::DrainOnSignal;
 use crate::state::Gateway;
+use crate::tls::CertStore;
 use async_trait::async_trait;
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::protocols::http::v2::server::default_h2_options;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
@@ -62,6 +67,20 @@ pub fn worker_threads() -> usize {
         .unwrap_or(2)
 }
 
+/// HTTP/2 settings of the public proxy: h2c on plain text when asked, and a
+/// per-connection stream limit well above pingora's default of 100.
+fn apply_http2<A>(proxy: &mut pingora_proxy::HttpProxy<A>, http2: &Http2)
+where
+    A: pingora_proxy::ProxyHttp,
+{
+    let mut server = HttpServerOptions::default();
+    server.h2c = http2.h2c;
+    proxy.server_options = Some(server);
+    let mut h2 = default_h2_options();
+    h2.max_concurrent_streams(http2.max_concurrent_streams);
+    proxy.h2_options = Some(h2);
+}
+
 /// Run until SIGTERM/SIGINT; returns only on a startup error.
 pub fn run(config: Config) -> Result<(), String> {
     run_with(config, |_, _| {})
@@ -82,6 +101,14 @@ pub fn run_with(
     let grace = config.shutdown_grace;
     let public_addr = config.listen.to_string();
     let admin_addr = config.admin.listen.to_string();
+    let http2 = config.http2.clone();
+    // Checked by `config::load` already; read again here because the files
+    // may have changed since, and a listener without a certificate is useless.
+    let certs = match &config.tls {
+        Some(tls) => Some(CertStore::open(tls)?),
+        None => None,
+    };
+    hangup::ignore_early()?;
     let gw = Gateway::new(config)?;
 
     let conf = ServerConf {
@@ -100,7 +127,13 @@ pub fn run_with(
         PublicProxy { gw: gw.clone() },
         "public",
     );
-    public.add_tcp(&public_addr);
+    if let Some(proxy) = public.app_logic_mut() {
+        apply_http2(proxy, &http2);
+    }
+    match &certs {
+        Some(store) => public.add_tls_with_settings(&public_addr, None, store.settings()?),
+        None => public.add_tcp(&public_addr),
+    }
     let mut admin = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         AdminApp { gw: gw.clone() },
@@ -121,10 +154,17 @@ pub fn run_with(
         },
     ));
     server.add_service(background_service(
+        "hangup",
+        Hangup {
+            certs: certs.clone(),
+            metrics: gw.metrics.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "housekeeping",
         Housekeeping { gw: gw.clone() },
     ));
     extra(&mut server, &gw);
-    tracing::info!(public = %public_addr, admin = %admin_addr, routes = gw.config.routes.len(), "ssegate listening");
+    tracing::info!(public = %public_addr, admin = %admin_addr, tls = certs.is_some(), h2c = http2.h2c, routes = gw.config.routes.len(), "ssegate listening");
     server.run_forever()
 }

@@ -15,7 +15,9 @@
 //! - `fetch`: requests the gateway makes to upstream pools itself.
 //! - `admin`: publish, webhooks, health, readiness, metrics, stats, dashboard.
 //! - `upstream`: server pools (round robin, passive health).
+//! - `tls`, `hangup`: certificates for the public listener, reloaded on SIGHUP.
 //! - `limits`, `heartbeat`, `shutdown`, `metrics`, `state`, `respond`: shared parts.
+//! - `logging`: tracing on stderr, pingora's `log` records bridged in.
 //! - `app`: builds the pingora server; `demo`: `ssegate demo`; `main.rs` is only the CLI.
 
 pub mod admin;
@@ -25,9 +27,11 @@ pub mod config;
 pub mod demo;
 pub mod fetch;
 pub mod grip;
+pub mod hangup;
 pub mod heartbeat;
 pub mod hub;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod respond;
@@ -36,4 +40,5 @@ pub mod shutdown;
 pub mod sources;
 pub mod sse;
 pub mod state;
+pub mod tls;
 pub mod upstream;

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub poll_duration: HistogramVec,
     pub pollers: IntGauge,
     pub webhooks: IntCounterVec,
+    /// Certificate reloads on SIGHUP, by result (ok, error).
+    pub tls_reloads: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -148,6 +150,11 @@ impl Metrics {
                 "ssegate_webhooks_total",
                 "Webhook requests by path and outcome",
                 &["path", "outcome"],
+            ),
+            tls_reloads: cvec(
+                "ssegate_tls_reloads_total",
+                "TLS certificate reloads on SIGHUP, by result",
+                &["result"],
             ),
             registry: r,
         }

@@ -392,7 +392,8 @@ impl ProxyHttp for PublicProxy {
         }
         // This listener terminates the client connection: what the client
         // claims about scheme and host is not passed on as fact.
-        upstream_request.insert_header("x-forwarded-proto", "http")?;
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        upstream_request.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
         if let Some(host) = host_of(session.req_header()).map(str::to_string) {
             upstream_request.insert_header("x-forwarded-host", host)?;
         }

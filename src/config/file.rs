@@ -11,6 +11,7 @@ pub struct FileConfig {
     pub listen: Option<String>,
     pub shutdown_grace: Option<String>,
     pub tls: Option<TlsFile>,
+    pub http2: Option<Http2File>,
     pub admin: Option<AdminFile>,
     pub hub: Option<HubFile>,
     pub sse: Option<SseFile>,
@@ -37,6 +38,15 @@ pub struct GripFile {
 pub struct TlsFile {
     pub cert: String,
     pub key: String,
+}
+
+/// HTTP/2 on the public listener. With `tls:` it is negotiated by ALPN;
+/// `h2c: true` accepts it in plain text (prior knowledge) instead.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http2File {
+    pub h2c: Option<bool>,
+    pub max_concurrent_streams: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -16,6 +16,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 mod auth;
+mod tls;
 mod webhooks;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,13 +195,6 @@ impl Validator<'_> {
         }
     }
 
-    fn not_yet(&mut self, path: &str, what: &str) {
-        self.err(
-            path,
-            format!("{what} is part of the configuration schema but not implemented in this build yet; remove it or see docs/config.md"),
-        );
-    }
-
     fn config(&mut self, f: FileConfig, source: PathBuf) -> Option<Config> {
         let listen = self.addr("listen", f.listen.as_ref(), DEFAULT_LISTEN);
         let shutdown_grace = self.duration(
@@ -208,9 +202,8 @@ impl Validator<'_> {
             f.shutdown_grace.as_ref(),
             Duration::from_secs(10),
         );
-        if f.tls.is_some() {
-            self.not_yet("tls", "`tls`");
-        }
+        let tls = f.tls.as_ref().and_then(|t| self.tls(t, &source));
+        let http2 = self.http2(f.http2.unwrap_or_default(), tls.is_some());
         let admin_file = f.admin.unwrap_or_default();
         let admin = Admin {
             listen: self.addr("admin.listen", admin_file.listen.as_ref(), DEFAULT_ADMIN),
@@ -241,7 +234,8 @@ impl Validator<'_> {
             source,
             listen,
             shutdown_grace,
-            tls: None,
+            tls,
+            http2,
             admin,
             hub,
             sse,

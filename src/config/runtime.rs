@@ -14,6 +14,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub shutdown_grace: Duration,
     pub tls: Option<Tls>,
+    pub http2: Http2,
     pub admin: Admin,
     pub hub: Hub,
     pub sse: SseSettings,
@@ -26,8 +27,19 @@ pub struct Config {
 
 #[derive(Debug, Clone)]
 pub struct Tls {
+    /// Both resolved against the config file's directory.
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// HTTP/2 on the public listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http2 {
+    /// Plain-text HTTP/2 with prior knowledge (behind a TLS-terminating
+    /// balancer). HTTP/1.1 still works on the same port.
+    pub h2c: bool,
+    /// Streams one client connection may have open at once (SETTINGS).
+    pub max_concurrent_streams: u32,
 }
 
 #[derive(Clone)]

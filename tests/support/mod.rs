@@ -3,6 +3,8 @@
 //! reqwest) and a raw-socket reader for byte-exact checks. Every wait is bounded.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod tls;
+
 use futures_util::StreamExt;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -253,6 +255,7 @@ pub struct Ev {
 
 pub struct Sse {
     pub status: u16,
+    pub version: reqwest::Version,
     pub headers: reqwest::header::HeaderMap,
     rx: tokio::sync::mpsc::UnboundedReceiver<Result<Ev, String>>,
     task: tokio::task::JoinHandle<()>,
@@ -264,10 +267,17 @@ impl Sse {
     }
 
     pub async fn connect_with(url: &str, headers: &[(&str, &str)]) -> Sse {
+        Self::connect_using(&reqwest::Client::new(), url, headers).await
+    }
+
+    /// With a client of the test's choosing (TLS, HTTP/2, ...).
+    pub async fn connect_using(
+        client: &reqwest::Client,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Sse {
         use eventsource_stream::Eventsource;
-        let mut req = reqwest::Client::new()
-            .get(url)
-            .header("accept", "text/event-stream");
+        let mut req = client.get(url).header("accept", "text/event-stream");
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -276,6 +286,7 @@ impl Sse {
             .expect("connect timed out")
             .expect("connect");
         let status = resp.status().as_u16();
+        let version = resp.version();
         let headers = resp.headers().clone();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
@@ -296,6 +307,7 @@ impl Sse {
         });
         Sse {
             status,
+            version,
             headers,
             rx,
             task,
@@ -451,7 +463,8 @@ pub struct Backend {
 
 impl Backend {
     /// Echo JSON for any path, plus /status/{code}, /big/{n} (streamed), /slow,
-    /// /upload (counts streamed request bytes) and /sleep/{ms}.
+    /// /upload (counts streamed request bytes), /sleep/{ms} and /drip/{n}/{ms}
+    /// (n lines, one every ms).
     pub fn start() -> Backend {
         Self::start_on(free_port())
     }
@@ -485,6 +498,23 @@ impl Backend {
                             Response::builder()
                                 .header("content-length", n.to_string())
                                 .body(Body::from_stream(futures_util::stream::iter(chunks)))
+                                .unwrap()
+                        }),
+                    )
+                    .route(
+                        "/drip/{n}/{ms}",
+                        get(|Path((n, ms)): Path<(usize, u64)>| async move {
+                            // n lines, one every ms: a streamed body whose
+                            // parts must reach the client as they are sent.
+                            let chunks = futures_util::stream::iter(0..n).then(move |i| async move {
+                                if i > 0 {
+                                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                                }
+                                Ok::<_, std::io::Error>(bytes::Bytes::from(format!("drip {i}\n")))
+                            });
+                            Response::builder()
+                                .header("content-type", "text/plain")
+                                .body(Body::from_stream(chunks))
                                 .unwrap()
                         }),
                     )
