@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side load runs: ssegate vs nginx+nchan on this machine, same harness, same minutes.
 # Usage: benches/compare.sh [scenario...]   (default: all)   RUNS=3 by default.
-# Scenarios: idle10k idle19k fanout10k fanout1k channels10k channels10k_batch
+# Scenarios: idle10k idle19k fanout10k fanout1k channels10k channels10k_batch proxy
 # Needs: cargo build --release (ssegate), loadgen built (cd loadgen && cargo build --release),
 #        nginx + libnginx-mod-nchan (apt-get install -y nginx libnginx-mod-nchan).
 # Prints one JSON line per run to stdout, prefixed with "system scenario run".
@@ -49,7 +49,23 @@ args_for() { # system scenario
   esac
 }
 
+proxy_run() { # run: wrk against nginx proxy_pass, then ssegate, with nginx as the origin for both
+  start_nchan || exit 1
+  local n s
+  n=$(wrk -t1 -c64 -d10s http://127.0.0.1:8090/api/x 2>/dev/null | awk '/Requests\/sec/ {print $2}')
+  start_ssegate || exit 1
+  s=$(wrk -t1 -c64 -d10s http://127.0.0.1:8080/api/x 2>/dev/null | awk '/Requests\/sec/ {print $2}')
+  stop_ssegate
+  stop_nchan
+  echo "nchan proxy $1 {\"req_per_s\":$n}"
+  echo "ssegate proxy $1 {\"req_per_s\":$s}"
+}
+
 for sc in "${scenarios[@]}"; do
+  if [ "$sc" = proxy ]; then
+    for run in $(seq "$RUNS"); do proxy_run "$run"; sleep 1; done
+    continue
+  fi
   for run in $(seq "$RUNS"); do
     for sys in ssegate nchan; do
       a=$(args_for "$sys" "$sc") || true

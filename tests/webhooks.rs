@@ -406,13 +406,18 @@ async fn bodies_over_max_body_are_413_without_being_read() {
     // Chunked, with no declared length: refused once the limit is crossed.
     let chunks = (0..64).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 1024])));
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
-    let r = client()
+    // The gateway answers and closes without reading the rest, so the client
+    // may see the 413 or, if it was still sending, a broken pipe; the metric
+    // below proves which path the gateway took either way.
+    match client()
         .post(gw.admin("/hooks/builds"))
         .body(body)
         .send()
         .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 413);
+    {
+        Ok(r) => assert_eq!(r.status().as_u16(), 413),
+        Err(e) => assert!(e.is_request(), "unexpected error {e}"),
+    }
     assert_eq!(
         gw.metric("ssegate_webhooks_total{outcome=\"too_large\"")
             .await,
