@@ -28,6 +28,9 @@ const MAX_EXTRA: usize = 3600;
 /// subscribers of detached streams to wake.
 #[derive(Debug)]
 pub struct Beat {
+    interval: Duration,
+    /// Whether the member-waking tick runs yet (it starts with the first member).
+    driving: std::sync::atomic::AtomicBool,
     epoch: AtomicU64,
     watch: watch::Sender<u64>,
     members: Mutex<HashMap<u64, Weak<Subscriber>>>,
@@ -57,8 +60,10 @@ impl Drop for Membership {
 }
 
 impl Beat {
-    fn new() -> Beat {
+    fn new(interval: Duration) -> Beat {
         Beat {
+            interval,
+            driving: std::sync::atomic::AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             watch: watch::channel(0).0,
             members: Mutex::new(HashMap::new()),
@@ -76,10 +81,29 @@ impl Beat {
         }
     }
 
-    fn tick(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.watch.send_modify(|n| *n += 1);
-        self.wake_members();
+    /// The member tick runs on the runtime of the streams it wakes (started
+    /// by the first `join`, from a request handler): a wake-up from inside
+    /// that runtime is a local queue push, one from another runtime is a
+    /// cross-thread injection and often a thread unpark — per stream, per tick.
+    fn drive_members(self: &Arc<Self>) {
+        if self.driving.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.driving.store(false, Ordering::Release);
+            return;
+        };
+        let beat = self.clone();
+        rt.spawn(async move {
+            let mut t = tokio::time::interval(beat.interval);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t.tick().await;
+            loop {
+                t.tick().await;
+                beat.epoch.fetch_add(1, Ordering::AcqRel);
+                beat.wake_members();
+            }
+        });
     }
 }
 
@@ -87,7 +111,7 @@ impl Heartbeats {
     pub fn new(intervals: impl IntoIterator<Item = Duration>) -> Heartbeats {
         let ticks = intervals
             .into_iter()
-            .map(|d| (d, Arc::new(Beat::new())))
+            .map(|d| (d, Arc::new(Beat::new(d))))
             .collect();
         Heartbeats {
             ticks,
@@ -110,7 +134,7 @@ impl Heartbeats {
             return None;
         }
         let rt = tokio::runtime::Handle::try_current().ok()?;
-        let beat = Arc::new(Beat::new());
+        let beat = Arc::new(Beat::new(interval));
         rt.spawn(drive(beat.clone(), interval));
         extra.insert(interval, beat.clone());
         Some(beat)
@@ -128,6 +152,7 @@ impl Heartbeats {
     /// Register a detached stream's subscriber to be woken every `interval`.
     pub fn join(&self, interval: Duration, sub: &Arc<Subscriber>) -> Option<Membership> {
         let beat = self.beat(interval)?;
+        beat.drive_members();
         beat.members
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -165,6 +190,6 @@ async fn drive(beat: Arc<Beat>, interval: Duration) {
     t.tick().await;
     loop {
         t.tick().await;
-        beat.tick();
+        beat.watch.send_modify(|n| *n += 1);
     }
 }

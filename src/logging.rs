@@ -10,6 +10,18 @@
 pub fn init(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // pingora logs at debug/trace on every request: records above the most
+    // verbose level the filter can pass must be dropped by `log` itself, for
+    // free, not formatted and bridged first (that cost most of a proxied
+    // request's CPU).
+    let max = match filter.max_level_hint() {
+        Some(l) if l == tracing::level_filters::LevelFilter::OFF => log::LevelFilter::Off,
+        Some(l) if l == tracing::level_filters::LevelFilter::ERROR => log::LevelFilter::Error,
+        Some(l) if l == tracing::level_filters::LevelFilter::WARN => log::LevelFilter::Warn,
+        Some(l) if l == tracing::level_filters::LevelFilter::INFO => log::LevelFilter::Info,
+        Some(l) if l == tracing::level_filters::LevelFilter::DEBUG => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -23,7 +35,7 @@ pub fn init(json: bool) {
         return; // already set up (tests that call this twice)
     }
     if log::set_boxed_logger(Box::new(Bridge)).is_ok() {
-        log::set_max_level(log::LevelFilter::Trace);
+        log::set_max_level(max);
     }
 }
 

@@ -56,6 +56,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Purge freed pages in the background too, not only when this process
+    // allocates again: after a connect storm an idle gateway gives the
+    // memory back instead of keeping it resident.
+    let _ = tikv_jemalloc_ctl::background_thread::write(true);
     let cli = Cli::parse();
     ssegate::logging::init(matches!(cli.log_format, LogFormat::Json));
     match cli.command {

@@ -215,6 +215,15 @@ impl Server {
             }
         }
     }
+    fn after_hold(&mut self, n: usize) {
+        self.stats.after_hold = self.mem();
+        if let (Some(b), Some(a)) = (self.stats.before_connect, self.stats.after_hold) {
+            if n > 0 {
+                self.stats.per_conn_pss_bytes_after_hold =
+                    Some((a.pss_kb as f64 - b.pss_kb as f64) * 1024.0 / n as f64);
+            }
+        }
+    }
     fn finish(self) -> Option<ServerStats> {
         (!self.pids.is_empty()).then_some(self.stats)
     }
@@ -463,6 +472,7 @@ async fn idle(a: IdleArgs) -> Result<Report, String> {
     let t0 = Instant::now();
     tokio::time::sleep(secs(a.hold)).await;
     server.cpu_end("hold");
+    server.after_hold(o.shared.streaming.load(Ordering::Acquire));
     let hold = t0.elapsed().as_secs_f64();
     let ended = o.shared.ended.load(Ordering::Acquire);
     let _ = close_subscribers(&mut o).await;

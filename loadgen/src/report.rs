@@ -40,6 +40,10 @@ pub struct ServerStats {
     pub after_connect: Option<MemSample>,
     pub per_conn_rss_bytes: Option<f64>,
     pub per_conn_pss_bytes: Option<f64>,
+    /// `idle`: memory again at the end of the hold, once transient buffers of
+    /// the connect storm are freed (steady-state cost of an idle stream).
+    pub after_hold: Option<MemSample>,
+    pub per_conn_pss_bytes_after_hold: Option<f64>,
     /// Server CPU (utime+stime) as % of one core, per phase.
     pub cpu_pct: BTreeMap<String, f64>,
     pub cpu_seconds: BTreeMap<String, f64>,

@@ -399,8 +399,13 @@ impl Validator<'_> {
                 ),
                 Var::Param(_) | Var::Query(_) | Var::Header(_) => {}
                 Var::Jwt(_) if auth.is_some_and(|a| a.jwt.is_some()) => {}
-                Var::Jwt(_) if auth.is_none() => self.err(at, format!("`{v}` is not available here; {takes}")),
-                Var::Jwt(_) => self.err(at, format!("`{v}` needs `auth: {{ jwt: … }}` on this route")),
+                Var::Jwt(_) if auth.is_none() => {
+                    self.err(at, format!("`{v}` is not available here; {takes}"))
+                }
+                Var::Jwt(_) => self.err(
+                    at,
+                    format!("`{v}` needs `auth: {{ jwt: … }}` on this route"),
+                ),
                 Var::Auth(n) => {
                     let exposed = auth
                         .and_then(|a| a.forward.as_ref())
@@ -414,10 +419,9 @@ impl Validator<'_> {
                         );
                     }
                 }
-                Var::Pointer(_) | Var::Form(_) => self.err(
-                    at,
-                    format!("`{v}` ({}) is for webhooks; {takes}", v.kind()),
-                ),
+                Var::Pointer(_) | Var::Form(_) => {
+                    self.err(at, format!("`{v}` ({}) is for webhooks; {takes}", v.kind()))
+                }
             }
         }
     }

@@ -91,7 +91,11 @@ pub async fn forward(
             headers.insert("x-forwarded-for", v);
         }
     }
-    headers.insert("x-forwarded-proto", http::HeaderValue::from_static("http"));
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    headers.insert(
+        "x-forwarded-proto",
+        http::HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
     if let Some(host) = req.headers.get(http::header::HOST).cloned() {
         headers.insert("x-forwarded-host", host);
     }

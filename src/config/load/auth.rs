@@ -30,6 +30,7 @@ impl Validator<'_> {
         if a.jwt.is_none() && a.forward.is_none() {
             self.err(&at, "`auth:` needs `jwt:` or `forward:`");
         }
+        let has_jwt = a.jwt.is_some();
         RouteAuth {
             jwt: a
                 .jwt
@@ -37,7 +38,9 @@ impl Validator<'_> {
                 .map(Arc::new),
             forward: a
                 .forward
-                .and_then(|f| self.forward(&format!("{at}.forward"), route_path, f, upstreams))
+                .and_then(|f| {
+                    self.forward(&format!("{at}.forward"), route_path, f, upstreams, has_jwt)
+                })
                 .map(Arc::new),
         }
     }
@@ -226,6 +229,7 @@ impl Validator<'_> {
         route_path: &str,
         f: file::ForwardAuthFile,
         upstreams: &BTreeMap<String, Upstream>,
+        has_jwt: bool,
     ) -> Option<ForwardAuth> {
         if !upstreams.contains_key(&f.upstream) {
             self.err(
@@ -253,7 +257,12 @@ impl Validator<'_> {
                     &format!("{at}.path"),
                     format!("`{{{n}}}` is not a parameter of route path `{route_path}`"),
                 ),
-                Var::Param(_) | Var::Query(_) | Var::Header(_) | Var::Jwt(_) => {}
+                Var::Param(_) | Var::Query(_) | Var::Header(_) => {}
+                Var::Jwt(_) if has_jwt => {}
+                Var::Jwt(_) => self.err(
+                    &format!("{at}.path"),
+                    format!("`{v}` needs `auth: {{ jwt: … }}` on this route"),
+                ),
                 _ => self.err(
                     &format!("{at}.path"),
                     format!("`{v}` cannot be used in the auth path"),
