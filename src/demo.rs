@@ -80,6 +80,24 @@ pub fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
     })
 }
 
+/// What the demo app publishes goes to the page's channel, `room:demo`.
+async fn publish(
+    gw: &Gateway,
+    event: &str,
+    data: String,
+) -> Result<crate::hub::PublishReport, crate::hub::BrokerError> {
+    gw.hub
+        .publish(vec![Event {
+            channel: "room:demo".into(),
+            dedupe_id: None,
+            payload: Payload::Message {
+                event: Some(event.into()),
+                data,
+            },
+        }])
+        .await
+}
+
 /// Publishes the time every second, as a legacy app would publish its news.
 #[derive(Debug)]
 struct Clock {
@@ -99,18 +117,7 @@ impl BackgroundService for Clock {
             n += 1;
             let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
             let data = serde_json::json!({ "tick": n, "time": now }).to_string();
-            let _ = self
-                .gw
-                .hub
-                .publish(vec![Event {
-                    channel: "room:demo".into(),
-                    dedupe_id: None,
-                    payload: Payload::Message {
-                        event: Some("tick".into()),
-                        data,
-                    },
-                }])
-                .await;
+            let _ = publish(&self.gw, "tick", data).await;
         }
     }
 }
@@ -156,18 +163,7 @@ impl ProxyHttp for DemoBackend {
                     return Ok(true);
                 }
                 let data = serde_json::json!({ "text": text }).to_string();
-                let published = self
-                    .gw
-                    .hub
-                    .publish(vec![Event {
-                        channel: "room:demo".into(),
-                        dedupe_id: None,
-                        payload: Payload::Message {
-                            event: Some("message".into()),
-                            data,
-                        },
-                    }])
-                    .await;
+                let published = publish(&self.gw, "message", data).await;
                 match published {
                     Ok(_) => {
                         respond::json(session, 202, &serde_json::json!({ "published": 1 })).await?

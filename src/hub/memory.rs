@@ -224,7 +224,7 @@ impl Broker for MemoryBroker {
             let ch = st
                 .channels
                 .get_mut(ev.channel.as_str())
-                .expect("channel exists");
+                .expect("channel exists"); // ok: created just above, under the same lock
             offer_all(ch.subs.values(), &delivery, &self.metrics);
             if self.history_size > 0 {
                 if let Some(id) = &dedupe_id {
