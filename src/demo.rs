@@ -17,6 +17,7 @@ use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_proxy::{ProxyHttp, Session};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::Arc;
@@ -60,13 +61,15 @@ pub fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
         .replace("BACKEND", &backend.to_string());
     let config = load_str(&text, Path::new("<demo>"), &|_| None).map_err(|e| e.to_string())?;
     app::check_bindable(backend, "demo backend")?;
-    println!("ssegate demo");
-    println!("  open the live page:   http://{listen}/");
-    println!("  admin dashboard:      http://{admin}/");
-    println!("  subscribe with curl:  curl -N http://{listen}/events/demo");
-    println!(
-        "  publish with curl:    curl -XPOST http://{admin}/publish -d '{{\"channel\":\"room:demo\",\"event\":\"message\",\"data\":\"hi\"}}'"
+    // Written, not println!-ed: a reader that closed our stdout (a pipe)
+    // must not make the demo panic.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "ssegate demo\n  open the live page:   http://{listen}/\n  admin dashboard:      http://{admin}/\n  subscribe with curl:  curl -N http://{listen}/events/demo\n  publish with curl:    curl -XPOST http://{admin}/publish -d '{{\"channel\":\"room:demo\",\"event\":\"message\",\"data\":\"hi\"}}'"
     );
+    let _ = out.flush();
+    drop(out);
     app::run_with(config, |server: &mut Server, gw: &Arc<Gateway>| {
         let mut svc = pingora_proxy::http_proxy_service_with_name(
             &server.configuration,

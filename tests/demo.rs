@@ -27,11 +27,11 @@ async fn demo_prints_urls_serves_the_page_and_streams_live_events() {
     let out = child.stdout.take().unwrap();
     let demo = Demo(child);
     let lines = tokio::task::spawn_blocking(move || {
-        BufReader::new(out)
-            .lines()
-            .take(3)
-            .map(|l| l.unwrap())
-            .collect::<Vec<_>>()
+        let mut reader = BufReader::new(out).lines();
+        let first: Vec<String> = reader.by_ref().take(3).map(|l| l.unwrap()).collect();
+        // Keep draining, so the demo's stdout stays open while it runs.
+        std::thread::spawn(move || reader.for_each(drop));
+        first
     });
     let lines = tokio::time::timeout(WAIT, lines)
         .await
