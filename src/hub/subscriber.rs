@@ -145,6 +145,18 @@ impl Subscriber {
         self.wake.notified()
     }
 
+    /// Drain like `drain_into`, dropping frames at or below `last_seq` (a
+    /// replay already held them: live and replay may overlap, never gap),
+    /// and move `last_seq` past what is kept.
+    pub fn drain_after(&self, out: &mut Vec<Delivery>, last_seq: &mut u64) {
+        self.drain_into(out);
+        let floor = *last_seq;
+        out.retain(|d| d.seq == 0 || d.seq > floor);
+        if let Some(top) = out.iter().map(|d| d.seq).max() {
+            *last_seq = floor.max(top);
+        }
+    }
+
     /// Resolves after the next offer or state change (a wake-up sent while
     /// nobody waited is kept, so none is lost).
     pub async fn woken(&self) {

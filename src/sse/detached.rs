@@ -192,12 +192,8 @@ impl DetachedStream {
         let mut batch: Vec<Delivery> = Vec::new();
         let end = loop {
             batch.clear();
-            sub.drain_into(&mut batch);
+            sub.drain_after(&mut batch, &mut last_seq);
             if !batch.is_empty() {
-                batch.retain(|d| d.seq == 0 || d.seq > last_seq);
-                if let Some(d) = batch.last() {
-                    last_seq = last_seq.max(d.seq);
-                }
                 match send_frames(&self.tcp, &sub, &batch).await {
                     Ok(true) => {}
                     Ok(false) => break End::Slow,

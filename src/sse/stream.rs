@@ -146,13 +146,8 @@ pub async fn serve(
     let mut wrote = false;
     let end = loop {
         batch.clear();
-        sub.drain_into(&mut batch);
+        sub.drain_after(&mut batch, &mut last_seq);
         if !batch.is_empty() {
-            // The replay already held anything at or below its last cursor.
-            batch.retain(|d| d.seq == 0 || d.seq > last_seq);
-            if let Some(d) = batch.last() {
-                last_seq = last_seq.max(d.seq);
-            }
             let bytes = join(&batch);
             if !write(session, sub, bytes).await? {
                 break End::Slow;
