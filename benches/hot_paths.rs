@@ -9,11 +9,12 @@ use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use http::Method;
 use ssegate::config::load_str;
-use ssegate::hub::memory::{format_cursor, parse_cursor, MemoryBroker};
-use ssegate::hub::{Broker, Event, Payload, Resume, Subscriber};
+use ssegate::hub::cursor;
+use ssegate::hub::memory::MemoryBroker;
+use ssegate::hub::{Broker, Event, Payload, Replay, Resume, Subscriber};
 use ssegate::metrics::Metrics;
-use ssegate::routing::Router;
-use ssegate::sse::frame::encode;
+use ssegate::routing::host_only;
+use ssegate::wire::encode;
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::path::Path;
@@ -144,7 +145,17 @@ fn fan_out(c: &mut Criterion) {
     g.finish();
 }
 
-/// `replay` from the middle of full histories: what a reconnecting client costs.
+/// What a client resuming after `after` on `channels` is sent.
+fn resume(rt: &Runtime, hub: &MemoryBroker, channels: &[String], after: &str) -> Replay {
+    let sub = Arc::new(Subscriber::new(1, 1 << 20));
+    let replay = rt
+        .block_on(hub.subscribe(&sub, channels, &Resume::After(after.to_string())))
+        .expect("subscribe");
+    hub.unsubscribe(&sub, channels);
+    replay
+}
+
+/// A resume from the middle of full histories: what a reconnecting client costs.
 fn history_case(g: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, name: &str, n_channels: usize) {
     const PER_CHANNEL: usize = 1000;
     let hub = broker(PER_CHANNEL);
@@ -156,11 +167,11 @@ fn history_case(g: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, name: &str, 
     rt.block_on(hub.publish(events)).expect("publish");
     let stats = hub.stats();
     assert_eq!(stats.history_events, PER_CHANNEL * n_channels);
-    let (epoch, head) = parse_cursor(&stats.cursor).expect("broker cursor");
+    let (epoch, head) = cursor::parse(&stats.cursor).expect("broker cursor");
     let missed = PER_CHANNEL * n_channels / 2;
-    let after = format_cursor(epoch, head - missed as u64);
+    let after = cursor::format(epoch, head - missed as u64);
 
-    let replay = rt.block_on(hub.replay(&channels, &after)).expect("replay");
+    let replay = resume(rt, &hub, &channels, &after);
     assert!(
         replay.reset.is_none(),
         "resume point should still be in history"
@@ -170,7 +181,7 @@ fn history_case(g: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, name: &str, 
 
     g.throughput(Throughput::Elements(missed as u64));
     g.bench_function(name, |b| {
-        b.iter(|| rt.block_on(hub.replay(black_box(&channels), black_box(&after))))
+        b.iter(|| resume(rt, &hub, black_box(&channels), black_box(&after)))
     });
 }
 
@@ -216,10 +227,7 @@ fn route_matching(c: &mut Criterion) {
         Err(e) => panic!("bench config does not load:\n{e}\n{text}"),
     };
     assert_eq!(cfg.routes.len(), 50);
-    let router = match Router::build(&cfg.routes) {
-        Ok(r) => r,
-        Err(p) => panic!("bench routes do not build: {p:?}"),
-    };
+    let router = &cfg.router;
     let cases = [
         ("static", Method::GET, None, "/static/page13"),
         ("param", Method::GET, None, "/events/t7/order-42"),
@@ -239,14 +247,17 @@ fn route_matching(c: &mut Criterion) {
         ("miss", Method::GET, None, "/nowhere/at/all"),
     ];
     for (name, method, host, path) in &cases {
-        let found = router.lookup(method, *host, path);
+        let found = router.lookup(method, host.map(host_only).as_deref(), path);
         assert_eq!(found.is_ok(), *name != "miss", "{name}: {path}");
     }
 
     let mut g = group(c, "route_match");
     for (name, method, host, path) in &cases {
         g.bench_function(*name, |b| {
-            b.iter(|| router.lookup(black_box(method), black_box(*host), black_box(path)))
+            b.iter(|| {
+                let host = black_box(*host).map(host_only);
+                router.lookup(black_box(method), host.as_deref(), black_box(path))
+            })
         });
     }
     g.finish();

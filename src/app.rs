@@ -1,26 +1,58 @@
 //! Build the pingora server from a validated config and run it: the public
 //! listener (TLS with ALPN h2/http1.1, or plain text with optional h2c), the
 //! admin listener, and background services for drain, SIGHUP reload and
-//! housekeeping (heartbeat ticks, history sweep).
+//! housekeeping (broker upkeep, JWT expiry, the dashboard's feed).
 
-use crate::admin::AdminApp;
 use crate::config::{Config, Http2};
+use crate::gateway::{BuildError, Gateway};
 use crate::hangup::{self, Hangup};
-use crate::proxy::PublicProxy;
+use crate::http::admin::{self, AdminApp};
+use crate::http::public::PublicProxy;
 use crate::shutdown::DrainOnSignal;
-use crate::state::Gateway;
-use crate::tls::CertStore;
+use crate::tls::{self, CertStore};
 use async_trait::async_trait;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::protocols::http::v2::server::default_h2_options;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
+use std::fmt;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::time::Duration;
 
-/// Heartbeat ticks, the memory broker's history sweep and the JWT expiry sweep.
+/// Why the gateway did not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// A listen address is taken or not ours to bind.
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        error: std::io::Error,
+    },
+    /// The certificate or key changed since `check` and no longer loads.
+    Tls(tls::Problem),
+    Build(BuildError),
+    Signals(std::io::Error),
+    Server(Box<pingora_error::Error>),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Bind { addr, what, error } => {
+                write!(f, "cannot listen on {addr} ({what}): {error}")
+            }
+            StartError::Tls(p) => p.fmt(f),
+            StartError::Build(e) => e.fmt(f),
+            StartError::Signals(e) => write!(f, "cannot handle SIGHUP: {e}"),
+            StartError::Server(e) => write!(f, "server: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Broker upkeep, the JWT expiry sweep and the dashboard's feed.
 #[derive(Debug)]
 struct Housekeeping {
     gw: Arc<Gateway>,
@@ -29,36 +61,20 @@ struct Housekeeping {
 #[async_trait]
 impl BackgroundService for Housekeeping {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let sweep = async {
-            let mut t = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                t.tick().await;
-                if let Some(m) = &self.gw.memory {
-                    m.sweep();
-                }
-                self.gw.expiries.sweep(crate::auth::expiry::unix_now());
-            }
-        };
-        let redis = async {
-            match &self.gw.redis {
-                Some(r) => r.clone().run().await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
-            _ = redis => {}
-            _ = self.gw.heartbeats.run() => {}
-            _ = sweep => {}
+            _ = self.gw.hub.clone().run() => {}
+            _ = self.gw.streams.expiries.run() => {}
+            _ = admin::feed_dashboard(&self.gw) => {}
             _ = shutdown.changed() => {}
         }
     }
 }
 
 /// Fail early and clearly when an address is taken, instead of a half-started server.
-pub fn check_bindable(addr: SocketAddr, what: &str) -> Result<(), String> {
+pub fn check_bindable(addr: SocketAddr, what: &'static str) -> Result<(), StartError> {
     TcpListener::bind(addr)
         .map(drop)
-        .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
+        .map_err(|error| StartError::Bind { addr, what, error })
 }
 
 pub fn worker_threads() -> usize {
@@ -82,7 +98,7 @@ where
 }
 
 /// Run until SIGTERM/SIGINT; returns only on a startup error.
-pub fn run(config: Config) -> Result<(), String> {
+pub fn run(config: Config) -> Result<(), StartError> {
     run_with(config, |_, _| {})
 }
 
@@ -90,7 +106,7 @@ pub fn run(config: Config) -> Result<(), String> {
 pub fn run_with(
     config: Config,
     extra: impl FnOnce(&mut Server, &Arc<Gateway>),
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     // Every stream is a socket: use the whole hard limit, as nginx's
     // worker_rlimit_nofile would.
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
@@ -105,11 +121,11 @@ pub fn run_with(
     // Checked by `config::load` already; read again here because the files
     // may have changed since, and a listener without a certificate is useless.
     let certs = match &config.tls {
-        Some(tls) => Some(CertStore::open(tls)?),
+        Some(t) => Some(CertStore::open(&t.cert, &t.key).map_err(StartError::Tls)?),
         None => None,
     };
-    hangup::ignore_early()?;
-    let gw = Gateway::new(config)?;
+    hangup::ignore_early().map_err(StartError::Signals)?;
+    let gw = Gateway::new(config).map_err(StartError::Build)?;
 
     let conf = ServerConf {
         threads: worker_threads(),
@@ -131,7 +147,10 @@ pub fn run_with(
         apply_http2(proxy, &http2);
     }
     match &certs {
-        Some(store) => public.add_tls_with_settings(&public_addr, None, store.settings()?),
+        Some(store) => {
+            let settings = store.settings().map_err(StartError::Server)?;
+            public.add_tls_with_settings(&public_addr, None, settings)
+        }
         None => public.add_tcp(&public_addr),
     }
     let mut admin = pingora_proxy::http_proxy_service_with_name(
@@ -148,9 +167,9 @@ pub fn run_with(
     server.add_service(background_service(
         "drain",
         DrainOnSignal {
-            shutdown: gw.shutdown.clone(),
+            shutdown: gw.streams.shutdown.clone(),
             grace,
-            wake_streams: Box::new(move || woken.heartbeats.wake_all()),
+            wake_streams: Box::new(move || woken.streams.heartbeats.wake_all()),
         },
     ));
     server.add_service(background_service(
@@ -165,6 +184,6 @@ pub fn run_with(
         Housekeeping { gw: gw.clone() },
     ));
     extra(&mut server, &gw);
-    tracing::info!(public = %public_addr, admin = %admin_addr, tls = certs.is_some(), h2c = http2.h2c, routes = gw.config.routes.len(), "ssegate listening");
+    tracing::info!(public = %public_addr, admin = %admin_addr, tls = certs.is_some(), h2c = http2.h2c, routes = gw.site.config.routes.len(), "ssegate listening");
     server.run_forever()
 }

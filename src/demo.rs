@@ -4,12 +4,11 @@
 //! happens (a clock tick every second, messages posted from the page) to the
 //! gateway's hub — the page gets them over SSE through the gateway.
 
-use crate::admin::read_body;
-use crate::app;
-use crate::config::load_str;
+use crate::app::{self, StartError};
+use crate::config::{load_str, ConfigErrors};
+use crate::gateway::Gateway;
+use crate::http::{body, respond};
 use crate::hub::{Event, Payload};
-use crate::respond;
-use crate::state::Gateway;
 use async_trait::async_trait;
 use http::Method;
 use pingora_core::server::{Server, ShutdownWatch};
@@ -40,18 +39,38 @@ routes:
     sse: { channels: [\"room:{room}\"] }
 ";
 
+/// Why the demo did not start.
+#[derive(Debug)]
+pub enum DemoError {
+    Port(SocketAddr, std::io::Error),
+    Config(ConfigErrors),
+    Start(StartError),
+}
+
+impl std::fmt::Display for DemoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DemoError::Port(a, e) => write!(f, "cannot find a free port on {}: {e}", a.ip()),
+            DemoError::Config(e) => e.fmt(f),
+            DemoError::Start(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for DemoError {}
+
 /// `port 0` means any free port: pingora cannot tell us which one it took,
 /// so pick it here.
-fn concrete(addr: SocketAddr) -> Result<SocketAddr, String> {
+fn concrete(addr: SocketAddr) -> Result<SocketAddr, DemoError> {
     if addr.port() != 0 {
         return Ok(addr);
     }
     TcpListener::bind(addr)
         .and_then(|l| l.local_addr())
-        .map_err(|e| format!("cannot find a free port on {}: {e}", addr.ip()))
+        .map_err(|e| DemoError::Port(addr, e))
 }
 
-pub fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
+pub fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), DemoError> {
     let listen = concrete(listen)?;
     let admin = concrete(admin)?;
     let backend = concrete(SocketAddr::from(([127, 0, 0, 1], 0)))?;
@@ -59,8 +78,8 @@ pub fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
         .replace("LISTEN", &listen.to_string())
         .replace("ADMIN", &admin.to_string())
         .replace("BACKEND", &backend.to_string());
-    let config = load_str(&text, Path::new("<demo>"), &|_| None).map_err(|e| e.to_string())?;
-    app::check_bindable(backend, "demo backend")?;
+    let config = load_str(&text, Path::new("<demo>"), &|_| None).map_err(DemoError::Config)?;
+    app::check_bindable(backend, "demo backend").map_err(DemoError::Start)?;
     // Written, not println!-ed: a reader that closed our stdout (a pipe)
     // must not make the demo panic.
     let mut out = std::io::stdout().lock();
@@ -81,6 +100,7 @@ pub fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
         server.add_service(svc);
         server.add_service(background_service("demo clock", Clock { gw: gw.clone() }));
     })
+    .map_err(DemoError::Start)
 }
 
 /// What the demo app publishes goes to the page's channel, `room:demo`.
@@ -153,16 +173,18 @@ impl ProxyHttp for DemoBackend {
                 .await?;
             }
             (Method::POST, "/api/say") => {
-                let body = match read_body(session, 4096).await {
+                let body = match body::read(session, 4096).await {
                     Ok(b) => b,
                     Err(_) => {
-                        respond::json_error(session, 413, "message too long").await?;
+                        let e = serde_json::json!({ "error": "message too long" });
+                        respond::json(session, 413, &e).await?;
                         return Ok(true);
                     }
                 };
                 let text = String::from_utf8_lossy(&body).trim().to_string();
                 if text.is_empty() {
-                    respond::json_error(session, 400, "empty message").await?;
+                    let e = serde_json::json!({ "error": "empty message" });
+                    respond::json(session, 400, &e).await?;
                     return Ok(true);
                 }
                 let data = serde_json::json!({ "text": text }).to_string();
@@ -171,7 +193,10 @@ impl ProxyHttp for DemoBackend {
                     Ok(_) => {
                         respond::json(session, 202, &serde_json::json!({ "published": 1 })).await?
                     }
-                    Err(e) => respond::json_error(session, 503, &e.to_string()).await?,
+                    Err(e) => {
+                        let e = serde_json::json!({ "error": e.to_string() });
+                        respond::json(session, 503, &e).await?
+                    }
                 }
             }
             _ => respond::text(session, 404, "not found").await?,

@@ -17,17 +17,15 @@ use tokio::signal::unix::{signal, SignalKind};
 /// that a reload sent during startup is ignored instead of fatal. tokio keeps
 /// its handler installed for the life of the process once registered, even
 /// after this short-lived runtime is gone.
-pub fn ignore_early() -> Result<(), String> {
+pub(crate) fn ignore_early() -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start a runtime for signal setup: {e}"))?;
+        .build()?;
     rt.block_on(async { signal(SignalKind::hangup()).map(drop) })
-        .map_err(|e| format!("cannot handle SIGHUP: {e}"))
 }
 
 #[derive(Debug)]
-pub struct Hangup {
+pub(crate) struct Hangup {
     pub certs: Option<Arc<CertStore>>,
     pub metrics: Arc<Metrics>,
 }

@@ -1,44 +1,47 @@
 //! ssegate: a pingora reverse proxy that adds Server-Sent Events to existing
 //! HTTP applications.
 //!
-//! Data flows one way: sources → hub → client streams.
+//! Data flows one way: sources → hub → client streams. Modules are layered;
+//! each uses only those above it in this list (CI checks there is no cycle):
 //!
+//! - vocabulary: `channel` (names, patterns, reserved names), `wire` (the
+//!   SSE wire format), `template` (placeholders), `values` (a request's
+//!   values for placeholders), `routing` (the route table).
 //! - `config`: the YAML file → validated runtime config (errors name FILE:LINE:COL).
-//! - `routing`: (method, host, path) → route; pure.
-//! - `proxy`: the public listener (`ProxyHttp`): SSE stream or pass-through.
-//! - `sse`: wire framing, what a request subscribes to, one client's stream.
-//! - `hub`: the `Broker` trait, cursors, history, subscriber queues; `memory` broker.
-//! - `sources`: the publish API (native and Pushpin GRIP formats); webhooks mapped by
-//!   YAML; pollers of legacy GET endpoints (`poll`, `poll_target`, `poll_fetch`, `diff`).
-//! - `auth`: subscriber JWTs, forward auth, expiry of JWT streams; webhook signature schemes.
-//! - `grip`: GRIP holds decided by the backend (Grip-Hold, grip-instruct, Grip-Sig).
-//! - `fetch`: requests the gateway makes to upstream pools itself.
-//! - `admin`: publish, webhooks, health, readiness, metrics, stats, dashboard.
-//! - `upstream`: server pools (round robin, passive health).
-//! - `tls`, `hangup`: certificates for the public listener, reloaded on SIGHUP.
-//! - `limits`, `heartbeat`, `shutdown`, `metrics`, `state`, `respond`: shared parts.
-//! - `logging`: tracing on stderr, pingora's `log` records bridged in.
-//! - `app`: builds the pingora server; `demo`: `ssegate demo`; `main.rs` is only the CLI.
+//! - `metrics`, `tls` (certificates), `shutdown`, `logging`.
+//! - `hub`: the `Broker` trait, cursors, history, subscriber queues; the
+//!   memory and Redis brokers.
+//! - `outbound`: the one HTTP client for requests the gateway makes itself,
+//!   upstream pools, X-Forwarded-*.
+//! - `auth`, `grip` (instructions), `sources` (publish, webhooks, pollers).
+//! - `stream`: one SSE stream's life, whatever carries it.
+//! - `gateway`: the capability handles every handler shares.
+//! - `http`: the two listeners; every typed error becomes a status there.
+//! - `app` (the pingora server), `hangup` (SIGHUP), `demo`; `main.rs` is the CLI.
 
-pub mod admin;
-pub mod app;
-pub mod auth;
+pub mod channel;
+pub mod routing;
+pub mod template;
+pub(crate) mod values;
+pub mod wire;
+
 pub mod config;
-pub mod demo;
-pub mod fetch;
-pub mod grip;
-pub mod hangup;
-pub mod heartbeat;
-pub mod hub;
-pub mod limits;
 pub mod logging;
 pub mod metrics;
-pub mod proxy;
-pub mod respond;
-pub mod routing;
-pub mod shutdown;
+pub(crate) mod shutdown;
+pub(crate) mod tls;
+
+pub mod hub;
+pub(crate) mod outbound;
+
+pub(crate) mod auth;
+pub(crate) mod grip;
 pub mod sources;
-pub mod sse;
-pub mod state;
-pub mod tls;
-pub mod upstream;
+pub(crate) mod stream;
+
+pub(crate) mod gateway;
+pub(crate) mod http;
+
+pub mod app;
+pub mod demo;
+pub(crate) mod hangup;

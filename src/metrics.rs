@@ -108,8 +108,8 @@ impl Metrics {
             ),
             refused: cvec(
                 "ssegate_requests_refused_total",
-                "Requests refused by the gateway, by status",
-                &["status"],
+                "Requests refused by the gateway, by status and kind of refusal",
+                &["status", "reason"],
             ),
             proxied: cvec(
                 "ssegate_proxy_responses_total",
@@ -167,9 +167,10 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 
-    pub fn refuse(&self, status: u16) {
+    /// `reason` is a fixed word naming the kind of refusal, never request data.
+    pub fn refuse(&self, status: u16, reason: &'static str) {
         self.refused
-            .with_label_values(&[status_label(status)])
+            .with_label_values(&[status_label(status), reason])
             .inc();
     }
 }

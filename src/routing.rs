@@ -2,20 +2,39 @@
 //! which is the config's (`{name}`, `{*rest}`), so static segments beat
 //! parameters and parameters beat catch-alls.
 
-use crate::config::{Route, RouteKind};
 use http::Method;
-use std::sync::Arc;
 
-#[derive(Debug)]
-pub struct Router {
+/// What the table needs to know of a route: where it matches.
+#[derive(Debug, Clone)]
+pub struct RouteKey<'a> {
+    /// Position in the config file, for error messages (1-based there).
+    pub index: usize,
+    pub path: &'a str,
+    /// Lower-cased, without port. None = any host.
+    pub host: Option<&'a str>,
+    /// None = any method.
+    pub methods: Option<&'a [Method]>,
+}
+
+/// The route table: built once from the config, then only read.
+#[derive(Debug, Clone)]
+pub struct Router<T> {
     paths: matchit::Router<usize>,
-    /// Routes sharing one path, host-specific ones first.
-    groups: Vec<Vec<Arc<Route>>>,
+    /// Entries sharing one path, host-specific ones first.
+    groups: Vec<Vec<Entry<T>>>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry<T> {
+    host: Option<String>,
+    methods: Option<Vec<Method>>,
+    value: T,
 }
 
 #[derive(Debug)]
-pub struct Matched {
-    pub route: Arc<Route>,
+pub struct Matched<'a, T> {
+    pub value: &'a T,
+    /// Path parameters as they appear in the path (still percent-encoded).
     pub params: Vec<(String, String)>,
 }
 
@@ -23,6 +42,13 @@ pub struct Matched {
 pub enum Miss {
     NotFound,
     MethodNotAllowed(Vec<Method>),
+}
+
+/// Why two routes cannot share the table (the second one's index).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub index: usize,
+    pub message: String,
 }
 
 /// The parameter names of a route path: `/a/{x}/{*rest}` → [x, rest].
@@ -38,50 +64,62 @@ pub fn path_params(path: &str) -> Vec<String> {
     out
 }
 
-fn overlaps(a: &Option<Vec<Method>>, b: &Option<Vec<Method>>) -> bool {
+fn overlaps(a: Option<&[Method]>, b: Option<&[Method]>) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
         _ => true,
     }
 }
 
-impl Router {
-    /// Build the router, or say which routes (by index) cannot be told apart.
-    pub fn build(routes: &[Route]) -> Result<Router, Vec<(usize, String)>> {
+impl<T> Router<T> {
+    /// Build the table, or say which routes cannot be told apart.
+    pub fn build<'a>(
+        routes: impl IntoIterator<Item = (RouteKey<'a>, T)>,
+    ) -> Result<Router<T>, Vec<Conflict>> {
         let mut paths = matchit::Router::new();
-        let mut groups: Vec<Vec<Arc<Route>>> = Vec::new();
+        let mut groups: Vec<Vec<Entry<T>>> = Vec::new();
+        let mut indexes: Vec<Vec<usize>> = Vec::new();
         let mut problems = Vec::new();
-        let mut by_path: Vec<(String, usize)> = Vec::new();
-        for r in routes {
-            if let Some((_, g)) = by_path.iter().find(|(p, _)| *p == r.path) {
-                let g = *g;
-                if let Some(other) = groups[g]
-                    .iter()
-                    .find(|o| o.host == r.host && overlaps(&o.methods, &r.methods))
-                {
-                    problems.push((
-                        r.index,
-                        format!(
+        let mut by_path: Vec<(&str, usize)> = Vec::new();
+        for (key, value) in routes {
+            let entry = Entry {
+                host: key.host.map(str::to_string),
+                methods: key.methods.map(<[Method]>::to_vec),
+                value,
+            };
+            if let Some(&(_, g)) = by_path.iter().find(|(p, _)| *p == key.path) {
+                let clash = groups[g].iter().zip(&indexes[g]).find(|(o, _)| {
+                    o.host.as_deref() == key.host && overlaps(o.methods.as_deref(), key.methods)
+                });
+                if let Some((_, other)) = clash {
+                    problems.push(Conflict {
+                        index: key.index,
+                        message: format!(
                             "route `{}` matches the same requests as route #{} (add `methods:` or `host:` to tell them apart)",
-                            r.path,
-                            other.index + 1
+                            key.path,
+                            other + 1
                         ),
-                    ));
+                    });
                     continue;
                 }
-                groups[g].push(Arc::new(r.clone()));
+                groups[g].push(entry);
+                indexes[g].push(key.index);
                 continue;
             }
-            match paths.insert(r.path.clone(), groups.len()) {
+            match paths.insert(key.path.to_string(), groups.len()) {
                 Ok(()) => {
-                    by_path.push((r.path.clone(), groups.len()));
-                    groups.push(vec![Arc::new(r.clone())]);
+                    by_path.push((key.path, groups.len()));
+                    groups.push(vec![entry]);
+                    indexes.push(vec![key.index]);
                 }
-                Err(e) => problems.push((r.index, format!("route path `{}`: {e}", r.path))),
+                Err(e) => problems.push(Conflict {
+                    index: key.index,
+                    message: format!("route path `{}`: {e}", key.path),
+                }),
             }
         }
         for g in &mut groups {
-            g.sort_by_key(|r| r.host.is_none());
+            g.sort_by_key(|e| e.host.is_none());
         }
         if problems.is_empty() {
             Ok(Router { paths, groups })
@@ -90,18 +128,23 @@ impl Router {
         }
     }
 
-    pub fn lookup(&self, method: &Method, host: Option<&str>, path: &str) -> Result<Matched, Miss> {
+    /// `host` is the request's authority, already without port and lower-cased.
+    pub fn lookup(
+        &self,
+        method: &Method,
+        host: Option<&str>,
+        path: &str,
+    ) -> Result<Matched<'_, T>, Miss> {
         let m = self.paths.at(path).map_err(|_| Miss::NotFound)?;
         let group = &self.groups[*m.value];
-        let host = host.map(host_only);
         let mut allowed = Vec::new();
-        for r in group {
-            if let Some(h) = &r.host {
-                if host.as_deref() != Some(h.as_str()) {
+        for e in group {
+            if let Some(h) = &e.host {
+                if host != Some(h.as_str()) {
                     continue;
                 }
             }
-            let method_ok = match &r.methods {
+            let method_ok = match &e.methods {
                 None => true,
                 Some(ms) => {
                     ms.contains(method) || (*method == Method::HEAD && ms.contains(&Method::GET))
@@ -109,7 +152,7 @@ impl Router {
             };
             if method_ok {
                 return Ok(Matched {
-                    route: r.clone(),
+                    value: &e.value,
                     params: m
                         .params
                         .iter()
@@ -117,7 +160,7 @@ impl Router {
                         .collect(),
                 });
             }
-            allowed.extend(r.methods.iter().flatten().cloned());
+            allowed.extend(e.methods.iter().flatten().cloned());
         }
         if allowed.is_empty() {
             Err(Miss::NotFound)
@@ -126,31 +169,43 @@ impl Router {
         }
     }
 
-    /// Every route, for metrics labels and startup logs.
-    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
-        self.groups.iter().flatten()
+    /// Every entry's value.
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.groups.iter().flatten().map(|e| &e.value)
+    }
+
+    /// The same table with other values (for example, routes resolved to
+    /// their upstream pools): built once, never re-checked.
+    pub fn map<U>(&self, mut f: impl FnMut(&T) -> U) -> Router<U> {
+        Router {
+            paths: self.paths.clone(),
+            groups: self
+                .groups
+                .iter()
+                .map(|g| {
+                    g.iter()
+                        .map(|e| Entry {
+                            host: e.host.clone(),
+                            methods: e.methods.clone(),
+                            value: f(&e.value),
+                        })
+                        .collect()
+                })
+                .collect(),
+        }
     }
 }
 
-/// `Example.com:8080` → `example.com`, `[::1]:80` → `[::1]`.
-fn host_only(h: &str) -> String {
+/// `Example.com:8080` → `example.com`, `[::1]:80` → `[::1]`, and a trailing
+/// dot dropped (`example.com.` is the same host).
+pub fn host_only(h: &str) -> String {
     let h = h.trim();
     let end = if h.starts_with('[') {
         h.find(']').map(|i| i + 1).unwrap_or(h.len())
     } else {
         h.rfind(':').unwrap_or(h.len())
     };
-    h[..end].to_ascii_lowercase()
-}
-
-impl Route {
-    pub fn label(&self) -> &str {
-        &self.path
-    }
-
-    pub fn is_sse(&self) -> bool {
-        matches!(self.kind, RouteKind::Sse(_))
-    }
+    h[..end].trim_end_matches('.').to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -159,9 +214,9 @@ mod tests {
     use crate::config::load_str;
     use std::path::Path;
 
-    fn router(yaml: &str) -> Router {
+    fn router(yaml: &str) -> (Router<usize>, Vec<crate::config::Route>) {
         let c = load_str(yaml, Path::new("t.yaml"), &|_| None).unwrap();
-        Router::build(&c.routes).unwrap()
+        (c.router.clone(), c.routes.clone())
     }
 
     const ROUTES: &str = "
@@ -176,8 +231,10 @@ routes:
   - { path: /h, proxy: other }
 ";
 
-    fn upstream(m: &Matched) -> &str {
-        match &m.route.kind {
+    use crate::config::RouteKind;
+
+    fn upstream<'a>(routes: &'a [crate::config::Route], m: &Matched<'_, usize>) -> &'a str {
+        match &routes[*m.value].kind {
             RouteKind::Proxy { upstream, .. } => upstream,
             RouteKind::Sse(_) => "sse",
         }
@@ -185,14 +242,14 @@ routes:
 
     #[test]
     fn most_specific_wins() {
-        let r = router(ROUTES);
+        let (r, routes) = router(ROUTES);
         let m = r.lookup(&Method::GET, None, "/api/special").unwrap();
-        assert_eq!(upstream(&m), "other");
+        assert_eq!(upstream(&routes, &m), "other");
         let m = r.lookup(&Method::GET, None, "/api/a/b").unwrap();
-        assert_eq!(upstream(&m), "app");
+        assert_eq!(upstream(&routes, &m), "app");
         assert_eq!(m.params, vec![("rest".to_string(), "a/b".to_string())]);
         let m = r.lookup(&Method::GET, None, "/events/x1").unwrap();
-        assert_eq!(upstream(&m), "sse");
+        assert_eq!(upstream(&routes, &m), "sse");
         assert_eq!(
             r.lookup(&Method::GET, None, "/nope").unwrap_err(),
             Miss::NotFound
@@ -201,13 +258,13 @@ routes:
 
     #[test]
     fn methods_and_hosts_narrow() {
-        let r = router(ROUTES);
+        let (r, routes) = router(ROUTES);
         assert_eq!(
-            upstream(&r.lookup(&Method::POST, None, "/w").unwrap()),
+            upstream(&routes, &r.lookup(&Method::POST, None, "/w").unwrap()),
             "app"
         );
         assert_eq!(
-            upstream(&r.lookup(&Method::GET, None, "/w").unwrap()),
+            upstream(&routes, &r.lookup(&Method::GET, None, "/w").unwrap()),
             "other"
         );
         assert!(matches!(
@@ -216,13 +273,17 @@ routes:
         ));
         assert_eq!(
             upstream(
-                &r.lookup(&Method::GET, Some("Example.COM:8080"), "/h")
+                &routes,
+                &r.lookup(&Method::GET, Some(&host_only("Example.COM.:8080")), "/h")
                     .unwrap()
             ),
             "app"
         );
         assert_eq!(
-            upstream(&r.lookup(&Method::GET, Some("other.org"), "/h").unwrap()),
+            upstream(
+                &routes,
+                &r.lookup(&Method::GET, Some("other.org"), "/h").unwrap()
+            ),
             "other"
         );
     }

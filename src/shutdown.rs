@@ -1,19 +1,23 @@
 //! Drain on SIGTERM. pingora's handlers never see the signal, so a background
-//! service relays pingora's `ShutdownWatch` into our own watch that every
-//! stream selects on; then it waits for streams and proxied requests to end,
-//! or for `shutdown_grace`, and exits — instead of pingora's fixed sleep.
+//! service relays pingora's `ShutdownWatch` into our own flag, wakes every
+//! stream (through the heartbeat ticks' wake-up) so that each sees it, then
+//! waits for streams and proxied requests to end, or for `shutdown_grace`,
+//! and exits — instead of pingora's fixed sleep.
 
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How often the drain looks whether everything has closed.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone)]
 pub struct Shutdown {
-    tx: Arc<watch::Sender<bool>>,
+    draining: Arc<AtomicBool>,
     /// Requests and streams still open.
     active: Arc<AtomicUsize>,
 }
@@ -37,21 +41,17 @@ impl Default for Shutdown {
 impl Shutdown {
     pub fn new() -> Shutdown {
         Shutdown {
-            tx: Arc::new(watch::channel(false).0),
+            draining: Arc::default(),
             active: Arc::default(),
         }
     }
 
-    pub fn watch(&self) -> watch::Receiver<bool> {
-        self.tx.subscribe()
-    }
-
     pub fn is_draining(&self) -> bool {
-        *self.tx.borrow()
+        self.draining.load(Ordering::Acquire)
     }
 
     pub fn begin(&self) {
-        self.tx.send_replace(true);
+        self.draining.store(true, Ordering::Release);
     }
 
     pub fn track(&self) -> Active {
@@ -65,22 +65,26 @@ impl Shutdown {
 
     /// Wait until nothing is open or `grace` has passed.
     pub async fn drained(&self, grace: Duration) -> bool {
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
+        let deadline = Instant::now().checked_add(grace);
+        loop {
             if self.active() == 0 {
                 return true;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return false;
+            }
+            // Polled: streams end on their own tasks and nothing else needs
+            // to know the count reached zero.
+            tokio::time::sleep(DRAIN_POLL).await;
         }
-        self.active() == 0
     }
 }
 
 /// The background service that turns SIGTERM into a drain and an exit.
-pub struct DrainOnSignal {
+pub(crate) struct DrainOnSignal {
     pub shutdown: Shutdown,
     pub grace: Duration,
-    /// Wakes streams that do not watch the signal themselves (detached ones).
+    /// Wakes every stream, so that each looks at the drain flag.
     pub wake_streams: Box<dyn Fn() + Send + Sync>,
 }
 
@@ -103,5 +107,44 @@ impl BackgroundService for DrainOnSignal {
         let clean = self.shutdown.drained(self.grace).await;
         tracing::info!(clean, left = self.shutdown.active(), "shutdown: exiting");
         std::process::exit(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn drained_waits_for_streams_and_gives_up_after_grace() {
+        let s = Shutdown::new();
+        let a = s.track();
+        let b = s.track();
+        let closer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            drop(a);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            drop(b);
+        });
+        let t = Instant::now();
+        assert!(s.drained(Duration::from_secs(10)).await);
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_secs(6) && took < Duration::from_millis(6100),
+            "{took:?}"
+        );
+        closer.await.unwrap();
+        let _stuck = s.track();
+        let t = Instant::now();
+        assert!(!s.drained(Duration::from_secs(5)).await);
+        assert!(t.elapsed() >= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn draining_is_seen_by_everyone() {
+        let s = Shutdown::new();
+        let other = s.clone();
+        assert!(!other.is_draining());
+        s.begin();
+        assert!(other.is_draining());
     }
 }

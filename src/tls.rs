@@ -8,7 +8,6 @@
 //! asks it for the current key, and SIGHUP swaps that key atomically. Open
 //! connections keep the session keys they negotiated and are not touched.
 
-use crate::config::Tls;
 use arc_swap::ArcSwap;
 use pingora_core::listeners::tls::TlsSettings;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -33,6 +32,14 @@ pub struct Problem {
     pub message: String,
 }
 
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Problem {}
+
 fn cert_problem(message: String) -> Problem {
     Problem {
         part: Part::Cert,
@@ -51,7 +58,7 @@ fn key_problem(message: String) -> Problem {
 /// Refuses what no browser would accept from us anyway: an unreadable or
 /// non-PEM file, a key that does not sign for the certificate, and a
 /// certificate outside its validity period.
-pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, Problem> {
+pub(crate) fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, Problem> {
     let chain = read_chain(cert).map_err(cert_problem)?;
     let der_key = read_key(key).map_err(key_problem)?;
     // ok: index 0 exists, read_chain refuses an empty chain.
@@ -127,35 +134,35 @@ fn check_validity(der: &CertificateDer<'_>) -> Result<(), String> {
 
 /// The certificate the listener presents, swappable while it serves.
 #[derive(Debug)]
-pub struct CertStore {
+pub(crate) struct CertStore {
     cert: PathBuf,
     key: PathBuf,
     current: ArcSwap<CertifiedKey>,
 }
 
 impl CertStore {
-    pub fn open(tls: &Tls) -> Result<Arc<CertStore>, String> {
-        let key = load(&tls.cert, &tls.key).map_err(|p| p.message)?;
+    pub(crate) fn open(cert: &Path, key: &Path) -> Result<Arc<CertStore>, Problem> {
+        let certified = load(cert, key)?;
         Ok(Arc::new(CertStore {
-            cert: tls.cert.clone(),
-            key: tls.key.clone(),
-            current: ArcSwap::from_pointee(key),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            current: ArcSwap::from_pointee(certified),
         }))
     }
 
     /// Re-read both files. On any problem the certificate in use stays: a
     /// half-written file during a renewal must not take the listener down.
-    pub fn reload(&self) -> Result<(), String> {
-        let key = load(&self.cert, &self.key).map_err(|p| p.message)?;
+    pub(crate) fn reload(&self) -> Result<(), Problem> {
+        let key = load(&self.cert, &self.key)?;
         self.current.store(Arc::new(key));
         Ok(())
     }
 
     /// pingora's listener settings: this store as the resolver, ALPN `h2`
     /// then `http/1.1`.
-    pub fn settings(self: &Arc<Self>) -> Result<TlsSettings, String> {
+    pub(crate) fn settings(self: &Arc<Self>) -> pingora_error::Result<TlsSettings> {
         // The paths are never read: a resolver takes their place in `build()`.
-        let mut settings = TlsSettings::intermediate("", "").map_err(|e| e.to_string())?;
+        let mut settings = TlsSettings::intermediate("", "")?;
         settings.set_cert_resolver(self.clone());
         settings.enable_h2();
         Ok(settings)
@@ -211,11 +218,7 @@ mod tests {
     fn reload_keeps_the_old_key_on_failure() {
         let dir = tempfile::tempdir().unwrap();
         let (c, k) = pair(dir.path(), "a");
-        let store = CertStore::open(&Tls {
-            cert: c.clone(),
-            key: k.clone(),
-        })
-        .unwrap();
+        let store = CertStore::open(&c, &k).unwrap();
         let before = store.current.load_full();
         std::fs::write(&c, "garbage").unwrap();
         assert!(store.reload().is_err());

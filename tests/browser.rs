@@ -172,7 +172,7 @@ async fn report(
 #[tokio::test]
 async fn chromium_opens_twenty_event_sources_on_one_origin_over_h2() {
     let Some(bin) = chromium() else {
-        eprintln!("skipped: no chromium binary (apt-get install -y chromium)");
+        missing_tool("chromium", "apt-get install -y chromium");
         return;
     };
     let reports = Arc::new(Mutex::new(Vec::new()));

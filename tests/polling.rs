@@ -155,8 +155,15 @@ async fn fifty_subscribers_share_one_poller() {
     for c in &mut clients {
         let ev = c.next().await;
         assert_eq!((ev.event.as_str(), ev.data.as_str()), ("snapshot", "p1"));
-        assert!(ev.id.is_empty(), "the snapshot carries no resume cursor");
     }
+    // The snapshot carries no cursor of its own: the client's resume point
+    // stays the one its prelude gave it.
+    let mut raw = Raw::get(gw.port, "/prices", &[]);
+    raw.read_until(WAIT, "the snapshot", |t| t.contains("event: snapshot"));
+    let body = raw.body();
+    let prelude = prelude_of(&body);
+    assert!(prelude.contains("\nid: "), "{body:?}");
+    assert_eq!(&body[prelude.len()..], "event: snapshot\ndata: p1\n\n");
     assert_eq!(gw.metric("ssegate_pollers_active").await, 1.0);
     let before = legacy.requests();
     settle(Duration::from_secs(1)).await;

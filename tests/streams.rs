@@ -47,12 +47,22 @@ async fn headers_prelude_and_heartbeat_are_exact() {
             break b;
         }
     };
+    // The prelude: retry, the cursor the stream starts from (a bare `id:`,
+    // SPEC §3), and a comment so that `open` fires at once.
+    let prelude = prelude_of(&body);
     assert!(
-        body.starts_with("retry: 2000\n:ok\n\n"),
+        prelude.starts_with("retry: 2000\nid: ") && prelude.ends_with("\n:ok\n\n"),
         "prelude was {body:?}"
     );
+    let id = &prelude["retry: 2000\nid: ".len()..prelude.len() - "\n:ok\n\n".len()];
     assert!(
-        body["retry: 2000\n:ok\n\n".len()..].starts_with(":\n\n"),
+        id.split_once('-').is_some_and(|(e, n)| {
+            u64::from_str_radix(e, 16).is_ok() && n.parse::<u64>().is_ok()
+        }),
+        "the starting id {id:?} is a cursor"
+    );
+    assert!(
+        body[prelude.len()..].starts_with(":\n\n"),
         "heartbeat comment expected: {body:?}"
     );
 }

@@ -254,7 +254,12 @@ async fn resume_and_heartbeat_over_h2() {
     let (mut send, authority) = t.h2().await;
     let b = h2_get(&mut send, &authority, "https", "/events/hb", &[]).await;
     let text = until_text(&b, "two heartbeats", |t| t.matches(":\n\n").count() >= 2).await;
-    assert!(text.starts_with("retry: 2000\n:ok\n\n"), "{text:?}");
+    let prelude = prelude_of(&text);
+    assert!(
+        prelude.starts_with("retry: 2000\nid: ") && prelude.ends_with("\n:ok\n\n"),
+        "{text:?}"
+    );
+    assert!(text[prelude.len()..].starts_with(":\n\n"), "{text:?}");
 }
 
 #[tokio::test]

@@ -11,19 +11,25 @@
 use crate::hub::Subscriber;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
+
+/// How often due streams are looked for: the precision of expiry.
+const SWEEP: Duration = Duration::from_secs(1);
+
+type Due = BTreeMap<(Instant, u64), Weak<Subscriber>>;
 
 #[derive(Debug, Default)]
 pub struct Expiries {
     // A std Mutex: held only to insert, remove or split, never across an await.
-    due: Mutex<BTreeMap<(u64, u64), Weak<Subscriber>>>,
+    due: Mutex<Due>,
 }
 
 /// A stream's entry; removed when the stream ends, whatever ends it.
 #[derive(Debug)]
 pub struct ExpiryGuard {
     owner: Arc<Expiries>,
-    key: (u64, u64),
+    key: (Instant, u64),
 }
 
 impl Drop for ExpiryGuard {
@@ -32,20 +38,25 @@ impl Drop for ExpiryGuard {
     }
 }
 
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
 impl Expiries {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(u64, u64), Weak<Subscriber>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Due> {
         self.due.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Expire `sub` once the clock passes `at` (unix seconds).
+    /// Expire `sub` once the wall clock passes `at` (unix seconds, as in a
+    /// JWT's `exp`). Kept as a deadline on tokio's clock from here on.
     pub fn register(self: &Arc<Self>, at: u64, sub: &Arc<Subscriber>) -> ExpiryGuard {
-        let key = (at, sub.id());
+        let left = Duration::from_secs(at.saturating_sub(unix_now()));
+        let deadline = Instant::now()
+            .checked_add(left)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365 * 30));
+        let key = (deadline, sub.id());
         self.lock().insert(key, Arc::downgrade(sub));
         ExpiryGuard {
             owner: self.clone(),
@@ -54,10 +65,11 @@ impl Expiries {
     }
 
     /// Expire every subscriber due at or before `now`; how many.
-    pub fn sweep(&self, now: u64) -> usize {
+    pub fn sweep(&self, now: Instant) -> usize {
         let due = {
             let mut map = self.lock();
-            let later = map.split_off(&(now + 1, 0));
+            // Subscriber ids never reach u64::MAX: everything due is below this key.
+            let later = map.split_off(&(now, u64::MAX));
             std::mem::replace(&mut *map, later)
         };
         // Expire outside the lock: waking streams must not wait on it.
@@ -67,6 +79,16 @@ impl Expiries {
             n += 1;
         }
         n
+    }
+
+    /// Sweep once a second, for the life of the process.
+    pub async fn run(&self) {
+        let mut t = tokio::time::interval(SWEEP);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            t.tick().await;
+            self.sweep(Instant::now());
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -83,19 +105,36 @@ mod tests {
     use super::*;
     use crate::hub::SubState;
 
-    #[test]
-    fn sweeps_only_what_is_due_and_guards_clean_up() {
+    #[tokio::test(start_paused = true)]
+    async fn streams_expire_at_exp_and_guards_clean_up() {
         let ex = Arc::new(Expiries::default());
+        let sweeper = {
+            let ex = ex.clone();
+            tokio::spawn(async move { ex.run().await })
+        };
         let a = Arc::new(Subscriber::new(1, 4));
         let b = Arc::new(Subscriber::new(2, 4));
-        let _ga = ex.register(100, &a);
-        let gb = ex.register(200, &b);
-        assert_eq!(ex.sweep(99), 0);
-        assert_eq!(ex.sweep(100), 1);
-        assert_eq!(a.state(), SubState::Expired);
+        let now = unix_now();
+        let _ga = ex.register(now + 10, &a);
+        let gb = ex.register(now + 100, &b);
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert_eq!(a.state(), SubState::Open);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(a.state(), SubState::Expired, "within a second after exp");
         assert_eq!(b.state(), SubState::Open);
         drop(gb);
         assert!(ex.is_empty());
-        assert_eq!(ex.sweep(1000), 0);
+        tokio::time::sleep(Duration::from_secs(200)).await;
+        assert_eq!(b.state(), SubState::Open, "a dropped guard expires nothing");
+        sweeper.abort();
+    }
+
+    #[test]
+    fn an_exp_already_past_is_due_at_once() {
+        let ex = Arc::new(Expiries::default());
+        let a = Arc::new(Subscriber::new(1, 4));
+        let _g = ex.register(1, &a);
+        assert_eq!(ex.sweep(Instant::now()), 1);
+        assert_eq!(a.state(), SubState::Expired);
     }
 }

@@ -2,53 +2,93 @@
 //! (`forward`), closing streams whose token expired (`expiry`), and webhook
 //! signature schemes (`signature`).
 
-pub mod expiry;
-pub mod forward;
-pub mod jwt;
-pub mod signature;
+pub(crate) mod expiry;
+pub(crate) mod forward;
+pub(crate) mod jwt;
+pub(crate) mod signature;
 
-use crate::config::template::Var;
-use crate::config::SseRoute;
-use crate::fetch::Fetcher;
-use crate::sse::request::{self, Identity, Refusal};
-use pingora_http::RequestHeader;
-use std::borrow::Cow;
+use crate::config::{Jwt, RouteAuth};
+use crate::outbound::{Client, OutboundError, Pool};
+use crate::template::RenderError;
+use crate::values::RequestValues;
+use forward::Forward;
+use jwt::JwtError;
+use std::fmt;
+use std::sync::Arc;
 
-/// Run a route's auth for one request: the JWT first (401 with a one-line
-/// reason), then forward auth (its 401/403, or 502). What they established
-/// fills `{jwt.x}`, `{auth.x}` and the token's channel claim.
-pub async fn authorize(
-    fetcher: &Fetcher,
-    req: &RequestHeader,
-    route: &SseRoute,
-    params: &[(String, String)],
-) -> Result<Identity, Refusal> {
-    let mut id = Identity::default();
-    let query = request::query_pairs(req);
-    if let Some(jwt) = &route.auth.jwt {
-        let token = jwt.token(req, &query).ok_or_else(|| Refusal {
-            status: 401,
-            reason: "missing token".into(),
-        })?;
-        let claims = jwt.verify(token).map_err(|why| Refusal {
-            status: 401,
-            reason: why.into(),
-        })?;
-        id.allowed = claims.channel_patterns(&jwt.channels_claim);
-        id.claims = Some(claims);
+/// Why a subscriber was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    /// No token, or one that does not verify.
+    Jwt(JwtError),
+    /// The auth backend said no (401 or 403), with its first line as the reason.
+    Denied { forbidden: bool, reason: String },
+    /// The auth backend could not be asked.
+    Unavailable(OutboundError),
+    /// The auth backend answered neither 2xx nor 401/403.
+    BackendStatus(u16),
+    /// A value of the auth path is missing or would change the path's shape.
+    BadPathValue(RenderError),
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthError::Jwt(e) => e.fmt(f),
+            AuthError::Denied { reason, .. } => f.write_str(reason),
+            AuthError::Unavailable(_) => f.write_str("auth backend unavailable"),
+            AuthError::BackendStatus(s) => write!(f, "auth backend answered {s}"),
+            AuthError::BadPathValue(e) => write!(f, "bad value for the auth path: {e}"),
+        }
     }
-    if let Some(fwd) = &route.auth.forward {
-        let path = fwd.render_path(|v: &Var| match v {
-            Var::Param(n) => request::param(params, n),
-            Var::Query(n) => query
-                .iter()
-                .find(|(k, _)| k == n)
-                .map(|(_, v)| Cow::Borrowed(v.as_str())),
-            Var::Header(n) => request::header(req, n).map(Cow::Borrowed),
-            Var::Jwt(n) => id.claims.as_ref().and_then(|c| c.get(n)),
-            _ => None,
-        })?;
-        id.exposed = fwd.check(fetcher, req, &path).await?;
+}
+
+impl std::error::Error for AuthError {}
+
+/// A route's auth, ready to run: its JWT settings and its forward-auth
+/// client with the route's answer cache.
+#[derive(Debug, Default)]
+pub struct Guard {
+    jwt: Option<Arc<Jwt>>,
+    forward: Option<Forward>,
+}
+
+impl Guard {
+    /// `pool` is the forward-auth upstream (resolved when the config was
+    /// loaded: a route that names one always has it).
+    pub fn new(auth: &RouteAuth, pool: Option<Arc<Pool>>) -> Guard {
+        Guard {
+            jwt: auth.jwt.clone(),
+            forward: auth
+                .forward
+                .clone()
+                .zip(pool)
+                .map(|(settings, pool)| Forward::new(settings, pool)),
+        }
     }
-    Ok(id)
+
+    pub fn jwt(&self) -> Option<&Jwt> {
+        self.jwt.as_deref()
+    }
+
+    /// Run the route's auth for one request: the JWT first, then forward
+    /// auth. What they establish goes into `values.identity`, for `{jwt.x}`,
+    /// `{auth.x}` and the token's channels claim.
+    pub async fn check(
+        &self,
+        client: &Client,
+        values: &mut RequestValues<'_>,
+    ) -> Result<(), AuthError> {
+        if let Some(jwt) = &self.jwt {
+            let token = jwt::token(jwt, values).ok_or(AuthError::Jwt(JwtError::Missing))?;
+            let claims = jwt::verify(jwt, token).map_err(AuthError::Jwt)?;
+            values.identity.allowed = claims.channel_patterns(&jwt.channels_claim);
+            values.identity.claims = Some(claims);
+        }
+        if let Some(fwd) = &self.forward {
+            let path = fwd.render_path(values)?;
+            values.identity.exposed = fwd.check(client, values, &path).await?;
+        }
+        Ok(())
+    }
 }

@@ -16,13 +16,13 @@ const MAX_SIGNATURES: usize = 8;
 
 /// What a verified request tells about itself.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Verified {
+pub(crate) struct Verified {
     /// Standard Webhooks' `webhook-id`, which names a delivery across retries.
     pub delivery_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum SignatureError {
     /// A header the scheme needs is absent or not text.
     Missing(String),
     /// The header is there but cannot be read as the scheme's format.
@@ -33,23 +33,23 @@ pub enum Refusal {
     Stale(Duration),
 }
 
-impl Refusal {
+impl SignatureError {
     /// The metrics outcome label.
-    pub fn outcome(&self) -> &'static str {
+    pub(crate) fn outcome(&self) -> &'static str {
         match self {
-            Refusal::Stale(_) => "stale",
+            SignatureError::Stale(_) => "stale",
             _ => "bad_signature",
         }
     }
 }
 
-impl fmt::Display for Refusal {
+impl fmt::Display for SignatureError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refusal::Missing(h) => write!(f, "missing {h} header"),
-            Refusal::Malformed(why) => write!(f, "malformed signature: {why}"),
-            Refusal::Mismatch => write!(f, "signature does not match"),
-            Refusal::Stale(t) => write!(
+            SignatureError::Missing(h) => write!(f, "missing {h} header"),
+            SignatureError::Malformed(why) => write!(f, "malformed signature: {why}"),
+            SignatureError::Mismatch => write!(f, "signature does not match"),
+            SignatureError::Stale(t) => write!(
                 f,
                 "signature timestamp outside the tolerance of {}",
                 humantime::format_duration(*t)
@@ -59,12 +59,12 @@ impl fmt::Display for Refusal {
 }
 
 /// Check `body` and `headers` against the webhook's scheme at time `now`.
-pub fn verify(
+pub(crate) fn verify(
     scheme: &Verify,
     headers: &HeaderMap,
     body: &[u8],
     now: SystemTime,
-) -> Result<Verified, Refusal> {
+) -> Result<Verified, SignatureError> {
     match scheme {
         Verify::HmacSha256 {
             secret,
@@ -76,14 +76,14 @@ pub fn verify(
             let given = value
                 .trim()
                 .strip_prefix(prefix.as_str())
-                .ok_or(Refusal::Mismatch)?;
+                .ok_or(SignatureError::Mismatch)?;
             let given = match encoding {
                 SignatureEncoding::Hex => {
-                    hex::decode(given).map_err(|_| Refusal::Malformed("not hex".into()))?
+                    hex::decode(given).map_err(|_| SignatureError::Malformed("not hex".into()))?
                 }
                 SignatureEncoding::Base64 => base64::engine::general_purpose::STANDARD
                     .decode(given)
-                    .map_err(|_| Refusal::Malformed("not base64".into()))?,
+                    .map_err(|_| SignatureError::Malformed("not base64".into()))?,
             };
             matches_any(&sign(secret, &[body]), [given.as_slice()])?;
             Ok(Verified::default())
@@ -110,7 +110,7 @@ pub fn verify(
                 .filter_map(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
                 .collect();
             if sigs.is_empty() {
-                return Err(Refusal::Malformed(
+                return Err(SignatureError::Malformed(
                     "webhook-signature has no v1,<base64> signature".into(),
                 ));
             }
@@ -131,14 +131,14 @@ pub fn verify(
             if bool::from(a.ct_eq(&b)) {
                 Ok(Verified::default())
             } else {
-                Err(Refusal::Mismatch)
+                Err(SignatureError::Mismatch)
             }
         }
     }
 }
 
 /// HMAC-SHA256 of the concatenated parts.
-pub fn sign(secret: &Secret, parts: &[&[u8]]) -> [u8; 32] {
+pub(crate) fn sign(secret: &Secret, parts: &[&[u8]]) -> [u8; 32] {
     // HMAC takes keys of any length (long ones are hashed), so this never fails.
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&secret.0) else {
         return [0; 32];
@@ -152,7 +152,7 @@ pub fn sign(secret: &Secret, parts: &[&[u8]]) -> [u8; 32] {
 fn matches_any<'a>(
     expected: &[u8; 32],
     given: impl IntoIterator<Item = &'a [u8]>,
-) -> Result<(), Refusal> {
+) -> Result<(), SignatureError> {
     // Look at every candidate, so the time taken does not say which one matched.
     let mut ok = subtle::Choice::from(0);
     for g in given.into_iter().take(MAX_SIGNATURES) {
@@ -161,27 +161,27 @@ fn matches_any<'a>(
     if bool::from(ok) {
         Ok(())
     } else {
-        Err(Refusal::Mismatch)
+        Err(SignatureError::Mismatch)
     }
 }
 
-fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, Refusal> {
+fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, SignatureError> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| Refusal::Missing(name.to_string()))
+        .ok_or_else(|| SignatureError::Missing(name.to_string()))
 }
 
 /// `webhook-x`, or the `svix-x` that Svix, the scheme's origin, still sends.
-fn standard_header<'h>(headers: &'h HeaderMap, which: &str) -> Result<&'h str, Refusal> {
+fn standard_header<'h>(headers: &'h HeaderMap, which: &str) -> Result<&'h str, SignatureError> {
     let name = format!("webhook-{which}");
     header_text(headers, &name).or_else(|_| {
-        header_text(headers, &format!("svix-{which}")).map_err(|_| Refusal::Missing(name))
+        header_text(headers, &format!("svix-{which}")).map_err(|_| SignatureError::Missing(name))
     })
 }
 
 /// `t=1492774577,v1=5257a8…,v0=…` → the timestamp as sent and the v1 signatures.
-fn stripe_header(value: &str) -> Result<(String, Vec<Vec<u8>>), Refusal> {
+fn stripe_header(value: &str) -> Result<(String, Vec<Vec<u8>>), SignatureError> {
     let mut t = None;
     let mut sigs = Vec::new();
     for (k, v) in value.split(',').filter_map(|kv| kv.trim().split_once('=')) {
@@ -191,25 +191,25 @@ fn stripe_header(value: &str) -> Result<(String, Vec<Vec<u8>>), Refusal> {
             _ => {}
         }
     }
-    let t = t.ok_or_else(|| Refusal::Malformed("no t= timestamp".into()))?;
+    let t = t.ok_or_else(|| SignatureError::Malformed("no t= timestamp".into()))?;
     if sigs.is_empty() {
-        return Err(Refusal::Malformed("no v1= hex signature".into()));
+        return Err(SignatureError::Malformed("no v1= hex signature".into()));
     }
     Ok((t, sigs))
 }
 
 /// The signed timestamp (Unix seconds) is within `tolerance` of `now`, either way.
-fn fresh(ts: &str, now: SystemTime, tolerance: Duration) -> Result<(), Refusal> {
+fn fresh(ts: &str, now: SystemTime, tolerance: Duration) -> Result<(), SignatureError> {
     let t: i64 = ts
         .trim()
         .parse()
-        .map_err(|_| Refusal::Malformed("timestamp is not Unix seconds".into()))?;
+        .map_err(|_| SignatureError::Malformed("timestamp is not Unix seconds".into()))?;
     let now = match now.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         Err(_) => 0,
     };
     if now.abs_diff(t) > tolerance.as_secs() {
-        return Err(Refusal::Stale(tolerance));
+        return Err(SignatureError::Stale(tolerance));
     }
     Ok(())
 }
@@ -268,7 +268,7 @@ mod tests {
         }
         assert_eq!(
             verify(&v, &HeaderMap::new(), body, at(0)),
-            Err(Refusal::Missing("x-hub-signature-256".into()))
+            Err(SignatureError::Missing("x-hub-signature-256".into()))
         );
         let b64 = Verify::HmacSha256 {
             secret: secret.clone(),
@@ -280,7 +280,7 @@ mod tests {
         assert!(verify(&b64, &headers(&[("sig", &sig)]), body, at(0)).is_ok());
         assert_eq!(
             verify(&b64, &headers(&[("sig", &sig)]), b"other", at(0)),
-            Err(Refusal::Mismatch)
+            Err(SignatureError::Mismatch)
         );
     }
 
@@ -301,20 +301,20 @@ mod tests {
         assert!(verify(&v, &h, body, at(1_700_000_100)).is_ok());
         assert_eq!(
             verify(&v, &h, body, at(1_700_000_301)),
-            Err(Refusal::Stale(TOL))
+            Err(SignatureError::Stale(TOL))
         );
         assert_eq!(
             verify(&v, &h, body, at(1_699_999_699)),
-            Err(Refusal::Stale(TOL))
+            Err(SignatureError::Stale(TOL))
         );
         assert_eq!(
             verify(&v, &h, b"{}", at(1_700_000_000)),
-            Err(Refusal::Mismatch)
+            Err(SignatureError::Mismatch)
         );
         let no_t = headers(&[("stripe-signature", &format!("v1={sig}"))]);
         assert!(matches!(
             verify(&v, &no_t, body, at(1_700_000_000)),
-            Err(Refusal::Malformed(_))
+            Err(SignatureError::Malformed(_))
         ));
     }
 
@@ -344,11 +344,11 @@ mod tests {
         );
         assert_eq!(
             verify(&v, &h, body, at(1_614_265_330 + 301)),
-            Err(Refusal::Stale(TOL))
+            Err(SignatureError::Stale(TOL))
         );
         assert_eq!(
             verify(&v, &h, b"{}", at(1_614_265_330)),
-            Err(Refusal::Mismatch)
+            Err(SignatureError::Mismatch)
         );
     }
 
@@ -362,7 +362,7 @@ mod tests {
         for bad in ["s3cre", "s3crets", ""] {
             assert_eq!(
                 verify(&v, &headers(&[("x-token", bad)]), b"", at(0)),
-                Err(Refusal::Mismatch)
+                Err(SignatureError::Mismatch)
             );
         }
     }

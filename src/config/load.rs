@@ -5,9 +5,9 @@
 use super::file::{self, FileConfig};
 use super::positions::Positions;
 use super::runtime::*;
-use super::template::{is_channel_char, Template, Var};
-use crate::routing;
-use crate::sources::poll::CHANNEL_PREFIX;
+use crate::channel::{is_channel_char, ChannelPattern, POLL_PREFIX};
+use crate::routing::{self, RouteKey, Router};
+use crate::template::{Template, Var};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -225,11 +225,23 @@ impl Validator<'_> {
         let grip_key = self.grip_key(f.grip);
         let routes = self.routes(f.routes, &upstreams, &sse, grip_key.as_ref());
         let webhooks = self.webhooks(f.webhooks);
-        if let Err(problems) = routing::Router::build(&routes) {
-            for (index, msg) in problems {
-                self.err(&format!("routes.{index}.path"), msg);
+        let router = match Router::build(routes.iter().enumerate().map(|(pos, r)| {
+            let key = RouteKey {
+                index: r.index,
+                path: &r.path,
+                host: r.host.as_deref(),
+                methods: r.methods.as_deref(),
+            };
+            (key, pos)
+        })) {
+            Ok(router) => router,
+            Err(conflicts) => {
+                for c in conflicts {
+                    self.err(&format!("routes.{}.path", c.index), c.message);
+                }
+                return None;
             }
-        }
+        };
         Some(Config {
             source,
             listen,
@@ -241,6 +253,7 @@ impl Validator<'_> {
             sse,
             limits,
             upstreams,
+            router,
             routes,
             webhooks,
         })
@@ -575,10 +588,10 @@ impl Validator<'_> {
         let mut channels = Vec::new();
         for (i, c) in s.channels.iter().enumerate() {
             let at = format!("{base}.sse.channels.{i}");
-            if c.starts_with(CHANNEL_PREFIX) {
+            if c.starts_with(POLL_PREFIX) {
                 self.err(
                     &at,
-                    format!("channels starting with `{CHANNEL_PREFIX}` are reserved for pollers"),
+                    format!("channels starting with `{POLL_PREFIX}` are reserved for pollers"),
                 );
             }
             match Template::parse(c) {

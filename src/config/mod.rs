@@ -6,7 +6,6 @@ mod load;
 mod poll;
 mod positions;
 mod runtime;
-pub mod template;
 
 pub use load::{load, load_str, ConfigError, ConfigErrors};
 pub use runtime::*;

@@ -4,8 +4,8 @@
 use super::file::PollFile;
 use super::load::Validator;
 use super::runtime::{Poll, PollDiff, PollEvents, PollScope, Upstream};
-use super::template::{check_pointer, Template};
-use crate::sse::frame::check_event_name;
+use crate::template::{check_pointer, Template};
+use crate::wire::check_event_name;
 use std::collections::BTreeMap;
 use std::time::Duration;
 

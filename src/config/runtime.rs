@@ -1,8 +1,11 @@
 //! The validated configuration the gateway runs on. No serde here: every value
 //! has been checked and converted once, in `load`.
 
-use super::template::Template;
+use crate::channel::ChannelPattern;
+use crate::routing::Router;
+use crate::template::Template;
 use http::Method;
+use jsonwebtoken::{DecodingKey, Validation};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,6 +24,8 @@ pub struct Config {
     pub limits: Limits,
     pub upstreams: BTreeMap<String, Upstream>,
     pub routes: Vec<Route>,
+    /// `routes` by (method, host, path): each value is an index into `routes`.
+    pub router: Router<usize>,
     /// Served on the admin listener, matched by exact path.
     pub webhooks: Vec<Webhook>,
 }
@@ -208,9 +213,85 @@ pub enum PollScope {
 /// Who may subscribe: a JWT check, forward auth, both (JWT first) or neither.
 #[derive(Debug, Clone, Default)]
 pub struct RouteAuth {
-    pub jwt: Option<std::sync::Arc<crate::auth::jwt::JwtAuth>>,
-    pub forward: Option<std::sync::Arc<crate::auth::forward::ForwardAuth>>,
+    pub jwt: Option<std::sync::Arc<Jwt>>,
+    pub forward: Option<std::sync::Arc<ForwardAuth>>,
 }
+
+/// Where a token may come from, tried in the configured order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `Authorization: Bearer <token>`
+    Header,
+    /// `?NAME=<token>` (EventSource cannot set headers)
+    Query(String),
+    /// `Cookie: NAME=<token>`
+    Cookie(String),
+}
+
+/// The keys a route accepts.
+#[derive(Clone)]
+pub enum Keys {
+    /// An HMAC secret or one public key.
+    One(DecodingKey),
+    /// A JWKS: the token's `kid` picks the key (a set of one needs no kid).
+    Set(Vec<(Option<String>, DecodingKey)>),
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Keys::One(_) => f.write_str("Keys::One(<redacted>)"),
+            Keys::Set(set) => write!(f, "Keys::Set({} keys)", set.len()),
+        }
+    }
+}
+
+/// A route's `auth.jwt`, its key material already read.
+#[derive(Clone)]
+pub struct Jwt {
+    pub keys: Keys,
+    pub validation: Validation,
+    pub token_from: Vec<TokenSource>,
+    /// The claim that lists channel patterns a token may add with `?channel=`.
+    pub channels_claim: String,
+    /// Added to `exp` when deciding when to close a stream, as for validation.
+    pub leeway: u64,
+}
+
+impl std::fmt::Debug for Jwt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys stay out of logs, even public ones: they are noise there.
+        f.debug_struct("Jwt")
+            .field("algorithms", &self.validation.algorithms)
+            .field("token_from", &self.token_from)
+            .field("channels_claim", &self.channels_claim)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A route's `auth.forward`: ask the backend whether a client may subscribe.
+#[derive(Debug, Clone)]
+pub struct ForwardAuth {
+    pub upstream: String,
+    pub path: Template,
+    /// Lower-cased header names sent to the backend.
+    pub forward_headers: Vec<String>,
+    /// Lower-cased response header names that become `{auth.x}`.
+    pub expose: Vec<String>,
+    pub cache_ttl: Duration,
+}
+
+/// The admin listener's own endpoints, which no webhook may shadow.
+pub const ADMIN_PATHS: [&str; 8] = [
+    "/",
+    "/publish",
+    "/publish/",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/stats",
+    "/stats/stream",
+];
 
 /// One `webhooks:` entry: how a backend's callback becomes events.
 #[derive(Debug, Clone)]
@@ -272,38 +353,5 @@ pub struct Secret(pub Vec<u8>);
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(<redacted>)")
-    }
-}
-
-/// `news:*` style: `*` matches any run of channel characters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelPattern(pub String);
-
-impl ChannelPattern {
-    pub fn matches(&self, channel: &str) -> bool {
-        glob(self.0.as_bytes(), channel.as_bytes())
-    }
-}
-
-fn glob(p: &[u8], s: &[u8]) -> bool {
-    match p.split_first() {
-        None => s.is_empty(),
-        Some((b'*', rest)) => (0..=s.len()).any(|i| glob(rest, &s[i..])),
-        Some((c, rest)) => s.first() == Some(c) && glob(rest, &s[1..]),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ChannelPattern;
-
-    #[test]
-    fn patterns() {
-        let p = ChannelPattern("news:*".into());
-        assert!(p.matches("news:sport"));
-        assert!(p.matches("news:"));
-        assert!(!p.matches("newsx"));
-        assert!(ChannelPattern("a:*:b".into()).matches("a:x:y:b"));
-        assert!(!ChannelPattern("exact".into()).matches("exactly"));
     }
 }

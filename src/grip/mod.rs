@@ -3,13 +3,11 @@
 //! `application/grip-instruct` body, and the gateway keeps the client,
 //! sending what the backend publishes to the named channels afterwards.
 //!
-//! `instruct` (this file) reads the instructions; pure. `backend` makes the
-//! request and either streams an ordinary response through or returns the
-//! hold for `proxy` to run on the shared stream machinery.
+//! This module reads the instructions and signs `Grip-Sig`; pure. The
+//! request to the backend and the response to the client are the HTTP
+//! edge's (`http::grip`), and a hold runs on the one stream engine.
 
-pub mod backend;
-
-use crate::config::template::check_channel;
+use crate::channel;
 use crate::config::Secret;
 use base64::Engine;
 use bytes::Bytes;
@@ -17,40 +15,65 @@ use http::HeaderMap;
 use std::time::Duration;
 
 /// Pushpin's default keep-alive timeout.
-pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(55);
+pub(crate) const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(55);
 /// Keep-alive timeouts are whole seconds in this range (they share ticks).
 const KEEP_ALIVE_RANGE: (u64, u64) = (1, 3600);
 
+/// Instructions a backend sent that cannot be followed (the client gets 502).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InstructionError(pub String);
+
+impl std::fmt::Display for InstructionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InstructionError {}
+
+impl From<String> for InstructionError {
+    fn from(s: String) -> Self {
+        InstructionError(s)
+    }
+}
+
+impl From<&str> for InstructionError {
+    fn from(s: &str) -> Self {
+        InstructionError(s.to_string())
+    }
+}
+
 /// What the backend asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hold {
+pub(crate) struct Hold {
     pub channels: Vec<String>,
     pub keep_alive: Option<KeepAlive>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeepAlive {
+pub(crate) struct KeepAlive {
     pub content: Bytes,
     pub timeout: Duration,
 }
 
 /// The response a grip-instruct body describes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct InstructResponse {
+pub(crate) struct InstructResponse {
     pub code: u16,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
 }
 
 /// The instructions in response headers; None without `Grip-Hold`.
-pub fn from_headers(headers: &HeaderMap, max_channels: usize) -> Result<Option<Hold>, String> {
+pub(crate) fn from_headers(
+    headers: &HeaderMap,
+    max_channels: usize,
+) -> Result<Option<Hold>, InstructionError> {
     let Some(mode) = header(headers, "grip-hold") else {
         return Ok(None);
     };
     if !mode.trim().eq_ignore_ascii_case("stream") {
-        return Err(format!(
-            "Grip-Hold: {mode} is not supported (only `stream`)"
-        ));
+        return Err(format!("Grip-Hold: {mode} is not supported (only `stream`)").into());
     }
     let mut names = Vec::new();
     for v in headers.get_all("grip-channel") {
@@ -82,13 +105,13 @@ fn parse_channel_header(v: &str) -> Vec<String> {
         .collect()
 }
 
-fn check_channels(names: Vec<String>, max: usize) -> Result<Vec<String>, String> {
+fn check_channels(names: Vec<String>, max: usize) -> Result<Vec<String>, InstructionError> {
     if names.is_empty() {
         return Err("a GRIP hold names no channel".into());
     }
     let mut out: Vec<String> = Vec::new();
     for n in names {
-        check_channel(&n).map_err(|why| format!("Grip-Channel: {why}"))?;
+        channel::check(&n).map_err(|why| format!("Grip-Channel: {why}"))?;
         if !out.contains(&n) {
             out.push(n);
         }
@@ -97,14 +120,15 @@ fn check_channels(names: Vec<String>, max: usize) -> Result<Vec<String>, String>
         return Err(format!(
             "a GRIP hold names {} channels, at most {max} allowed",
             out.len()
-        ));
+        )
+        .into());
     }
     Ok(out)
 }
 
 /// `content; format=cstring|base64|raw; timeout=N` (`mode` accepted; the
 /// keep-alive is always sent only when idle).
-fn parse_keep_alive(v: &str) -> Result<KeepAlive, String> {
+fn parse_keep_alive(v: &str) -> Result<KeepAlive, InstructionError> {
     let mut parts = v.split(';');
     let raw = parts.next().unwrap_or("").trim();
     let mut format = "raw";
@@ -127,12 +151,12 @@ fn parse_keep_alive(v: &str) -> Result<KeepAlive, String> {
             .decode(raw)
             .map(Bytes::from)
             .map_err(|_| "Grip-Keep-Alive: bad base64")?,
-        other => return Err(format!("Grip-Keep-Alive: unknown format `{other}`")),
+        other => return Err(format!("Grip-Keep-Alive: unknown format `{other}`").into()),
     };
     Ok(KeepAlive { content, timeout })
 }
 
-fn keep_alive_timeout(secs: Option<u64>) -> Result<Duration, String> {
+fn keep_alive_timeout(secs: Option<u64>) -> Result<Duration, InstructionError> {
     match secs {
         Some(s) if (KEEP_ALIVE_RANGE.0..=KEEP_ALIVE_RANGE.1).contains(&s) => {
             Ok(Duration::from_secs(s))
@@ -140,12 +164,13 @@ fn keep_alive_timeout(secs: Option<u64>) -> Result<Duration, String> {
         _ => Err(format!(
             "keep-alive timeout must be whole seconds from {} to {}",
             KEEP_ALIVE_RANGE.0, KEEP_ALIVE_RANGE.1
-        )),
+        )
+        .into()),
     }
 }
 
 /// Pushpin's cstring: `\n`, `\r`, `\t`, `\\`, `\"` and `\0` escapes.
-fn cstring(s: &str) -> Result<Bytes, String> {
+fn cstring(s: &str) -> Result<Bytes, InstructionError> {
     let mut out = Vec::with_capacity(s.len());
     let mut it = s.bytes();
     while let Some(b) = it.next() {
@@ -168,10 +193,10 @@ fn cstring(s: &str) -> Result<Bytes, String> {
 
 /// An `application/grip-instruct` body: the hold (None: just a response)
 /// and the response to send first.
-pub fn from_instruct(
+pub(crate) fn from_instruct(
     body: &[u8],
     max_channels: usize,
-) -> Result<(Option<Hold>, InstructResponse), String> {
+) -> Result<(Option<Hold>, InstructResponse), InstructionError> {
     let v: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("grip-instruct is not JSON: {e}"))?;
     let hold = match v.get("hold") {
@@ -179,9 +204,7 @@ pub fn from_instruct(
         Some(h) => {
             let mode = h.get("mode").and_then(|m| m.as_str()).unwrap_or("response");
             if mode != "stream" {
-                return Err(format!(
-                    "hold mode `{mode}` is not supported (only `stream`)"
-                ));
+                return Err(format!("hold mode `{mode}` is not supported (only `stream`)").into());
             }
             let names = h
                 .get("channels")
@@ -237,7 +260,7 @@ pub fn from_instruct(
 }
 
 /// `"body": "text"` or `"body-bin": "<base64>"`.
-fn text_or_bin(v: &serde_json::Value, key: &str) -> Result<Bytes, String> {
+fn text_or_bin(v: &serde_json::Value, key: &str) -> Result<Bytes, InstructionError> {
     if let Some(s) = v.get(key).and_then(|s| s.as_str()) {
         return Ok(Bytes::copy_from_slice(s.as_bytes()));
     }
@@ -245,14 +268,14 @@ fn text_or_bin(v: &serde_json::Value, key: &str) -> Result<Bytes, String> {
         Some(b) => base64::engine::general_purpose::STANDARD
             .decode(b)
             .map(Bytes::from)
-            .map_err(|_| format!("grip-instruct {key}-bin is not base64")),
+            .map_err(|_| format!("grip-instruct {key}-bin is not base64").into()),
         None => Ok(Bytes::new()),
     }
 }
 
 /// `Grip-Sig`: an HS256 JWT `{"iss":"ssegate","exp":now+1h}` that tells the
 /// backend the request came through the gateway.
-pub fn signature(key: &Secret) -> Option<String> {
+pub(crate) fn signature(key: &Secret) -> Option<String> {
     let claims = serde_json::json!({
         "iss": "ssegate",
         "exp": crate::auth::expiry::unix_now() + 3600,

@@ -8,8 +8,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
-/// Confirmation of a channel's upstream subscription: 0 pending, 1 ok, 2 failed.
-type Confirmed = watch::Sender<u8>;
+/// Where a channel's upstream subscription stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Confirm {
+    Pending,
+    Ok,
+    Failed,
+}
+
+type Confirmed = watch::Sender<Confirm>;
 
 #[derive(Debug, Default)]
 pub(super) struct Local {
@@ -36,7 +43,7 @@ impl Local {
         sub: &Arc<Subscriber>,
         channels: &[String],
         on_fresh: impl FnOnce(&[String]),
-    ) -> (Vec<String>, Vec<watch::Receiver<u8>>) {
+    ) -> (Vec<String>, Vec<watch::Receiver<Confirm>>) {
         let mut map = self.lock();
         let mut fresh = Vec::new();
         let mut waits = Vec::new();
@@ -46,11 +53,11 @@ impl Local {
                 LocalChannel {
                     subs: HashMap::new(),
                     last_seq: 0,
-                    confirmed: watch::channel(0).0,
+                    confirmed: watch::channel(Confirm::Pending).0,
                 }
             });
             ch.subs.insert(sub.id(), sub.clone());
-            if !fresh.contains(name) && *ch.confirmed.borrow() != 1 {
+            if !fresh.contains(name) && *ch.confirmed.borrow() != Confirm::Ok {
                 waits.push(ch.confirmed.subscribe());
             }
         }
@@ -64,7 +71,8 @@ impl Local {
         let map = self.lock();
         for name in channels {
             if let Some(ch) = map.get(name) {
-                ch.confirmed.send_replace(if ok { 1 } else { 2 });
+                ch.confirmed
+                    .send_replace(if ok { Confirm::Ok } else { Confirm::Failed });
             }
         }
     }

@@ -6,16 +6,18 @@
 //! `Last-Event-ID` enough to resume a multi-channel stream without duplicates.
 //! Fan-out only pushes shared `Bytes` into bounded queues, never waits.
 
+use super::cursor;
 use super::{
     offer_all, Broker, BrokerError, Delivery, Event, HubStats, Payload, PublishReport, Replay,
     Resume, Subscriber,
 };
 use crate::metrics::Metrics;
-use crate::sse::frame;
+use crate::wire;
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 #[derive(Debug)]
 pub struct MemoryBroker {
@@ -73,15 +75,6 @@ impl Channel {
     }
 }
 
-pub fn format_cursor(epoch: u64, seq: u64) -> String {
-    format!("{epoch:x}-{seq}")
-}
-
-pub fn parse_cursor(s: &str) -> Option<(u64, u64)> {
-    let (e, n) = s.trim().split_once('-')?;
-    Some((u64::from_str_radix(e, 16).ok()?, n.parse().ok()?))
-}
-
 impl MemoryBroker {
     pub fn new(history_size: usize, history_ttl: Duration, metrics: Arc<Metrics>) -> MemoryBroker {
         let epoch = std::time::SystemTime::now()
@@ -103,7 +96,7 @@ impl MemoryBroker {
     }
 
     fn cursor(&self, seq: u64) -> String {
-        format_cursor(self.epoch, seq)
+        cursor::format(self.epoch, seq)
     }
 
     /// Drop expired history and forget idle channels. Runs on a timer so that
@@ -126,15 +119,14 @@ impl MemoryBroker {
         }
     }
 
-    /// What to replay after `after` on `channels`; `created` lists channels
-    /// that did not exist before this call.
-    fn missed(&self, st: &mut State, channels: &[String], after: &str, created: &[bool]) -> Replay {
+    /// What to replay after `after` on `channels`.
+    fn missed(&self, st: &mut State, channels: &[String], after: &str) -> Replay {
         let head = self.cursor(st.seq);
         let reset = || Replay {
-            reset: Some(frame::reset(&head)),
-            frames: Vec::new(),
+            reset: Some(wire::reset(&head)),
+            ..Replay::default()
         };
-        let Some((epoch, seq)) = parse_cursor(after) else {
+        let Some((epoch, seq)) = cursor::parse(after) else {
             return reset();
         };
         if epoch != self.epoch {
@@ -145,7 +137,7 @@ impl MemoryBroker {
         }
         let now = Instant::now();
         let mut frames = Vec::new();
-        for (i, name) in channels.iter().enumerate() {
+        for name in channels {
             let Some(ch) = st.channels.get_mut(name.as_str()) else {
                 if seq < st.forgotten {
                     return reset();
@@ -153,8 +145,7 @@ impl MemoryBroker {
                 continue;
             };
             ch.expire(now, self.history_ttl, self.history_size);
-            let forgotten = created.get(i).copied().unwrap_or(false) && seq < st.forgotten;
-            if ch.evicted > seq || forgotten {
+            if ch.evicted > seq {
                 return reset();
             }
             let start = ch.history.partition_point(|s| s.delivery.seq <= seq);
@@ -163,9 +154,30 @@ impl MemoryBroker {
         frames.sort_by_key(|d| d.seq);
         frames.dedup_by_key(|d| d.seq);
         Replay {
-            reset: None,
             frames,
+            ..Replay::default()
         }
+    }
+
+    /// A channel as a publish or a subscribe finds it: one forgotten earlier
+    /// may come back, and what it had is gone, so a resume from before then
+    /// must be told (reset), not skipped.
+    fn channel<'s>(
+        channels: &'s mut HashMap<Box<str>, Channel>,
+        forgotten: u64,
+        name: &str,
+    ) -> &'s mut Channel {
+        channels.entry(name.into()).or_insert_with(|| Channel {
+            evicted: forgotten,
+            ..Channel::default()
+        })
+    }
+
+    /// Missed events of `channels` after `after`, without subscribing.
+    #[cfg(test)]
+    fn replay(&self, channels: &[String], after: &str) -> Replay {
+        let mut st = self.lock();
+        self.missed(&mut st, channels, after)
     }
 }
 
@@ -174,7 +186,9 @@ impl Broker for MemoryBroker {
     async fn publish(&self, events: Vec<Event>) -> Result<PublishReport, BrokerError> {
         let mut report = PublishReport::default();
         let now = Instant::now();
-        let mut st = self.lock();
+        let published = std::time::Instant::now();
+        let mut guard = self.lock();
+        let st = &mut *guard;
         for ev in events {
             if let Payload::Close = ev.payload {
                 if let Some(ch) = st.channels.get(ev.channel.as_str()) {
@@ -185,16 +199,7 @@ impl Broker for MemoryBroker {
                 }
                 continue;
             }
-            let forgotten = st.forgotten;
-            let ch = st
-                .channels
-                .entry(ev.channel.as_str().into())
-                .or_insert_with(|| Channel {
-                    // A channel forgotten earlier may come back: what it had is gone,
-                    // so a resume from before then must be told (reset), not skipped.
-                    evicted: forgotten,
-                    ..Channel::default()
-                });
+            let ch = Self::channel(&mut st.channels, st.forgotten, &ev.channel);
             ch.expire(now, self.history_ttl, self.history_size);
             let dedupe_id: Option<Arc<str>> = ev.dedupe_id.as_deref().map(Arc::from);
             if let Some(id) = &dedupe_id {
@@ -205,26 +210,21 @@ impl Broker for MemoryBroker {
             }
             st.seq += 1;
             let seq = st.seq;
-            let cursor = format_cursor(self.epoch, seq);
+            let cursor = cursor::format(self.epoch, seq);
             let bytes = match &ev.payload {
                 Payload::Message { event, data } => {
-                    frame::encode(Some(&cursor), event.as_deref(), data).unwrap_or_else(|_| {
-                        frame::encode(Some(&cursor), None, data).unwrap_or_default()
+                    wire::encode(Some(&cursor), event.as_deref(), data).unwrap_or_else(|_| {
+                        wire::encode(Some(&cursor), None, data).unwrap_or_default()
                     })
                 }
-                Payload::Raw(content) => frame::with_cursor(content, &cursor),
+                Payload::Raw(content) => wire::with_cursor(content, &cursor),
                 Payload::Close => continue,
             };
             let delivery = Delivery {
                 seq,
                 frame: bytes,
-                published: now,
+                published,
             };
-            // ok: `entry` above created the channel and nothing removed it since.
-            let ch = st
-                .channels
-                .get_mut(ev.channel.as_str())
-                .expect("channel exists"); // ok: created just above, under the same lock
             offer_all(ch.subs.values(), &delivery, &self.metrics);
             if self.history_size > 0 {
                 if let Some(id) = &dedupe_id {
@@ -241,7 +241,7 @@ impl Broker for MemoryBroker {
             }
             report.published += 1;
         }
-        drop(st);
+        drop(guard);
         self.metrics.published.inc_by(report.published as u64);
         self.metrics.duplicates.inc_by(report.duplicates as u64);
         Ok(report)
@@ -254,28 +254,19 @@ impl Broker for MemoryBroker {
         resume: &Resume,
     ) -> Result<Replay, BrokerError> {
         let mut st = self.lock();
-        let mut created = Vec::with_capacity(channels.len());
         for name in channels {
-            created.push(!st.channels.contains_key(name.as_str()));
-            st.channels
-                .entry(name.as_str().into())
-                .or_default()
+            let forgotten = st.forgotten;
+            Self::channel(&mut st.channels, forgotten, name)
                 .subs
                 .insert(sub.id(), sub.clone());
         }
         Ok(match resume {
-            Resume::Live => Replay::default(),
-            Resume::After(after) => self.missed(&mut st, channels, after, &created),
+            Resume::Live => Replay {
+                start: Some(self.cursor(st.seq)),
+                ..Replay::default()
+            },
+            Resume::After(after) => self.missed(&mut st, channels, after),
         })
-    }
-
-    async fn replay(&self, channels: &[String], after: &str) -> Result<Replay, BrokerError> {
-        let mut st = self.lock();
-        let created: Vec<bool> = channels
-            .iter()
-            .map(|c| !st.channels.contains_key(c.as_str()))
-            .collect();
-        Ok(self.missed(&mut st, channels, after, &created))
     }
 
     fn unsubscribe(&self, sub: &Subscriber, channels: &[String]) {
@@ -295,6 +286,14 @@ impl Broker for MemoryBroker {
 
     async fn ready(&self) -> Result<(), BrokerError> {
         Ok(())
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut t = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            t.tick().await;
+            self.sweep();
+        }
     }
 
     fn stats(&self) -> HubStats {
@@ -404,11 +403,11 @@ mod tests {
         b.publish((2..6).map(|i| msg("a", &i.to_string(), None)).collect())
             .await
             .unwrap();
-        let r = b.replay(&["a".into()], &first).await.unwrap();
+        let r = b.replay(&["a".into()], &first);
         assert!(r.reset.is_some() && r.frames.is_empty());
-        let r = b.replay(&["a".into()], "garbage").await.unwrap();
+        let r = b.replay(&["a".into()], "garbage");
         assert!(r.reset.is_some());
-        let r = b.replay(&["a".into()], &b.cursor(4)).await.unwrap();
+        let r = b.replay(&["a".into()], &b.cursor(4));
         assert!(r.reset.is_none() && r.frames.len() == 1);
     }
 
@@ -441,8 +440,30 @@ mod tests {
             .unwrap();
         b.sweep();
         assert_eq!(b.stats().channels, 0);
-        let r = b.replay(&["a".into()], &b.cursor(1)).await.unwrap();
+        let r = b.replay(&["a".into()], &b.cursor(1));
         assert!(r.reset.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_channel_recreated_by_a_subscriber_still_reports_the_gap() {
+        let b = MemoryBroker::new(10, Duration::ZERO, Arc::new(Metrics::new()));
+        b.publish(vec![msg("a", "1", None)]).await.unwrap();
+        let seen = b.cursor(1);
+        b.publish(vec![msg("a", "2", None)]).await.unwrap();
+        b.sweep();
+        let other = Arc::new(Subscriber::new(1, 8));
+        b.subscribe(&other, &["a".into()], &Resume::Live)
+            .await
+            .unwrap();
+        let again = Arc::new(Subscriber::new(2, 8));
+        let r = b
+            .subscribe(&again, &["a".into()], &Resume::After(seen))
+            .await
+            .unwrap();
+        assert!(
+            r.reset.is_some(),
+            "event 2 is gone: the client must get a reset"
+        );
     }
 
     #[tokio::test]
@@ -453,7 +474,7 @@ mod tests {
         b.publish(vec![msg("a", "2", None)]).await.unwrap();
         b.sweep();
         b.publish(vec![msg("a", "3", None)]).await.unwrap();
-        let r = b.replay(&["a".into()], &seen).await.unwrap();
+        let r = b.replay(&["a".into()], &seen);
         assert!(
             r.reset.is_some(),
             "event 2 is gone: the client must get a reset"

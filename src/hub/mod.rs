@@ -2,11 +2,14 @@
 //! cursor, keeps it in bounded per-channel history, encodes its SSE frame once
 //! and offers those shared bytes to every subscriber's bounded queue.
 
+pub mod cursor;
+mod feed;
 mod local;
 pub mod memory;
 pub mod redis;
 mod subscriber;
 
+pub use feed::Feed;
 pub use subscriber::{Delivery, Offer, SubState, Subscriber};
 
 use async_trait::async_trait;
@@ -66,6 +69,10 @@ pub enum Resume {
 /// What a new subscriber gets before live events.
 #[derive(Debug, Default)]
 pub struct Replay {
+    /// A live subscriber: the cursor of the newest event at the moment it
+    /// was registered. Sent as a bare `id:` so that a client cut before its
+    /// first event resumes from where it started, not from nothing.
+    pub start: Option<String>,
     /// `event: ssegate.reset`, when the missed events are no longer in history.
     pub reset: Option<Bytes>,
     /// Missed events, in publish order.
@@ -118,13 +125,33 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
         resume: &Resume,
     ) -> Result<Replay, BrokerError>;
 
-    /// Missed events of `channels` after `after`, without subscribing.
-    async fn replay(&self, channels: &[String], after: &str) -> Result<Replay, BrokerError>;
-
     fn unsubscribe(&self, sub: &Subscriber, channels: &[String]);
 
     /// Ok when subscriptions and publishes can be served.
     async fn ready(&self) -> Result<(), BrokerError>;
 
     fn stats(&self) -> HubStats;
+
+    /// The broker's own upkeep (history sweeps, connections), run by the
+    /// gateway for the life of the process.
+    async fn run(self: std::sync::Arc<Self>);
+
+    /// Poll leadership, when several instances share this broker.
+    fn leases(&self) -> Option<&dyn Leases> {
+        None
+    }
+}
+
+/// One instance at a time polls a given key; the others serve the leader's
+/// snapshot. Implemented by brokers that several instances share.
+#[async_trait]
+pub trait Leases: Send + Sync + std::fmt::Debug {
+    /// Take or renew the lease on `key`: true while this instance holds it.
+    /// A holder that dies stops renewing, and after `ttl` another takes over.
+    async fn lease(&self, key: &str, ttl: std::time::Duration) -> bool;
+
+    /// The leader keeps the latest snapshot frame here for the followers.
+    async fn store_snapshot(&self, key: &str, frame: &[u8], ttl: std::time::Duration);
+
+    async fn load_snapshot(&self, key: &str) -> Option<Bytes>;
 }

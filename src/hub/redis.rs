@@ -18,14 +18,14 @@
 //! All keys share the `{prefix}` hash tag, so one script touches one slot
 //! (Redis Cluster works, without spreading this load over shards).
 
-use super::local::Local;
-use super::memory::{format_cursor, parse_cursor};
+use super::cursor;
+use super::local::{Confirm, Local};
 use super::{
-    Broker, BrokerError, Delivery, Event, HubStats, Payload, PublishReport, Replay, Resume,
+    Broker, BrokerError, Delivery, Event, HubStats, Leases, Payload, PublishReport, Replay, Resume,
     Subscriber,
 };
 use crate::metrics::Metrics;
-use crate::sse::frame;
+use crate::wire;
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -130,11 +130,43 @@ fn instant_of(ms: u64) -> Instant {
         .unwrap_or_else(Instant::now)
 }
 
+/// What a stored or notified entry holds; one letter on the wire, in the
+/// Lua script and in history entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// An SSE event without its `id:` line (added from the cursor on delivery).
+    Message,
+    /// GRIP `http-stream` content, passed on verbatim.
+    Raw,
+    /// GRIP `action: close` (notification only, never stored).
+    Close,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Message => "m",
+            Kind::Raw => "r",
+            Kind::Close => "c",
+        }
+    }
+
+    /// None for anything else: an entry we cannot read is skipped, never guessed.
+    fn parse(b: &[u8]) -> Option<Kind> {
+        match b {
+            b"m" => Some(Kind::Message),
+            b"r" => Some(Kind::Raw),
+            b"c" => Some(Kind::Close),
+            _ => None,
+        }
+    }
+}
+
 /// One notification or history entry, before it becomes a frame.
 #[derive(Debug, PartialEq, Eq)]
 struct Wire {
     seq: u64,
-    kind: u8,
+    kind: Kind,
     at_ms: u64,
     body: Bytes,
 }
@@ -145,7 +177,7 @@ fn parse_notification(payload: &[u8]) -> Option<Wire> {
     let head = std::str::from_utf8(&payload[..nl]).ok()?;
     let mut parts = head.split(' ');
     let seq = parts.next()?.parse().ok()?;
-    let kind = *parts.next()?.as_bytes().first()?;
+    let kind = Kind::parse(parts.next()?.as_bytes())?;
     let at_ms = parts.next()?.parse().ok()?;
     Some(Wire {
         seq,
@@ -156,9 +188,11 @@ fn parse_notification(payload: &[u8]) -> Option<Wire> {
 }
 
 impl RedisBroker {
-    pub fn new(settings: RedisSettings, metrics: Arc<Metrics>) -> Result<Arc<RedisBroker>, String> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| format!("bad redis url: {e}"))?;
+    pub fn new(
+        settings: RedisSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<RedisBroker>, redis::RedisError> {
+        let client = redis::Client::open(settings.url.as_str())?;
         let (tx, rx) = mpsc::unbounded_channel();
         Ok(Arc::new(RedisBroker {
             keys: format!("{{{}}}", settings.prefix),
@@ -208,13 +242,13 @@ impl RedisBroker {
     }
 
     fn cursor(&self, seq: u64) -> String {
-        format_cursor(self.epoch.load(Ordering::Acquire), seq)
+        cursor::format(self.epoch.load(Ordering::Acquire), seq)
     }
 
     fn frame_of(&self, w: &Wire) -> Option<Delivery> {
         let cursor = self.cursor(w.seq);
         let frame = match w.kind {
-            b'm' => {
+            Kind::Message => {
                 let mut out = BytesMut::with_capacity(w.body.len() + cursor.len() + 6);
                 out.put_slice(b"id: ");
                 out.put_slice(cursor.as_bytes());
@@ -222,8 +256,8 @@ impl RedisBroker {
                 out.put_slice(&w.body);
                 out.freeze()
             }
-            b'r' => frame::with_cursor(&w.body, &cursor),
-            _ => return None,
+            Kind::Raw => wire::with_cursor(&w.body, &cursor),
+            Kind::Close => return None,
         };
         Some(Delivery {
             seq: w.seq,
@@ -292,11 +326,15 @@ impl RedisBroker {
             if at_ms < oldest_ok {
                 return Ok(None);
             }
-            let kind: String = e.get("k").unwrap_or_default();
+            let kind: Vec<u8> = e.get("k").unwrap_or_default();
+            let Some(kind) = Kind::parse(&kind) else {
+                tracing::warn!(channel, seq, "history entry of an unknown kind skipped");
+                continue;
+            };
             let body: Vec<u8> = e.get("b").unwrap_or_default();
             out.push(Wire {
                 seq,
-                kind: kind.bytes().next().unwrap_or(b'm'),
+                kind,
                 at_ms,
                 body: Bytes::from(body),
             });
@@ -316,10 +354,10 @@ impl RedisBroker {
             .map_err(|e| BrokerError::Unavailable(format!("redis: {e}")))?
             .unwrap_or(0);
         let reset = Replay {
-            reset: Some(frame::reset(&self.cursor(head_seq))),
-            frames: Vec::new(),
+            reset: Some(wire::reset(&self.cursor(head_seq))),
+            ..Replay::default()
         };
-        let Some((epoch, seq)) = parse_cursor(after) else {
+        let Some((epoch, seq)) = cursor::parse(after) else {
             return Ok(reset);
         };
         if epoch != self.epoch.load(Ordering::Acquire) {
@@ -336,14 +374,25 @@ impl RedisBroker {
         frames.sort_by_key(|d| d.seq);
         frames.dedup_by_key(|d| d.seq);
         Ok(Replay {
-            reset: None,
             frames,
+            ..Replay::default()
         })
+    }
+
+    /// The cursor of the newest event, for a live subscriber's first `id:`.
+    async fn head(&self) -> Result<String, BrokerError> {
+        let mut conn = self.connection().await?;
+        let seq: Option<u64> = redis::cmd("GET")
+            .arg(format!("{}:seq", self.keys))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("redis: {e}")))?;
+        Ok(self.cursor(seq.unwrap_or(0)))
     }
 
     /// Keep the pub/sub connection (and the command connection) alive for
     /// the life of the process: connect, resubscribe, catch up, relay.
-    pub async fn run(self: Arc<Self>) {
+    async fn keep_connected(&self) {
         let Some(mut commands) = self.command_rx.lock().ok().and_then(|mut r| r.take()) else {
             return;
         };
@@ -420,7 +469,7 @@ impl RedisBroker {
                     ch,
                     &Delivery {
                         seq: 0,
-                        frame: frame::reset(&self.cursor(after)),
+                        frame: wire::reset(&self.cursor(after)),
                         published: Instant::now(),
                     },
                     &self.metrics,
@@ -436,7 +485,7 @@ impl RedisBroker {
                     let Some(msg) = msg else { return Err("pub/sub connection closed".into()) };
                     let Some(channel) = msg.get_channel_name().strip_prefix(&format!("{}:n:", self.keys)) else { continue };
                     let Some(wire) = parse_notification(msg.get_payload_bytes()) else { continue };
-                    if wire.kind == b'c' {
+                    if wire.kind == Kind::Close {
                         self.local.close_channel(channel);
                     } else if let Some(d) = self.frame_of(&wire) {
                         self.local.deliver(channel, &d, &self.metrics);
@@ -467,15 +516,11 @@ impl RedisBroker {
     fn notify_key(&self, channel: &str) -> String {
         format!("{}:n:{channel}", self.keys)
     }
+}
 
-    /// This instance's name in poll leases.
-    pub fn instance(&self) -> &str {
-        &self.instance
-    }
-
-    /// Take or renew the poll lease on `key`: true while this instance holds
-    /// it. A holder that dies stops renewing, and after `ttl` another takes over.
-    pub async fn lease(&self, key: &str, ttl: Duration) -> bool {
+#[async_trait]
+impl Leases for RedisBroker {
+    async fn lease(&self, key: &str, ttl: Duration) -> bool {
         let Ok(mut conn) = self.connection().await else {
             return false;
         };
@@ -489,9 +534,7 @@ impl RedisBroker {
             .unwrap_or(false)
     }
 
-    /// The poll leader keeps the latest snapshot frame here, so that
-    /// followers can hand it to their own new subscribers.
-    pub async fn store_snapshot(&self, key: &str, frame: &[u8], ttl: Duration) {
+    async fn store_snapshot(&self, key: &str, frame: &[u8], ttl: Duration) {
         if let Ok(mut conn) = self.connection().await {
             let _: redis::RedisResult<()> = redis::cmd("SET")
                 .arg(format!("{}:snap:{key}", self.keys))
@@ -503,7 +546,7 @@ impl RedisBroker {
         }
     }
 
-    pub async fn load_snapshot(&self, key: &str) -> Option<Bytes> {
+    async fn load_snapshot(&self, key: &str) -> Option<Bytes> {
         let mut conn = self.connection().await.ok()?;
         let v: Option<Vec<u8>> = redis::cmd("GET")
             .arg(format!("{}:snap:{key}", self.keys))
@@ -527,19 +570,19 @@ impl Broker for RedisBroker {
             .arg(self.settings.history_ttl.as_millis().max(1) as u64)
             .arg(now_ms());
         for ev in &events {
-            let (kind, body): (&str, Bytes) = match &ev.payload {
+            let (kind, body): (Kind, Bytes) = match &ev.payload {
                 Payload::Message { event, data } => {
                     // The frame without its id line: the cursor is known only inside the script.
-                    let body = frame::encode(None, event.as_deref(), data)
+                    let body = wire::encode(None, event.as_deref(), data)
                         .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-                    ("m", body)
+                    (Kind::Message, body)
                 }
-                Payload::Raw(content) => ("r", content.clone()),
-                Payload::Close => ("c", Bytes::new()),
+                Payload::Raw(content) => (Kind::Raw, content.clone()),
+                Payload::Close => (Kind::Close, Bytes::new()),
             };
             inv.arg(&ev.channel)
                 .arg(ev.dedupe_id.as_deref().unwrap_or(""))
-                .arg(kind)
+                .arg(kind.as_str())
                 .arg(&body[..]);
         }
         let seqs: Vec<i64> = inv.invoke_async(&mut conn).await.map_err(|e| {
@@ -590,22 +633,24 @@ impl Broker for RedisBroker {
         }
         // Another client's SUBSCRIBE of the same channel may still be in flight.
         for mut w in waits {
-            let ok = tokio::time::timeout(Duration::from_secs(5), w.wait_for(|c| *c != 0)).await;
-            if !matches!(ok, Ok(Ok(c)) if *c == 1) {
+            let ok = tokio::time::timeout(
+                Duration::from_secs(5),
+                w.wait_for(|c| *c != Confirm::Pending),
+            )
+            .await;
+            if !matches!(ok, Ok(Ok(c)) if *c == Confirm::Ok) {
                 self.unsubscribe(sub, channels);
                 return Err(self.unavailable());
             }
         }
-        match resume {
-            Resume::Live => Ok(Replay::default()),
-            Resume::After(after) => self.missed(channels, after).await.inspect_err(|_| {
-                self.unsubscribe(sub, channels);
+        let replay = match resume {
+            Resume::Live => self.head().await.map(|start| Replay {
+                start: Some(start),
+                ..Replay::default()
             }),
-        }
-    }
-
-    async fn replay(&self, channels: &[String], after: &str) -> Result<Replay, BrokerError> {
-        self.missed(channels, after).await
+            Resume::After(after) => self.missed(channels, after).await,
+        };
+        replay.inspect_err(|_| self.unsubscribe(sub, channels))
     }
 
     fn unsubscribe(&self, sub: &Subscriber, channels: &[String]) {
@@ -622,6 +667,14 @@ impl Broker for RedisBroker {
         } else {
             Err(self.unavailable())
         }
+    }
+
+    async fn run(self: Arc<Self>) {
+        self.keep_connected().await
+    }
+
+    fn leases(&self) -> Option<&dyn Leases> {
+        Some(self)
     }
 
     fn stats(&self) -> HubStats {
@@ -646,7 +699,7 @@ mod tests {
             w,
             Wire {
                 seq: 42,
-                kind: b'm',
+                kind: Kind::Message,
                 at_ms: 1_700_000_000_000,
                 body: Bytes::from_static(b"data: x\n\n")
             }

@@ -6,39 +6,121 @@
 //! "prev-id","formats":{"http-stream":{"content"|"content-bin"|"action"}}}]}`.
 //! Both are accepted on `/publish` and `/publish/`, item by item.
 
-use crate::config::template::check_channel;
+use crate::channel::{self, ChannelError};
 use crate::hub::{Event, Payload};
-use crate::sse::frame::check_event_name;
+use crate::wire::{check_event_name, FrameError};
 use base64::Engine;
 use bytes::Bytes;
 use serde_json::Value;
+use std::fmt;
+
+/// Why a publish body is refused; one line naming the item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PublishError {
+    NotJson(String),
+    NotObject,
+    ItemsNotArray,
+    /// `index` is None for a single-event body.
+    Item {
+        index: Option<usize>,
+        problem: ItemProblem,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ItemProblem {
+    NotObject,
+    Missing(&'static str),
+    NotString(&'static str),
+    BadChannel(ChannelError),
+    BadId,
+    BadEvent(FrameError),
+    /// An event name in the gateway's `ssegate.` namespace.
+    ReservedEvent(String),
+    BadBase64,
+    NoContent,
+}
+
+impl fmt::Display for ItemProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ItemProblem::NotObject => f.write_str("an item must be a JSON object"),
+            ItemProblem::Missing(k) => write!(f, "`{k}` is required"),
+            ItemProblem::NotString(k) => write!(f, "`{k}` must be a string"),
+            ItemProblem::BadChannel(e) => e.fmt(f),
+            ItemProblem::BadId => {
+                f.write_str("`id` must be at most 256 bytes without CR, LF or NUL")
+            }
+            ItemProblem::BadEvent(e) => e.fmt(f),
+            ItemProblem::ReservedEvent(e) => {
+                write!(
+                    f,
+                    "event `{e}` is in the gateway's own `ssegate.` namespace"
+                )
+            }
+            ItemProblem::BadBase64 => f.write_str("`content-bin` is not base64"),
+            ItemProblem::NoContent => {
+                f.write_str("`http-stream` needs `content`, `content-bin` or `action: close`")
+            }
+        }
+    }
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublishError::NotJson(e) => write!(f, "body is not JSON: {e}"),
+            PublishError::NotObject => f.write_str("body must be a JSON object"),
+            PublishError::ItemsNotArray => f.write_str("`items` must be an array"),
+            PublishError::Item {
+                index: Some(i),
+                problem,
+            } => write!(f, "items[{i}]: {problem}"),
+            PublishError::Item {
+                index: None,
+                problem,
+            } => problem.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for PublishError {}
 
 /// Parse a publish body; every problem is one line naming the item.
-pub fn parse(body: &[u8]) -> Result<Vec<Event>, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+pub(crate) fn parse(body: &[u8]) -> Result<Vec<Event>, PublishError> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| PublishError::NotJson(e.to_string()))?;
     let Value::Object(obj) = &v else {
-        return Err("body must be a JSON object".into());
+        return Err(PublishError::NotObject);
     };
     match obj.get("items") {
         Some(Value::Array(items)) => {
             let mut out = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
-                if let Some(ev) = item_event(item).map_err(|e| format!("items[{i}]: {e}"))? {
-                    out.push(ev);
-                }
+                let ev = item_event(item).map_err(|problem| PublishError::Item {
+                    index: Some(i),
+                    problem,
+                })?;
+                out.extend(ev);
             }
             Ok(out)
         }
-        Some(_) => Err("`items` must be an array".into()),
-        None => Ok(item_event(&v)?.into_iter().collect()),
+        Some(_) => Err(PublishError::ItemsNotArray),
+        None => Ok(item_event(&v)
+            .map_err(|problem| PublishError::Item {
+                index: None,
+                problem,
+            })?
+            .into_iter()
+            .collect()),
     }
 }
 
-fn str_field<'a>(item: &'a Value, name: &str) -> Result<Option<&'a str>, String> {
+fn str_field<'a>(item: &'a Value, name: &'static str) -> Result<Option<&'a str>, ItemProblem> {
     match item.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(format!("`{name}` must be a string")),
+        Some(_) => Err(ItemProblem::NotString(name)),
     }
 }
 
@@ -46,15 +128,15 @@ const GRIP_FORMATS: [&str; 3] = ["http-stream", "http-response", "ws-message"];
 
 /// One item; None for a GRIP item with no `http-stream` format (other
 /// transports, which this gateway does not serve).
-fn item_event(item: &Value) -> Result<Option<Event>, String> {
+fn item_event(item: &Value) -> Result<Option<Event>, ItemProblem> {
     if !item.is_object() {
-        return Err("an item must be a JSON object".into());
+        return Err(ItemProblem::NotObject);
     }
-    let channel = str_field(item, "channel")?.ok_or("`channel` is required")?;
-    check_channel(channel)?;
+    let channel = str_field(item, "channel")?.ok_or(ItemProblem::Missing("channel"))?;
+    channel::check(channel).map_err(ItemProblem::BadChannel)?;
     let dedupe_id = match str_field(item, "id")? {
         Some(id) if id.len() > 256 || id.contains(['\r', '\n', '\0']) => {
-            return Err("`id` must be at most 256 bytes without CR, LF or NUL".into())
+            return Err(ItemProblem::BadId)
         }
         other => other.map(str::to_string),
     };
@@ -73,10 +155,10 @@ fn item_event(item: &Value) -> Result<Option<Event>, String> {
         } else if let Some(b64) = str_field(stream, "content-bin")? {
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(b64)
-                .map_err(|e| format!("`content-bin` is not base64: {e}"))?;
+                .map_err(|_| ItemProblem::BadBase64)?;
             Payload::Raw(Bytes::from(raw))
         } else {
-            return Err("`http-stream` needs `content`, `content-bin` or `action: close`".into());
+            return Err(ItemProblem::NoContent);
         };
         return Ok(Some(Event {
             channel: channel.to_string(),
@@ -86,10 +168,13 @@ fn item_event(item: &Value) -> Result<Option<Event>, String> {
     }
     let event = str_field(item, "event")?.map(str::to_string);
     if let Some(e) = &event {
-        check_event_name(e).map_err(|e| e.to_string())?;
+        check_event_name(e).map_err(ItemProblem::BadEvent)?;
+        if channel::is_reserved_event(e) {
+            return Err(ItemProblem::ReservedEvent(e.clone()));
+        }
     }
     let data = match item.get("data") {
-        None => return Err("`data` is required".into()),
+        None => return Err(ItemProblem::Missing("data")),
         Some(Value::String(s)) => s.clone(),
         Some(other) => other.to_string(),
     };
@@ -140,6 +225,10 @@ mod tests {
     #[test]
     fn bad_bodies_say_why() {
         for (body, why) in [
+            (
+                &br#"{"channel":"a","event":"ssegate.reset","data":"x"}"#[..],
+                "`ssegate.` namespace",
+            ),
             (&b"nope"[..], "not JSON"),
             (br#"[]"#, "object"),
             (br#"{"data":"x"}"#, "`channel` is required"),
@@ -151,7 +240,7 @@ mod tests {
                 "items[1]",
             ),
         ] {
-            let e = parse(body).unwrap_err();
+            let e = parse(body).unwrap_err().to_string();
             assert!(e.contains(why), "{e} should mention {why}");
         }
     }

@@ -12,66 +12,106 @@
 //! relative to each element, while `{header.x}`, `{query.x}` and `{form.x}`
 //! still read the request.
 
-use crate::admin::{read_body, BodyError};
-use crate::auth::signature;
-use crate::config::template::{RenderError, Template, Var};
+use crate::auth::signature::{self, SignatureError};
+use crate::channel;
 use crate::config::{Webhook, WebhookData};
 use crate::hub::{Event, Payload};
-use crate::respond;
-use crate::sse::frame::check_event_name;
-use crate::state::Gateway;
+use crate::template::{RenderError, Template, Var};
+use crate::values::RequestValues;
+use crate::wire::check_event_name;
 use http::HeaderMap;
-use pingora_proxy::Session;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use std::borrow::Cow;
+use std::fmt;
 use std::time::SystemTime;
 
 /// Events one request may publish: `each` over a large array must not turn
 /// one POST into an unbounded batch under the hub's lock.
-pub const MAX_EVENTS: usize = 10_000;
+pub(crate) const MAX_EVENTS: usize = 10_000;
 
 /// The parts of a request that mapping and verification read.
 #[derive(Debug, Clone, Copy)]
-pub struct Inbound<'r> {
+pub(crate) struct Inbound<'r> {
     pub headers: &'r HeaderMap,
     /// The raw query string, without `?`.
     pub query: &'r str,
     pub body: &'r [u8],
 }
 
-/// A refused request: its status, metrics outcome and one-line reason.
+/// Why a webhook request publishes nothing; each sentence says what to fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refused {
-    pub status: u16,
-    pub outcome: &'static str,
-    pub reason: String,
+pub(crate) enum WebhookError {
+    /// Verification failed (missing, malformed, wrong or stale signature).
+    Signature(SignatureError),
+    /// The body is not JSON, or a pointer that must find an array does not.
+    BadJson(String),
+    /// A JSON pointer of the mapping matches nothing.
+    MissingPointer(String),
+    /// A `{header.x}`, `{query.x}` or `{form.x}` has no value.
+    MissingValue(String),
+    /// A value would put a forbidden character into a channel name.
+    BadChannel(String),
+    /// An event name or id that cannot be sent.
+    BadValue(String),
+    /// More events than one request may publish.
+    TooMany,
 }
 
-fn refused(status: u16, outcome: &'static str, reason: impl Into<String>) -> Refused {
-    Refused {
-        status,
-        outcome,
-        reason: reason.into(),
+impl WebhookError {
+    /// The `outcome` label of `ssegate_webhooks_total`.
+    pub(crate) fn outcome(&self) -> &'static str {
+        match self {
+            WebhookError::Signature(e) => e.outcome(),
+            WebhookError::BadJson(_) => "bad_json",
+            WebhookError::MissingPointer(_) => "missing_pointer",
+            WebhookError::MissingValue(_) => "missing_value",
+            WebhookError::BadChannel(_) => "bad_channel",
+            WebhookError::BadValue(_) => "bad_value",
+            WebhookError::TooMany => "too_many",
+        }
     }
 }
 
+impl fmt::Display for WebhookError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WebhookError::Signature(e) => e.fmt(f),
+            WebhookError::BadJson(why)
+            | WebhookError::MissingPointer(why)
+            | WebhookError::MissingValue(why)
+            | WebhookError::BadChannel(why)
+            | WebhookError::BadValue(why) => f.write_str(why),
+            WebhookError::TooMany => write!(
+                f,
+                "this request would publish more than {MAX_EVENTS} events"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for WebhookError {}
+
 /// The webhook configured at exactly `path`.
-pub fn find<'w>(hooks: &'w [Webhook], path: &str) -> Option<&'w Webhook> {
+pub(crate) fn find<'w>(hooks: &'w [Webhook], path: &str) -> Option<&'w Webhook> {
     hooks.iter().find(|h| h.path == path)
 }
 
 /// Verify, then map: the events this request publishes, or why it is refused.
-pub fn check(hook: &Webhook, req: &Inbound<'_>, now: SystemTime) -> Result<Vec<Event>, Refused> {
+pub(crate) fn check(
+    hook: &Webhook,
+    req: &Inbound<'_>,
+    now: SystemTime,
+) -> Result<Vec<Event>, WebhookError> {
     let verified = match &hook.verify {
         Some(scheme) => signature::verify(scheme, req.headers, req.body, now)
-            .map_err(|r| refused(401, r.outcome(), r.to_string()))?,
+            .map_err(WebhookError::Signature)?,
         None => signature::Verified::default(),
     };
     map(hook, req, verified.delivery_id.as_deref())
 }
 
 /// The body as JSON, and whether it came from a form.
-fn parse_body(req: &Inbound<'_>) -> Result<(Value, bool), Refused> {
+fn parse_body(req: &Inbound<'_>) -> Result<(Value, bool), WebhookError> {
     let is_form = req
         .headers
         .get(http::header::CONTENT_TYPE)
@@ -101,7 +141,7 @@ fn parse_body(req: &Inbound<'_>) -> Result<(Value, bool), Refused> {
     }
     serde_json::from_slice(req.body)
         .map(|v| (v, false))
-        .map_err(|e| refused(400, "bad_json", format!("body is not JSON: {e}")))
+        .map_err(|e| WebhookError::BadJson(format!("body is not JSON: {e}")))
 }
 
 /// A JSON value as template text; null counts as no value.
@@ -115,7 +155,8 @@ fn text(v: &Value) -> Option<Cow<'_, str>> {
 
 /// Where one element's placeholders take their values.
 struct Scope<'a> {
-    req: &'a Inbound<'a>,
+    /// `{header.x}` and `{query.x}`, as for any request.
+    values: &'a RequestValues<'a>,
     root: &'a Value,
     is_form: bool,
     element: &'a Value,
@@ -127,59 +168,46 @@ impl<'a> Scope<'a> {
     fn lookup(&self, v: &Var) -> Option<Cow<'a, str>> {
         match v {
             Var::Pointer(p) => self.element.pointer(p).and_then(text),
-            Var::Header(h) => self
-                .req
-                .headers
-                .get(h.as_str())
-                .and_then(|v| v.to_str().ok())
-                .map(Cow::Borrowed),
-            Var::Query(q) => form_urlencoded::parse(self.req.query.as_bytes())
-                .find(|(k, _)| k == q)
-                .map(|(_, v)| v),
             Var::Form(f) if self.is_form => self.root.get(f.as_str()).and_then(text),
-            // Rejected at load: path parameters, jwt and auth do not exist here.
-            _ => None,
+            Var::Form(_) => None,
+            // Path parameters, jwt and auth are refused at load: none here.
+            other => self.values.get(other),
         }
     }
 
-    fn refusal(&self, what: &str, e: RenderError) -> Refused {
+    fn refusal(&self, what: &str, e: RenderError) -> WebhookError {
         match e {
-            RenderError::Missing(v) if v.starts_with("{/") => refused(
-                400,
-                "missing_pointer",
-                format!(
+            RenderError::Missing(v) if v.starts_with("{/") => {
+                WebhookError::MissingPointer(format!(
                     "{what}: pointer {} matches nothing {}",
                     v.trim_matches(['{', '}']),
                     self.place
-                ),
-            ),
-            RenderError::Missing(v) => refused(
-                400,
-                "missing_value",
-                format!("{what}: {v} has no value in this request"),
-            ),
+                ))
+            }
+            RenderError::Missing(v) => {
+                WebhookError::MissingValue(format!("{what}: {v} has no value in this request"))
+            }
             RenderError::BadValue(v, why) => {
-                refused(400, "bad_channel", format!("{what}: {v}: {why}"))
+                WebhookError::BadChannel(format!("{what}: {v}: {why}"))
             }
         }
     }
 
-    fn render(&self, what: &str, t: &Template) -> Result<String, Refused> {
+    fn render(&self, what: &str, t: &Template) -> Result<String, WebhookError> {
         t.render(|v| self.lookup(v))
             .map_err(|e| self.refusal(what, e))
     }
 
-    fn data(&self, data: &WebhookData) -> Result<String, Refused> {
+    fn data(&self, data: &WebhookData) -> Result<String, WebhookError> {
         match data {
             WebhookData::Template(t) => self.render("data", t),
             WebhookData::Pointer(p) => match self.element.pointer(p) {
                 Some(Value::String(s)) => Ok(s.clone()),
                 Some(v) => Ok(v.to_string()),
-                None => Err(refused(
-                    400,
-                    "missing_pointer",
-                    format!("data: pointer {p} matches nothing {}", self.place),
-                )),
+                None => Err(WebhookError::MissingPointer(format!(
+                    "data: pointer {p} matches nothing {}",
+                    self.place
+                ))),
             },
         }
     }
@@ -187,38 +215,31 @@ impl<'a> Scope<'a> {
 
 /// The events of a verified request. `delivery_id` (Standard Webhooks'
 /// `webhook-id`) dedupes when no `id:` is configured.
-pub fn map(
+pub(crate) fn map(
     hook: &Webhook,
     req: &Inbound<'_>,
     delivery_id: Option<&str>,
-) -> Result<Vec<Event>, Refused> {
+) -> Result<Vec<Event>, WebhookError> {
     let (root, is_form) = parse_body(req)?;
+    let values = RequestValues::new(&[], Some(req.query), req.headers);
     let elements: Vec<&Value> = match &hook.each {
         None => vec![&root],
         Some(p) => match root.pointer(p) {
             Some(Value::Array(items)) => items.iter().collect(),
             Some(_) => {
-                return Err(refused(
-                    400,
-                    "bad_json",
-                    format!("each: pointer {p} is not an array"),
-                ))
+                return Err(WebhookError::BadJson(format!(
+                    "each: pointer {p} is not an array"
+                )))
             }
             None => {
-                return Err(refused(
-                    400,
-                    "missing_pointer",
-                    format!("each: pointer {p} matches nothing in the body"),
-                ))
+                return Err(WebhookError::MissingPointer(format!(
+                    "each: pointer {p} matches nothing in the body"
+                )))
             }
         },
     };
     if elements.len().saturating_mul(hook.channels.len()) > MAX_EVENTS {
-        return Err(refused(
-            400,
-            "too_many",
-            format!("this request would publish more than {MAX_EVENTS} events"),
-        ));
+        return Err(WebhookError::TooMany);
     }
     let mut events = Vec::new();
     for (i, element) in elements.iter().enumerate() {
@@ -228,7 +249,7 @@ pub fn map(
             None => "in the body".to_string(),
         };
         let scope = Scope {
-            req,
+            values: &values,
             root: &root,
             is_form,
             element,
@@ -239,7 +260,12 @@ pub fn map(
             None => None,
         };
         if let Some(e) = &event {
-            check_event_name(e).map_err(|e| refused(400, "bad_value", format!("event: {e}")))?;
+            check_event_name(e).map_err(|e| WebhookError::BadValue(format!("event: {e}")))?;
+            if channel::is_reserved_event(e) {
+                return Err(WebhookError::BadValue(format!(
+                    "event: `{e}` is in the gateway's own `ssegate.` namespace"
+                )));
+            }
         }
         let id = match (&hook.id, delivery_id) {
             (Some(t), _) => Some(scope.render("id", t)?).filter(|id| !id.is_empty()),
@@ -251,10 +277,8 @@ pub fn map(
             .as_ref()
             .is_some_and(|id| id.len() > 256 || id.contains(['\r', '\n', '\0']))
         {
-            return Err(refused(
-                400,
-                "bad_value",
-                "id: must be at most 256 bytes without CR, LF or NUL",
+            return Err(WebhookError::BadValue(
+                "id: must be at most 256 bytes without CR, LF or NUL".into(),
             ));
         }
         let data = scope.data(&hook.data)?;
@@ -273,90 +297,6 @@ pub fn map(
         }
     }
     Ok(events)
-}
-
-/// Answer one request to `hook`'s path on the admin listener.
-pub async fn serve(
-    gw: &Gateway,
-    hook: &Webhook,
-    session: &mut Session,
-) -> pingora_error::Result<bool> {
-    let count = |outcome: &str| {
-        gw.metrics
-            .webhooks
-            .with_label_values(&[hook.path.as_str(), outcome])
-            .inc()
-    };
-    let method = &session.req_header().method;
-    if !hook.methods.contains(method) {
-        count("bad_method");
-        gw.metrics.refuse(405);
-        let allow = hook
-            .methods
-            .iter()
-            .map(|m| m.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let body = json!({ "error": "method not allowed" }).to_string();
-        respond::send(session, 405, "application/json", body, &[("allow", allow)]).await?;
-        return Ok(true);
-    }
-    let max = gw.config.limits.max_body;
-    let result = match read_body(session, max).await {
-        Err(BodyError::TooLarge) => Err(refused(
-            413,
-            "too_large",
-            format!("body larger than limits.max_body ({max} bytes)"),
-        )),
-        Err(BodyError::Read) => Err(refused(400, "bad_request", "could not read the body")),
-        Ok(body) => {
-            let head = session.req_header();
-            let req = Inbound {
-                headers: &head.headers,
-                query: head.uri.query().unwrap_or(""),
-                body: &body,
-            };
-            check(hook, &req, SystemTime::now())
-        }
-    };
-    let events = match result {
-        Ok(events) => events,
-        Err(r) => {
-            tracing::debug!(path = %hook.path, status = r.status, reason = %r.reason, "webhook refused");
-            count(r.outcome);
-            gw.metrics.refuse(r.status);
-            respond::json_error(session, r.status, &r.reason).await?;
-            return Ok(true);
-        }
-    };
-    let mut channels: Vec<&str> = Vec::new();
-    for e in &events {
-        if !channels.contains(&e.channel.as_str()) {
-            channels.push(&e.channel);
-        }
-    }
-    let channels: Vec<String> = channels.into_iter().map(str::to_string).collect();
-    let total = events.len();
-    match gw.hub.publish(events).await {
-        Ok(r) if total > 0 && r.duplicates == total => {
-            count("duplicate");
-            respond::json(session, 200, &json!({ "duplicate": true })).await?;
-        }
-        Ok(r) => {
-            count("accepted");
-            let mut out = json!({ "published": r.published, "channels": channels });
-            if r.duplicates > 0 {
-                out["duplicates"] = r.duplicates.into();
-            }
-            respond::json(session, 202, &out).await?;
-        }
-        Err(e) => {
-            count("unavailable");
-            gw.metrics.refuse(503);
-            respond::json_error(session, 503, &e.to_string()).await?;
-        }
-    }
-    Ok(true)
 }
 
 #[cfg(test)]

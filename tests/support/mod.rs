@@ -39,6 +39,24 @@ pub fn port_open(port: u16) -> bool {
     .is_ok()
 }
 
+/// The prelude at the start of an SSE body: everything up to and including
+/// its `:ok` comment block (`retry:`, the starting `id:`, `:ok`).
+pub fn prelude_of(body: &str) -> &str {
+    body.find(":ok\n\n")
+        .map_or("", |i| &body[..i + ":ok\n\n".len()])
+}
+
+/// A tool a test needs is not installed: in CI (`CI` set) that is a
+/// failure, since CI installs it; on a developer machine the caller skips
+/// the test after this note saying how to install it.
+pub fn missing_tool(tool: &str, install: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{tool} is missing and CI is set: it must be installed ({install})"
+    );
+    eprintln!("skipped: no {tool} ({install})");
+}
+
 /// Poll `f` until it is Some, or panic after `timeout` naming `what`.
 pub async fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -404,21 +422,40 @@ impl Raw {
                 Instant::now() < deadline,
                 "timed out waiting for {what}; got {text:?}"
             );
-            match self.stream.read(&mut chunk) {
-                Ok(0) => {
-                    let text = String::from_utf8_lossy(&self.buf).to_string();
-                    assert!(pred(&text), "EOF before {what}; got {text:?}");
-                    return text;
-                }
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => panic!("read error {e} waiting for {what}"),
+            if !self.read_some(&mut chunk, what) {
+                let text = String::from_utf8_lossy(&self.buf).to_string();
+                assert!(pred(&text), "EOF before {what}; got {text:?}");
+                return text;
             }
         }
+    }
+
+    /// One read into `buf`; false at EOF. A read timeout is no error.
+    fn read_some(&mut self, chunk: &mut [u8], what: &str) -> bool {
+        match self.stream.read(chunk) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                true
+            }
+            Err(e) => panic!("read error {e} waiting for {what}"),
+        }
+    }
+
+    /// Read whatever arrives during `window` (to show that nothing does).
+    pub fn read_for(&mut self, window: Duration) -> String {
+        let deadline = Instant::now() + window;
+        let mut chunk = [0u8; 65536];
+        while Instant::now() < deadline && self.read_some(&mut chunk, "quiet") {}
+        String::from_utf8_lossy(&self.buf).to_string()
     }
 
     /// The body so far with chunked framing removed.

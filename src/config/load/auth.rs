@@ -4,11 +4,11 @@
 //! from the environment; a JWKS may hold public keys only.
 
 use super::Validator;
-use crate::auth::forward::ForwardAuth;
-use crate::auth::jwt::{JwtAuth, Keys, TokenSource};
 use crate::config::file;
-use crate::config::runtime::{GripRoute, RouteAuth, Secret, Upstream};
-use crate::config::template::{Template, Var};
+use crate::config::runtime::{
+    ForwardAuth, GripRoute, Jwt, Keys, RouteAuth, Secret, TokenSource, Upstream,
+};
+use crate::template::{Template, Var};
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use std::collections::BTreeMap;
@@ -17,6 +17,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const DEFAULT_FORWARD_HEADERS: [&str; 2] = ["authorization", "cookie"];
+
+/// `header`, `query:NAME` or `cookie:NAME`.
+fn token_source(s: &str) -> Result<TokenSource, String> {
+    let s = s.trim();
+    if s == "header" {
+        return Ok(TokenSource::Header);
+    }
+    match s.split_once(':') {
+        Some(("query", n)) if !n.is_empty() => Ok(TokenSource::Query(n.to_string())),
+        Some(("cookie", n)) if !n.is_empty() => Ok(TokenSource::Cookie(n.to_string())),
+        _ => Err(format!(
+            "token source `{s}` is not `header`, `query:NAME` or `cookie:NAME`"
+        )),
+    }
+}
 
 impl Validator<'_> {
     pub(super) fn route_auth(
@@ -45,7 +60,7 @@ impl Validator<'_> {
         }
     }
 
-    fn jwt(&mut self, at: &str, j: file::JwtFile) -> Option<JwtAuth> {
+    fn jwt(&mut self, at: &str, j: file::JwtFile) -> Option<Jwt> {
         let sources = [
             j.secret_env.is_some(),
             j.public_key.is_some(),
@@ -105,7 +120,7 @@ impl Validator<'_> {
         };
         let mut token_from = Vec::new();
         for (i, s) in j.token_from.iter().flatten().enumerate() {
-            match TokenSource::parse(s) {
+            match token_source(s) {
                 Ok(t) => token_from.push(t),
                 Err(e) => self.err(&format!("{at}.token_from.{i}"), e),
             }
@@ -137,7 +152,7 @@ impl Validator<'_> {
         if channels_claim.is_empty() {
             self.err(&format!("{at}.channels_claim"), "empty claim name");
         }
-        Some(JwtAuth {
+        Some(Jwt {
             keys,
             validation,
             token_from,
@@ -285,13 +300,13 @@ impl Validator<'_> {
             f.cache_ttl.as_ref(),
             Duration::ZERO,
         );
-        Some(ForwardAuth::new(
-            f.upstream,
+        Some(ForwardAuth {
+            upstream: f.upstream,
             path,
             forward_headers,
             expose,
             cache_ttl,
-        ))
+        })
     }
 
     /// The top-level `grip:` key, read once.

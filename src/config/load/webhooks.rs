@@ -3,24 +3,15 @@
 //! exactly one verification scheme whose secret is in the environment.
 
 use super::Validator;
+use crate::channel::is_channel_char;
 use crate::config::file::{self, VerifyFile};
-use crate::config::runtime::{Secret, SignatureEncoding, Verify, Webhook, WebhookData};
-use crate::config::template::{check_pointer, is_channel_char, Template, Var};
+use crate::config::runtime::{
+    Secret, SignatureEncoding, Verify, Webhook, WebhookData, ADMIN_PATHS,
+};
+use crate::template::{check_pointer, Template, Var};
 use base64::Engine;
 use std::collections::BTreeMap;
 use std::time::Duration;
-
-/// The admin listener's own endpoints, which no webhook may shadow.
-const ADMIN_PATHS: [&str; 8] = [
-    "/",
-    "/publish",
-    "/publish/",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/stats",
-    "/stats/stream",
-];
 
 const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 

@@ -11,24 +11,83 @@
 //! Changes go through the hub like any other event (so history and resume
 //! apply); the snapshot goes straight to each new client, encoded once.
 
-pub use super::poll_target::{resolve as target, Target, CHANNEL_PREFIX};
+mod fetch;
+pub(crate) mod target;
 
-use super::diff::{self, Compared, Kind};
-use super::poll_fetch::{Fetch, FetchError, Fetched, Validators};
-use crate::config::{Poll, PollDiff, Route, RouteKind};
-use crate::hub::redis::RedisBroker;
-use crate::hub::{Broker, Event, Payload};
+pub(crate) use target::{resolve as target, Target, TargetError};
+
+use crate::config::{Poll, PollDiff};
+use crate::hub::{Broker, BrokerError, Event, Payload};
 use crate::metrics::Metrics;
-use crate::sse::frame;
-use crate::sse::request::Refusal;
-use crate::upstream::UpstreamPool;
+use crate::outbound::{Client, Pool};
+use crate::sources::diff::{self, Compared, DiffError, Kind};
+use crate::wire;
 use bytes::Bytes;
-use pingora_core::connectors::http::Connector;
+use fetch::{Fetch, FetchError, Fetched, Validators};
+use futures_util::future::BoxFuture;
 use rand::Rng;
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+/// A poll route, resolved once from the config: what its pollers poll and
+/// where.
+#[derive(Debug)]
+pub struct PollRoute {
+    /// The route's path, the metrics label.
+    pub label: String,
+    pub poll: Poll,
+    pub pool: Arc<Pool>,
+    /// Most change events one poll may publish: half the route's client queue.
+    pub burst_limit: usize,
+}
+
+/// Why a subscriber got no poller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollError {
+    Target(TargetError),
+    /// Two different poll requests hashed to one channel (never seen; 128-bit
+    /// hashes do not collide in practice — but refusing beats showing one
+    /// client another's data).
+    Collision,
+}
+
+impl fmt::Display for PollError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PollError::Target(e) => e.fmt(f),
+            PollError::Collision => f.write_str("poll key collision"),
+        }
+    }
+}
+
+impl std::error::Error for PollError {}
+
+/// Why one poll failed; its text goes to logs and `error_event`.
+#[derive(Debug)]
+enum PollFailure {
+    Fetch(FetchError),
+    /// A 304 to a request that was not conditional.
+    UnexpectedNotModified,
+    Diff(DiffError),
+    DiffTask,
+    Hub(BrokerError),
+}
+
+impl fmt::Display for PollFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PollFailure::Fetch(e) => e.fmt(f),
+            PollFailure::UnexpectedNotModified => f.write_str("304 without a previous response"),
+            PollFailure::Diff(e) => e.fmt(f),
+            PollFailure::DiffTask => f.write_str("the diff task failed"),
+            PollFailure::Hub(e) => e.fmt(f),
+        }
+    }
+}
 
 /// Bodies above this are diffed on a blocking thread, so a large document
 /// never stalls the client streams sharing the runtime.
@@ -36,11 +95,11 @@ const BLOCKING_DIFF: usize = 256 * 1024;
 /// Never retry sooner than this, whatever the jitter drew.
 const MIN_RETRY: Duration = Duration::from_millis(10);
 /// A waiting subscriber allows the first poll this much beyond its timeout.
-pub const SNAPSHOT_SLACK: Duration = Duration::from_millis(500);
+pub(crate) const SNAPSHOT_SLACK: Duration = Duration::from_millis(500);
 
 /// What a new subscriber can be sent.
 #[derive(Debug, Clone)]
-pub enum Snapshot {
+pub(crate) enum Snapshot {
     /// The first poll is still in flight.
     Pending,
     /// No good poll yet (or `initial: false`).
@@ -69,12 +128,11 @@ struct Entry {
 
 pub struct Pollers {
     entries: Mutex<HashMap<String, Entry>>,
+    /// Where changes are published; with a shared broker, also who leads
+    /// each poll key (`Broker::leases`).
     hub: Arc<dyn Broker>,
-    /// In cluster mode each poll key is polled by one instance at a time.
-    cluster: Option<Arc<RedisBroker>>,
     metrics: Arc<Metrics>,
-    upstreams: HashMap<String, Arc<UpstreamPool>>,
-    connector: Connector,
+    client: Arc<Client>,
 }
 
 impl std::fmt::Debug for Pollers {
@@ -97,9 +155,21 @@ impl Lease {
         &self.shared.channel
     }
 
+    /// `snapshot`, as a future that owns what it needs.
+    pub fn snapshot_source(&self, wait: Duration) -> BoxFuture<'static, Option<Bytes>> {
+        let shared = self.shared.clone();
+        Box::pin(async move { shared.snapshot(wait).await })
+    }
+
     /// The latest snapshot frame; waits up to `wait` while the first poll is in flight.
     pub async fn snapshot(&self, wait: Duration) -> Option<Bytes> {
-        let mut rx = self.shared.snapshot.subscribe();
+        self.shared.snapshot(wait).await
+    }
+}
+
+impl Shared {
+    async fn snapshot(&self, wait: Duration) -> Option<Bytes> {
+        let mut rx = self.snapshot.subscribe();
         let got = tokio::time::timeout(wait, async {
             rx.wait_for(|s| !matches!(s, Snapshot::Pending))
                 .await
@@ -132,28 +202,13 @@ impl Drop for Lease {
     }
 }
 
-/// The poll settings of an sse route.
-pub fn poll_of(route: &Route) -> Option<&Poll> {
-    match &route.kind {
-        RouteKind::Sse(s) => s.poll.as_ref(),
-        RouteKind::Proxy { .. } => None,
-    }
-}
-
 impl Pollers {
-    pub fn new(
-        hub: Arc<dyn Broker>,
-        cluster: Option<Arc<RedisBroker>>,
-        metrics: Arc<Metrics>,
-        upstreams: HashMap<String, Arc<UpstreamPool>>,
-    ) -> Arc<Pollers> {
+    pub fn new(hub: Arc<dyn Broker>, metrics: Arc<Metrics>, client: Arc<Client>) -> Arc<Pollers> {
         Arc::new(Pollers {
             entries: Mutex::new(HashMap::new()),
             hub,
-            cluster,
             metrics,
-            upstreams,
-            connector: Connector::new(None),
+            client,
         })
     }
 
@@ -169,16 +224,15 @@ impl Pollers {
 
     /// Count a subscriber on `target`'s poller, starting it if none runs.
     /// Must be called inside the tokio runtime.
-    pub fn acquire(self: &Arc<Self>, target: Target, route: &Arc<Route>) -> Result<Lease, Refusal> {
+    pub fn acquire(
+        self: &Arc<Self>,
+        target: Target,
+        route: &Arc<PollRoute>,
+    ) -> Result<Lease, PollError> {
         let mut entries = self.lock();
         if let Some(e) = entries.get_mut(&target.channel) {
             if *e.target != target {
-                // 128-bit hashes do not collide in practice; if they ever do,
-                // refusing beats showing one client another's data.
-                return Err(Refusal {
-                    status: 503,
-                    reason: "poll key collision".into(),
-                });
+                return Err(PollError::Collision);
             }
             e.subscribers += 1;
             e.idle_since = None;
@@ -224,7 +278,7 @@ impl Pollers {
 struct Poller {
     pollers: Arc<Pollers>,
     target: Arc<Target>,
-    route: Arc<Route>,
+    route: Arc<PollRoute>,
     shared: Arc<Shared>,
     state: Option<diff::State>,
     validators: Option<Validators>,
@@ -252,28 +306,22 @@ impl Drop for Poller {
 
 impl Poller {
     async fn run(mut self) {
-        let Some(poll) = poll_of(&self.route).cloned() else {
-            return;
-        };
-        let Some(pool) = self.pollers.upstreams.get(&poll.upstream).cloned() else {
-            tracing::error!(route = self.route.label(), upstream = %poll.upstream, "poll upstream missing");
-            return;
-        };
-        let label = self.route.label().to_string();
-        tracing::debug!(route = %label, channel = %self.target.channel, "poller started");
+        let route = self.route.clone();
+        let (poll, pool, label) = (&route.poll, &route.pool, route.label.as_str());
+        tracing::debug!(route = label, channel = %self.target.channel, "poller started");
         let mut first = true;
         loop {
             let started = Instant::now();
-            if !self.lead(&poll).await {
+            if !self.lead(poll).await {
                 first = false;
                 if !self.wait(started + poll.interval, poll.linger).await {
                     return;
                 }
                 continue;
             }
-            let delay = match self.poll_once(&poll, &pool, &label).await {
+            let delay = match self.poll_once(poll, pool, label).await {
                 Ok(()) => {
-                    self.recovered(&poll, &label).await;
+                    self.recovered(poll, label).await;
                     if first {
                         // A random phase: pollers started together do not stay in step.
                         poll.interval.mul_f64(rand::rng().random::<f64>())
@@ -282,7 +330,7 @@ impl Poller {
                     }
                 }
                 Err(why) => {
-                    self.failed(&poll, &label, why).await;
+                    self.failed(poll, label, why).await;
                     backoff(poll.interval, poll.max_backoff, self.failures)
                 }
             };
@@ -291,7 +339,7 @@ impl Poller {
             }
             first = false;
             if !self.wait(started + delay, poll.linger).await {
-                tracing::debug!(route = %label, channel = %self.target.channel, "poller stopped: no subscriber");
+                tracing::debug!(route = label, channel = %self.target.channel, "poller stopped: no subscriber");
                 return;
             }
         }
@@ -321,7 +369,7 @@ impl Poller {
             };
             let until = stop_at.map_or(due, |s| s.min(due));
             tokio::select! {
-                _ = tokio::time::sleep_until(until.into()) => {
+                _ = tokio::time::sleep_until(until) => {
                     if Instant::now() >= due {
                         return true;
                     }
@@ -334,9 +382,9 @@ impl Poller {
     async fn poll_once(
         &mut self,
         poll: &Poll,
-        pool: &UpstreamPool,
+        pool: &Pool,
         label: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), PollFailure> {
         let m = &self.pollers.metrics;
         m.poll_requests.with_label_values(&[label]).inc();
         let t = Instant::now();
@@ -345,7 +393,7 @@ impl Poller {
             _ => None,
         };
         let fetched = Fetch {
-            connector: &self.pollers.connector,
+            client: &self.pollers.client,
             pool,
             target: &self.target,
             poll,
@@ -356,9 +404,9 @@ impl Poller {
         m.poll_duration
             .with_label_values(&[label])
             .observe(t.elapsed().as_secs_f64());
-        let (body, validators) = match fetched.map_err(|e: FetchError| e.to_string())? {
+        let (body, validators) = match fetched.map_err(PollFailure::Fetch)? {
             Fetched::NotModified if self.state.is_some() => return Ok(()),
-            Fetched::NotModified => return Err("304 without a previous response".into()),
+            Fetched::NotModified => return Err(PollFailure::UnexpectedNotModified),
             Fetched::Body { body, validators } => (body, validators),
         };
         let mode = poll.diff.clone();
@@ -369,13 +417,13 @@ impl Poller {
                 (prev, c)
             })
             .await
-            .map_err(|e| format!("diff task: {e}"))?
+            .map_err(|_| PollFailure::DiffTask)?
         } else {
             let c = diff::compare(&mode, prev.as_ref(), &body);
             (prev, c)
         };
         self.state = prev;
-        let (changes, snapshot, state) = match compared.map_err(|e| e.to_string())? {
+        let (changes, snapshot, state) = match compared.map_err(PollFailure::Diff)? {
             Compared::Unchanged => {
                 self.validators = Some(validators);
                 return Ok(());
@@ -389,9 +437,9 @@ impl Poller {
         let baseline = self.state.is_none();
         let frame = poll
             .initial
-            .then(|| frame::encode(None, Some("snapshot"), &snapshot).ok())
+            .then(|| wire::encode(None, Some("snapshot"), &snapshot).ok())
             .flatten();
-        let mut events: Vec<Event> = if changes.len() > self.burst_limit() {
+        let mut events: Vec<Event> = if changes.len() > self.route.burst_limit {
             // More per-item events than half a client queue would evict every
             // subscriber as slow; one whole snapshot says the same in one event.
             vec![self.event("snapshot", snapshot.clone())]
@@ -417,14 +465,14 @@ impl Poller {
                 .hub
                 .publish(events)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(PollFailure::Hub)?;
             if !baseline {
                 m.poll_changes.with_label_values(&[label]).inc();
             }
         }
         self.state = Some(state);
         self.validators = Some(validators);
-        if let (Some(cluster), Some(f)) = (&self.pollers.cluster, &frame) {
+        if let (Some(cluster), Some(f)) = (self.pollers.hub.leases(), &frame) {
             let keep = (poll.interval * 3).max(Duration::from_secs(2)) + poll.linger;
             cluster.store_snapshot(&self.target.channel, f, keep).await;
         }
@@ -438,7 +486,7 @@ impl Poller {
     /// follower keeps the leader's snapshot for its own new subscribers and
     /// forgets its diff state, so that if it takes over it starts afresh.
     async fn lead(&mut self, poll: &Poll) -> bool {
-        let Some(cluster) = self.pollers.cluster.clone() else {
+        let Some(cluster) = self.pollers.hub.leases() else {
             return true;
         };
         let ttl = (poll.interval * 3).max(Duration::from_secs(2));
@@ -460,14 +508,6 @@ impl Poller {
         false
     }
 
-    /// Most change events one poll may publish: half the route's client queue.
-    fn burst_limit(&self) -> usize {
-        match &self.route.kind {
-            RouteKind::Sse(s) => (s.settings.client_queue / 2).max(1),
-            RouteKind::Proxy { .. } => usize::MAX,
-        }
-    }
-
     fn event(&self, name: &str, data: String) -> Event {
         Event {
             channel: self.target.channel.clone(),
@@ -480,7 +520,7 @@ impl Poller {
     }
 
     /// Count every failure; log and notify only on healthy → failing.
-    async fn failed(&mut self, poll: &Poll, label: &str, why: String) {
+    async fn failed(&mut self, poll: &Poll, label: &str, why: PollFailure) {
         self.pollers
             .metrics
             .poll_errors
@@ -493,7 +533,8 @@ impl Poller {
         self.failing_since = Some(Instant::now());
         tracing::warn!(route = label, upstream = %poll.upstream, channel = %self.target.channel, error = %why, "poll failing");
         if let Some(name) = &poll.error_event {
-            let data = serde_json::json!({"state": "failing", "error": why}).to_string();
+            let data =
+                serde_json::json!({"state": "failing", "error": why.to_string()}).to_string();
             let _ = self.pollers.hub.publish(vec![self.event(name, data)]).await;
         }
     }
@@ -527,7 +568,7 @@ fn event_name(poll: &Poll, kind: Kind) -> &str {
 }
 
 /// Exponential backoff with full jitter: uniform in [0, min(max, interval·2^n)).
-pub fn backoff(interval: Duration, max: Duration, failures: u32) -> Duration {
+pub(crate) fn backoff(interval: Duration, max: Duration, failures: u32) -> Duration {
     let ceiling = interval.saturating_mul(1u32 << failures.min(20)).min(max);
     ceiling.mul_f64(rand::rng().random::<f64>()).max(MIN_RETRY)
 }
@@ -535,52 +576,108 @@ pub fn backoff(interval: Duration, max: Duration, failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::load_str;
-    use crate::state::Gateway;
+    use crate::config::{PollEvents, PollScope, Upstream};
+    use crate::hub::memory::MemoryBroker;
+    use crate::template::Template;
 
-    fn gateway(port: u16) -> (Arc<Gateway>, Arc<Route>) {
-        let text = format!(
-            "upstreams:\n  app: {{ servers: [\"127.0.0.1:{port}\"] }}\nroutes:\n  - path: /p\n    sse:\n      poll: {{ upstream: app, path: /p, interval: 50ms, linger: 100ms }}\n"
-        );
-        let cfg = load_str(&text, std::path::Path::new("t.yaml"), &|_| None).unwrap();
-        let route = Arc::new(cfg.routes[0].clone());
-        (Gateway::new(cfg).unwrap(), route)
+    fn poll_route(port: u16) -> Arc<PollRoute> {
+        let poll = Poll {
+            upstream: "app".into(),
+            path: Template::parse("/p").unwrap(),
+            catch_all: None,
+            method: http::Method::GET,
+            headers: vec![],
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_secs(1),
+            linger: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            max_body: 1024,
+            diff: PollDiff::Body,
+            events: PollEvents::default(),
+            scope: PollScope::Shared,
+            forward_headers: vec![],
+            initial: true,
+            error_event: None,
+        };
+        let pool = Pool::new(Upstream {
+            name: "app".into(),
+            servers: vec![([127, 0, 0, 1], port).into()],
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            fail_timeout: Duration::from_millis(10),
+        });
+        Arc::new(PollRoute {
+            label: "/p".into(),
+            poll,
+            pool: Arc::new(pool),
+            burst_limit: 4,
+        })
     }
 
-    fn target_of(route: &Route) -> Target {
-        let req = pingora_http::RequestHeader::build("GET", b"/p", None).unwrap();
-        target(&req, route.index, poll_of(route).unwrap(), &[]).unwrap()
-    }
-
-    #[tokio::test]
-    async fn a_crowd_starts_one_poller_that_stops_after_linger() {
-        // Nothing listens there: every poll fails fast, which is fine here.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+    /// A port nothing listens on: every poll fails fast.
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
-            .port();
-        let (gw, route) = gateway(port);
+            .port()
+    }
+
+    fn pollers() -> (Arc<Pollers>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(MemoryBroker::new(
+            10,
+            Duration::from_secs(60),
+            metrics.clone(),
+        ));
+        (
+            Pollers::new(hub, metrics.clone(), Arc::new(Client::new())),
+            metrics,
+        )
+    }
+
+    fn target_of(route: &PollRoute) -> Target {
+        let headers = http::HeaderMap::new();
+        target(
+            &crate::values::RequestValues::new(&[], None, &headers),
+            0,
+            &route.poll,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crowd_starts_one_poller_that_stops_after_linger() {
+        let route = poll_route(closed_port());
+        let (pollers, metrics) = pollers();
         let leases: Vec<Lease> = (0..100)
-            .map(|_| gw.pollers.acquire(target_of(&route), &route).unwrap())
+            .map(|_| pollers.acquire(target_of(&route), &route).unwrap())
             .collect();
-        assert_eq!(gw.pollers.active(), 1);
-        assert_eq!(gw.metrics.pollers.get(), 1);
+        assert_eq!(pollers.active(), 1);
+        assert_eq!(metrics.pollers.get(), 1);
         assert!(leases.iter().all(|l| l.channel() == leases[0].channel()));
         // The first poll fails: a waiting subscriber gets no snapshot, and does not hang.
         assert!(leases[0].snapshot(Duration::from_secs(5)).await.is_none());
         drop(leases);
-        assert_eq!(gw.pollers.active(), 1, "lingers");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while gw.metrics.pollers.get() != 0 {
-            assert!(
-                Instant::now() < deadline,
-                "poller did not stop after linger"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(gw.pollers.active(), 0);
-        assert!(gw.metrics.poll_errors.with_label_values(&["/p"]).get() >= 1);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(pollers.active(), 1, "lingers");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(pollers.active(), 0, "stopped `linger` after the last lease");
+        tokio::task::yield_now().await;
+        assert_eq!(metrics.pollers.get(), 0);
+        assert!(metrics.poll_errors.with_label_values(&["/p"]).get() >= 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_back_off_instead_of_hammering() {
+        let route = poll_route(closed_port());
+        let (pollers, metrics) = pollers();
+        let _lease = pollers.acquire(target_of(&route), &route).unwrap();
+        // At a 50ms interval, 20 s of healthy polling would be 400 polls;
+        // failing ones back off towards max_backoff (1 s): far fewer.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let polls = metrics.poll_requests.with_label_values(&["/p"]).get();
+        assert!((10..=120).contains(&polls), "{polls} polls in 20 s");
     }
 
     #[test]

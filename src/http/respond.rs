@@ -1,11 +1,11 @@
-//! Short local answers: a status and a one-line reason, never a stream.
+//! Short local answers with a whole body (health, JSON, refusals), never a stream.
 
 use bytes::Bytes;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
-pub async fn send(
+pub(crate) async fn send(
     session: &mut Session,
     status: u16,
     content_type: &str,
@@ -30,8 +30,8 @@ pub async fn send(
     Ok(())
 }
 
-/// `text/plain` reason, for the public listener.
-pub async fn text(session: &mut Session, status: u16, reason: &str) -> Result<()> {
+/// A `text/plain` line.
+pub(crate) async fn text(session: &mut Session, status: u16, reason: &str) -> Result<()> {
     send(
         session,
         status,
@@ -42,12 +42,10 @@ pub async fn text(session: &mut Session, status: u16, reason: &str) -> Result<()
     .await
 }
 
-/// `{"error": reason}`, for the admin API.
-pub async fn json_error(session: &mut Session, status: u16, reason: &str) -> Result<()> {
-    let body = serde_json::json!({ "error": reason }).to_string();
-    send(session, status, "application/json", body, &[]).await
-}
-
-pub async fn json(session: &mut Session, status: u16, value: &serde_json::Value) -> Result<()> {
+pub(crate) async fn json(
+    session: &mut Session,
+    status: u16,
+    value: &serde_json::Value,
+) -> Result<()> {
     send(session, status, "application/json", value.to_string(), &[]).await
 }

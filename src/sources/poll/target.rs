@@ -6,18 +6,38 @@
 //! carries a hash of the whole resolved request, so clients with different
 //! credentials land on different channels and cannot name each other's.
 
-use super::diff::hash;
-use crate::config::template::Var;
+use crate::channel::POLL_PREFIX;
 use crate::config::Poll;
-use crate::sse::request::{header, query_pairs, Refusal};
+use crate::sources::diff::hash;
+use crate::template::Var;
+use crate::values::RequestValues;
 use http::Method;
-use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use pingora_http::RequestHeader;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use std::borrow::Cow;
 use std::fmt;
 
-/// Every poll channel starts with this; clients can never subscribe to it by name.
-pub const CHANNEL_PREFIX: &str = "poll:";
+/// Why a request cannot have a poller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetError {
+    /// A placeholder of the poll path has no value in this request.
+    Missing(String),
+    /// `.` or `..` as a path value: it would climb a level upstream.
+    DotSegment(String),
+    /// A forwarded header that is not visible ASCII.
+    BadHeader(String),
+}
+
+impl fmt::Display for TargetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetError::Missing(v) => write!(f, "{v} is required to subscribe"),
+            TargetError::DotSegment(v) => write!(f, "{v}: `.` and `..` are not allowed"),
+            TargetError::BadHeader(h) => write!(f, "header `{h}` is not visible ASCII"),
+        }
+    }
+}
+
+impl std::error::Error for TargetError {}
 
 /// RFC 3986 unreserved characters stay; everything else is escaped, so a value
 /// is one path segment (or one query value) whatever it holds.
@@ -56,58 +76,22 @@ impl fmt::Debug for Target {
     }
 }
 
-fn refuse(status: u16, reason: impl Into<String>) -> Refusal {
-    Refusal {
-        status,
-        reason: reason.into(),
-    }
-}
-
-/// The poll request `req` needs on route `route` (its index) with path `params`.
-pub fn resolve(
-    req: &RequestHeader,
+/// The poll request `values` needs on route `route` (its index).
+pub(crate) fn resolve(
+    values: &RequestValues<'_>,
     route: usize,
     poll: &Poll,
-    params: &[(String, String)],
-) -> Result<Target, Refusal> {
-    let query = query_pairs(req);
-    let mut values: Vec<(&Var, String)> = Vec::new();
+) -> Result<Target, TargetError> {
+    let mut rendered: Vec<(&Var, String)> = Vec::new();
     for v in poll.path.vars() {
-        let (raw, set): (Cow<'_, str>, &AsciiSet) = match v {
-            Var::Param(n) => {
-                let val = params
-                    .iter()
-                    .find(|(k, _)| k == n)
-                    .map(|(_, val)| percent_decode_str(val).decode_utf8_lossy());
-                let set = if poll.catch_all.as_deref() == Some(n.as_str()) {
-                    SEGMENTS
-                } else {
-                    SEGMENT
-                };
-                (
-                    val.ok_or_else(|| refuse(400, format!("{v} is required")))?,
-                    set,
-                )
-            }
-            Var::Query(n) => {
-                let val = query
-                    .iter()
-                    .find(|(k, _)| k == n)
-                    .map(|(_, val)| Cow::Borrowed(val.as_str()));
-                (
-                    val.ok_or_else(|| refuse(400, format!("{v} is required to subscribe")))?,
-                    SEGMENT,
-                )
-            }
-            Var::Header(n) => {
-                let val = header(req, n).map(Cow::Borrowed);
-                (
-                    val.ok_or_else(|| refuse(400, format!("{v} is required to subscribe")))?,
-                    SEGMENT,
-                )
-            }
-            // Refused when the config was loaded.
-            _ => return Err(refuse(500, format!("{v} cannot be used in a poll path"))),
+        // Only path, query and header values are allowed here (checked at
+        // load), so identity-based values never reach a shared poller.
+        let raw: Cow<'_, str> = values
+            .get(v)
+            .ok_or_else(|| TargetError::Missing(v.to_string()))?;
+        let set: &AsciiSet = match v {
+            Var::Param(n) if poll.catch_all.as_deref() == Some(n.as_str()) => SEGMENTS,
+            _ => SEGMENT,
         };
         // `..` is unreserved, so it would survive escaping and climb a level upstream.
         let dots = |seg: &str| seg == "." || seg == "..";
@@ -117,25 +101,28 @@ pub fn resolve(
             dots(&raw)
         };
         if is_dots {
-            return Err(refuse(400, format!("{v}: `.` and `..` are not allowed")));
+            return Err(TargetError::DotSegment(v.to_string()));
         }
-        values.push((v, utf8_percent_encode(&raw, set).to_string()));
+        rendered.push((v, utf8_percent_encode(&raw, set).to_string()));
     }
     let path = poll
         .path
         .render(|v| {
-            values
+            rendered
                 .iter()
                 .find(|(k, _)| *k == v)
                 .map(|(_, val)| Cow::Borrowed(val.as_str()))
         })
-        .map_err(|e| refuse(400, e.to_string()))?;
+        .map_err(|e| match e {
+            crate::template::RenderError::Missing(v)
+            | crate::template::RenderError::BadValue(v, _) => TargetError::Missing(v),
+        })?;
     let mut forwarded = Vec::new();
     for name in &poll.forward_headers {
-        for value in req.headers.get_all(name.as_str()) {
+        for value in values.headers().get_all(name.as_str()) {
             let value = value
                 .to_str()
-                .map_err(|_| refuse(400, format!("header `{name}` is not visible ASCII")))?;
+                .map_err(|_| TargetError::BadHeader(name.clone()))?;
             forwarded.push((name.clone(), value.to_string()));
         }
     }
@@ -172,14 +159,15 @@ fn channel(
     }
     let h = hash(&input);
     let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{CHANNEL_PREFIX}{route}:{hex}")
+    format!("{POLL_PREFIX}{route}:{hex}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::template::{check_channel, Template};
+    use crate::channel;
     use crate::config::{PollDiff, PollEvents, PollScope};
+    use crate::template::Template;
     use std::time::Duration;
 
     fn poll(path: &str, forward: &[&str], catch_all: Option<&str>) -> Poll {
@@ -207,12 +195,34 @@ mod tests {
         }
     }
 
-    fn req(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
-        let mut r = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
+    struct Req {
+        query: Option<String>,
+        headers: http::HeaderMap,
+    }
+
+    fn req(uri: &str, headers: &[(&str, &str)]) -> Req {
+        let mut map = http::HeaderMap::new();
         for (k, v) in headers {
-            r.append_header(k.to_string(), *v).unwrap();
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
-        r
+        Req {
+            query: uri.split_once('?').map(|(_, q)| q.to_string()),
+            headers: map,
+        }
+    }
+
+    /// `super::resolve` with the request's values built as the edge would.
+    fn resolve(
+        r: &Req,
+        route: usize,
+        poll: &Poll,
+        params: &[(String, String)],
+    ) -> Result<Target, TargetError> {
+        let values = RequestValues::new(params, r.query.as_deref(), &r.headers);
+        super::resolve(&values, route, poll)
     }
 
     fn p(k: &str, v: &str) -> Vec<(String, String)> {
@@ -231,7 +241,7 @@ mod tests {
         .unwrap();
         assert_eq!(t.path, "/api/a%20b?s=a%26b%3Dc&h=t%2F1");
         assert!(
-            t.channel.starts_with("poll:2:") && check_channel(&t.channel).is_ok(),
+            t.channel.starts_with("poll:2:") && channel::check(&t.channel).is_ok(),
             "{}",
             t.channel
         );
@@ -254,25 +264,15 @@ mod tests {
             "/api/a%2F..%2Fadmin"
         );
         for evil in ["..", "."] {
-            assert_eq!(
-                resolve(&req("/", &[]), 0, &pl, &p("id", evil))
-                    .unwrap_err()
-                    .status,
-                400
-            );
+            assert!(matches!(
+                resolve(&req("/", &[]), 0, &pl, &p("id", evil)),
+                Err(TargetError::DotSegment(_))
+            ));
         }
         let rest = poll("/files/{rest}", &[], Some("rest"));
-        assert_eq!(
-            resolve(&req("/", &[]), 0, &rest, &p("rest", "a/../../b"))
-                .unwrap_err()
-                .status,
-            400
-        );
+        assert!(resolve(&req("/", &[]), 0, &rest, &p("rest", "a/../../b")).is_err());
         let q = poll("/api?q={query.q}", &[], None);
-        assert_eq!(
-            resolve(&req("/e", &[]), 0, &q, &[]).unwrap_err().status,
-            400
-        );
+        assert!(resolve(&req("/e", &[]), 0, &q, &[]).is_err());
     }
 
     #[test]

@@ -1,25 +1,34 @@
 //! Upstream server pools: round robin with passive health. A server that
 //! refuses or times out a connection is skipped for `fail_timeout`; when every
 //! server is marked down the pool tries them anyway rather than fail closed.
+//!
+//! The pool also makes the `HttpPeer` for a server, so the proxy path and
+//! the gateway's own requests connect the same way (timeouts, and TLS when
+//! an upstream asks for it).
 
 use crate::config::Upstream;
+use pingora_core::upstreams::peer::HttpPeer;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::sync::Arc;
+use tokio::time::Instant;
 
 #[derive(Debug)]
-pub struct UpstreamPool {
+pub struct Pool {
     pub config: Upstream,
+    /// The pool's name, shared by every error that mentions it.
+    pub name: Arc<str>,
     next: AtomicUsize,
     /// Milliseconds since `born` until which each server is skipped.
     down_until: Vec<AtomicU64>,
     born: Instant,
 }
 
-impl UpstreamPool {
-    pub fn new(config: Upstream) -> UpstreamPool {
+impl Pool {
+    pub fn new(config: Upstream) -> Pool {
         let down_until = config.servers.iter().map(|_| AtomicU64::new(0)).collect();
-        UpstreamPool {
+        Pool {
+            name: config.name.as_str().into(),
             config,
             next: AtomicUsize::new(0),
             down_until,
@@ -59,6 +68,15 @@ impl UpstreamPool {
         }
     }
 
+    /// How to reach `addr`: the pool's connect and read timeouts.
+    pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(self.config.connect_timeout);
+        peer.options.read_timeout = Some(self.config.read_timeout);
+        peer.options.write_timeout = Some(self.config.read_timeout);
+        peer
+    }
+
     pub fn len(&self) -> usize {
         self.config.servers.len()
     }
@@ -73,8 +91,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn pool(n: u16) -> UpstreamPool {
-        UpstreamPool::new(Upstream {
+    fn pool(n: u16) -> Pool {
+        Pool::new(Upstream {
             name: "app".into(),
             servers: (0..n)
                 .map(|i| SocketAddr::from(([127, 0, 0, 1], 1000 + i)))
@@ -99,5 +117,15 @@ mod tests {
             "a down server is still tried when nothing else is left"
         );
         assert!(p.pick(&[0, 1, 2]).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_server_returns_after_fail_timeout() {
+        let p = pool(2);
+        p.mark_failed(0);
+        assert!((0..4).all(|_| p.pick(&[]).unwrap().0 == 1));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let picks: Vec<usize> = (0..2).map(|_| p.pick(&[]).unwrap().0).collect();
+        assert!(picks.contains(&0), "{picks:?}");
     }
 }

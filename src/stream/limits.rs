@@ -14,6 +14,28 @@ pub struct ConnLimiter {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
+/// Why a stream was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitError {
+    /// `limits.max_connections`
+    Total,
+    /// `limits.max_connections_per_ip`
+    PerIp,
+}
+
+impl std::fmt::Display for LimitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LimitError::Total => "too many connections (limits.max_connections)",
+            LimitError::PerIp => {
+                "too many connections from this address (limits.max_connections_per_ip)"
+            }
+        })
+    }
+}
+
+impl std::error::Error for LimitError {}
+
 #[derive(Debug)]
 pub struct ConnSlot {
     limiter: Arc<ConnLimiter>,
@@ -35,11 +57,11 @@ impl ConnLimiter {
     }
 
     /// A slot, or the reason for a 429.
-    pub fn acquire(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<ConnSlot, &'static str> {
+    pub fn acquire(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<ConnSlot, LimitError> {
         let prev = self.total.fetch_add(1, Ordering::AcqRel);
         if self.max_total > 0 && prev >= self.max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
-            return Err("too many connections (limits.max_connections)");
+            return Err(LimitError::Total);
         }
         let ip = if self.max_per_ip > 0 { ip } else { None };
         if let Some(ip) = ip {
@@ -48,9 +70,7 @@ impl ConnLimiter {
             if *n >= self.max_per_ip {
                 drop(map);
                 self.total.fetch_sub(1, Ordering::AcqRel);
-                return Err(
-                    "too many connections from this address (limits.max_connections_per_ip)",
-                );
+                return Err(LimitError::PerIp);
             }
             *n += 1;
         }
@@ -91,9 +111,9 @@ mod tests {
         let b: IpAddr = "127.0.0.2".parse().unwrap();
         let s1 = l.acquire(Some(a)).unwrap();
         let _s2 = l.acquire(Some(a)).unwrap();
-        assert!(l.acquire(Some(a)).unwrap_err().contains("per_ip"));
+        assert_eq!(l.acquire(Some(a)).unwrap_err(), LimitError::PerIp);
         let _s3 = l.acquire(Some(b)).unwrap();
-        assert!(l.acquire(Some(b)).unwrap_err().contains("max_connections"));
+        assert_eq!(l.acquire(Some(b)).unwrap_err(), LimitError::Total);
         drop(s1);
         assert!(l.acquire(Some(a)).is_ok());
     }

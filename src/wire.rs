@@ -83,10 +83,25 @@ pub fn split_lines(text: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// The response headers of every SSE stream (plus `transfer-encoding:
+/// chunked` on HTTP/1.1, which the sink adds).
+pub const SSE_HEADERS: [(&str, &str); 3] = [
+    ("content-type", "text/event-stream; charset=utf-8"),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),
+];
+
 /// The first bytes of every stream: a `retry:` so clients back off as told,
-/// and a comment so that `open` fires before the first event.
-pub fn prelude(retry_ms: u128) -> Bytes {
-    Bytes::from(format!("retry: {retry_ms}\n:ok\n\n"))
+/// the cursor the stream starts from as a bare `id:` (it sets the client's
+/// last event id without firing an event, so a client cut before its first
+/// event resumes from here), and a comment so that `open` fires at once.
+pub fn prelude(retry_ms: u128, start: Option<&str>) -> Bytes {
+    match start {
+        Some(id) if !id.contains(['\r', '\n', '\0']) => {
+            Bytes::from(format!("retry: {retry_ms}\nid: {id}\n:ok\n\n"))
+        }
+        _ => Bytes::from(format!("retry: {retry_ms}\n:ok\n\n")),
+    }
 }
 
 /// A heartbeat comment: keeps proxies from timing the stream out.
@@ -174,6 +189,15 @@ mod tests {
         );
         assert_eq!(s(encode(None, None, "").unwrap()), "data:\n\n");
         assert_eq!(s(encode(None, None, "t\n").unwrap()), "data: t\ndata:\n\n");
+    }
+
+    #[test]
+    fn prelude_primes_the_last_event_id() {
+        assert_eq!(s(prelude(3000, None)), "retry: 3000\n:ok\n\n");
+        assert_eq!(
+            s(prelude(3000, Some("a-7"))),
+            "retry: 3000\nid: a-7\n:ok\n\n"
+        );
     }
 
     #[test]

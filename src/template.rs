@@ -3,29 +3,9 @@
 //! against the channel alphabet, so no client input can widen or merge a
 //! subscription (`*`, `,`, `..`, newlines and empty values are all refused).
 
+use crate::channel::{self, is_channel_char};
 use std::borrow::Cow;
 use std::fmt;
-
-/// Characters allowed in a channel name.
-pub fn is_channel_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '@' | '-')
-}
-
-/// A whole channel name is non-empty, within the alphabet and at most 256 bytes.
-pub fn check_channel(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("empty channel name".into());
-    }
-    if name.len() > 256 {
-        return Err("channel name longer than 256 bytes".into());
-    }
-    match name.chars().find(|c| !is_channel_char(*c)) {
-        Some(c) => Err(format!(
-            "channel name {name:?} has {c:?}, outside [A-Za-z0-9_.:@-]"
-        )),
-        None => Ok(()),
-    }
-}
 
 /// Where a placeholder takes its value from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,14 +131,19 @@ impl Template {
         })
     }
 
-    pub fn is_static(&self) -> bool {
-        self.vars().next().is_none()
-    }
-
     /// Render as plain text (paths, event names): values are inserted as they are.
     pub fn render<'a>(
         &self,
-        lookup: impl Fn(&Var) -> Option<Cow<'a, str>>,
+        lookup: impl FnMut(&Var) -> Option<Cow<'a, str>>,
+    ) -> Result<String, RenderError> {
+        self.render_checked(lookup, |_, _| Ok(()))
+    }
+
+    /// Render, with each value passing `check` before it is inserted.
+    fn render_checked<'a>(
+        &self,
+        mut lookup: impl FnMut(&Var) -> Option<Cow<'a, str>>,
+        check: impl Fn(&Var, &str) -> Result<(), RenderError>,
     ) -> Result<String, RenderError> {
         let mut out = String::new();
         for p in &self.parts {
@@ -166,6 +151,7 @@ impl Template {
                 Part::Lit(s) => out.push_str(s),
                 Part::Var(v) => {
                     let val = lookup(v).ok_or_else(|| RenderError::Missing(v.to_string()))?;
+                    check(v, &val)?;
                     out.push_str(&val);
                 }
             }
@@ -176,36 +162,25 @@ impl Template {
     /// Render a channel name: every value must be non-empty and inside the alphabet.
     pub fn render_channel<'a>(
         &self,
-        lookup: impl Fn(&Var) -> Option<Cow<'a, str>>,
+        lookup: impl FnMut(&Var) -> Option<Cow<'a, str>>,
     ) -> Result<String, RenderError> {
-        let mut out = String::new();
-        for p in &self.parts {
-            match p {
-                Part::Lit(s) => out.push_str(s),
-                Part::Var(v) => {
-                    let val = lookup(v).ok_or_else(|| RenderError::Missing(v.to_string()))?;
-                    if val.is_empty() {
-                        return Err(RenderError::BadValue(v.to_string(), "empty value".into()));
-                    }
-                    // `.`/`..` mean nothing to the hub, but they would to any
-                    // store that maps channels onto paths or key prefixes.
-                    if val.chars().all(|c| c == '.') {
-                        return Err(RenderError::BadValue(
-                            v.to_string(),
-                            "a value of dots only".into(),
-                        ));
-                    }
-                    if let Some(c) = val.chars().find(|c| !is_channel_char(*c)) {
-                        return Err(RenderError::BadValue(
-                            v.to_string(),
-                            format!("value has {c:?}, outside [A-Za-z0-9_.:@-]"),
-                        ));
-                    }
-                    out.push_str(&val);
-                }
+        let out = self.render_checked(lookup, |v, val| {
+            let bad = |why: String| Err(RenderError::BadValue(v.to_string(), why));
+            if val.is_empty() {
+                return bad("empty value".into());
             }
-        }
-        check_channel(&out).map_err(|why| RenderError::BadValue("channel".into(), why))?;
+            // `.`/`..` mean nothing to the hub, but they would to any
+            // store that maps channels onto paths or key prefixes.
+            if val.chars().all(|c| c == '.') {
+                return bad("a value of dots only".into());
+            }
+            match val.chars().find(|c| !is_channel_char(*c)) {
+                Some(c) => bad(format!("value has {c:?}, outside [A-Za-z0-9_.:@-]")),
+                None => Ok(()),
+            }
+        })?;
+        channel::check(&out)
+            .map_err(|why| RenderError::BadValue("channel".into(), why.to_string()))?;
         Ok(out)
     }
 }

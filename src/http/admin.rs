@@ -1,0 +1,311 @@
+//! The admin listener: publish API, webhooks, health, readiness, metrics,
+//! stats and a live dashboard. Answered entirely in `request_filter`;
+//! nothing is proxied.
+
+use super::body;
+use super::detach;
+use super::held::SessionSink;
+use super::refuse::{Refusal, Style};
+use super::respond;
+use crate::config::{Webhook, ADMIN_PATHS};
+use crate::gateway::Gateway;
+use crate::hub::{Replay, Subscriber};
+use crate::sources::{publish, webhook};
+use crate::stream::socket::SocketSink;
+use crate::stream::{Guards, Stream, Subscription};
+use crate::wire;
+use async_trait::async_trait;
+use http::Method;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_proxy::{ProxyHttp, Session};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use subtle::ConstantTimeEq;
+
+/// How often the dashboard's stats stream updates.
+pub(crate) const DASHBOARD_TICK: Duration = Duration::from_secs(1);
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+#[derive(Debug)]
+pub(crate) struct AdminApp {
+    pub gw: Arc<Gateway>,
+}
+
+impl AdminApp {
+    async fn refuse(&self, session: &mut Session, r: impl Into<Refusal>) -> Result<bool> {
+        r.into().send(session, Style::Json, &self.gw.metrics).await
+    }
+
+    fn authorized(&self, session: &Session) -> bool {
+        let Some(token) = &self.gw.site.config.admin.token else {
+            return true;
+        };
+        let given = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                // The scheme is case-insensitive (RFC 9110 §11.1).
+                let (scheme, rest) = v.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+            })
+            .unwrap_or("");
+        bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+    }
+
+    async fn publish(&self, session: &mut Session) -> Result<bool> {
+        if !self.authorized(session) {
+            let r = Refusal::new(401, "auth", "missing or wrong bearer token");
+            return self.refuse(session, r).await;
+        }
+        let body = match body::read(session, self.gw.site.config.limits.max_body).await {
+            Ok(b) => b,
+            Err(e) => return self.refuse(session, e).await,
+        };
+        let events = match publish::parse(&body) {
+            Ok(e) => e,
+            Err(e) => return self.refuse(session, e).await,
+        };
+        match self.gw.hub.publish(events).await {
+            Ok(r) => {
+                let mut out = json!({ "published": r.published });
+                if r.duplicates > 0 {
+                    out["duplicates"] = r.duplicates.into();
+                }
+                if r.closed > 0 {
+                    out["closed"] = r.closed.into();
+                }
+                respond::json(session, 200, &out).await?;
+                Ok(true)
+            }
+            Err(e) => self.refuse(session, e).await,
+        }
+    }
+
+    /// One request to a webhook's path.
+    async fn webhook(&self, hook: &Webhook, session: &mut Session) -> Result<bool> {
+        let gw = &self.gw;
+        let count = |outcome: &str| {
+            gw.metrics
+                .webhooks
+                .with_label_values(&[hook.path.as_str(), outcome])
+                .inc()
+        };
+        if !hook.methods.contains(&session.req_header().method) {
+            count("bad_method");
+            let r = Refusal::method_not_allowed(&hook.methods, "method not allowed");
+            return self.refuse(session, r).await;
+        }
+        let body = match body::read(session, gw.site.config.limits.max_body).await {
+            Ok(b) => b,
+            Err(e) => {
+                count(match e {
+                    body::BodyError::TooLarge(_) => "too_large",
+                    body::BodyError::Read => "bad_request",
+                });
+                return self.refuse(session, e).await;
+            }
+        };
+        let head = session.req_header();
+        let req = webhook::Inbound {
+            headers: &head.headers,
+            query: head.uri.query().unwrap_or(""),
+            body: &body,
+        };
+        let events = match webhook::check(hook, &req, SystemTime::now()) {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::debug!(path = %hook.path, reason = %e, "webhook refused");
+                count(e.outcome());
+                return self.refuse(session, e).await;
+            }
+        };
+        let mut channels: Vec<&str> = Vec::new();
+        for e in &events {
+            if !channels.contains(&e.channel.as_str()) {
+                channels.push(&e.channel);
+            }
+        }
+        let channels: Vec<String> = channels.into_iter().map(str::to_string).collect();
+        let total = events.len();
+        match gw.hub.publish(events).await {
+            Ok(r) if total > 0 && r.duplicates == total => {
+                count("duplicate");
+                respond::json(session, 200, &json!({ "duplicate": true })).await?;
+            }
+            Ok(r) => {
+                count("accepted");
+                let mut out = json!({ "published": r.published, "channels": channels });
+                if r.duplicates > 0 {
+                    out["duplicates"] = r.duplicates.into();
+                }
+                respond::json(session, 202, &out).await?;
+            }
+            Err(e) => {
+                count("unavailable");
+                return self.refuse(session, e).await;
+            }
+        }
+        Ok(true)
+    }
+
+    /// The dashboard's feed: the stats object as an SSE event every tick,
+    /// on the same stream engine as every client stream.
+    async fn stats_stream(&self, session: &mut Session) -> Result<bool> {
+        let gw = &self.gw;
+        let streams = &gw.streams;
+        if streams.shutdown.is_draining() {
+            let r = Refusal::new(503, "draining", "shutting down");
+            return self.refuse(session, r).await;
+        }
+        let sse = &gw.site.config.sse;
+        let sub = Arc::new(Subscriber::new(streams.next_id(), 16));
+        let stream = Stream {
+            heartbeat: streams.heartbeats.join(sse.heartbeat, &sub),
+            subscription: Subscription::feed(gw.dashboard.clone(), sub),
+            retry: Duration::from_secs(2),
+            shutdown: streams.shutdown.clone(),
+            metrics: gw.metrics.clone(),
+            guards: Guards {
+                slot: None,
+                _active: streams.shutdown.track(),
+                gauge: None,
+                keep: None,
+            },
+            grip: None,
+        };
+        // The first stats at once, not a tick later.
+        let first = Replay {
+            frames: vec![crate::hub::Delivery {
+                seq: 0,
+                frame: stats_frame(gw),
+                published: std::time::Instant::now(),
+            }],
+            ..Replay::default()
+        };
+        if let Some(tcp) = detach::take_socket(session) {
+            tokio::spawn(stream.run(SocketSink::new(tcp), first));
+            return Ok(true);
+        }
+        stream.run(SessionSink::new(session), first).await;
+        Ok(true)
+    }
+}
+
+/// What `/stats` shows, and the dashboard draws.
+pub(crate) fn stats(gw: &Gateway) -> serde_json::Value {
+    let m = &gw.metrics;
+    let routes: serde_json::Map<String, serde_json::Value> = gw
+        .site
+        .routes()
+        .filter(|r| r.is_sse())
+        .map(|r| {
+            (
+                r.label().to_string(),
+                m.connections.with_label_values(&[r.label()]).get().into(),
+            )
+        })
+        .collect();
+    json!({
+        "uptime_seconds": gw.started.elapsed().as_secs(),
+        "connections": gw.streams.limiter.open(),
+        "routes": routes,
+        "hub": gw.hub.stats(),
+        "events": {
+            "published": m.published.get(),
+            "duplicates": m.duplicates.get(),
+            "delivered": m.delivered.get(),
+            "slow_client_disconnects": m.slow_disconnects.get(),
+        },
+        "draining": gw.streams.shutdown.is_draining(),
+    })
+}
+
+fn stats_frame(gw: &Gateway) -> bytes::Bytes {
+    // ok: `stats` is a name without CR or LF.
+    wire::encode(None, Some("stats"), &stats(gw).to_string()).unwrap_or_default()
+}
+
+/// Offer the stats to the dashboard's viewers once a tick, computed once
+/// for all of them; nothing is computed while nobody watches.
+pub(crate) async fn feed_dashboard(gw: &Gateway) {
+    let mut t = tokio::time::interval(DASHBOARD_TICK);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        t.tick().await;
+        if !gw.dashboard.is_empty() {
+            gw.dashboard.offer(stats_frame(gw), &gw.metrics);
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for AdminApp {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        let gw = &self.gw;
+        match (method, path.as_str()) {
+            (Method::POST, "/publish" | "/publish/") => self.publish(session).await,
+            (Method::GET | Method::HEAD, "/healthz") => {
+                respond::text(session, 200, "ok").await?;
+                Ok(true)
+            }
+            (Method::GET | Method::HEAD, "/readyz") => match gw.hub.ready().await {
+                Ok(()) if !gw.streams.shutdown.is_draining() => {
+                    respond::text(session, 200, "ready").await?;
+                    Ok(true)
+                }
+                Ok(()) => {
+                    let r = Refusal::new(503, "draining", "draining");
+                    r.send(session, Style::Text, &gw.metrics).await
+                }
+                Err(e) => {
+                    Refusal::from(e)
+                        .send(session, Style::Text, &gw.metrics)
+                        .await
+                }
+            },
+            (Method::GET, "/metrics") => {
+                let body = gw.metrics.render();
+                respond::send(session, 200, "text/plain; version=0.0.4", body, &[]).await?;
+                Ok(true)
+            }
+            (Method::GET, "/stats") => {
+                respond::json(session, 200, &stats(gw)).await?;
+                Ok(true)
+            }
+            (Method::GET, "/stats/stream") => self.stats_stream(session).await,
+            (Method::GET, "/") => {
+                respond::send(session, 200, "text/html; charset=utf-8", DASHBOARD, &[]).await?;
+                Ok(true)
+            }
+            (_, p) if ADMIN_PATHS.contains(&p) => {
+                let r = Refusal::new(405, "method", "method not allowed");
+                self.refuse(session, r).await
+            }
+            _ => match webhook::find(&gw.site.config.webhooks, &path) {
+                Some(hook) => self.webhook(hook, session).await,
+                None => {
+                    let r = Refusal::new(404, "no_route", format!("no admin endpoint {path}"));
+                    self.refuse(session, r).await
+                }
+            },
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        Error::e_explain(
+            ErrorType::HTTPStatus(404),
+            "the admin listener proxies nothing",
+        )
+    }
+}

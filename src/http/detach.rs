@@ -1,0 +1,94 @@
+//! Taking a plain HTTP/1.1 client socket out of pingora once its SSE request
+//! is accepted: the socket is duplicated out of the session, pingora gets a
+//! do-nothing placeholder session to finish the request with, and the stream
+//! lives on as one small task (`stream::socket`). TLS and HTTP/2 sessions
+//! cannot be taken apart like this and stay held (`http::held`).
+
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
+use pingora_proxy::Session;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// What pingora finishes the request with once the real socket is ours:
+/// reads see EOF, writes vanish.
+#[derive(Debug)]
+struct Placeholder;
+
+impl AsyncRead for Placeholder {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Placeholder {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl VirtualSocket for Placeholder {
+    fn set_socket_option(&self, _: VirtualSockOpt) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether `take_socket` would take this session.
+pub(crate) fn is_plain_h1(session: &Session) -> bool {
+    matches!(*session.downstream_session, ServerSession::H1(_))
+        && session
+            .downstream_session
+            .stream()
+            .is_some_and(|s| s.as_any().is::<L4Stream>())
+}
+
+/// Take the client's TCP socket out of a plain-text HTTP/1 session. None (and
+/// the session untouched) for anything else.
+pub(crate) fn take_socket(session: &mut Session) -> Option<TcpStream> {
+    if !is_plain_h1(session) {
+        return None;
+    }
+    let mut placeholder = ServerSession::new_http1(Box::new(L4Stream::from(
+        VirtualSocketStream::new(Box::new(Placeholder)),
+    )));
+    placeholder.set_keepalive(None);
+    let real = std::mem::replace(&mut *session.downstream_session, placeholder);
+    let ServerSession::H1(v1) = real else {
+        return None;
+    };
+    let l4 = v1.into_inner().into_any().downcast::<L4Stream>().ok()?;
+    let fd = dup(&l4).ok()?;
+    drop(l4);
+    let std = std::net::TcpStream::from(fd);
+    std.set_nonblocking(true).ok()?;
+    TcpStream::from_std(std).ok()
+}
+
+/// Duplicate the socket so it outlives pingora's `Stream`, which owns the
+/// original descriptor and closes it when dropped.
+#[allow(unsafe_code)]
+fn dup(stream: &L4Stream) -> io::Result<OwnedFd> {
+    // SAFETY: `stream` owns this open descriptor and is borrowed for the whole
+    // call, so the descriptor stays valid while we duplicate it.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    fd.try_clone_to_owned()
+}

@@ -1,0 +1,417 @@
+//! The public listener: each request is routed to an SSE stream the gateway
+//! holds itself (after the route's auth), to a GRIP route whose backend may
+//! hold the client, or passed through to an upstream pool by pingora.
+
+use super::detach;
+use super::grip::{self, HoldStart};
+use super::held::SessionSink;
+use super::refuse::{Refusal, Style};
+use crate::gateway::{Action, Gateway, RouteEntry, SseEntry};
+use crate::hub::{Resume, Subscriber};
+use crate::outbound::{Forwarded, Pool};
+use crate::routing::{host_only, Matched, Miss};
+use crate::shutdown::Active;
+use crate::stream::request::{self, Offer};
+use crate::stream::socket::SocketSink;
+use crate::stream::{self, GripOpening, Guards, Stream};
+use crate::values::RequestValues;
+use async_trait::async_trait;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::RequestHeader;
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug)]
+pub(crate) struct PublicProxy {
+    pub gw: Arc<Gateway>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Ctx {
+    pool: Option<Arc<Pool>>,
+    tried: Vec<usize>,
+    _active: Option<Active>,
+}
+
+/// The request's authority: the Host header, else the absolute URI's.
+fn host_of(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.host())
+}
+
+/// Who the client is, as this listener saw it.
+fn forwarded(session: &Session) -> Forwarded {
+    Forwarded {
+        client_ip: session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip()),
+        tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+        host: host_of(session.req_header()).map(str::to_string),
+    }
+}
+
+/// What a stream subscribes to and how it behaves.
+struct StreamSpec {
+    channels: Vec<String>,
+    resume: Resume,
+    retry: Duration,
+    client_queue: usize,
+    /// The tick for heartbeats (SSE) or keep-alives (GRIP).
+    heartbeat: Duration,
+    grip: Option<Box<GripOpening>>,
+    /// A poll route's latest snapshot, for a subscriber that needs one.
+    snapshot: Option<stream::Snapshot>,
+    /// What must live as long as the stream (poll lease, JWT expiry).
+    keep: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// Unix seconds at which the stream is closed with `ssegate.expired`.
+    expires: Option<u64>,
+}
+
+impl PublicProxy {
+    async fn refuse(&self, session: &mut Session, r: impl Into<Refusal>) -> Result<bool> {
+        r.into().send(session, Style::Text, &self.gw.metrics).await
+    }
+
+    async fn open_stream(
+        &self,
+        session: &mut Session,
+        m: &Matched<'_, Arc<RouteEntry>>,
+        entry: &SseEntry,
+    ) -> Result<bool> {
+        let gw = &self.gw;
+        let method = &session.req_header().method;
+        if method != http::Method::GET && method != http::Method::HEAD {
+            let r = Refusal::method_not_allowed(&[http::Method::GET], "sse routes answer GET only");
+            return self.refuse(session, r).await;
+        }
+        let max_channels = gw.site.config.limits.max_channels_per_client;
+        let req = session.req_header();
+        let mut values = RequestValues::new(&m.params, req.uri.query(), &req.headers);
+        if let Err(e) = entry.auth.check(&gw.client, &mut values).await {
+            return self.refuse(session, e).await;
+        }
+        let offer = Offer {
+            channels: &entry.sse.channels,
+            allow_channels: &entry.sse.allow_channels,
+            polls: entry.poll.is_some(),
+            max_channels,
+        };
+        let mut wanted = match request::resolve(&values, offer) {
+            Ok(w) => w,
+            Err(e) => return self.refuse(session, e).await,
+        };
+        // Counted before anything is awaited; released with the stream
+        // however it ends.
+        let lease = match &entry.poll {
+            None => None,
+            Some(p) => match crate::sources::poll::target(&values, m.value.route.index, &p.poll)
+                .map_err(crate::sources::poll::PollError::Target)
+                .and_then(|t| gw.pollers.acquire(t, p))
+            {
+                Ok(l) => Some(l),
+                Err(e) => return self.refuse(session, e).await,
+            },
+        };
+        // Closed at `exp` (plus the leeway validation allowed).
+        let expires = entry.auth.jwt().and_then(|jwt| {
+            let exp = values.identity.claims.as_ref()?.exp?;
+            Some(exp.saturating_add(jwt.leeway))
+        });
+        drop(values);
+        let snapshot = match (&lease, &entry.poll) {
+            (Some(l), Some(p)) if p.poll.initial => {
+                Some(l.snapshot_source(p.poll.timeout + crate::sources::poll::SNAPSHOT_SLACK))
+            }
+            _ => None,
+        };
+        if let Some(l) = &lease {
+            wanted.channels.push(l.channel().to_string());
+        }
+        let spec = StreamSpec {
+            channels: wanted.channels,
+            resume: wanted.resume,
+            retry: entry.sse.settings.retry,
+            client_queue: entry.sse.settings.client_queue,
+            heartbeat: entry.sse.settings.heartbeat,
+            grip: None,
+            snapshot,
+            keep: lease.map(|l| Box::new(l) as Box<dyn std::any::Any + Send + Sync>),
+            expires,
+        };
+        self.hold_stream(session, m.value.label(), spec).await
+    }
+
+    /// A GRIP route: the backend answers, and may hold the client.
+    async fn grip(
+        &self,
+        session: &mut Session,
+        entry: &RouteEntry,
+        pool: &Pool,
+        route: &crate::config::GripRoute,
+    ) -> Result<bool> {
+        let gw = &self.gw;
+        let limits = &gw.site.config.limits;
+        let who = forwarded(session);
+        let outcome = grip::forward(
+            &gw.client,
+            session,
+            pool,
+            route,
+            &who,
+            limits.max_channels_per_client,
+            limits.max_body,
+        )
+        .await;
+        let start = match outcome {
+            Ok(grip::Outcome::Done) => return Ok(true),
+            Ok(grip::Outcome::Hold(start)) => start,
+            Err(r) => {
+                tracing::debug!(upstream = %pool.name, status = r.status, reason = %r.reason, "grip route refused");
+                return self.refuse(session, r).await;
+            }
+        };
+        let HoldStart { hold, head, body } = *start;
+        // Without Grip-Keep-Alive nothing is sent idle, but the stream still
+        // joins a tick so that a drain on shutdown wakes it.
+        let sse = &gw.site.config.sse;
+        let (heartbeat, keep_alive) = match hold.keep_alive {
+            Some(k) => (k.timeout, Some(k.content)),
+            None => (sse.heartbeat, None),
+        };
+        let spec = StreamSpec {
+            channels: hold.channels,
+            resume: Resume::Live,
+            retry: sse.retry,
+            client_queue: sse.client_queue,
+            heartbeat,
+            grip: Some(Box::new(GripOpening {
+                head,
+                body,
+                keep_alive,
+            })),
+            snapshot: None,
+            keep: None,
+            expires: None,
+        };
+        self.hold_stream(session, entry.label(), spec).await
+    }
+
+    /// Subscribe and hold the client: detached from pingora on plain
+    /// HTTP/1.1, held in its session otherwise.
+    async fn hold_stream(
+        &self,
+        session: &mut Session,
+        label: &str,
+        spec: StreamSpec,
+    ) -> Result<bool> {
+        let gw = &self.gw;
+        let streams = &gw.streams;
+        if streams.shutdown.is_draining() {
+            return self
+                .refuse(session, Refusal::new(503, "draining", "shutting down"))
+                .await;
+        }
+        let ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let slot = match streams.limiter.acquire(ip) {
+            Ok(s) => s,
+            Err(e) => return self.refuse(session, e).await,
+        };
+        let sub = Arc::new(Subscriber::new(streams.next_id(), spec.client_queue));
+        let opened = stream::subscribe(
+            &gw.hub,
+            sub.clone(),
+            spec.channels,
+            &spec.resume,
+            spec.snapshot,
+        )
+        .await;
+        let (subscription, replay) = match opened {
+            Ok(o) => o,
+            Err(e) => return self.refuse(session, e).await,
+        };
+        let expiry = spec.expires.map(|at| streams.expiries.register(at, &sub));
+        let keep: Option<Box<dyn std::any::Any + Send + Sync>> = match (spec.keep, expiry) {
+            (None, None) => None,
+            (keep, expiry) => Some(Box::new((keep, expiry))),
+        };
+        let gauge = gw.metrics.connections.with_label_values(&[label]);
+        gauge.inc();
+        gw.metrics
+            .connections_opened
+            .with_label_values(&[label])
+            .inc();
+        let stream = Stream {
+            heartbeat: streams.heartbeats.join(spec.heartbeat, &sub),
+            subscription,
+            retry: spec.retry,
+            shutdown: streams.shutdown.clone(),
+            metrics: gw.metrics.clone(),
+            guards: Guards {
+                slot: Some(slot),
+                _active: streams.shutdown.track(),
+                gauge: Some(gauge),
+                keep,
+            },
+            grip: spec.grip,
+        };
+        if let Some(tcp) = detach::take_socket(session) {
+            // The stream's own future is the task: nothing wraps it, so an
+            // idle stream costs what the size probe in `stream::socket` measures.
+            tokio::spawn(stream.run(SocketSink::new(tcp), replay));
+            return Ok(true);
+        }
+        let end = stream.run(SessionSink::new(session), replay).await;
+        tracing::debug!(route = label, ?end, "stream ended");
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for PublicProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let site = self.gw.site.clone();
+        let req = session.req_header();
+        let host = host_of(req).map(host_only);
+        let found = site
+            .router
+            .lookup(&req.method, host.as_deref(), req.uri.path());
+        let m = match found {
+            Ok(m) => m,
+            Err(Miss::NotFound) => {
+                let reason = format!("no route for {}", req.uri.path());
+                return self
+                    .refuse(session, Refusal::new(404, "no_route", reason))
+                    .await;
+            }
+            Err(Miss::MethodNotAllowed(allowed)) => {
+                let r = Refusal::method_not_allowed(&allowed, "method not allowed on this route");
+                return self.refuse(session, r).await;
+            }
+        };
+        let entry = m.value.clone();
+        match &entry.action {
+            Action::Sse(sse) => self.open_stream(session, &m, sse).await,
+            Action::Grip(pool, g) => {
+                ctx._active = Some(self.gw.streams.shutdown.track());
+                self.grip(session, &entry, pool, g).await
+            }
+            Action::Proxy(pool) => {
+                ctx.pool = Some(pool.clone());
+                ctx._active = Some(self.gw.streams.shutdown.track());
+                Ok(false)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let pool = ctx
+            .pool
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "route has no upstream"))?;
+        let (index, addr) = pool.pick(&ctx.tried).ok_or_else(|| {
+            Error::explain(ErrorType::ConnectError, "no upstream server left to try")
+        })?;
+        ctx.tried.push(index);
+        Ok(Box::new(pool.peer(addr)))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(pool), Some(&last)) = (&ctx.pool, ctx.tried.last()) {
+            pool.mark_failed(last);
+            if ctx.tried.len() < pool.len() {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        forwarded(session).apply(upstream_request)
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        if let Some(pool) = &ctx.pool {
+            let status = session
+                .response_written()
+                .map(|r| r.status.as_u16())
+                .unwrap_or(0);
+            let class = match status {
+                100..=199 => "1xx",
+                200..=299 => "2xx",
+                300..=399 => "3xx",
+                400..=499 => "4xx",
+                500..=599 => "5xx",
+                _ => "none",
+            };
+            self.gw
+                .metrics
+                .proxied
+                .with_label_values(&[&pool.name, class])
+                .inc();
+        }
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        use ErrorType::*;
+        let upstream = ctx.pool.as_ref().map_or("?", |p| &*p.name);
+        let (code, reason) = match (e.etype(), e.esource()) {
+            (HTTPStatus(c), _) => (
+                *c,
+                format!(
+                    "upstream {upstream}: {}",
+                    e.context.as_ref().map(|c| c.as_str()).unwrap_or("failed")
+                ),
+            ),
+            (ConnectTimedout, _) => (504, format!("upstream {upstream}: connect timed out")),
+            (ReadTimedout | WriteTimedout, ErrorSource::Upstream) => {
+                (504, format!("upstream {upstream}: timed out"))
+            }
+            (ConnectRefused, _) => (502, format!("upstream {upstream}: connection refused")),
+            (_, ErrorSource::Upstream) | (ConnectError | ConnectNoRoute, _) => {
+                (502, format!("upstream {upstream}: {}", e.etype().as_str()))
+            }
+            (ReadError | WriteError | ConnectionClosed, ErrorSource::Downstream) => {
+                (0, String::new())
+            }
+            (_, ErrorSource::Downstream) => (400, "bad request".to_string()),
+            _ => (502, format!("upstream {upstream}: {}", e.etype().as_str())),
+        };
+        if code > 0 {
+            let r = Refusal::new(code, "upstream", reason);
+            if session.response_written().is_none() {
+                let _ = r.send(session, Style::Text, &self.gw.metrics).await;
+            } else {
+                self.gw.metrics.refuse(code, r.label);
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+}

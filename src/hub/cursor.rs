@@ -1,0 +1,25 @@
+//! Cursors: `<epoch hex>-<seq>`, the opaque `id:` of every event. The
+//! epoch tells cursors of different histories apart (a restart without
+//! persistence, a Redis that lost its data): a cursor of another epoch
+//! cannot be resumed and gets `ssegate.reset`.
+
+pub fn format(epoch: u64, seq: u64) -> String {
+    format!("{epoch:x}-{seq}")
+}
+
+/// (epoch, seq), or None for anything that is not one of our cursors.
+pub fn parse(s: &str) -> Option<(u64, u64)> {
+    let (e, n) = s.trim().split_once('-')?;
+    Some((u64::from_str_radix(e, 16).ok()?, n.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn round_trips_and_refuses_garbage() {
+        assert_eq!(super::parse(&super::format(0x19a, 42)), Some((0x19a, 42)));
+        for bad in ["", "x", "1-", "-1", "zz-1", "1-x", "1-2-3"] {
+            assert_eq!(super::parse(bad), None, "{bad}");
+        }
+    }
+}

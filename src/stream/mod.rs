@@ -1,0 +1,402 @@
+//! One SSE stream's life, written once: open (response head, prelude or a
+//! GRIP hold's head and body, reset, replay), deliver (drain the subscriber's
+//! queue, write, count), keep alive (the shared heartbeat tick), and end
+//! (the terminal event or drain retry, then the end of the body).
+//!
+//! The engine is generic over a `Sink`, the thing the bytes go to: a plain
+//! HTTP/1.1 socket taken out of pingora (`socket`), or a request held in
+//! pingora's session for TLS and HTTP/2 (`http::held`). Every kind of
+//! stream — SSE routes, GRIP holds, the dashboard's feed — runs here.
+//!
+//! - `request`: what a request subscribes to (channels, resume point).
+//! - `heartbeat`: one tick per interval for every stream.
+//! - `limits`: connection caps.
+//! - `socket`: the detached socket's sink.
+
+pub(crate) mod heartbeat;
+pub(crate) mod limits;
+pub(crate) mod request;
+pub(crate) mod socket;
+
+use crate::hub::{Broker, BrokerError, Delivery, Feed, Replay, Resume, SubState, Subscriber};
+use crate::metrics::Metrics;
+use crate::shutdown::{Active, Shutdown};
+use crate::wire;
+use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use heartbeat::Membership;
+use limits::ConnSlot;
+use pingora_http::ResponseHeader;
+use rand::Rng;
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A stream that stops reading for this long is cut even without new events.
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A poll route's latest snapshot frame, for a subscriber that needs one.
+pub(crate) type Snapshot = BoxFuture<'static, Option<Bytes>>;
+
+/// Register `sub` on `channels` and collect what its stream opens with:
+/// what it missed since `resume` and, on a poll route, the latest snapshot.
+/// Subscribed first, then the snapshot: a change in between arrives twice
+/// rather than never. A resume whose replay is complete needs no snapshot;
+/// one with a history gap gets it right after the reset.
+pub(crate) async fn subscribe(
+    hub: &Arc<dyn Broker>,
+    sub: Arc<Subscriber>,
+    channels: Vec<String>,
+    resume: &Resume,
+    snapshot: Option<Snapshot>,
+) -> Result<(Subscription, Replay), BrokerError> {
+    let mut replay = match hub.subscribe(&sub, &channels, resume).await {
+        Ok(r) => r,
+        Err(e) => {
+            hub.unsubscribe(&sub, &channels);
+            return Err(e);
+        }
+    };
+    let subscription = Subscription::hub(hub.clone(), sub, channels);
+    if let Some(snapshot) = snapshot {
+        if *resume == Resume::Live || replay.reset.is_some() {
+            if let Some(frame) = snapshot.await {
+                // Cursor 0: it carries no `id:` and moves no resume point.
+                let d = Delivery {
+                    seq: 0,
+                    frame,
+                    published: std::time::Instant::now(),
+                };
+                replay.frames.insert(0, d);
+            }
+        }
+    }
+    Ok((subscription, replay))
+}
+
+/// Where a stream's subscriber is registered; unregistered when dropped,
+/// however the stream ends.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    pub sub: Arc<Subscriber>,
+    source: Source,
+}
+
+#[derive(Debug)]
+enum Source {
+    Hub {
+        hub: Arc<dyn Broker>,
+        channels: Vec<String>,
+    },
+    Feed(Arc<Feed>),
+}
+
+impl Subscription {
+    /// `sub`, already subscribed to `channels` on `hub`.
+    pub(crate) fn hub(
+        hub: Arc<dyn Broker>,
+        sub: Arc<Subscriber>,
+        channels: Vec<String>,
+    ) -> Subscription {
+        Subscription {
+            sub,
+            source: Source::Hub { hub, channels },
+        }
+    }
+
+    /// `sub`, added to `feed` here.
+    pub(crate) fn feed(feed: Arc<Feed>, sub: Arc<Subscriber>) -> Subscription {
+        feed.add(&sub);
+        Subscription {
+            sub,
+            source: Source::Feed(feed),
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        match &self.source {
+            Source::Hub { hub, channels } => hub.unsubscribe(&self.sub, channels),
+            Source::Feed(feed) => feed.remove(&self.sub),
+        }
+    }
+}
+
+/// What an open stream holds on to: its connection slot, its place in the
+/// drain count, its route's gauge, and whatever else must live as long as
+/// it does (a poll lease, a JWT expiry entry). Dropping it releases all.
+pub(crate) struct Guards {
+    pub slot: Option<ConnSlot>,
+    /// Its place in the drain count (held for its `Drop`).
+    pub _active: Active,
+    pub gauge: Option<prometheus::IntGauge>,
+    /// Boxed: every idle stream carries this field in its future.
+    pub keep: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl fmt::Debug for Guards {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guards")
+            .field("slot", &self.slot)
+            .field("keeps", &self.keep.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Guards {
+    fn drop(&mut self) {
+        if let Some(g) = &self.gauge {
+            g.dec();
+        }
+    }
+}
+
+/// What a GRIP hold sends instead of the SSE opening: the backend's status,
+/// headers (Grip-* and Content-Length already removed) and body, and its
+/// `Grip-Keep-Alive` content in place of the heartbeat comment.
+#[derive(Debug, Clone)]
+pub(crate) struct GripOpening {
+    pub head: ResponseHeader,
+    pub body: Bytes,
+    /// None: the backend asked for no keep-alive, so nothing is sent idle.
+    pub keep_alive: Option<Bytes>,
+}
+
+/// How a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    ClientGone,
+    Slow,
+    ClosedByPublisher,
+    /// The client's JWT expired (`ssegate.expired` was sent).
+    Expired,
+    Shutdown,
+    WriteFailed,
+}
+
+/// Why an idle stream woke up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// Its subscriber was nudged: frames, a state change, a tick, a drain.
+    Nudged,
+    /// The client went away.
+    ClientGone,
+}
+
+/// The response head a stream opens with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Head<'a> {
+    /// `200` with `wire::SSE_HEADERS`.
+    Sse,
+    /// A GRIP hold: the backend's status and headers.
+    Grip(&'a ResponseHeader),
+}
+
+/// Where a stream's bytes go. `Ok(false)` from a write: the write waited on
+/// a full socket and the subscriber stopped being open meanwhile (evicted as
+/// slow, closed, expired), so it was given up.
+pub(crate) trait Sink {
+    /// The response head and the first body bytes.
+    async fn open(&mut self, sub: &Subscriber, head: Head<'_>, body: Bytes) -> io::Result<bool>;
+    /// One body chunk. The hub's frames are shared by every client: a sink
+    /// writes them as they are, never copies them.
+    async fn write(&mut self, sub: &Subscriber, bytes: &Bytes) -> io::Result<bool>;
+    /// Wait until the subscriber is nudged or the client goes away.
+    async fn idle(&mut self, sub: &Subscriber) -> Wake;
+    /// End the body after `last` (when given) — or, for a stream cut short
+    /// (`last` None), just close.
+    async fn finish(&mut self, sub: &Subscriber, last: Option<Bytes>);
+}
+
+/// Everything one stream owns while it runs.
+#[derive(Debug)]
+pub(crate) struct Stream {
+    pub subscription: Subscription,
+    /// The route's `retry` (prelude, and drain's jittered retry).
+    pub retry: Duration,
+    pub heartbeat: Option<Membership>,
+    pub shutdown: Shutdown,
+    pub metrics: Arc<Metrics>,
+    pub guards: Guards,
+    /// A GRIP hold: the backend's head and body open the stream instead of
+    /// the SSE prelude. Boxed: SSE streams pay one pointer for it.
+    pub grip: Option<Box<GripOpening>>,
+}
+
+impl Stream {
+    /// Run the stream to its end on `sink`, opening with `replay`.
+    ///
+    /// The replay is turned into the opening bytes here, before the future
+    /// exists: the future (what every idle detached client costs) keeps
+    /// only those bytes, not the replay.
+    pub(crate) fn run<S: Sink>(self, sink: S, replay: Replay) -> impl Future<Output = End> {
+        let last_seq = replay.frames.last().map_or(0, |d| d.seq);
+        let replayed = replay.frames.len() as u64;
+        let first = self.opening(replay);
+        self.serve(sink, first, last_seq, replayed)
+    }
+
+    // Awaits as little as possible and keeps little across awaits.
+    async fn serve<S: Sink>(
+        mut self,
+        mut sink: S,
+        first: Bytes,
+        mut last_seq: u64,
+        replayed: u64,
+    ) -> End {
+        let sub = self.subscription.sub.clone();
+        let sink = &mut sink;
+        let opened = {
+            let head = match &self.grip {
+                Some(g) => Head::Grip(&g.head),
+                None => Head::Sse,
+            };
+            // Boxed, as is the end: each happens once, and unboxed their
+            // futures would sit in every idle stream's future for its life.
+            Box::pin(sink.open(&sub, head, first)).await
+        };
+        match opened {
+            Ok(true) => {}
+            Ok(false) => return Box::pin(self.end(sink, cut(&sub))).await,
+            Err(_) => return Box::pin(self.end(sink, End::WriteFailed)).await,
+        }
+        self.metrics.delivered.inc_by(replayed);
+        if let Some(g) = &mut self.grip {
+            // Sent: only the keep-alive is needed from here on.
+            g.body = Bytes::new();
+        }
+        // A GRIP hold's keep-alive is its backend's content, sent only after
+        // a tick without other writes; an SSE heartbeat is the comment.
+        let mut wrote = false;
+        let mut last_beat = self.heartbeat.as_ref().map_or(0, Membership::epoch);
+        let mut batch: Vec<Delivery> = Vec::new();
+        let end = loop {
+            batch.clear();
+            sub.drain_after(&mut batch, &mut last_seq);
+            if !batch.is_empty() {
+                // A single frame (the common case) is written from the hub's
+                // shared bytes as they are: no copy and no allocation per
+                // client. Only a backlog is joined into one chunk.
+                let joined;
+                let bytes = match batch.as_slice() {
+                    [one] => &one.frame,
+                    many => {
+                        joined = join(many);
+                        &joined
+                    }
+                };
+                match sink.write(&sub, bytes).await {
+                    Ok(true) => {}
+                    Ok(false) => break cut(&sub),
+                    Err(_) => break End::WriteFailed,
+                }
+                wrote = true;
+                self.metrics.delivered.inc_by(batch.len() as u64);
+                for d in &batch {
+                    self.metrics
+                        .latency
+                        .observe(d.published.elapsed().as_secs_f64());
+                }
+                if batch.capacity() > 64 {
+                    batch = Vec::new();
+                }
+                continue;
+            }
+            match sub.state() {
+                SubState::Open => {}
+                SubState::Slow => break End::Slow,
+                SubState::Closed => break End::ClosedByPublisher,
+                SubState::Expired => break End::Expired,
+            }
+            if self.shutdown.is_draining() {
+                break End::Shutdown;
+            }
+            let beat = self.heartbeat.as_ref().map_or(0, Membership::epoch);
+            if beat != last_beat {
+                last_beat = beat;
+                let idle = self.grip.is_none() || !std::mem::take(&mut wrote);
+                let keep_alive = match &self.grip {
+                    None => Bytes::from_static(wire::HEARTBEAT),
+                    Some(g) => g.keep_alive.clone().unwrap_or_default(),
+                };
+                if idle && !keep_alive.is_empty() {
+                    match sink.write(&sub, &keep_alive).await {
+                        Ok(true) => {}
+                        Ok(false) => break cut(&sub),
+                        Err(_) => break End::WriteFailed,
+                    }
+                }
+                continue;
+            }
+            if sink.idle(&sub).await == Wake::ClientGone {
+                break End::ClientGone;
+            }
+        };
+        Box::pin(self.end(sink, end)).await
+    }
+
+    /// The first body bytes: the prelude (or a GRIP hold's body), the reset
+    /// and the replayed frames, as one write.
+    fn opening(&self, replay: Replay) -> Bytes {
+        let mut body = match &self.grip {
+            None => {
+                BytesMut::from(&wire::prelude(self.retry.as_millis(), replay.start.as_deref())[..])
+            }
+            Some(g) => BytesMut::from(&g.body[..]),
+        };
+        if let Some(reset) = &replay.reset {
+            body.extend_from_slice(reset);
+        }
+        for d in &replay.frames {
+            body.extend_from_slice(&d.frame);
+        }
+        body.freeze()
+    }
+
+    /// The last words (drain retry, `ssegate.expired`, or only the end of
+    /// the body), then everything the stream held is released.
+    async fn end<S: Sink>(self, sink: &mut S, end: End) -> End {
+        let sub = &self.subscription.sub;
+        let last = match end {
+            End::Shutdown if self.grip.is_none() => {
+                Some(wire::retry_only(jittered(self.retry).as_millis()))
+            }
+            End::Expired => Some(wire::expired()),
+            End::Shutdown | End::ClosedByPublisher => Some(Bytes::new()),
+            End::ClientGone | End::Slow | End::WriteFailed => None,
+        };
+        sink.finish(sub, last).await;
+        drop(self.guards);
+        end
+    }
+}
+
+/// Why a write that waited on a full socket was given up: the client was
+/// evicted as slow, or its stream was ended (closed, expired) meanwhile —
+/// either way nothing more can be written to it.
+fn cut(sub: &Subscriber) -> End {
+    match sub.state() {
+        SubState::Slow => End::Slow,
+        _ => End::WriteFailed,
+    }
+}
+
+/// A backlog as one chunk.
+fn join(batch: &[Delivery]) -> Bytes {
+    let mut out = BytesMut::with_capacity(batch.iter().map(|d| d.frame.len()).sum());
+    for d in batch {
+        out.extend_from_slice(&d.frame);
+    }
+    out.freeze()
+}
+
+/// The retry sent on drain: spread over [retry, retry + max(2×retry, 5s)) so
+/// that clients do not all reconnect in the same instant.
+pub(crate) fn jittered(retry: Duration) -> Duration {
+    let spread = (retry * 2).max(Duration::from_secs(5));
+    retry + spread.mul_f64(rand::rng().random::<f64>())
+}
