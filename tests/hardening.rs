@@ -365,3 +365,218 @@ fn issue18_05_absurd_durations_never_hang_or_panic_at_sigterm() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+// ---------------------------------------------------------------------------
+// 6–8. Request shapes over a raw socket, to backends that record the bytes.
+
+fn proxy_config(upstreams: &[(&str, &RawBackend)], routes: &str) -> String {
+    let mut text = String::from("upstreams:\n");
+    for (name, b) in upstreams {
+        text.push_str(&format!("  {name}: {{ servers: [\"{}\"] }}\n", b.addr));
+    }
+    format!("{text}routes:\n{routes}")
+}
+
+/// Two recording backends, as upstreams named after them, and a gateway.
+fn two_backends(names: [&'static str; 2], routes: &str) -> (RawBackend, RawBackend, Gateway) {
+    let (a, b) = (RawBackend::start(names[0]), RawBackend::start(names[1]));
+    let gw = Gateway::start(&proxy_config(&[(names[0], &a), (names[1], &b)], routes));
+    (a, b, gw)
+}
+
+#[test]
+#[ignore = "issue 18 #6: fails until fixed"]
+fn issue18_06_duplicate_content_length_reaches_the_backend_once_or_is_refused() {
+    let backend = RawBackend::start("app");
+    let gw = Gateway::start(&proxy_config(
+        &[("app", &backend)],
+        "  - { path: \"/api/{*rest}\", proxy: app }\n",
+    ));
+    let mut failures = Vec::new();
+    for (case, lengths) in [
+        ("repeated", "Content-Length: 5\r\nContent-Length: 5\r\n"),
+        ("listed", "Content-Length: 5, 5\r\n"),
+    ] {
+        let target = format!("/api/{case}");
+        let req = format!(
+            "POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{lengths}Connection: close\r\n\r\nhello"
+        );
+        let resp = exchange(gw.port, req.as_bytes(), WAIT);
+        let seen: Vec<RawRequest> = backend
+            .requests()
+            .into_iter()
+            .filter(|r| r.target() == target)
+            .collect();
+        match resp.status() {
+            400 if seen.is_empty() => {}
+            200 if seen.len() == 1
+                && seen[0].headers("content-length") == ["5"]
+                && seen[0].body == b"hello" => {}
+            status => failures.push(format!(
+                "{case}: answered {status}; the backend got {} request(s), Content-Length lines {:?}:\n{}",
+                seen.len(),
+                seen.first().map(|r| r.headers("content-length")),
+                seen.first().map_or("", |r| r.head.as_str())
+            )),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+#[ignore = "issue 18 #7: fails until fixed"]
+fn issue18_07_dot_segments_never_take_a_request_outside_its_prefix_route() {
+    let (api, grip, gw) = two_backends(
+        ["api", "grip"],
+        "  - { path: \"/api/{*rest}\", proxy: api }\n  - { path: \"/grip/{*rest}\", proxy: grip, grip: true }\n",
+    );
+    let shapes = [
+        "/../internal/secret",
+        "/%2e%2e/internal",
+        "/%2E%2E/internal",
+        "/..%2finternal",
+        "/./../internal",
+    ];
+    let mut answers = Vec::new();
+    for prefix in ["/api", "/grip"] {
+        for shape in shapes {
+            let req = format!(
+                "GET {prefix}{shape} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            );
+            let resp = exchange(gw.port, req.as_bytes(), WAIT);
+            answers.push(format!("{prefix}{shape} → {}", resp.status()));
+        }
+    }
+    let mut escaped = Vec::new();
+    for (prefix, backend) in [("/api/", &api), ("/grip/", &grip)] {
+        for r in backend.requests() {
+            let resolved = resolved_path(r.target());
+            if !resolved.starts_with(prefix) {
+                escaped.push(format!("{} (resolves to {resolved})", r.request_line()));
+            }
+        }
+    }
+    assert!(
+        escaped.is_empty(),
+        "requests reached a backend outside their route's prefix:\n{}\n(answers: {answers:?})",
+        escaped.join("\n")
+    );
+}
+
+#[test]
+#[ignore = "issue 18 #8: fails until fixed"]
+fn issue18_08_host_routes_match_the_effective_authority() {
+    let (_example, b, gw) = two_backends(
+        ["example", "default"],
+        "  - { path: /h, proxy: example, host: example.com }\n  - { path: /h, proxy: default }\n",
+    );
+    let mut failures = Vec::new();
+    for (what, req) in [
+        (
+            "absolute-form without Host",
+            "GET http://example.com/h HTTP/1.1\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "Host with a trailing dot",
+            "GET /h HTTP/1.1\r\nHost: example.com.\r\nConnection: close\r\n\r\n",
+        ),
+    ] {
+        let before = b.requests().len();
+        let resp = exchange(gw.port, req.as_bytes(), WAIT);
+        if let Some(r) = b.requests().get(before) {
+            failures.push(format!(
+                "{what}: a request for example.com went to the host-less route ({}):\n{}",
+                resp.status(),
+                r.head
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+// ---------------------------------------------------------------------------
+// 9. The `ssegate.` namespace is the gateway's; GRIP content cannot corrupt SSE.
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+#[tokio::test]
+#[ignore = "issue 18 #9: fails until fixed"]
+async fn issue18_09_publishers_and_webhooks_cannot_emit_control_events() {
+    let gw = Gateway::start(&format!(
+        "{SSE_ROUTES}webhooks:\n  - path: /hooks/any\n    channel: \"room:c\"\n    event: \"{{/type}}\"\n"
+    ));
+    let mut s = Sse::connect(&gw.url("/events/c")).await;
+    let mut accepted = Vec::new();
+    for name in ["ssegate.reset", "ssegate.expired", "ssegate.other"] {
+        let (status, v) = gw
+            .publish(json!({"channel": "room:c", "event": name, "data": {"reason": "history-gap"}}))
+            .await;
+        if status != 400 {
+            accepted.push(format!("publish of event {name}: {status} {v}"));
+        }
+        let r = client()
+            .post(gw.admin("/hooks/any"))
+            .json(&json!({"type": name, "reason": "history-gap"}))
+            .send()
+            .await
+            .unwrap();
+        if r.status().as_u16() != 400 {
+            accepted.push(format!("webhook mapped to event {name}: {}", r.status()));
+        }
+    }
+    gw.publish_ok("room:c", json!("marker")).await;
+    let first = s.next().await;
+    assert!(
+        accepted.is_empty() && first.data == "marker",
+        "control events accepted from publishers: {accepted:#?}\nthe client's first event: {first:?}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "issue 18 #9: fails until fixed"]
+async fn issue18_09_grip_content_cannot_corrupt_a_native_sse_stream() {
+    use base64::Engine;
+    let gw = Gateway::start(SSE_ROUTES);
+    let bin = base64::engine::general_purpose::STANDARD.encode(b"data: \xff\xfe\x00bin");
+    let cases = [
+        (
+            "content without a closing blank line",
+            json!({"content": "data: partial"}),
+        ),
+        ("binary content-bin", json!({"content-bin": bin})),
+        (
+            "content that is an ssegate.reset event",
+            json!({"content": "event: ssegate.reset\ndata: {\"reason\":\"history-gap\"}\n\n"}),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (i, (what, format)) in cases.into_iter().enumerate() {
+        let room = format!("g{i}");
+        let mut raw = Raw::get(gw.port, &format!("/events/{room}"), &[]);
+        assert!(
+            read_body_until(&mut raw, WAIT, |b| find(b, b":ok\n\n").is_some()),
+            "prelude"
+        );
+        let channel = format!("room:{room}");
+        let (status, v) = gw
+            .publish(json!({"items": [{"channel": channel, "formats": {"http-stream": format}}]}))
+            .await;
+        gw.publish_ok(&channel, json!("next")).await;
+        let parsed = read_body_until(&mut raw, WAIT, |b| {
+            whatwg(b).0.iter().any(|e| e.data.contains("next"))
+        });
+        let (events, _) = whatwg(&body_of(&raw));
+        let next = events.iter().find(|e| e.data.contains("next"));
+        let intact = parsed && next.is_some_and(|e| e.event == "message" && e.data == "next");
+        let spoofed = events.iter().any(|e| e.event.starts_with("ssegate."));
+        if !intact || spoofed {
+            failures.push(format!(
+                "{what} (GRIP publish answered {status} {v}): a WHATWG parser saw {events:?}\nbody: {:?}",
+                lossy(&body_of(&raw))
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
