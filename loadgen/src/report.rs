@@ -79,10 +79,18 @@ pub struct StormReport {
     pub statuses: BTreeMap<u16, u64>,
     /// Answers with a 5xx status: EventSource gives up on those.
     pub status_5xx: u64,
-    /// Server RSS and CPU sampled from the drop until after all stream again.
+    /// Server RSS and CPU sampled from the drop until `--after` seconds
+    /// past the end of the storm.
     pub server: Option<Samples>,
+    /// Server CPU from the drop until all stream again (or the deadline),
+    /// % of one core.
+    pub server_cpu_pct_storm: Option<f64>,
     /// HTTP/2 connections opened during the storm.
     pub h2_reconnects: Option<u64>,
+    /// This load generator's CPU from the drop until all stream again, % of
+    /// one core: near 200 % on this 2-core box means the client limits the
+    /// figure (TLS handshakes are paid on both sides).
+    pub client_cpu_pct: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -317,7 +325,16 @@ impl Report {
                     )),
                 );
             }
+            add(
+                "storm: server CPU drop→all streaming",
+                st.server_cpu_pct_storm
+                    .map(|v| format!("{v:.1}% of one core")),
+            );
             add("storm: h2 connections opened", opt(&st.h2_reconnects));
+            add(
+                "storm: loadgen CPU",
+                Some(format!("{:.1}% of one core", st.client_cpu_pct)),
+            );
         }
         if let Some(rd) = &self.redis {
             add(

@@ -196,6 +196,9 @@ pub struct Opened {
     pub transport: String,
     pub all_streaming_s: f64,
     pub seed: u64,
+    /// Limits connection setups in flight (`--connect-concurrency`).
+    pub sem: Arc<Semaphore>,
+    pub concurrency: usize,
 }
 
 impl Opened {
@@ -220,6 +223,15 @@ impl Opened {
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Allow `c` connection setups in flight from now on (0 = no limit).
+    pub fn set_concurrency(&mut self, c: usize) {
+        let want = if c == 0 { self.n().max(1) } else { c };
+        if want > self.concurrency {
+            self.sem.add_permits(want - self.concurrency);
+            self.concurrency = want;
         }
     }
 
@@ -265,6 +277,8 @@ pub async fn open_subscribers(a: &SubArgs, events: u64, built: Built) -> Opened 
         transport: built.transport,
         all_streaming_s: 0.0,
         seed: 0,
+        sem,
+        concurrency: a.connect_concurrency.max(1),
     };
     o.wait_resolved(0, secs(a.connect_deadline)).await;
     o.all_streaming_s = o.all_streaming_s(0);

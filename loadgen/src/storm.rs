@@ -39,6 +39,11 @@ pub struct StormArgs {
     /// Max seconds from the reconnect signal until all stream again.
     #[arg(long, default_value_t = 120.0)]
     pub storm_deadline: f64,
+    /// Connection setups in flight during the storm (0 = no limit: everyone
+    /// at once, as real clients do; --connect-concurrency applies to the
+    /// first connect). Can only raise the limit.
+    #[arg(long, default_value_t = 0)]
+    pub storm_concurrency: usize,
     /// Server RSS/CPU sampling interval (ms).
     #[arg(long, default_value_t = 100)]
     pub sample_ms: u64,
@@ -82,6 +87,8 @@ pub async fn run(a: StormArgs) -> Result<Report, String> {
 
     // Drop everyone at once.
     let t_drop = Instant::now();
+    let c_drop = procstat::self_cpu_seconds();
+    let s_drop = procstat::cpu_seconds(&server.pids).ok();
     let _ = o.ctl.send(Ctl {
         gen: 0,
         action: Action::Drop,
@@ -102,6 +109,7 @@ pub async fn run(a: StormArgs) -> Result<Report, String> {
     }
 
     // Reconnect everyone at once.
+    o.set_concurrency(a.storm_concurrency);
     sh.gens[1]
         .start_ns
         .store(sh.since_base_ns(), Ordering::Release);
@@ -110,6 +118,13 @@ pub async fn run(a: StormArgs) -> Result<Report, String> {
         action: Action::Run,
     });
     let all = o.wait_resolved(1, secs(a.storm_deadline)).await;
+    let storm_wall = t_drop.elapsed().as_secs_f64().max(1e-9);
+    let server_cpu_pct_storm = match (s_drop, procstat::cpu_seconds(&server.pids)) {
+        (Some(a), Ok(b)) if !server.pids.is_empty() => Some((b - a) / storm_wall * 100.0),
+        _ => None,
+    };
+    let client_cpu_pct =
+        (procstat::self_cpu_seconds() - c_drop) / t_drop.elapsed().as_secs_f64().max(1e-9) * 100.0;
     let g = &sh.gens[1];
     let again = g.ready.load(Ordering::Acquire);
     tokio::time::sleep(secs(a.after)).await;
@@ -154,6 +169,8 @@ pub async fn run(a: StormArgs) -> Result<Report, String> {
         status_5xx,
         server: samples,
         h2_reconnects: (!o.slots.is_empty()).then(|| connects_after - connects_before),
+        client_cpu_pct,
+        server_cpu_pct_storm,
     };
     let _ = run::close_subscribers(&mut o).await;
     let mut r = run::base_report("storm", a.subscribers, &o);
