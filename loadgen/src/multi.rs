@@ -35,6 +35,9 @@ struct WorkerReady {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct WorkerResult {
     deliveries: Deliveries,
+    /// This worker's CPU seconds from READY to RESULT (the parent adds
+    /// them to its own for the load generator's CPU %).
+    cpu_seconds: f64,
     drain_timed_out: bool,
     errors: Vec<String>,
 }
@@ -83,6 +86,7 @@ async fn worker(a: FanoutArgs, k: usize) -> Result<Report, String> {
         h2_connections: o.slots.len(),
         transport: o.transport.clone(),
     };
+    let cpu0 = crate::procstat::self_cpu_seconds();
     println!(
         "READY {}",
         serde_json::to_string(&ready).map_err(|e| e.to_string())?
@@ -94,6 +98,7 @@ async fn worker(a: FanoutArgs, k: usize) -> Result<Report, String> {
     let results = run::close_subscribers(&mut o).await;
     let res = WorkerResult {
         deliveries: Deliveries::collect(&o, &results),
+        cpu_seconds: crate::procstat::self_cpu_seconds() - cpu0,
         drain_timed_out: timed_out,
         errors: crate::sse_client::lock(&o.shared.errors).clone(),
     };
@@ -221,11 +226,13 @@ async fn parent(a: FanoutArgs) -> Result<Report, String> {
     }
     let mut all = Deliveries::default();
     let mut timed_out = false;
+    let mut worker_cpu = 0.0;
     let result_limit = secs(a.publ.drain_timeout + 60.0);
     for w in workers.iter_mut() {
         let wr: WorkerResult = w.expect("RESULT", result_limit).await?;
         all.merge(&wr.deliveries);
         timed_out |= wr.drain_timed_out;
+        worker_cpu += wr.cpu_seconds;
         for e in wr.errors {
             if r.errors.len() < 16 {
                 r.errors.push(e);
@@ -233,8 +240,10 @@ async fn parent(a: FanoutArgs) -> Result<Report, String> {
         }
     }
     server.cpu_end("publish+drain");
-    let client_pct =
-        (crate::procstat::self_cpu_seconds() - c0) / t0.elapsed().as_secs_f64().max(1e-9) * 100.0;
+    // Approximate: the workers' share is counted from their READY on.
+    let client_pct = (crate::procstat::self_cpu_seconds() - c0 + worker_cpu)
+        / t0.elapsed().as_secs_f64().max(1e-9)
+        * 100.0;
     r.redis = rw.finish(pr.published).await;
     for w in workers {
         w.reap().await;
