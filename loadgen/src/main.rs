@@ -463,6 +463,13 @@ fn main() {
                 if r.seed != 0 {
                     eprintln!("loadgen: seed {}", r.seed);
                 }
+                let s5: u64 = r.subscribe_statuses.range(500..600).map(|(_, n)| n).sum();
+                if s5 > 0 {
+                    eprintln!(
+                        "loadgen: LOUD: {s5} subscribe answers with a 5xx status {:?}",
+                        r.subscribe_statuses
+                    );
+                }
                 r.print(json);
             }
         }
