@@ -46,6 +46,7 @@ def storm(r, st):
     put(r, "storm: gave up", st.get("gave_up"))
     put(r, "storm: 5xx answers", st.get("status_5xx"))
     put(r, "storm: network errors", st.get("network_errors"))
+    put(r, "storm: attempts with Last-Event-ID", st.get("with_last_event_id"))
     put(r, "storm: deferred (retry-only) answers", st.get("deferred"))
     sv = st.get("server") or {}
     if sv:

@@ -176,6 +176,8 @@ async fn deferred_answer_then_stream_then_resume_with_last_event_id() {
     })
     .await;
     assert!(heads.lock().unwrap()[2].1.contains("Last-Event-ID: 42\r\n"));
+    assert_eq!(shared.gens[1].resumed.load(Ordering::Acquire), 1);
+    assert_eq!(g0.resumed.load(Ordering::Acquire), 0);
     ctl.send(Ctl {
         gen: 1,
         action: Action::Stop,

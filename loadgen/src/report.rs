@@ -68,6 +68,8 @@ pub struct StormReport {
     pub reconnect_ms: Option<Quantiles>,
     pub gave_up: usize,
     pub attempts: u64,
+    /// Attempts that carried a `Last-Event-ID` (the server had given an id).
+    pub with_last_event_id: u64,
     pub network_errors: u64,
     /// 200 answers holding only `retry:` (deferred admission), each followed
     /// by a reconnect after the retry it gave.
@@ -298,8 +300,9 @@ impl Report {
             add(
                 "storm: attempts",
                 Some(format!(
-                    "{} ({} network errors, {} deferred retry-only, {} empty, {} ended after streaming)",
-                    st.attempts, st.network_errors, st.deferred, st.empty_answers, st.ended_after_streaming
+                    "{} ({} with Last-Event-ID, {} network errors, {} deferred retry-only, {} empty, {} ended after streaming)",
+                    st.attempts,
+                    st.with_last_event_id, st.network_errors, st.deferred, st.empty_answers, st.ended_after_streaming
                 )),
             );
             add("storm: statuses", Some(format!("{:?}", st.statuses)));

@@ -109,6 +109,8 @@ pub struct GenStats {
     pub empty: AtomicU64,
     /// Streams that ended after they were streaming (then reconnected).
     pub ended_after_ready: AtomicU64,
+    /// Attempts that sent a `Last-Event-ID`.
+    pub resumed: AtomicU64,
     /// 200 answers whose content type was not text/event-stream.
     pub wrong_content_type: AtomicU64,
     /// Non-200 statuses.
@@ -433,6 +435,9 @@ pub async fn run_subscriber(
         }
         attempts += 1;
         g.attempts.fetch_add(1, Ordering::Relaxed);
+        if last_id.as_deref().is_some_and(|s| !s.is_empty()) {
+            g.resumed.fetch_add(1, Ordering::Relaxed);
+        }
 
         let open = async {
             let _permit = sem

@@ -160,6 +160,7 @@ pub async fn run(a: StormArgs) -> Result<Report, String> {
         reconnect_ms: quantiles_ms(&h, true),
         gave_up: g.gave_up.load(Ordering::Acquire),
         attempts: g.attempts.load(Ordering::Acquire),
+        with_last_event_id: g.resumed.load(Ordering::Acquire),
         network_errors: g.network_errors.load(Ordering::Acquire),
         deferred: g.deferred.load(Ordering::Acquire),
         empty_answers: g.empty.load(Ordering::Acquire),
