@@ -218,6 +218,9 @@ async fn parent(a: FanoutArgs) -> Result<Report, String> {
     let (t0, c0) = (Instant::now(), crate::procstat::self_cpu_seconds());
     let base_unix = now_unix_nanos().saturating_sub(base.elapsed().as_nanos() as u64);
     let pr = run::publish(cfg, base).await;
+    // Before the workers close their streams (their UNSUBSCRIBEs are not
+    // the events' cost).
+    let redis = rw.finish(pr.published).await;
     for w in workers.iter_mut() {
         if let Some(s) = w.stdin.as_mut() {
             let _ = s.write_all(b"GO\n").await;
@@ -244,7 +247,7 @@ async fn parent(a: FanoutArgs) -> Result<Report, String> {
     let client_pct = (crate::procstat::self_cpu_seconds() - c0 + worker_cpu)
         / t0.elapsed().as_secs_f64().max(1e-9)
         * 100.0;
-    r.redis = rw.finish(pr.published).await;
+    r.redis = redis;
     for w in workers {
         w.reap().await;
     }
