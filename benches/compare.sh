@@ -10,7 +10,7 @@
 # nchan pings every $HEARTBEAT s like ssegate's heartbeat (NCHAN_PING=0: nchan's default, none).
 # SSEGATE=path picks another gateway binary (e.g. /work/baseline/ssegate-before).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 RUNS="${RUNS:-3}"
 . benches/lib.sh
 scenarios=("$@")

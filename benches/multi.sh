@@ -14,7 +14,7 @@
 #             Redis's CPU with everyone idle (heartbeat $HEARTBEAT s)
 # Ports: instances 8081.. (public) and 9091.. (admin), Redis 6399.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 RUNS="${RUNS:-3}"
 INSTANCES="${INSTANCES:-3}"
 PER="${PER:-19000}"
@@ -32,7 +32,7 @@ stop_instances() {
   INST_PIDS=()
 }
 trap 'stop_instances; stop_redis' EXIT
-ports=($REDIS_PORT)
+ports=("$REDIS_PORT")
 for k in $(seq "$INSTANCES"); do ports+=($((8080 + k)) $((9090 + k))); done
 need_ports "${ports[@]}" || exit 1
 

@@ -15,7 +15,7 @@
 #                    back after it; skipped when the binary does not know stream_rate yet
 # N=19000 by default (SUBS=... to change; one process holds at most ~19,800 sockets).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 RUNS="${RUNS:-3}"
 SUBS="${SUBS:-19000}"
 STREAM_RATE="${STREAM_RATE:-5000/1000}"

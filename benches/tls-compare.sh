@@ -15,7 +15,7 @@
 # Ports: ssegate 8443 (TLS) + 9090 (admin); nchan 8453 (TLS) + 8090 (publish).
 # Prints "system scenario run {json}" lines; benches/summarize.py makes the tables.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 RUNS="${RUNS:-3}"
 . benches/lib.sh
 scenarios=("$@")
