@@ -22,7 +22,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub type BoxIo = Box<dyn Io>;
 
 /// How subscribers reach the server.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Transport {
     /// HTTP/2 (h2 over TLS, h2c with prior knowledge over plain TCP).
     pub h2: bool,

@@ -42,7 +42,7 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 /// Read a request head (test server only: up to the blank line).
-async fn read_request(s: &mut tokio::net::TcpStream) -> String {
+async fn read_request<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
     let mut buf = Vec::new();
     let mut b = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -189,6 +189,26 @@ async fn deferred_answer_then_stream_then_resume_with_last_event_id() {
     server.abort();
 }
 
+/// One one-shot subscriber expecting nothing, run to its end.
+async fn one_attempt(url: &str, opener: Opener, shared: &Arc<Shared>) -> SubResult {
+    let (_ctl, rx) = watch::channel(Ctl {
+        gen: 0,
+        action: Action::Run,
+    });
+    let policy = Arc::new(Policy::default());
+    tokio::time::timeout(
+        WAIT,
+        run_subscriber(
+            spec(0, url, opener, 0, policy),
+            shared.clone(),
+            Arc::new(Semaphore::new(1)),
+            rx,
+        ),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn refused_status_is_counted_and_one_shot_gives_up() {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -202,70 +222,58 @@ async fn refused_status_is_counted_and_one_shot_gives_up() {
         }
     });
     let shared = Shared::new(0);
-    let (_ctl, rx) = watch::channel(Ctl {
-        gen: 0,
-        action: Action::Run,
-    });
-    let policy = Arc::new(Policy::default());
-    let r = tokio::time::timeout(
-        WAIT,
-        run_subscriber(
-            spec(0, &url, Opener::H1(transport(false)), 0, policy),
-            shared.clone(),
-            Arc::new(Semaphore::new(1)),
-            rx,
-        ),
-    )
-    .await
-    .unwrap();
+    let r = one_attempt(&url, Opener::H1(transport(false)), &shared).await;
     assert!(!r.streaming);
     assert_eq!(shared.failed(), 1);
     assert_eq!(shared.gens[0].statuses().get(&503), Some(&1));
     server.abort();
 }
 
-/// h2c server: each request gets 200 text/event-stream, a prelude, one
-/// probe, and stays open; `/bad` gets 429.
+/// HTTP/2 on `io`: each request gets 200 text/event-stream, a prelude, one
+/// probe, and stays open; `/bad` gets 429, a request without
+/// `Accept: text/event-stream` 406 (as nchan).
+async fn serve_h2<T>(io: T)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let Ok(mut c) = h2::server::handshake(io).await else {
+        return;
+    };
+    while let Some(Ok((req, mut respond))) = c.accept().await {
+        let bad = req.uri().path() == "/bad";
+        let ok = req.headers().get("accept").map(|v| v.as_bytes()) == Some(b"text/event-stream");
+        let status = if bad {
+            429
+        } else if ok {
+            200
+        } else {
+            406
+        };
+        let resp = ::http::Response::builder()
+            .status(status)
+            .header("content-type", "text/event-stream")
+            .body(())
+            .unwrap();
+        let Ok(mut send) = respond.send_response(resp, status != 200) else {
+            continue;
+        };
+        if status == 200 {
+            let body = format!(": ok\n\nid: 9\n\n{}\n\n", probe(0));
+            let _ = send.send_data(Bytes::from(body), false);
+            // Keep the stream open until the client resets it.
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(WAIT, std::future::poll_fn(|cx| send.poll_reset(cx)))
+                    .await;
+            });
+        }
+    }
+}
+
+/// h2c server (prior knowledge): counts its connections.
 async fn h2c_server(l: TcpListener, conns: Arc<Mutex<u32>>) {
     while let Ok((s, _)) = l.accept().await {
         *conns.lock().unwrap() += 1;
-        tokio::spawn(async move {
-            let Ok(mut c) = h2::server::handshake(s).await else {
-                return;
-            };
-            while let Some(Ok((req, mut respond))) = c.accept().await {
-                let bad = req.uri().path() == "/bad";
-                let ok =
-                    req.headers().get("accept").map(|v| v.as_bytes()) == Some(b"text/event-stream");
-                let status = if bad {
-                    429
-                } else if ok {
-                    200
-                } else {
-                    406
-                };
-                let resp = ::http::Response::builder()
-                    .status(status)
-                    .header("content-type", "text/event-stream")
-                    .body(())
-                    .unwrap();
-                let Ok(mut send) = respond.send_response(resp, status != 200) else {
-                    continue;
-                };
-                if status == 200 {
-                    let body = format!(": ok\n\nid: 9\n\n{}\n\n", probe(0));
-                    let _ = send.send_data(Bytes::from(body), false);
-                    // Keep the stream open until the client resets it.
-                    tokio::spawn(async move {
-                        let _ = tokio::time::timeout(
-                            WAIT,
-                            std::future::poll_fn(|cx| send.poll_reset(cx)),
-                        )
-                        .await;
-                    });
-                }
-            }
-        });
+        tokio::spawn(serve_h2(s));
     }
 }
 
@@ -278,34 +286,99 @@ async fn h2c_streams_share_one_connection() {
     let good = format!("http://{addr}/events/a");
     let bad = format!("http://{addr}/bad");
     let slot = H2Slot::new(transport(true), parse_url(&good).unwrap(), None);
+    let url = |i: usize| if i == 4 { bad.clone() } else { good.clone() };
+    let shared = deliver_all(5, url, |_| Opener::H2(slot.clone())).await;
+    assert_eq!(shared.streaming(), 4);
+    assert_eq!(shared.gens[0].statuses().get(&429), Some(&1));
+    assert_eq!(shared.deliveries.load(Ordering::Acquire), 4);
+    assert_eq!(slot.connects.load(Ordering::Acquire), 1);
+    assert_eq!(*conns.lock().unwrap(), 1);
+    slot.close().await;
+    server.abort();
+}
+
+/// A test CA (PEM written to `dir/ca.pem`) and a server config for
+/// 127.0.0.1 signed by it, offering `alpn`.
+fn tls_server(dir: &std::path::Path, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+/// TLS in front of `serve`: every accepted connection is handshaken, then
+/// HTTP/2 (ALPN h2) gets an SSE answer per stream, HTTP/1.1 one chunked stream.
+async fn tls_sse_server(l: TcpListener, cfg: Arc<rustls::ServerConfig>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    while let Ok((s, _)) = l.accept().await {
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let Ok(mut tls) = acceptor.accept(s).await else {
+                return;
+            };
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                serve_h2(tls).await;
+            } else {
+                read_request(&mut tls).await;
+                let body = format!(": ok\n\n{}\n\n", probe(0));
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n",
+                    body.len()
+                );
+                let _ = tls.write_all(resp.as_bytes()).await;
+                let _ = tls.flush().await;
+                let mut b = [0u8; 64];
+                let _ = tokio::time::timeout(WAIT, tls.read(&mut b)).await;
+            }
+        });
+    }
+}
+
+/// Run `n` one-shot subscribers of `url(i)` with `opener(i)` until each has
+/// its probe or failed.
+async fn deliver_all(
+    n: usize,
+    url: impl Fn(usize) -> String,
+    opener: impl Fn(usize) -> Opener,
+) -> Arc<Shared> {
     let shared = Shared::new(1);
     let (ctl, rx) = watch::channel(Ctl {
         gen: 0,
         action: Action::Run,
     });
     let policy = Arc::new(Policy::default());
-    let sem = Arc::new(Semaphore::new(8));
-    let tasks: Vec<_> = (0..5)
+    let sem = Arc::new(Semaphore::new(4));
+    let tasks: Vec<_> = (0..n)
         .map(|i| {
-            let url = if i == 4 { &bad } else { &good };
             tokio::spawn(run_subscriber(
-                spec(i, url, Opener::H2(slot.clone()), 1, policy.clone()),
+                spec(i, &url(i), opener(i), 1, policy.clone()),
                 shared.clone(),
                 sem.clone(),
                 rx.clone(),
             ))
         })
         .collect();
-    until("all resolved", || shared.gens[0].resolved() == 5).await;
-    until("probes delivered", || {
-        shared.done.load(Ordering::Acquire) == 5
-    })
-    .await;
-    assert_eq!(shared.streaming(), 4);
-    assert_eq!(shared.gens[0].statuses().get(&429), Some(&1));
-    assert_eq!(shared.deliveries.load(Ordering::Acquire), 4);
-    assert_eq!(slot.connects.load(Ordering::Acquire), 1);
-    assert_eq!(*conns.lock().unwrap(), 1);
+    until("all resolved", || shared.gens[0].resolved() == n).await;
+    until("all done", || shared.done.load(Ordering::Acquire) == n).await;
     ctl.send(Ctl {
         gen: 0,
         action: Action::Stop,
@@ -314,6 +387,61 @@ async fn h2c_streams_share_one_connection() {
     for t in tasks {
         tokio::time::timeout(WAIT, t).await.unwrap().unwrap();
     }
+    shared
+}
+
+fn tls_transport(h2: bool, ca: &std::path::Path) -> Arc<Transport> {
+    use crate::tls::{client_config, Trust, ALPN_H1, ALPN_H2};
+    let trust = Trust::CaFile(ca.display().to_string());
+    let mut t = Arc::unwrap_or_clone(transport(h2));
+    t.tls = Some(client_config(&trust, if h2 { ALPN_H2 } else { ALPN_H1 }).unwrap());
+    Arc::new(t)
+}
+
+#[tokio::test]
+async fn tls_h1_and_h2_streams_with_a_ca_file() {
+    let dir = std::env::temp_dir().join(format!("loadgen-tls-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/events/a", l.local_addr().unwrap());
+    let server = tokio::spawn(tls_sse_server(l, tls_server(&dir, &[b"h2", b"http/1.1"])));
+    let ca = dir.join("ca.pem");
+
+    // HTTP/1.1 over TLS: the project's HTTP/1 reader behind rustls.
+    let h1 = tls_transport(false, &ca);
+    let shared = deliver_all(3, |_| url.clone(), |_| Opener::H1(h1.clone())).await;
+    assert_eq!(shared.streaming(), 3);
+    assert_eq!(shared.deliveries.load(Ordering::Acquire), 3);
+
+    // HTTP/2 over TLS: six streams on one connection.
+    let slot = H2Slot::new(tls_transport(true, &ca), parse_url(&url).unwrap(), None);
+    let shared = deliver_all(6, |_| url.clone(), |_| Opener::H2(slot.clone())).await;
+    assert_eq!(shared.streaming(), 6);
+    assert_eq!(shared.deliveries.load(Ordering::Acquire), 6);
+    assert_eq!(slot.connects.load(Ordering::Acquire), 1);
     slot.close().await;
     server.abort();
+
+    // A server that only speaks HTTP/1.1 refuses h2: a network error, said so.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/events/a", l.local_addr().unwrap());
+    let server = tokio::spawn(tls_sse_server(l, tls_server(&dir, &[b"http/1.1"])));
+    let slot = H2Slot::new(
+        tls_transport(true, &dir.join("ca.pem")),
+        parse_url(&url).unwrap(),
+        None,
+    );
+    let shared = Shared::new(0);
+    let r = one_attempt(&url, Opener::H2(slot), &shared).await;
+    assert!(!r.streaming);
+    assert_eq!(shared.gens[0].network_errors.load(Ordering::Acquire), 1);
+    let errs = crate::sse_client::lock(&shared.errors).join("\n");
+    // rustls' server refuses the handshake (no_application_protocol); a
+    // server without ALPN support would complete it and be refused by us.
+    assert!(
+        errs.contains("did not agree to ALPN h2") || errs.contains("NoApplicationProtocol"),
+        "{errs}"
+    );
+    server.abort();
+    let _ = std::fs::remove_dir_all(&dir);
 }
