@@ -131,7 +131,7 @@ pub fn run_with(
         threads: worker_threads(),
         // Our drain service exits as soon as streams are closed; pingora's own
         // fixed sleep only applies if that somehow does not happen.
-        grace_period_seconds: Some(grace.as_secs() + 2),
+        grace_period_seconds: Some(grace.as_secs().saturating_add(2)),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };

@@ -139,6 +139,20 @@ pub(super) struct Validator<'e> {
     dir: PathBuf,
 }
 
+/// The longest value a duration setting may take: anything longer is a
+/// typo, and arithmetic on it (deadlines, jittered retries) would overflow.
+fn longest(path: &str) -> Duration {
+    const HOUR: Duration = Duration::from_secs(3600);
+    const DAY: Duration = Duration::from_secs(86_400);
+    if path == "shutdown_grace" || path.ends_with(".retry") || path.ends_with(".heartbeat") {
+        HOUR
+    } else if path == "hub.history.ttl" {
+        30 * DAY
+    } else {
+        7 * DAY
+    }
+}
+
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
 
@@ -162,6 +176,16 @@ impl Validator<'_> {
         match v {
             None => default,
             Some(s) => match humantime::parse_duration(s.trim()) {
+                Ok(d) if d > longest(path) => {
+                    self.err(
+                        path,
+                        format!(
+                            "`{s}` is longer than the {} this setting allows",
+                            humantime::format_duration(longest(path))
+                        ),
+                    );
+                    default
+                }
                 Ok(d) => d,
                 Err(e) => {
                     self.err(

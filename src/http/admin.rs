@@ -180,11 +180,7 @@ impl AdminApp {
         };
         // The first stats at once, not a tick later.
         let first = Replay {
-            frames: vec![crate::hub::Delivery {
-                seq: 0,
-                frame: stats_frame(gw),
-                published: std::time::Instant::now(),
-            }],
+            frames: vec![crate::hub::Delivery::uncounted(stats_frame(gw))],
             ..Replay::default()
         };
         if let Some(tcp) = detach::take_socket(session) {

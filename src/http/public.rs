@@ -224,7 +224,11 @@ impl PublicProxy {
             Ok(s) => s,
             Err(e) => return self.refuse(session, e).await,
         };
-        let sub = Arc::new(Subscriber::new(streams.next_id(), spec.client_queue));
+        let id = streams.next_id();
+        let sub = Arc::new(match spec.grip {
+            Some(_) => Subscriber::grip_hold(id, spec.client_queue),
+            None => Subscriber::new(id, spec.client_queue),
+        });
         let opened = stream::subscribe(
             &gw.hub,
             sub.clone(),

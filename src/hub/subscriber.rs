@@ -17,6 +17,21 @@ pub struct Delivery {
     pub seq: u64,
     pub frame: Bytes,
     pub published: Instant,
+    /// GRIP content that is not whole SSE events: only GRIP holds take it.
+    pub grip_only: bool,
+}
+
+impl Delivery {
+    /// A frame that moves no resume point: a comment, a snapshot, a reset,
+    /// a local feed's update.
+    pub fn uncounted(frame: Bytes) -> Delivery {
+        Delivery {
+            seq: 0,
+            frame,
+            published: Instant::now(),
+            grip_only: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +53,8 @@ pub enum Offer {
     Evicted(usize),
     /// The client was already gone.
     Gone,
+    /// GRIP content a native SSE client cannot take.
+    NotForThisClient,
 }
 
 const OPEN: u8 = 0;
@@ -49,6 +66,8 @@ const EXPIRED: u8 = 3;
 pub struct Subscriber {
     id: u64,
     capacity: usize,
+    /// A GRIP hold: takes GRIP content whatever its format.
+    grip: bool,
     state: AtomicU8,
     // A std Mutex: held only to push or swap, never across an await.
     queue: Mutex<VecDeque<Delivery>>,
@@ -60,9 +79,18 @@ impl Subscriber {
         Subscriber {
             id,
             capacity: capacity.max(1),
+            grip: false,
             state: AtomicU8::new(OPEN),
             queue: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
+        }
+    }
+
+    /// The subscriber of a GRIP hold.
+    pub fn grip_hold(id: u64, capacity: usize) -> Subscriber {
+        Subscriber {
+            grip: true,
+            ..Subscriber::new(id, capacity)
         }
     }
 
@@ -82,6 +110,9 @@ impl Subscriber {
     pub fn offer(&self, d: &Delivery) -> Offer {
         if self.state.load(Ordering::Acquire) != OPEN {
             return Offer::Gone;
+        }
+        if d.grip_only && !self.grip {
+            return Offer::NotForThisClient;
         }
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         if q.len() >= self.capacity {
@@ -171,9 +202,23 @@ mod tests {
     fn d(seq: u64) -> Delivery {
         Delivery {
             seq,
-            frame: Bytes::from_static(b"x"),
-            published: Instant::now(),
+            ..Delivery::uncounted(Bytes::from_static(b"x"))
         }
+    }
+
+    #[test]
+    fn grip_only_content_reaches_grip_holds_only() {
+        let raw = Delivery {
+            grip_only: true,
+            ..d(1)
+        };
+        let sse = Subscriber::new(1, 4);
+        let hold = Subscriber::grip_hold(2, 4);
+        assert_eq!(sse.offer(&raw), Offer::NotForThisClient);
+        assert_eq!(hold.offer(&raw), Offer::Queued);
+        let mut out = Vec::new();
+        sse.drain_into(&mut out);
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -65,12 +65,7 @@ pub(crate) async fn subscribe(
         if *resume == Resume::Live || replay.reset.is_some() {
             if let Some(frame) = snapshot.await {
                 // Cursor 0: it carries no `id:` and moves no resume point.
-                let d = Delivery {
-                    seq: 0,
-                    frame,
-                    published: std::time::Instant::now(),
-                };
-                replay.frames.insert(0, d);
+                replay.frames.insert(0, Delivery::uncounted(frame));
             }
         }
     }
@@ -397,6 +392,7 @@ fn join(batch: &[Delivery]) -> Bytes {
 /// The retry sent on drain: spread over [retry, retry + max(2×retry, 5s)) so
 /// that clients do not all reconnect in the same instant.
 pub(crate) fn jittered(retry: Duration) -> Duration {
-    let spread = (retry * 2).max(Duration::from_secs(5));
-    retry + spread.mul_f64(rand::rng().random::<f64>())
+    // Saturating: config bounds the retry, this keeps a bad value from panicking.
+    let spread = retry.saturating_mul(2).max(Duration::from_secs(5));
+    retry.saturating_add(spread.mul_f64(rand::rng().random::<f64>()))
 }
