@@ -3,12 +3,14 @@
 //! and offers those shared bytes to every subscriber's bounded queue.
 
 pub mod cursor;
+mod direct;
 mod feed;
 mod local;
 pub mod memory;
 pub mod redis;
 mod subscriber;
 
+pub use direct::Direct;
 pub use feed::Feed;
 pub use subscriber::{Delivery, Offer, SubState, Subscriber};
 
@@ -30,6 +32,11 @@ pub(crate) fn offer_all<'a>(
                 dropped += n;
             }
             Offer::NotForThisClient => not_sse += 1,
+            Offer::Sent => {
+                // Counted here: the stream never sees a frame sent directly.
+                metrics.delivered.inc();
+                metrics.latency.observe(d.published.elapsed().as_secs_f64());
+            }
             Offer::Queued | Offer::Gone => {}
         }
     }
