@@ -1,5 +1,6 @@
 //! Build the pingora server from a validated config and run it: the public
-//! listener (TLS with ALPN h2/http1.1, or plain text with optional h2c), the
+//! listener (TLS through our front with ALPN h2/http1.1, or plain text with
+//! optional h2c), the
 //! admin listener, and background services for drain, SIGHUP reload and
 //! housekeeping (broker upkeep, JWT expiry, the dashboard's feed).
 
@@ -7,6 +8,7 @@ use crate::config::{Config, Http2};
 use crate::gateway::{BuildError, Gateway};
 use crate::hangup::{self, Hangup};
 use crate::http::admin::{self, AdminApp};
+use crate::http::front;
 use crate::http::public::PublicProxy;
 use crate::shutdown::DrainOnSignal;
 use crate::tls::{self, CertStore};
@@ -16,6 +18,7 @@ use pingora_core::protocols::http::v2::server::default_h2_options;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::listening::Service;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -94,6 +97,10 @@ where
     proxy.server_options = Some(server);
     let mut h2 = default_h2_options();
     h2.max_concurrent_streams(http2.max_concurrent_streams);
+    // A stream whose client stops reading has at most this much buffered in
+    // h2 before it has no room left and its frames wait in its own bounded
+    // queue (which evicts it when full); h2's default is 400 KiB.
+    h2.max_send_buffer_size(64 * 1024);
     proxy.h2_options = Some(h2);
 }
 
@@ -138,21 +145,9 @@ pub fn run_with(
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut public = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        PublicProxy { gw: gw.clone() },
-        "public",
-    );
-    if let Some(proxy) = public.app_logic_mut() {
-        apply_http2(proxy, &http2);
-    }
-    match &certs {
-        Some(store) => {
-            let settings = store.settings().map_err(StartError::Server)?;
-            public.add_tls_with_settings(&public_addr, None, settings)
-        }
-        None => public.add_tcp(&public_addr),
-    }
+    let mut proxy =
+        pingora_proxy::http_proxy(&server.configuration, PublicProxy { gw: gw.clone() });
+    apply_http2(&mut proxy, &http2);
     let mut admin = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         AdminApp { gw: gw.clone() },
@@ -161,7 +156,22 @@ pub fn run_with(
     admin.threads = Some(1);
     admin.add_tcp(&admin_addr);
 
-    server.add_service(public);
+    match &certs {
+        Some(store) => {
+            let config = store.server_config().map_err(|e| {
+                StartError::Tls(tls::Problem {
+                    part: tls::Part::Cert,
+                    message: format!("tls setup: {e}"),
+                })
+            })?;
+            server.add_service(front::service("public", proxy, config, &public_addr));
+        }
+        None => {
+            let mut public = Service::new("public".to_string(), proxy);
+            public.add_tcp(&public_addr);
+            server.add_service(public);
+        }
+    }
     server.add_service(admin);
     let woken = gw.clone();
     server.add_service(background_service(

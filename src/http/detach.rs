@@ -1,8 +1,8 @@
 //! Taking a plain HTTP/1.1 client socket out of pingora once its SSE request
 //! is accepted: the socket is duplicated out of the session, pingora gets a
 //! do-nothing placeholder session to finish the request with, and the stream
-//! lives on as one small task (`stream::socket`). TLS and HTTP/2 sessions
-//! cannot be taken apart like this and stay held (`http::held`).
+//! lives on as one small task (`stream::socket`). TLS and HTTP/2 streams are
+//! taken out in `http::detach_tls`.
 
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
@@ -67,6 +67,23 @@ pub(crate) fn take_socket(session: &mut Session) -> Option<TcpStream> {
     if !is_plain_h1(session) {
         return None;
     }
+    let l4 = take_h1_stream(session)?
+        .into_any()
+        .downcast::<L4Stream>()
+        .ok()?;
+    let fd = dup(&l4).ok()?;
+    drop(l4);
+    let std = std::net::TcpStream::from(fd);
+    std.set_nonblocking(true).ok()?;
+    TcpStream::from_std(std).ok()
+}
+
+/// Take an HTTP/1 session's connection, leaving pingora a placeholder to
+/// finish the request with. None (and the session untouched) for HTTP/2.
+pub(super) fn take_h1_stream(session: &mut Session) -> Option<pingora_core::protocols::Stream> {
+    if !matches!(*session.downstream_session, ServerSession::H1(_)) {
+        return None;
+    }
     let mut placeholder = ServerSession::new_http1(Box::new(L4Stream::from(
         VirtualSocketStream::new(Box::new(Placeholder)),
     )));
@@ -75,12 +92,7 @@ pub(crate) fn take_socket(session: &mut Session) -> Option<TcpStream> {
     let ServerSession::H1(v1) = real else {
         return None;
     };
-    let l4 = v1.into_inner().into_any().downcast::<L4Stream>().ok()?;
-    let fd = dup(&l4).ok()?;
-    drop(l4);
-    let std = std::net::TcpStream::from(fd);
-    std.set_nonblocking(true).ok()?;
-    TcpStream::from_std(std).ok()
+    Some(v1.into_inner())
 }
 
 /// Duplicate the socket so it outlives pingora's `Stream`, which owns the

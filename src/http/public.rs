@@ -2,17 +2,19 @@
 //! holds itself (after the route's auth), to a GRIP route whose backend may
 //! hold the client, or passed through to an upstream pool by pingora.
 
-use super::detach;
 use super::grip::{self, HoldStart};
 use super::held::SessionSink;
 use super::refuse::{Refusal, Style};
+use super::{detach, detach_tls};
 use crate::gateway::{Action, Gateway, RouteEntry, Site, SseEntry};
 use crate::hub::{Resume, Subscriber};
 use crate::outbound::{Forwarded, Pool};
 use crate::routing::{host_only, Matched, Miss};
 use crate::shutdown::Active;
+use crate::stream::h2::H2Sink;
 use crate::stream::request::{self, Offer};
 use crate::stream::socket::SocketSink;
+use crate::stream::tls::TlsSink;
 use crate::stream::{self, GripOpening, Guards, Stream};
 use crate::values::RequestValues;
 use async_trait::async_trait;
@@ -221,8 +223,9 @@ impl PublicProxy {
         Ok(true)
     }
 
-    /// Subscribe and hold the client: detached from pingora on plain
-    /// HTTP/1.1, held in its session otherwise.
+    /// Subscribe and hold the client: detached from pingora (a plain
+    /// socket, an HTTP/2 stream, a TLS connection from our front), held in
+    /// its session otherwise.
     async fn hold_stream(
         &self,
         session: &mut Session,
@@ -293,6 +296,20 @@ impl PublicProxy {
             // The stream's own future is the task: nothing wraps it, so an
             // idle stream costs what the size probe in `stream::socket` measures.
             tokio::spawn(stream.run(SocketSink::new(tcp), replay));
+            return Ok(true);
+        }
+        if detach_tls::is_h2(session) {
+            let head = match &stream.grip {
+                Some(g) => g.head.clone(),
+                None => super::held::sse_head(true)?,
+            };
+            let tx = detach_tls::take_send_stream(session, head).await?;
+            let sink = H2Sink::new(&stream.subscription.sub, tx);
+            tokio::spawn(stream.run(sink, replay));
+            return Ok(true);
+        }
+        if let Some(tls) = detach_tls::take_tls(session) {
+            tokio::spawn(stream.run(TlsSink::new(tls), replay));
             return Ok(true);
         }
         let end = stream.run(SessionSink::new(session), replay).await;

@@ -8,25 +8,14 @@
 //! header maps, the proxy task): tens of KB per idle client. Here a stream
 //! is one small task and this socket.
 
+use super::chunked::{head_bytes, rest, Chunked, MAX_PARTS};
 use super::{Head, Sink, Wake, WRITE_TIMEOUT};
 use crate::hub::{SubState, Subscriber};
-use crate::wire;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::future::Future;
 use std::io::{self, IoSlice};
-use std::sync::LazyLock;
 use std::task::Poll;
 use tokio::net::TcpStream;
-
-/// `200` with the SSE headers, chunked, kept alive.
-static SSE_HEAD: LazyLock<Bytes> = LazyLock::new(|| {
-    let mut out = BytesMut::from(&b"HTTP/1.1 200 OK\r\n"[..]);
-    for (k, v) in wire::SSE_HEADERS {
-        out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
-    }
-    out.extend_from_slice(b"transfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n");
-    out.freeze()
-});
 
 /// The socket of one detached stream.
 #[derive(Debug)]
@@ -42,31 +31,12 @@ impl SocketSink {
 
 impl Sink for SocketSink {
     async fn open(&mut self, sub: &Subscriber, head: Head<'_>, body: Bytes) -> io::Result<bool> {
-        let grip_head;
-        let head: &[u8] = match head {
-            Head::Sse => &SSE_HEAD,
-            Head::Grip(h) => {
-                grip_head = h1_head(h);
-                &grip_head
-            }
-        };
-        if body.is_empty() {
-            // An empty chunk would end the body before it started.
-            return send(&self.tcp, sub, &[head]).await;
-        }
-        let mut size = [0u8; 18];
-        let size = chunk_head(body.len(), &mut size);
-        send(&self.tcp, sub, &[head, size, &body, b"\r\n"]).await
+        let head = head_bytes(head);
+        send(&self.tcp, sub, &Chunked::default().opening(&head, &body)).await
     }
 
     async fn write(&mut self, sub: &Subscriber, bytes: &Bytes) -> io::Result<bool> {
-        if bytes.is_empty() {
-            // An empty chunk would end the body.
-            return Ok(true);
-        }
-        let mut size = [0u8; 18];
-        let size = chunk_head(bytes.len(), &mut size);
-        send(&self.tcp, sub, &[size, bytes, b"\r\n"]).await
+        send(&self.tcp, sub, &Chunked::default().chunk(bytes)).await
     }
 
     async fn idle(&mut self, sub: &Subscriber) -> Wake {
@@ -94,40 +64,10 @@ impl Sink for SocketSink {
     }
 
     async fn finish(&mut self, sub: &Subscriber, last: Option<Bytes>) {
-        let Some(last) = last else {
-            return;
-        };
-        if last.is_empty() {
-            let _ = send(&self.tcp, sub, &[b"0\r\n\r\n"]).await;
-            return;
+        if let Some(last) = last {
+            let _ = send(&self.tcp, sub, &Chunked::default().ending(&last)).await;
         }
-        let mut size = [0u8; 18];
-        let size = chunk_head(last.len(), &mut size);
-        let _ = send(&self.tcp, sub, &[size, &last, b"\r\n0\r\n\r\n"]).await;
     }
-}
-
-/// A GRIP hold's response head as HTTP/1.1 bytes: the backend's status and
-/// headers, chunked because the stream has no end we know of.
-fn h1_head(head: &pingora_http::ResponseHeader) -> Bytes {
-    let status = head.status;
-    let mut out = BytesMut::with_capacity(256);
-    out.extend_from_slice(
-        format!(
-            "HTTP/1.1 {} {}\r\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("")
-        )
-        .as_bytes(),
-    );
-    for (name, value) in head.headers.iter() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
-    out.freeze()
 }
 
 /// Read readiness on an SSE stream means the client closed (EOF or reset) or
@@ -142,47 +82,13 @@ fn client_closed(tcp: &TcpStream) -> bool {
     }
 }
 
-/// `len` as a chunk-size line, in a stack buffer.
-fn chunk_head(len: usize, buf: &mut [u8; 18]) -> &[u8] {
-    let mut n = 0;
-    let mut digits = [0u8; 16];
-    let mut v = len;
-    loop {
-        digits[n] = b"0123456789abcdef"[v & 0xf];
-        n += 1;
-        v >>= 4;
-        if v == 0 {
-            break;
-        }
-    }
-    for i in 0..n {
-        buf[i] = digits[n - 1 - i];
-    }
-    buf[n] = b'\r';
-    buf[n + 1] = b'\n';
-    &buf[..n + 2]
-}
-
-/// Slices at most per write: a chunk head, two parts and the chunk's end.
-const MAX_PARTS: usize = 4;
-
 /// Write as much of `parts` as the socket takes now; the number of bytes
 /// written, or an error other than WouldBlock.
 fn write_now(tcp: &TcpStream, parts: &[&[u8]], mut done: usize) -> io::Result<usize> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
     while done < total {
         let mut slices = [IoSlice::new(&[]); MAX_PARTS];
-        let mut used = 0;
-        let mut skip = done;
-        for p in parts.iter().take(MAX_PARTS) {
-            if skip >= p.len() {
-                skip -= p.len();
-                continue;
-            }
-            slices[used] = IoSlice::new(&p[skip..]);
-            skip = 0;
-            used += 1;
-        }
+        let used = rest(parts, done, &mut slices);
         match tcp.try_write_vectored(&slices[..used]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => done += n,
@@ -233,54 +139,14 @@ async fn send_rest(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::memory::MemoryBroker;
-    use crate::hub::{Broker, Replay};
-    use crate::metrics::Metrics;
-    use crate::shutdown::Shutdown;
-    use crate::stream::{Guards, Stream, Subscription};
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    #[test]
-    fn chunk_heads() {
-        let mut b = [0u8; 18];
-        assert_eq!(chunk_head(0, &mut b), b"0\r\n");
-        assert_eq!(chunk_head(255, &mut b), b"ff\r\n");
-        assert_eq!(chunk_head(4096, &mut b), b"1000\r\n");
-    }
+    use crate::hub::Replay;
+    use crate::stream::size_probe::{idle_stream, loopback};
 
     /// What an idle detached stream costs is mostly its task's future: keep
     /// it from growing back unnoticed.
     #[tokio::test]
     async fn idle_stream_future_stays_small() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        c.set_nonblocking(true).unwrap();
-        let tcp = TcpStream::from_std(c).unwrap();
-        let metrics = Arc::new(Metrics::new());
-        let hub: Arc<dyn Broker> = Arc::new(MemoryBroker::new(
-            10,
-            Duration::from_secs(1),
-            metrics.clone(),
-        ));
-        let sub = Arc::new(Subscriber::new(1, 8));
-        let limiter = crate::stream::limits::ConnLimiter::new(0, 0);
-        let shutdown = Shutdown::new();
-        let stream = Stream {
-            subscription: Subscription::hub(hub, sub, vec!["a".into()]),
-            retry: Duration::from_secs(1),
-            heartbeat: None,
-            shutdown: shutdown.clone(),
-            metrics,
-            guards: Guards {
-                slot: Some(limiter.acquire(None).unwrap()),
-                _active: shutdown.track(),
-                gauge: None,
-                keep: None,
-            },
-            grip: None,
-        };
-        let fut = stream.run(SocketSink::new(tcp), Replay::default());
+        let fut = idle_stream().run(SocketSink::new(loopback()), Replay::default());
         let size = std::mem::size_of_val(&fut);
         println!("idle detached stream future: {size} bytes");
         assert!(

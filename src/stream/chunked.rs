@@ -1,0 +1,184 @@
+//! HTTP/1.1 framing of a detached stream's bytes, shared by the plain socket
+//! and the TLS sinks: the response head, and the body as chunks — each write
+//! a few slices for one vectored write (the chunk-size line on the stack,
+//! the hub's frame as it is: no copy).
+
+use super::Head;
+use crate::wire;
+use bytes::{Bytes, BytesMut};
+use std::io::IoSlice;
+use std::ops::Deref;
+use std::sync::LazyLock;
+
+/// `200` with the SSE headers, chunked, kept alive.
+static SSE_HEAD: LazyLock<Bytes> = LazyLock::new(|| {
+    let mut out = BytesMut::from(&b"HTTP/1.1 200 OK\r\n"[..]);
+    for (k, v) in wire::SSE_HEADERS {
+        out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"transfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n");
+    out.freeze()
+});
+
+/// The response head as HTTP/1.1 bytes.
+pub(super) fn head_bytes(head: Head<'_>) -> Bytes {
+    match head {
+        Head::Sse => SSE_HEAD.clone(),
+        Head::Grip(h) => grip_head(h),
+    }
+}
+
+/// A GRIP hold's response head: the backend's status and headers, chunked
+/// because the stream has no end we know of.
+fn grip_head(head: &pingora_http::ResponseHeader) -> Bytes {
+    let status = head.status;
+    let mut out = BytesMut::with_capacity(256);
+    out.extend_from_slice(
+        format!(
+            "HTTP/1.1 {} {}\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        )
+        .as_bytes(),
+    );
+    for (name, value) in head.headers.iter() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+    out.freeze()
+}
+
+/// Slices at most per write: a chunk head, two parts and the chunk's end.
+pub(super) const MAX_PARTS: usize = 4;
+
+/// The slices of one write.
+#[derive(Debug)]
+pub(super) struct Parts<'a> {
+    parts: [&'a [u8]; MAX_PARTS],
+    used: usize,
+}
+
+impl<'a> Parts<'a> {
+    fn of(list: &[&'a [u8]]) -> Parts<'a> {
+        let mut parts: [&[u8]; MAX_PARTS] = [&[]; MAX_PARTS];
+        parts[..list.len()].copy_from_slice(list);
+        Parts {
+            parts,
+            used: list.len(),
+        }
+    }
+}
+
+impl<'a> Deref for Parts<'a> {
+    type Target = [&'a [u8]];
+    fn deref(&self) -> &Self::Target {
+        &self.parts[..self.used]
+    }
+}
+
+/// What is left of `parts` after `done` bytes, as slices for a vectored
+/// write; how many of `out` are used.
+pub(super) fn rest<'a>(
+    parts: &[&'a [u8]],
+    done: usize,
+    out: &mut [IoSlice<'a>; MAX_PARTS],
+) -> usize {
+    let mut used = 0;
+    let mut skip = done;
+    for p in parts.iter().take(MAX_PARTS) {
+        if skip >= p.len() {
+            skip -= p.len();
+            continue;
+        }
+        out[used] = IoSlice::new(&p[skip..]);
+        skip = 0;
+        used += 1;
+    }
+    used
+}
+
+/// Where a write's chunk-size line is built.
+#[derive(Debug, Default)]
+pub(super) struct Chunked {
+    size: [u8; 18],
+}
+
+impl Chunked {
+    /// The head, then `body` as the first chunk (an empty chunk would end
+    /// the body before it started, so none for an empty body).
+    pub(super) fn opening<'a>(&'a mut self, head: &'a [u8], body: &'a [u8]) -> Parts<'a> {
+        if body.is_empty() {
+            return Parts::of(&[head]);
+        }
+        Parts::of(&[head, chunk_head(body.len(), &mut self.size), body, b"\r\n"])
+    }
+
+    /// `bytes` as one chunk; nothing for no bytes (an empty chunk would end
+    /// the body).
+    pub(super) fn chunk<'a>(&'a mut self, bytes: &'a [u8]) -> Parts<'a> {
+        if bytes.is_empty() {
+            return Parts::of(&[]);
+        }
+        Parts::of(&[chunk_head(bytes.len(), &mut self.size), bytes, b"\r\n"])
+    }
+
+    /// `last` as a chunk (when there is any), then the end of the body.
+    pub(super) fn ending<'a>(&'a mut self, last: &'a [u8]) -> Parts<'a> {
+        if last.is_empty() {
+            return Parts::of(&[b"0\r\n\r\n"]);
+        }
+        Parts::of(&[
+            chunk_head(last.len(), &mut self.size),
+            last,
+            b"\r\n0\r\n\r\n",
+        ])
+    }
+}
+
+/// `len` as a chunk-size line, in a stack buffer.
+fn chunk_head(len: usize, buf: &mut [u8; 18]) -> &[u8] {
+    let mut n = 0;
+    let mut digits = [0u8; 16];
+    let mut v = len;
+    loop {
+        digits[n] = b"0123456789abcdef"[v & 0xf];
+        n += 1;
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    for i in 0..n {
+        buf[i] = digits[n - 1 - i];
+    }
+    buf[n] = b'\r';
+    buf[n + 1] = b'\n';
+    &buf[..n + 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_heads() {
+        let mut b = [0u8; 18];
+        assert_eq!(chunk_head(0, &mut b), b"0\r\n");
+        assert_eq!(chunk_head(255, &mut b), b"ff\r\n");
+        assert_eq!(chunk_head(4096, &mut b), b"1000\r\n");
+    }
+
+    #[test]
+    fn writes_are_whole_chunks_and_never_an_early_end() {
+        let mut c = Chunked::default();
+        assert_eq!(c.opening(b"H", b"").concat(), b"H");
+        assert_eq!(c.opening(b"H", b"abc").concat(), b"H3\r\nabc\r\n");
+        assert!(c.chunk(b"").is_empty());
+        assert_eq!(c.chunk(b"x").concat(), b"1\r\nx\r\n");
+        assert_eq!(c.ending(b"").concat(), b"0\r\n\r\n");
+        assert_eq!(c.ending(b"zz").concat(), b"2\r\nzz\r\n0\r\n\r\n");
+    }
+}
