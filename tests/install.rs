@@ -328,3 +328,15 @@ async fn man_pages_cover_every_command_and_variable_of_help() {
     let run_page = std::fs::read_to_string(dir.path().join("ssegate-run.1")).unwrap();
     assert!(run_page.contains("SSEGATE_CONFIG") && run_page.contains("\\-\\-config"));
 }
+
+#[tokio::test]
+async fn the_packaged_config_passes_check() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pkg/deb/ssegate.yaml");
+    let out = run(&["check", "-c", path.to_str().unwrap()], &[]).await;
+    assert_eq!(
+        (out.code, out.stdout.trim()),
+        (Some(0), "ok"),
+        "{}",
+        out.stderr
+    );
+}
