@@ -330,6 +330,19 @@ async fn man_pages_cover_every_command_and_variable_of_help() {
 }
 
 #[tokio::test]
+async fn docs_list_every_environment_variable_of_help() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config_md = std::fs::read_to_string(root.join("docs/config.md")).unwrap();
+    let install_md = std::fs::read_to_string(root.join("docs/install.md")).unwrap();
+    for var in help_environment().await {
+        assert!(config_md.contains(&var), "docs/config.md documents {var}");
+        if var != "RUST_LOG" {
+            assert!(install_md.contains(&var), "docs/install.md documents {var}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn the_packaged_config_passes_check() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pkg/deb/ssegate.yaml");
     let out = run(&["check", "-c", path.to_str().unwrap()], &[]).await;
