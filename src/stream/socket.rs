@@ -32,12 +32,40 @@ static SSE_HEAD: LazyLock<Bytes> = LazyLock::new(|| {
 #[derive(Debug)]
 pub(crate) struct SocketSink {
     tcp: TcpStream,
+    /// The unwritten rest of a write that was given up (boxed: it exists
+    /// only for a stream cut short, and every idle stream carries the field).
+    tail: Option<Box<Bytes>>,
 }
 
 impl SocketSink {
     pub(crate) fn new(tcp: TcpStream) -> SocketSink {
-        SocketSink { tcp }
+        SocketSink { tcp, tail: None }
     }
+
+    /// Write all of `parts`, keeping the rest if the write is given up.
+    async fn send(&mut self, sub: &Subscriber, parts: &[&[u8]]) -> io::Result<bool> {
+        match send(&self.tcp, sub, parts).await? {
+            Sent::All => Ok(true),
+            Sent::Cut(done) => {
+                self.tail = Some(Box::new(rest(parts, done)));
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// The bytes of `parts` after the first `done`.
+fn rest(parts: &[&[u8]], mut done: usize) -> Bytes {
+    let mut out = BytesMut::new();
+    for p in parts {
+        if done >= p.len() {
+            done -= p.len();
+            continue;
+        }
+        out.extend_from_slice(&p[done..]);
+        done = 0;
+    }
+    out.freeze()
 }
 
 impl Sink for SocketSink {
@@ -52,11 +80,20 @@ impl Sink for SocketSink {
         };
         if body.is_empty() {
             // An empty chunk would end the body before it started.
-            return send(&self.tcp, sub, &[head]).await;
+            return self.send(sub, &[head]).await;
         }
         let mut size = [0u8; 18];
         let size = chunk_head(body.len(), &mut size);
-        send(&self.tcp, sub, &[head, size, &body, b"\r\n"]).await
+        self.send(sub, &[head, size, &body, b"\r\n"]).await
+    }
+
+    async fn resume(&mut self, sub: &Subscriber, tail: Bytes, body: Bytes) -> io::Result<bool> {
+        if body.is_empty() {
+            return self.send(sub, &[&tail]).await;
+        }
+        let mut size = [0u8; 18];
+        let size = chunk_head(body.len(), &mut size);
+        self.send(sub, &[&tail, size, &body, b"\r\n"]).await
     }
 
     async fn write(&mut self, sub: &Subscriber, bytes: &Bytes) -> io::Result<bool> {
@@ -66,7 +103,7 @@ impl Sink for SocketSink {
         }
         let mut size = [0u8; 18];
         let size = chunk_head(bytes.len(), &mut size);
-        send(&self.tcp, sub, &[size, bytes, b"\r\n"]).await
+        self.send(sub, &[size, bytes, b"\r\n"]).await
     }
 
     async fn idle(&mut self, sub: &Subscriber) -> Wake {
@@ -98,12 +135,16 @@ impl Sink for SocketSink {
             return;
         };
         if last.is_empty() {
-            let _ = send(&self.tcp, sub, &[b"0\r\n\r\n"]).await;
+            let _ = self.send(sub, &[b"0\r\n\r\n"]).await;
             return;
         }
         let mut size = [0u8; 18];
         let size = chunk_head(last.len(), &mut size);
-        let _ = send(&self.tcp, sub, &[size, &last, b"\r\n0\r\n\r\n"]).await;
+        let _ = self.send(sub, &[size, &last, b"\r\n0\r\n\r\n"]).await;
+    }
+
+    fn surrender(self) -> Option<(TcpStream, Bytes)> {
+        Some((self.tcp, self.tail.map(|t| *t).unwrap_or_default()))
     }
 }
 
@@ -193,13 +234,21 @@ fn write_now(tcp: &TcpStream, parts: &[&[u8]], mut done: usize) -> io::Result<us
     Ok(done)
 }
 
-/// Write all of `parts`; Ok(false) when the client is evicted as slow while
-/// its socket is full.
-async fn send(tcp: &TcpStream, sub: &Subscriber, parts: &[&[u8]]) -> io::Result<bool> {
+/// How a write ended.
+enum Sent {
+    All,
+    /// Given up after `done` bytes: the subscriber stopped being open while
+    /// the socket was full.
+    Cut(usize),
+}
+
+/// Write all of `parts`, unless the subscriber stops being open while its
+/// socket is full.
+async fn send(tcp: &TcpStream, sub: &Subscriber, parts: &[&[u8]]) -> io::Result<Sent> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let done = write_now(tcp, parts, 0)?;
     if done == total {
-        return Ok(true);
+        return Ok(Sent::All);
     }
     // Boxed: only a stream whose socket is full pays for waiting.
     Box::pin(send_rest(tcp, sub, parts, done, total)).await
@@ -211,7 +260,7 @@ async fn send_rest(
     parts: &[&[u8]],
     mut done: usize,
     total: usize,
-) -> io::Result<bool> {
+) -> io::Result<Sent> {
     let deadline = tokio::time::sleep(WRITE_TIMEOUT);
     tokio::pin!(deadline);
     while done < total {
@@ -219,7 +268,7 @@ async fn send_rest(
             r = tcp.writable() => r?,
             _ = sub.woken() => {
                 if sub.state() != SubState::Open {
-                    return Ok(false);
+                    return Ok(Sent::Cut(done));
                 }
                 continue;
             }
@@ -227,7 +276,7 @@ async fn send_rest(
         }
         done = write_now(tcp, parts, done)?;
     }
-    Ok(true)
+    Ok(Sent::All)
 }
 
 #[cfg(test)]
@@ -276,9 +325,11 @@ mod tests {
                 slot: Some(limiter.acquire(None).unwrap()),
                 _active: shutdown.track(),
                 gauge: None,
-                keep: None,
+                poll: None,
+                expiry: None,
             },
             grip: None,
+            handoff: Default::default(),
         };
         let fut = stream.run(SocketSink::new(tcp), Replay::default());
         let size = std::mem::size_of_val(&fut);
