@@ -15,7 +15,7 @@ use crate::stream::h2::H2Sink;
 use crate::stream::request::{self, Offer};
 use crate::stream::socket::SocketSink;
 use crate::stream::tls::TlsSink;
-use crate::stream::{self, GripOpening, Guards, Stream};
+use crate::stream::{self, Counted, GripOpening, Guards, Stream};
 use crate::values::RequestValues;
 use async_trait::async_trait;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -68,8 +68,8 @@ struct StreamSpec {
     grip: Option<Box<GripOpening>>,
     /// A poll route's latest snapshot, for a subscriber that needs one.
     snapshot: Option<stream::Snapshot>,
-    /// What must live as long as the stream (poll lease, JWT expiry).
-    keep: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// The poller the stream keeps alive (poll routes).
+    poll: Option<crate::sources::poll::Lease>,
     /// Unix seconds at which the stream is closed with `ssegate.expired`.
     expires: Option<u64>,
 }
@@ -150,7 +150,7 @@ impl PublicProxy {
             heartbeat: entry.sse.settings.heartbeat,
             grip: None,
             snapshot,
-            keep: lease.map(|l| Box::new(l) as Box<dyn std::any::Any + Send + Sync>),
+            poll: lease,
             expires,
         };
         self.hold_stream(session, &m.value.route, spec).await
@@ -206,7 +206,7 @@ impl PublicProxy {
                 keep_alive,
             })),
             snapshot: None,
-            keep: None,
+            poll: None,
             expires: None,
         };
         self.hold_stream(session, &entry.route, spec).await
@@ -267,13 +267,14 @@ impl PublicProxy {
             Ok(o) => o,
             Err(e) => return self.refuse(session, e).await,
         };
-        let expiry = spec.expires.map(|at| streams.expiries.register(at, &sub));
-        let keep: Option<Box<dyn std::any::Any + Send + Sync>> = match (spec.keep, expiry) {
-            (None, None) => None,
-            (keep, expiry) => Some(Box::new((keep, expiry))),
-        };
-        let gauge = gw.metrics.connections.with_label_values(&[label]);
-        gauge.inc();
+        let expiry = spec
+            .expires
+            .map(|at| Box::new(streams.expiries.register(at, &sub)));
+        // A plain SSE stream can move to a new process in a live upgrade;
+        // GRIP holds and poll streams drain instead (their state lives in
+        // this process: a backend's hold, a poller).
+        let movable = spec.grip.is_none() && spec.poll.is_none();
+        let gauge = Counted::new(gw.metrics.connections.with_label_values(&[label]));
         gw.metrics
             .connections_opened
             .with_label_values(&[label])
@@ -288,11 +289,16 @@ impl PublicProxy {
                 slot: Some(slot),
                 _active: streams.shutdown.track(),
                 gauge: Some(gauge),
-                keep,
+                poll: spec.poll,
+                expiry,
             },
             grip: spec.grip,
+            handoff: streams.handoff.clone(),
         };
         if let Some(tcp) = detach::take_socket(session) {
+            if movable {
+                sub.set_movable();
+            }
             // The stream's own future is the task: nothing wraps it, so an
             // idle stream costs what the size probe in `stream::socket` measures.
             tokio::spawn(stream.run(SocketSink::new(tcp), replay));

@@ -81,7 +81,7 @@ impl<'a> Deref for Parts<'a> {
 
 /// What is left of `parts` after `done` bytes, as slices for a vectored
 /// write; how many of `out` are used.
-pub(super) fn rest<'a>(
+pub(super) fn slices_from<'a>(
     parts: &[&'a [u8]],
     done: usize,
     out: &mut [IoSlice<'a>; MAX_PARTS],
@@ -98,6 +98,20 @@ pub(super) fn rest<'a>(
         used += 1;
     }
     used
+}
+
+/// The bytes of `parts` after the first `done`, as one buffer of their own.
+pub(super) fn rest(parts: &[&[u8]], mut done: usize) -> Bytes {
+    let mut out = BytesMut::new();
+    for p in parts {
+        if done >= p.len() {
+            done -= p.len();
+            continue;
+        }
+        out.extend_from_slice(&p[done..]);
+        done = 0;
+    }
+    out.freeze()
 }
 
 /// Where a write's chunk-size line is built.

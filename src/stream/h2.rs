@@ -139,6 +139,12 @@ impl Sink for H2Sink {
         send(sub, &body).await
     }
 
+    async fn resume(&mut self, sub: &Subscriber, tail: Bytes, body: Bytes) -> io::Result<bool> {
+        // HTTP/2 streams are never handed over (their connection stays in
+        // this process); writing in order is still right.
+        Ok(send(sub, &tail).await? && send(sub, &body).await?)
+    }
+
     async fn write(&mut self, sub: &Subscriber, bytes: &Bytes) -> io::Result<bool> {
         send(sub, bytes).await
     }
@@ -178,5 +184,9 @@ impl Sink for H2Sink {
         }
         // h2 still sends what it buffered; the stream is done with it.
         drop(sub.take_direct());
+    }
+
+    fn surrender(self) -> Option<(tokio::net::TcpStream, Bytes)> {
+        None
     }
 }

@@ -34,9 +34,11 @@ pub(super) fn idle_stream() -> Stream {
             slot: Some(limiter.acquire(None).unwrap()),
             _active: shutdown.track(),
             gauge: None,
-            keep: None,
+            poll: None,
+            expiry: None,
         },
         grip: None,
+        handoff: Default::default(),
     }
 }
 

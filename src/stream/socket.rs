@@ -8,7 +8,7 @@
 //! header maps, the proxy task): tens of KB per idle client. Here a stream
 //! is one small task and this socket.
 
-use super::chunked::{head_bytes, rest, Chunked, MAX_PARTS};
+use super::chunked::{head_bytes, rest, slices_from, Chunked, MAX_PARTS};
 use super::{Head, Sink, Wake, WRITE_TIMEOUT};
 use crate::hub::{SubState, Subscriber};
 use bytes::Bytes;
@@ -21,22 +21,55 @@ use tokio::net::TcpStream;
 #[derive(Debug)]
 pub(crate) struct SocketSink {
     tcp: TcpStream,
+    /// The unwritten rest of a write that was given up (boxed: it exists
+    /// only for a stream cut short, and every idle stream carries the field).
+    tail: Option<Box<Bytes>>,
 }
 
 impl SocketSink {
     pub(crate) fn new(tcp: TcpStream) -> SocketSink {
-        SocketSink { tcp }
+        SocketSink { tcp, tail: None }
+    }
+
+    /// Write all of `parts`, keeping the rest if the write is given up.
+    async fn send(&mut self, sub: &Subscriber, parts: &[&[u8]]) -> io::Result<bool> {
+        match send(&self.tcp, sub, parts).await? {
+            Sent::All => Ok(true),
+            Sent::Cut(done) => {
+                self.tail = Some(Box::new(rest(parts, done)));
+                Ok(false)
+            }
+        }
     }
 }
 
 impl Sink for SocketSink {
     async fn open(&mut self, sub: &Subscriber, head: Head<'_>, body: Bytes) -> io::Result<bool> {
         let head = head_bytes(head);
-        send(&self.tcp, sub, &Chunked::default().opening(&head, &body)).await
+        self.send(sub, &Chunked::default().opening(&head, &body))
+            .await
+    }
+
+    async fn resume(&mut self, sub: &Subscriber, tail: Bytes, body: Bytes) -> io::Result<bool> {
+        // The tail goes out as it is, as a head would.
+        self.send(sub, &Chunked::default().opening(&tail, &body))
+            .await
     }
 
     async fn write(&mut self, sub: &Subscriber, bytes: &Bytes) -> io::Result<bool> {
-        send(&self.tcp, sub, &Chunked::default().chunk(bytes)).await
+        // Framed and written without awaiting: what an idle stream's future
+        // keeps for this call is only the (boxed) rest of a write the socket
+        // did not take at once.
+        let rest = {
+            let mut chunked = Chunked::default();
+            let parts = chunked.chunk(bytes);
+            let done = write_now(&self.tcp, &parts, 0)?;
+            if done == parts.iter().map(|p| p.len()).sum::<usize>() {
+                return Ok(true);
+            }
+            rest(&parts, done)
+        };
+        Box::pin(self.send(sub, &[&rest])).await
     }
 
     async fn idle(&mut self, sub: &Subscriber) -> Wake {
@@ -65,8 +98,12 @@ impl Sink for SocketSink {
 
     async fn finish(&mut self, sub: &Subscriber, last: Option<Bytes>) {
         if let Some(last) = last {
-            let _ = send(&self.tcp, sub, &Chunked::default().ending(&last)).await;
+            let _ = self.send(sub, &Chunked::default().ending(&last)).await;
         }
+    }
+
+    fn surrender(self) -> Option<(TcpStream, Bytes)> {
+        Some((self.tcp, self.tail.map(|t| *t).unwrap_or_default()))
     }
 }
 
@@ -88,7 +125,7 @@ fn write_now(tcp: &TcpStream, parts: &[&[u8]], mut done: usize) -> io::Result<us
     let total: usize = parts.iter().map(|p| p.len()).sum();
     while done < total {
         let mut slices = [IoSlice::new(&[]); MAX_PARTS];
-        let used = rest(parts, done, &mut slices);
+        let used = slices_from(parts, done, &mut slices);
         match tcp.try_write_vectored(&slices[..used]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => done += n,
@@ -99,13 +136,21 @@ fn write_now(tcp: &TcpStream, parts: &[&[u8]], mut done: usize) -> io::Result<us
     Ok(done)
 }
 
-/// Write all of `parts`; Ok(false) when the client is evicted as slow while
-/// its socket is full.
-async fn send(tcp: &TcpStream, sub: &Subscriber, parts: &[&[u8]]) -> io::Result<bool> {
+/// How a write ended.
+enum Sent {
+    All,
+    /// Given up after `done` bytes: the subscriber stopped being open while
+    /// the socket was full.
+    Cut(usize),
+}
+
+/// Write all of `parts`, unless the subscriber stops being open while its
+/// socket is full.
+async fn send(tcp: &TcpStream, sub: &Subscriber, parts: &[&[u8]]) -> io::Result<Sent> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let done = write_now(tcp, parts, 0)?;
     if done == total {
-        return Ok(true);
+        return Ok(Sent::All);
     }
     // Boxed: only a stream whose socket is full pays for waiting.
     Box::pin(send_rest(tcp, sub, parts, done, total)).await
@@ -117,7 +162,7 @@ async fn send_rest(
     parts: &[&[u8]],
     mut done: usize,
     total: usize,
-) -> io::Result<bool> {
+) -> io::Result<Sent> {
     let deadline = tokio::time::sleep(WRITE_TIMEOUT);
     tokio::pin!(deadline);
     while done < total {
@@ -125,7 +170,7 @@ async fn send_rest(
             r = tcp.writable() => r?,
             _ = sub.woken() => {
                 if sub.state() != SubState::Open {
-                    return Ok(false);
+                    return Ok(Sent::Cut(done));
                 }
                 continue;
             }
@@ -133,7 +178,7 @@ async fn send_rest(
         }
         done = write_now(tcp, parts, done)?;
     }
-    Ok(true)
+    Ok(Sent::All)
 }
 
 #[cfg(test)]

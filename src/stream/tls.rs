@@ -8,7 +8,7 @@
 //! pingora's buffers (~58 KB); here it is this future, the connection and
 //! rustls's own state.
 
-use super::chunked::{head_bytes, rest, Chunked, MAX_PARTS};
+use super::chunked::{head_bytes, rest, slices_from, Chunked, MAX_PARTS};
 use super::{Head, Sink, Wake, WRITE_TIMEOUT};
 use crate::hub::{SubState, Subscriber};
 use bytes::Bytes;
@@ -45,7 +45,7 @@ fn write_now<T: AsyncWrite + Unpin>(
     let total: usize = parts.iter().map(|p| p.len()).sum();
     while *done < total {
         let mut slices = [IoSlice::new(&[]); MAX_PARTS];
-        let used = rest(parts, *done, &mut slices);
+        let used = slices_from(parts, *done, &mut slices);
         match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..used]) {
             Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
             Poll::Ready(Ok(n)) => *done += n,
@@ -106,8 +106,32 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Sink for TlsSink<T> {
         send(&mut self.io, sub, &Chunked::default().opening(&head, &body)).await
     }
 
+    async fn resume(&mut self, sub: &Subscriber, tail: Bytes, body: Bytes) -> io::Result<bool> {
+        // TLS streams are never handed over (their session keys stay in this
+        // process); the tail goes out as it is, as a head would.
+        send(&mut self.io, sub, &Chunked::default().opening(&tail, &body)).await
+    }
+
     async fn write(&mut self, sub: &Subscriber, bytes: &Bytes) -> io::Result<bool> {
-        send(&mut self.io, sub, &Chunked::default().chunk(bytes)).await
+        // Framed and written inside one poll: what an idle stream's future
+        // keeps for this call is only the (boxed) rest of a write the
+        // connection did not take at once.
+        let io = &mut self.io;
+        let left = std::future::poll_fn(|cx| {
+            let mut chunked = Chunked::default();
+            let parts = chunked.chunk(bytes);
+            let mut done = 0;
+            Poll::Ready(match write_now(io, cx, &parts, &mut done) {
+                Ok(true) => Ok(None),
+                Ok(false) => Ok(Some(rest(&parts, done))),
+                Err(e) => Err(e),
+            })
+        })
+        .await?;
+        match left {
+            None => Ok(true),
+            Some(left) => Box::pin(send(&mut self.io, sub, &[&left])).await,
+        }
     }
 
     async fn idle(&mut self, sub: &Subscriber) -> Wake {
@@ -148,5 +172,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Sink for TlsSink<T> {
         {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.io.shutdown()).await;
         }
+    }
+
+    fn surrender(self) -> Option<(tokio::net::TcpStream, Bytes)> {
+        None
     }
 }
