@@ -7,6 +7,7 @@
 //! Fan-out only pushes shared `Bytes` into bounded queues, never waits.
 
 use super::cursor;
+use super::history::History;
 use super::{
     offer_all, Broker, BrokerError, ChannelState, Delivery, Event, EventState, HubState, HubStats,
     Payload, PublishReport, Replay, Resume, Subscriber,
@@ -14,7 +15,7 @@ use super::{
 use crate::metrics::Metrics;
 use crate::wire;
 use async_trait::async_trait;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -31,6 +32,8 @@ pub struct MemoryBroker {
     sealed: AtomicBool,
     history_size: usize,
     history_ttl: Duration,
+    /// The history's clock starts here (`clock`).
+    born: Instant,
     metrics: Arc<Metrics>,
 }
 
@@ -46,30 +49,20 @@ struct State {
 #[derive(Debug, Default)]
 struct Channel {
     subs: HashMap<u64, Arc<Subscriber>>,
-    history: VecDeque<Stored>,
-    ids: HashSet<Arc<str>>,
+    history: History,
     /// Highest cursor evicted from this channel's history.
     evicted: u64,
 }
 
-#[derive(Debug)]
-struct Stored {
-    delivery: Delivery,
-    at: Instant,
-    dedupe_id: Option<Arc<str>>,
-}
-
 impl Channel {
-    fn expire(&mut self, now: Instant, ttl: Duration, size: usize) {
-        while let Some(front) = self.history.front() {
-            if self.history.len() <= size && now.duration_since(front.at) < ttl {
+    /// `now` and `ttl` in milliseconds on the broker's `clock`.
+    fn expire(&mut self, now: u32, ttl: u32, size: usize) {
+        while let Some(at) = self.history.front_at() {
+            if self.history.len() <= size && now.wrapping_sub(at) < ttl {
                 break;
             }
-            if let Some(old) = self.history.pop_front() {
-                self.evicted = old.delivery.seq;
-                if let Some(id) = old.dedupe_id {
-                    self.ids.remove(&id);
-                }
+            if let Some(seq) = self.history.pop_front() {
+                self.evicted = seq;
             }
         }
     }
@@ -91,8 +84,19 @@ impl MemoryBroker {
             sealed: AtomicBool::new(false),
             history_size,
             history_ttl,
+            born: Instant::now(),
             metrics,
         }
+    }
+
+    /// Milliseconds since the broker started, wrapping (history is bounded
+    /// to 30 days, so ages — differences — never wrap).
+    fn clock(&self) -> u32 {
+        Instant::now().duration_since(self.born).as_millis() as u32
+    }
+
+    fn ttl_ms(&self) -> u32 {
+        self.history_ttl.as_millis().min(u32::MAX as u128) as u32
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -107,11 +111,11 @@ impl MemoryBroker {
     /// Drop expired history and forget idle channels. Runs on a timer so that
     /// channels nobody publishes to still release their memory.
     pub fn sweep(&self) {
-        let now = Instant::now();
+        let now = self.clock();
         let mut st = self.lock();
         let mut forgotten = st.forgotten;
         st.channels.retain(|_, ch| {
-            ch.expire(now, self.history_ttl, self.history_size);
+            ch.expire(now, self.ttl_ms(), self.history_size);
             if ch.idle() {
                 forgotten = forgotten.max(ch.evicted);
                 return false;
@@ -140,7 +144,7 @@ impl MemoryBroker {
         if seq >= st.seq {
             return Replay::default();
         }
-        let now = Instant::now();
+        let now = self.clock();
         let mut frames = Vec::new();
         for name in channels {
             let Some(ch) = st.channels.get_mut(name.as_str()) else {
@@ -149,12 +153,11 @@ impl MemoryBroker {
                 }
                 continue;
             };
-            ch.expire(now, self.history_ttl, self.history_size);
+            ch.expire(now, self.ttl_ms(), self.history_size);
             if ch.evicted > seq {
                 return reset();
             }
-            let start = ch.history.partition_point(|s| s.delivery.seq <= seq);
-            frames.extend(ch.history.range(start..).map(|s| s.delivery.clone()));
+            ch.history.after(seq, &mut frames);
         }
         frames.sort_by_key(|d| d.seq);
         frames.dedup_by_key(|d| d.seq);
@@ -196,7 +199,7 @@ impl Broker for MemoryBroker {
         }
         let epoch = self.epoch.load(Ordering::Acquire);
         let mut report = PublishReport::default();
-        let now = Instant::now();
+        let now = self.clock();
         let published = std::time::Instant::now();
         let mut guard = self.lock();
         let st = &mut *guard;
@@ -211,10 +214,10 @@ impl Broker for MemoryBroker {
                 continue;
             }
             let ch = Self::channel(&mut st.channels, st.forgotten, &ev.channel);
-            ch.expire(now, self.history_ttl, self.history_size);
+            ch.expire(now, self.ttl_ms(), self.history_size);
             let dedupe_id: Option<Arc<str>> = ev.dedupe_id.as_deref().map(Arc::from);
             if let Some(id) = &dedupe_id {
-                if ch.ids.contains(id) {
+                if ch.history.has_id(id) {
                     report.duplicates += 1;
                     continue;
                 }
@@ -243,15 +246,15 @@ impl Broker for MemoryBroker {
             };
             offer_all(ch.subs.values(), &delivery, &self.metrics);
             if self.history_size > 0 {
-                if let Some(id) = &dedupe_id {
-                    ch.ids.insert(id.clone());
-                }
-                ch.history.push_back(Stored {
-                    delivery,
-                    at: now,
+                ch.history.push(
+                    seq,
+                    now,
+                    &delivery.frame,
+                    grip_only,
                     dedupe_id,
-                });
-                ch.expire(now, self.history_ttl, self.history_size);
+                    self.history_size,
+                );
+                ch.expire(now, self.ttl_ms(), self.history_size);
             } else {
                 ch.evicted = seq;
             }
@@ -328,7 +331,7 @@ impl Broker for MemoryBroker {
 
     fn state(&self) -> Option<HubState> {
         let st = self.lock();
-        let now = Instant::now();
+        let now = self.clock();
         let channels = st
             .channels
             .iter()
@@ -339,11 +342,11 @@ impl Broker for MemoryBroker {
                     .history
                     .iter()
                     .map(|e| EventState {
-                        seq: e.delivery.seq,
-                        age_ms: now.duration_since(e.at).as_millis() as u64,
-                        dedupe_id: e.dedupe_id.as_deref().map(str::to_string),
-                        frame: e.delivery.frame.clone(),
-                        grip_only: e.delivery.grip_only,
+                        seq: e.seq,
+                        age_ms: now.wrapping_sub(e.at) as u64,
+                        dedupe_id: e.dedupe_id.map(|id| id.to_string()),
+                        frame: e.frame,
+                        grip_only: e.grip_only,
                     })
                     .collect(),
             })
@@ -357,7 +360,7 @@ impl Broker for MemoryBroker {
     }
 
     fn restore(&self, state: HubState) {
-        let now = Instant::now();
+        let now = self.clock();
         let mut st = self.lock();
         self.epoch.store(state.epoch, Ordering::Release);
         st.seq = state.seq;
@@ -368,22 +371,16 @@ impl Broker for MemoryBroker {
             ch.evicted = ch.evicted.max(c.evicted);
             for e in c.events {
                 let dedupe_id: Option<Arc<str>> = e.dedupe_id.as_deref().map(Arc::from);
-                if let Some(id) = &dedupe_id {
-                    ch.ids.insert(id.clone());
-                }
-                let at = now
-                    .checked_sub(Duration::from_millis(e.age_ms))
-                    .unwrap_or(now);
-                ch.history.push_back(Stored {
-                    delivery: Delivery {
-                        seq: e.seq,
-                        frame: e.frame,
-                        published: std::time::Instant::now(),
-                        grip_only: e.grip_only,
-                    },
-                    at,
+                // Older than the clock: as old as it can be here.
+                let age = e.age_ms.min(now as u64) as u32;
+                ch.history.push(
+                    e.seq,
+                    now.wrapping_sub(age),
+                    &e.frame,
+                    e.grip_only,
                     dedupe_id,
-                });
+                    self.history_size,
+                );
             }
         }
     }

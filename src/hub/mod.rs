@@ -5,6 +5,7 @@
 pub mod cursor;
 mod direct;
 mod feed;
+mod history;
 mod local;
 pub mod memory;
 pub mod redis;
