@@ -2,6 +2,7 @@
 //! holds itself (after the route's auth), to a GRIP route whose backend may
 //! hold the client, or passed through to an upstream pool by pingora.
 
+use super::cors;
 use super::detach;
 use super::grip::{self, HoldStart};
 use super::held::SessionSink;
@@ -31,7 +32,7 @@ pub(crate) struct PublicProxy {
 #[derive(Debug, Default)]
 pub(crate) struct Ctx {
     pool: Option<Arc<Pool>>,
-    tried: Vec<usize>,
+    tried: Vec<std::net::SocketAddr>,
     _active: Option<Active>,
 }
 
@@ -43,16 +44,19 @@ fn host_of(req: &RequestHeader) -> Option<&str> {
         .or_else(|| req.uri.host())
 }
 
-/// Who the client is, as this listener saw it.
-fn forwarded(session: &Session) -> Forwarded {
-    Forwarded {
-        client_ip: session
+/// Who the client is: the peer, or what a trusted proxy says it saw.
+pub(crate) fn forwarded(session: &Session, trusted_proxies: &[ipnet::IpNet]) -> Forwarded {
+    let req = session.req_header();
+    Forwarded::new(
+        session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip()),
-        tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
-        host: host_of(session.req_header()).map(str::to_string),
-    }
+        session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+        host_of(req).map(str::to_string),
+        &req.headers,
+        trusted_proxies,
+    )
 }
 
 /// What a stream subscribes to and how it behaves.
@@ -70,6 +74,8 @@ struct StreamSpec {
     keep: Option<Box<dyn std::any::Any + Send + Sync>>,
     /// Unix seconds at which the stream is closed with `ssegate.expired`.
     expires: Option<u64>,
+    /// Added to the SSE head (CORS).
+    headers: Option<Box<stream::ExtraHeaders>>,
 }
 
 impl PublicProxy {
@@ -84,6 +90,10 @@ impl PublicProxy {
         entry: &SseEntry,
     ) -> Result<bool> {
         let gw = &self.gw;
+        let cors = entry.sse.settings.cors.as_deref();
+        if let Some(cors) = cors.filter(|_| cors::is_preflight(session.req_header())) {
+            return cors::preflight(session, cors).await;
+        }
         let method = &session.req_header().method;
         if method != http::Method::GET && method != http::Method::HEAD {
             let r = Refusal::method_not_allowed(&[http::Method::GET], "sse routes answer GET only");
@@ -142,6 +152,7 @@ impl PublicProxy {
             snapshot,
             keep: lease.map(|l| Box::new(l) as Box<dyn std::any::Any + Send + Sync>),
             expires,
+            headers: cors.map(|c| Box::new(cors::headers(c, session.req_header()))),
         };
         self.hold_stream(session, m.value.label(), spec).await
     }
@@ -156,7 +167,7 @@ impl PublicProxy {
     ) -> Result<bool> {
         let gw = &self.gw;
         let limits = &gw.site.config.limits;
-        let who = forwarded(session);
+        let who = forwarded(session, &gw.site.config.trusted_proxies);
         let outcome = grip::forward(
             &gw.client,
             session,
@@ -171,11 +182,18 @@ impl PublicProxy {
             Ok(grip::Outcome::Done) => return Ok(true),
             Ok(grip::Outcome::Hold(start)) => start,
             Err(r) => {
-                tracing::debug!(upstream = %pool.name, status = r.status, reason = %r.reason, "grip route refused");
+                tracing::debug!(upstream = %pool.name, client = ?who.client_ip(), status = r.status, reason = %r.reason, "grip route refused");
                 return self.refuse(session, r).await;
             }
         };
-        let HoldStart { hold, head, body } = *start;
+        let HoldStart {
+            hold,
+            mut head,
+            body,
+        } = *start;
+        if let Some(cors) = &gw.site.config.sse.cors {
+            cors::apply(cors, session.req_header(), &mut head);
+        }
         // Without Grip-Keep-Alive nothing is sent idle, but the stream still
         // joins a tick so that a drain on shutdown wakes it.
         let sse = &gw.site.config.sse;
@@ -197,6 +215,7 @@ impl PublicProxy {
             snapshot: None,
             keep: None,
             expires: None,
+            headers: None,
         };
         self.hold_stream(session, entry.label(), spec).await
     }
@@ -216,10 +235,7 @@ impl PublicProxy {
                 .refuse(session, Refusal::new(503, "draining", "shutting down"))
                 .await;
         }
-        let ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        let ip = forwarded(session, &gw.site.config.trusted_proxies).client_ip();
         let slot = match streams.limiter.acquire(ip) {
             Ok(s) => s,
             Err(e) => return self.refuse(session, e).await,
@@ -261,7 +277,9 @@ impl PublicProxy {
                 keep,
             },
             grip: spec.grip,
+            headers: spec.headers,
         };
+        tracing::debug!(route = label, client = ?ip, "stream opened");
         if let Some(tcp) = detach::take_socket(session) {
             // The stream's own future is the task: nothing wraps it, so an
             // idle stream costs what the size probe in `stream::socket` measures.
@@ -269,7 +287,7 @@ impl PublicProxy {
             return Ok(true);
         }
         let end = stream.run(SessionSink::new(session), replay).await;
-        tracing::debug!(route = label, ?end, "stream ended");
+        tracing::debug!(route = label, client = ?ip, ?end, "stream ended");
         Ok(true)
     }
 }
@@ -285,6 +303,14 @@ impl ProxyHttp for PublicProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let site = self.gw.site.clone();
         let req = session.req_header();
+        let public_hook = crate::sources::webhook::find(
+            &site.config.webhooks,
+            crate::config::Listener::Public,
+            req.uri.path(),
+        );
+        if let Some(hook) = public_hook {
+            return super::webhook::serve(&self.gw, hook, session).await;
+        }
         let host = host_of(req).map(host_only);
         let found = site
             .router
@@ -317,16 +343,21 @@ impl ProxyHttp for PublicProxy {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let pool = ctx
             .pool
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "route has no upstream"))?;
-        let (index, addr) = pool.pick(&ctx.tried).ok_or_else(|| {
+        let target = pool.pick(&ctx.tried).ok_or_else(|| {
             Error::explain(ErrorType::ConnectError, "no upstream server left to try")
         })?;
-        ctx.tried.push(index);
-        Ok(Box::new(pool.peer(addr)))
+        ctx.tried.push(target.addr);
+        let mut peer = pool.peer(&target);
+        if session.is_upgrade_req() {
+            // An upgraded connection (WebSocket) is HTTP/1.1 only.
+            peer.options.alpn = pingora_core::protocols::ALPN::H1;
+        }
+        Ok(Box::new(peer))
     }
 
     fn fail_to_connect(
@@ -351,7 +382,7 @@ impl ProxyHttp for PublicProxy {
         upstream_request: &mut RequestHeader,
         _ctx: &mut Ctx,
     ) -> Result<()> {
-        forwarded(session).apply(upstream_request)
+        forwarded(session, &self.gw.site.config.trusted_proxies).apply(upstream_request)
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {

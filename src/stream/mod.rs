@@ -187,11 +187,14 @@ pub(crate) enum Wake {
     ClientGone,
 }
 
+/// Response headers a stream adds to its head (CORS).
+pub(crate) type ExtraHeaders = Vec<(http::HeaderName, http::HeaderValue)>;
+
 /// The response head a stream opens with.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Head<'a> {
-    /// `200` with `wire::SSE_HEADERS`.
-    Sse,
+    /// `200` with `wire::SSE_HEADERS`, then these.
+    Sse(&'a [(http::HeaderName, http::HeaderValue)]),
     /// A GRIP hold: the backend's status and headers.
     Grip(&'a ResponseHeader),
 }
@@ -225,6 +228,9 @@ pub(crate) struct Stream {
     /// A GRIP hold: the backend's head and body open the stream instead of
     /// the SSE prelude. Boxed: SSE streams pay one pointer for it.
     pub grip: Option<Box<GripOpening>>,
+    /// Added to an SSE head (CORS); dropped once the head is written.
+    /// Boxed, for the same reason.
+    pub headers: Option<Box<ExtraHeaders>>,
 }
 
 impl Stream {
@@ -251,9 +257,10 @@ impl Stream {
         let sub = self.subscription.sub.clone();
         let sink = &mut sink;
         let opened = {
-            let head = match &self.grip {
-                Some(g) => Head::Grip(&g.head),
-                None => Head::Sse,
+            let head = match (&self.grip, &self.headers) {
+                (Some(g), _) => Head::Grip(&g.head),
+                (None, Some(h)) => Head::Sse(h),
+                (None, None) => Head::Sse(&[]),
             };
             // Boxed, as is the end: each happens once, and unboxed their
             // futures would sit in every idle stream's future for its life.
@@ -265,6 +272,7 @@ impl Stream {
             Err(_) => return Box::pin(self.end(sink, End::WriteFailed)).await,
         }
         self.metrics.delivered.inc_by(replayed);
+        self.headers = None;
         if let Some(g) = &mut self.grip {
             // Sent: only the keep-alive is needed from here on.
             g.body = Bytes::new();

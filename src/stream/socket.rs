@@ -42,12 +42,16 @@ impl SocketSink {
 
 impl Sink for SocketSink {
     async fn open(&mut self, sub: &Subscriber, head: Head<'_>, body: Bytes) -> io::Result<bool> {
-        let grip_head;
+        let built;
         let head: &[u8] = match head {
-            Head::Sse => &SSE_HEAD,
+            Head::Sse([]) => &SSE_HEAD,
+            Head::Sse(extra) => {
+                built = sse_head_with(extra);
+                &built
+            }
             Head::Grip(h) => {
-                grip_head = h1_head(h);
-                &grip_head
+                built = h1_head(h);
+                &built
             }
         };
         if body.is_empty() {
@@ -107,6 +111,29 @@ impl Sink for SocketSink {
     }
 }
 
+/// `SSE_HEAD` with `extra` headers before its blank line.
+fn sse_head_with(extra: &[(http::HeaderName, http::HeaderValue)]) -> Bytes {
+    let head = &SSE_HEAD[..SSE_HEAD.len() - 2];
+    let mut out = BytesMut::with_capacity(SSE_HEAD.len() + 64 * extra.len());
+    out.extend_from_slice(head);
+    header_lines(&mut out, extra.iter().map(|(k, v)| (k, v)));
+    out.extend_from_slice(b"\r\n");
+    out.freeze()
+}
+
+/// `name: value` lines.
+fn header_lines<'h>(
+    out: &mut BytesMut,
+    headers: impl Iterator<Item = (&'h http::HeaderName, &'h http::HeaderValue)>,
+) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// A GRIP hold's response head as HTTP/1.1 bytes: the backend's status and
 /// headers, chunked because the stream has no end we know of.
 fn h1_head(head: &pingora_http::ResponseHeader) -> Bytes {
@@ -120,12 +147,7 @@ fn h1_head(head: &pingora_http::ResponseHeader) -> Bytes {
         )
         .as_bytes(),
     );
-    for (name, value) in head.headers.iter() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    header_lines(&mut out, head.headers.iter());
     out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
     out.freeze()
 }
@@ -279,6 +301,7 @@ mod tests {
                 keep: None,
             },
             grip: None,
+            headers: None,
         };
         let fut = stream.run(SocketSink::new(tcp), Replay::default());
         let size = std::mem::size_of_val(&fut);
