@@ -204,6 +204,21 @@ webhooks:
         "{all}"
     );
 
+    // Redis: a password in the file is a secret outside the environment,
+    // and a CA without TLS is a mistake.
+    let redis =
+        "hub:\n  broker: redis\n  redis: { url: \"redis://:pw@127.0.0.1:6379\", ca: ca.pem }\n";
+    assert_errors(
+        redis,
+        &[("ca.pem", "")],
+        &[
+            ("redis:", "holds a password"),
+            ("redis:", "`ca` needs a `rediss://` URL"),
+        ],
+    );
+    let (_, all, _) = check(redis, &[]);
+    assert!(!all.contains(":pw@"), "the password is not repeated: {all}");
+
     // A catch-all route yields to a public webhook: no error.
     let ok = r#"
 upstreams:

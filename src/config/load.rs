@@ -280,7 +280,10 @@ impl Validator<'_> {
                         self.err("hub.redis", "give `url` or `url_env`, not both");
                         None
                     }
-                    (Some(u), None) => Some(u),
+                    (Some(u), None) => {
+                        self.inline_redis_url(&u);
+                        Some(u)
+                    }
                     (None, Some(var)) => self.secret("hub.redis.url_env", var),
                     (None, None) => Some("redis://127.0.0.1:6379".to_string()),
                 };

@@ -479,7 +479,7 @@ impl RedisBroker {
             }
         }
         if !self.healthy.swap(true, Ordering::AcqRel) {
-            tracing::info!(url = %self.settings.url, "redis connected");
+            tracing::info!(url = %super::redis_client::redacted(&self.settings.url), "redis connected");
         }
         loop {
             tokio::select! {

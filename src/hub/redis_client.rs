@@ -17,3 +17,25 @@ pub(crate) fn client(url: &str, ca: Option<&[u8]>) -> redis::RedisResult<redis::
         ),
     }
 }
+
+/// `url` with its password replaced, for logs.
+pub(crate) fn redacted(url: &str) -> String {
+    match redis::parse_redis_url(url) {
+        Some(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Some(u) => u.to_string(),
+        None => "<unparsable redis url>".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        let r = super::redacted("rediss://default:s3cret@cache.example:6380/0");
+        assert!(!r.contains("s3cret"), "{r}");
+        assert!(r.contains("cache.example:6380"), "{r}");
+    }
+}

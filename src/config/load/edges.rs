@@ -185,10 +185,21 @@ impl Validator<'_> {
         Some((pem, out))
     }
 
+    /// A password written into the config file is a secret outside the
+    /// environment.
+    pub(super) fn inline_redis_url(&mut self, url: &str) {
+        if redis::parse_redis_url(url).is_some_and(|u| u.password().is_some()) {
+            self.err(
+                "hub.redis.url",
+                "this URL holds a password: put it in an environment variable and name that with `url_env`",
+            );
+        }
+    }
+
     /// `hub.redis.ca`: only with a `rediss://` URL, which it is for.
     pub(super) fn redis_ca(&mut self, path: Option<&str>, url: Option<&str>) -> Option<Vec<u8>> {
         let path = path?;
-        if !url.is_some_and(|u| u.starts_with("rediss://")) {
+        if !url.is_some_and(|u| u.starts_with("rediss://") || u.starts_with("valkeys://")) {
             self.err("hub.redis.ca", "`ca` needs a `rediss://` URL (TLS)");
             return None;
         }
