@@ -105,6 +105,35 @@ fn launch(bin: &str, url: &str) -> Browser {
     }
 }
 
+/// A page at `page_path`, and the reports it POSTs to `report_path`.
+fn page_app(
+    page_path: &str,
+    page: String,
+    report_path: &str,
+    reports: Arc<Mutex<Vec<serde_json::Value>>>,
+) -> axum::Router {
+    axum::Router::new()
+        .route(
+            page_path,
+            get(move || {
+                let page = page.clone();
+                async move { ([("content-type", "text/html; charset=utf-8")], page) }
+            }),
+        )
+        .route(
+            report_path,
+            post(move |body: String| {
+                let reports = reports.clone();
+                async move {
+                    if let Ok(v) = serde_json::from_str(&body) {
+                        reports.lock().unwrap().push(v);
+                    }
+                    "ok"
+                }
+            }),
+        )
+}
+
 /// Serves the page and collects the page's reports.
 fn page_backend(reports: Arc<Mutex<Vec<serde_json::Value>>>) -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -117,26 +146,7 @@ fn page_backend(reports: Arc<Mutex<Vec<serde_json::Value>>>) -> std::net::Socket
             .unwrap();
         rt.block_on(async move {
             let page = PAGE.replace("__N__", &STREAMS.to_string());
-            let app = axum::Router::new()
-                .route(
-                    "/app/page",
-                    get(move || {
-                        let page = page.clone();
-                        async move { ([("content-type", "text/html; charset=utf-8")], page) }
-                    }),
-                )
-                .route(
-                    "/app/report",
-                    post(move |body: String| {
-                        let reports = reports.clone();
-                        async move {
-                            if let Ok(v) = serde_json::from_str(&body) {
-                                reports.lock().unwrap().push(v);
-                            }
-                            "ok"
-                        }
-                    }),
-                );
+            let app = page_app("/app/page", page, "/app/report", reports);
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             let _ = axum::serve(listener, app).await;
         });
@@ -262,26 +272,7 @@ fn cors_page_backend(
     let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     let page = CORS_PAGE.replace("__GW__", &gw_origin);
     let (stop, _thread) = serve_in_thread(listener, move || {
-        axum::Router::new()
-            .route(
-                "/page",
-                get(move || {
-                    let page = page.clone();
-                    async move { ([("content-type", "text/html; charset=utf-8")], page) }
-                }),
-            )
-            .route(
-                "/report",
-                post(move |body: String| {
-                    let reports = reports.clone();
-                    async move {
-                        if let Ok(v) = serde_json::from_str(&body) {
-                            reports.lock().unwrap().push(v);
-                        }
-                        "ok"
-                    }
-                }),
-            )
+        page_app("/page", page, "/report", reports)
     });
     stop
 }
