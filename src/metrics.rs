@@ -31,6 +31,10 @@ pub struct Metrics {
     pub webhooks: IntCounterVec,
     /// Certificate reloads on SIGHUP, by result (ok, error).
     pub tls_reloads: IntCounterVec,
+    /// Config reloads on SIGHUP, by result (ok, error).
+    pub config_reloads: IntCounterVec,
+    /// New streams told to come back later (`limits.stream_rate`).
+    pub streams_deferred: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -155,6 +159,15 @@ impl Metrics {
                 "ssegate_tls_reloads_total",
                 "TLS certificate reloads on SIGHUP, by result",
                 &["result"],
+            ),
+            config_reloads: cvec(
+                "ssegate_config_reloads_total",
+                "Config reloads on SIGHUP, by result",
+                &["result"],
+            ),
+            streams_deferred: counter(
+                "ssegate_streams_deferred_total",
+                "New SSE streams over limits.stream_rate, told to retry later",
             ),
             registry: r,
         }

@@ -28,7 +28,7 @@ pub(crate) async fn serve(gw: &Gateway, hook: &Webhook, session: &mut Session) -
         let r = Refusal::method_not_allowed(&hook.methods, "method not allowed");
         return refuse(gw, session, r).await;
     }
-    let body = match body::read(session, gw.site.config.limits.max_body).await {
+    let body = match body::read(session, gw.site().config.limits.max_body).await {
         Ok(b) => b,
         Err(e) => {
             count(match e {

@@ -182,6 +182,7 @@ impl Validator<'_> {
             self.err(at, format!("`{path}` holds no PEM certificate"));
             return None;
         }
+        self.remember(&pem);
         Some((pem, out))
     }
 
