@@ -112,7 +112,6 @@ impl AdminApp {
                 keep: None,
             },
             grip: None,
-            headers: None,
         };
         // The first stats at once, not a tick later.
         let first = Replay {
@@ -120,10 +119,12 @@ impl AdminApp {
             ..Replay::default()
         };
         if let Some(tcp) = detach::take_socket(session) {
-            tokio::spawn(stream.run(SocketSink::new(tcp), first));
+            tokio::spawn(stream.run(SocketSink::new(tcp), first, Vec::new()));
             return Ok(true);
         }
-        stream.run(SessionSink::new(session), first).await;
+        stream
+            .run(SessionSink::new(session), first, Vec::new())
+            .await;
         Ok(true)
     }
 }

@@ -75,7 +75,7 @@ struct StreamSpec {
     /// Unix seconds at which the stream is closed with `ssegate.expired`.
     expires: Option<u64>,
     /// Added to the SSE head (CORS).
-    headers: Option<Box<stream::ExtraHeaders>>,
+    headers: stream::ExtraHeaders,
 }
 
 impl PublicProxy {
@@ -160,7 +160,7 @@ impl PublicProxy {
             snapshot,
             keep: lease.map(|l| Box::new(l) as Box<dyn std::any::Any + Send + Sync>),
             expires,
-            headers: cors.map(|c| Box::new(cors::headers(c, session.req_header()))),
+            headers: cors.map_or_else(Vec::new, |c| cors::headers(c, session.req_header())),
         };
         self.hold_stream(session, &m.value.route, spec).await
     }
@@ -224,7 +224,7 @@ impl PublicProxy {
             snapshot: None,
             keep: None,
             expires: None,
-            headers: None,
+            headers: Vec::new(),
         };
         self.hold_stream(session, &entry.route, spec).await
     }
@@ -304,16 +304,16 @@ impl PublicProxy {
                 keep,
             },
             grip: spec.grip,
-            headers: spec.headers,
         };
+        let headers = spec.headers;
         tracing::debug!(route = label, client = ?ip, "stream opened");
         if let Some(tcp) = detach::take_socket(session) {
             // The stream's own future is the task: nothing wraps it, so an
             // idle stream costs what the size probe in `stream::socket` measures.
-            tokio::spawn(stream.run(SocketSink::new(tcp), replay));
+            tokio::spawn(stream.run(SocketSink::new(tcp), replay, headers));
             return Ok(true);
         }
-        let end = stream.run(SessionSink::new(session), replay).await;
+        let end = stream.run(SessionSink::new(session), replay, headers).await;
         tracing::debug!(route = label, client = ?ip, ?end, "stream ended");
         Ok(true)
     }

@@ -187,6 +187,15 @@ pub(crate) enum Wake {
 /// Response headers a stream adds to its head (CORS).
 pub(crate) type ExtraHeaders = Vec<(http::HeaderName, http::HeaderValue)>;
 
+/// What a stream writes once, at its start: boxed, so that the future of
+/// a stream (what every idle client costs) holds only a pointer to it,
+/// and only until it is written.
+struct Opening {
+    /// The prelude or GRIP body, the reset, the replay.
+    body: Bytes,
+    headers: ExtraHeaders,
+}
+
 /// The response head a stream opens with.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Head<'a> {
@@ -225,9 +234,6 @@ pub(crate) struct Stream {
     /// A GRIP hold: the backend's head and body open the stream instead of
     /// the SSE prelude. Boxed: SSE streams pay one pointer for it.
     pub grip: Option<Box<GripOpening>>,
-    /// Added to an SSE head (CORS); dropped once the head is written.
-    /// Boxed, for the same reason.
-    pub headers: Option<Box<ExtraHeaders>>,
 }
 
 impl Stream {
@@ -235,41 +241,43 @@ impl Stream {
     ///
     /// The replay is turned into the opening bytes here, before the future
     /// exists: the future (what every idle detached client costs) keeps
-    /// only those bytes, not the replay.
-    pub(crate) fn run<S: Sink>(self, sink: S, replay: Replay) -> impl Future<Output = End> {
+    /// only those bytes, not the replay. `headers` go on an SSE head
+    /// (CORS); like the opening bytes, they are gone once it is written.
+    pub(crate) fn run<S: Sink>(
+        self,
+        sink: S,
+        replay: Replay,
+        headers: ExtraHeaders,
+    ) -> impl Future<Output = End> {
         let last_seq = replay.frames.last().map_or(0, |d| d.seq);
         let replayed = replay.frames.len() as u64;
-        let first = self.opening(replay);
-        self.serve(sink, first, last_seq, replayed)
+        let opening = Box::new(Opening {
+            body: self.opening(replay),
+            headers,
+        });
+        self.serve(sink, opening, last_seq, replayed)
     }
 
     // Awaits as little as possible and keeps little across awaits.
     async fn serve<S: Sink>(
         mut self,
         mut sink: S,
-        first: Bytes,
+        opening: Box<Opening>,
         mut last_seq: u64,
         replayed: u64,
     ) -> End {
         let sub = self.subscription.sub.clone();
         let sink = &mut sink;
-        let opened = {
-            let head = match (&self.grip, &self.headers) {
-                (Some(g), _) => Head::Grip(&g.head),
-                (None, Some(h)) => Head::Sse(h),
-                (None, None) => Head::Sse(&[]),
-            };
-            // Boxed, as is the end: each happens once, and unboxed their
-            // futures would sit in every idle stream's future for its life.
-            Box::pin(sink.open(&sub, head, first)).await
-        };
+        // Boxed, as is the end: each happens once, and unboxed their futures
+        // (with the opening bytes and headers) would sit in every idle
+        // stream's future for its life.
+        let opened = Box::pin(open(sink, &sub, self.grip.as_deref(), opening)).await;
         match opened {
             Ok(true) => {}
             Ok(false) => return Box::pin(self.end(sink, cut(&sub))).await,
             Err(_) => return Box::pin(self.end(sink, End::WriteFailed)).await,
         }
         self.metrics.delivered.inc_by(replayed);
-        self.headers = None;
         if let Some(g) = &mut self.grip {
             // Sent: only the keep-alive is needed from here on.
             g.body = Bytes::new();
@@ -379,6 +387,21 @@ impl Stream {
         drop(self.guards);
         end
     }
+}
+
+/// Write the response head and the opening bytes.
+async fn open<S: Sink>(
+    sink: &mut S,
+    sub: &Subscriber,
+    grip: Option<&GripOpening>,
+    opening: Box<Opening>,
+) -> io::Result<bool> {
+    let Opening { body, headers } = *opening;
+    let head = match grip {
+        Some(g) => Head::Grip(&g.head),
+        None => Head::Sse(&headers),
+    };
+    sink.open(sub, head, body).await
 }
 
 /// Why a write that waited on a full socket was given up: the client was

@@ -301,9 +301,8 @@ mod tests {
                 keep: None,
             },
             grip: None,
-            headers: None,
         };
-        let fut = stream.run(SocketSink::new(tcp), Replay::default());
+        let fut = stream.run(SocketSink::new(tcp), Replay::default(), Vec::new());
         let size = std::mem::size_of_val(&fut);
         println!("idle detached stream future: {size} bytes");
         assert!(
