@@ -320,13 +320,28 @@ routes:
           jwks_url: "https://{}/.well-known/jwks.json"
           jwks_ca: "{}"
           jwks_refetch: 1s
+  - path: /events/unreachable
+    sse:
+      channels: ["nobody"]
+      auth: {{ jwt: {{ jwks_url: "https://127.0.0.1:{}/jwks.json", jwks_ca: "{}" }} }}
 "#,
         server.addr,
+        dir.path().join("idp-ca.pem").display(),
+        free_port(),
         dir.path().join("idp-ca.pem").display()
     ));
 
     assert_eq!(subscribe_status(&gw, &token(&k1, "u1")).await, 200);
     assert_eq!(idp.fetches(), 1, "fetched on first use");
+    // No set could ever be fetched: unavailable, not unauthorized.
+    let r = client()
+        .get(gw.url("/events/unreachable"))
+        .bearer_auth(token(&k1, "u1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(r.text().await.unwrap().trim(), "signing keys unavailable");
 
     // The provider rotates: k2 signs from now on, k1 is gone.
     *idp.jwks.lock().unwrap() = json!({"keys": [k2.jwk]});

@@ -141,7 +141,8 @@ impl std::fmt::Debug for RemoteKeys {
     }
 }
 
-/// The process's caches, by URL; an entry lives while a route uses it.
+/// The process's caches, by URL and settings; an entry lives while a
+/// route uses it.
 static CACHES: Mutex<Option<HashMap<String, Weak<RemoteKeys>>>> = Mutex::new(None);
 
 impl RemoteKeys {
@@ -150,7 +151,12 @@ impl RemoteKeys {
         let mut caches = CACHES.lock().unwrap_or_else(|p| p.into_inner());
         let caches = caches.get_or_insert_with(HashMap::new);
         caches.retain(|_, w| w.strong_count() > 0);
-        if let Some(k) = caches.get(&remote.url).and_then(Weak::upgrade) {
+        // The same URL with another CA or interval is another cache.
+        let key = format!(
+            "{} {:?} {:?}",
+            remote.url, remote.refetch, remote.upstream.tls
+        );
+        if let Some(k) = caches.get(&key).and_then(Weak::upgrade) {
             return k;
         }
         let keys = Arc::new(RemoteKeys::new(
@@ -161,7 +167,7 @@ impl RemoteKeys {
                 path: remote.path.clone(),
             }),
         ));
-        caches.insert(remote.url.clone(), Arc::downgrade(&keys));
+        caches.insert(key, Arc::downgrade(&keys));
         keys
     }
 

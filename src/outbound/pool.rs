@@ -60,6 +60,9 @@ impl Pool {
                 .map(|d| WrappedX509::new(d.clone(), parse_x509))
                 .collect::<Arc<[WrappedX509]>>()
         });
+        if config.tls.as_ref().is_some_and(|t| !t.verify) {
+            tracing::warn!(upstream = %config.name, "TLS to this upstream checks no certificate (tls.verify: false)");
+        }
         let mut h = std::collections::hash_map::DefaultHasher::new();
         config.name.hash(&mut h);
         Pool {
