@@ -271,6 +271,11 @@ routes:
       cors: { origins: ["*"] }
   - path: /none/{ch}
     sse: { channels: ["{ch}"] }
+  - path: /get-only/{ch}
+    methods: [GET]
+    sse:
+      channels: ["{ch}"]
+      cors: { origins: ["HTTP://App.Example:3000"] }
 "#,
     );
     // A listed origin: named back, with credentials and Vary (plain
@@ -332,6 +337,13 @@ routes:
     assert_eq!(r.status().as_u16(), 204);
     assert_eq!(header(r.headers(), "access-control-allow-origin"), None);
     assert_eq!(header(r.headers(), "access-control-allow-methods"), None);
+    // ...also on a route narrowed to `methods: [GET]`...
+    let r = preflight(&gw.url("/get-only/a"), PAGE_ORIGIN).await;
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(
+        header(r.headers(), "access-control-allow-origin"),
+        Some(PAGE_ORIGIN)
+    );
     // ...and not at all where no `cors:` is configured.
     let r = preflight(&gw.url("/none/a"), PAGE_ORIGIN).await;
     assert_eq!(r.status().as_u16(), 405);

@@ -351,6 +351,21 @@ impl ProxyHttp for PublicProxy {
                     .await;
             }
             Err(Miss::MethodNotAllowed(allowed)) => {
+                // A preflight for an sse route narrowed to `methods: [GET]`.
+                let cors = cors::is_preflight(req)
+                    .then(|| {
+                        let m =
+                            site.router
+                                .lookup(&http::Method::GET, host.as_deref(), req.uri.path());
+                        match &m.ok()?.value.action {
+                            Action::Sse(sse) => sse.sse.settings.cors.clone(),
+                            _ => None,
+                        }
+                    })
+                    .flatten();
+                if let Some(c) = cors {
+                    return cors::preflight(session, &c).await;
+                }
                 let r = Refusal::method_not_allowed(&allowed, "method not allowed on this route");
                 return self.refuse(session, r).await;
             }
