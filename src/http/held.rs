@@ -53,10 +53,16 @@ impl<'s> SessionSink<'s> {
 
 /// The SSE response head (chunked on HTTP/1.1: without a length pingora
 /// would close-delimit the body and lose keep-alive).
-pub(crate) fn sse_head(is_h2: bool) -> pingora_error::Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(200, Some(4))?;
+pub(crate) fn sse_head(
+    is_h2: bool,
+    extra: &[(http::HeaderName, http::HeaderValue)],
+) -> pingora_error::Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(200, Some(4 + extra.len()))?;
     for (k, v) in wire::SSE_HEADERS {
         resp.insert_header(k, v)?;
+    }
+    for (k, v) in extra {
+        resp.append_header(k, v)?;
     }
     if !is_h2 {
         resp.insert_header("transfer-encoding", "chunked")?;
@@ -68,7 +74,7 @@ impl Sink for SessionSink<'_> {
     async fn open(&mut self, sub: &Subscriber, head: Head<'_>, body: Bytes) -> io::Result<bool> {
         let is_h2 = self.is_h2();
         let head = match head {
-            Head::Sse => sse_head(is_h2),
+            Head::Sse(extra) => sse_head(is_h2, extra),
             Head::Grip(h) => {
                 let mut h = h.clone();
                 match is_h2 {

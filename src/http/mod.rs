@@ -6,16 +6,20 @@
 //! - `admin`: the admin listener: publish, webhooks, health, metrics,
 //!   stats, dashboard.
 //! - `refuse`: every typed error → status, one-line reason, metric label.
+//! - `cors`: a stream's CORS headers and the answer to a preflight.
 //! - `grip`: a GRIP route's request to its backend and the response back.
 //! - `held`, `detach`: the two ways a stream's bytes reach a client
 //!   (held in pingora's session; a plain socket taken out of it).
+//! - `webhook`: one webhook request, on whichever listener serves it.
 //! - `body`, `respond`: bounded request bodies, short whole responses.
 
 pub(crate) mod admin;
 pub(crate) mod body;
+mod cors;
 mod detach;
 mod grip;
 mod held;
 pub(crate) mod public;
 pub(crate) mod refuse;
 pub(crate) mod respond;
+mod webhook;

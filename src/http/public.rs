@@ -2,6 +2,7 @@
 //! holds itself (after the route's auth), to a GRIP route whose backend may
 //! hold the client, or passed through to an upstream pool by pingora.
 
+use super::cors;
 use super::detach;
 use super::grip::{self, HoldStart};
 use super::held::SessionSink;
@@ -31,7 +32,7 @@ pub(crate) struct PublicProxy {
 #[derive(Debug, Default)]
 pub(crate) struct Ctx {
     pool: Option<Arc<Pool>>,
-    tried: Vec<usize>,
+    tried: Vec<std::net::SocketAddr>,
     _active: Option<Active>,
 }
 
@@ -43,16 +44,19 @@ fn host_of(req: &RequestHeader) -> Option<&str> {
         .or_else(|| req.uri.host())
 }
 
-/// Who the client is, as this listener saw it.
-fn forwarded(session: &Session) -> Forwarded {
-    Forwarded {
-        client_ip: session
+/// Who the client is: the peer, or what a trusted proxy says it saw.
+pub(crate) fn forwarded(session: &Session, trusted_proxies: &[ipnet::IpNet]) -> Forwarded {
+    let req = session.req_header();
+    Forwarded::new(
+        session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip()),
-        tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
-        host: host_of(session.req_header()).map(str::to_string),
-    }
+        session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+        host_of(req).map(str::to_string),
+        &req.headers,
+        trusted_proxies,
+    )
 }
 
 /// What a stream subscribes to and how it behaves.
@@ -70,6 +74,8 @@ struct StreamSpec {
     poll: Option<crate::sources::poll::Lease>,
     /// Unix seconds at which the stream is closed with `ssegate.expired`.
     expires: Option<u64>,
+    /// Added to the SSE head (CORS).
+    headers: stream::ExtraHeaders,
 }
 
 impl PublicProxy {
@@ -85,6 +91,10 @@ impl PublicProxy {
         entry: &SseEntry,
     ) -> Result<bool> {
         let gw = &self.gw;
+        let cors = entry.sse.settings.cors.as_deref();
+        if let Some(cors) = cors.filter(|_| cors::is_preflight(session.req_header())) {
+            return cors::preflight(session, cors).await;
+        }
         let method = &session.req_header().method;
         if method != http::Method::GET && method != http::Method::HEAD {
             let r = Refusal::method_not_allowed(&[http::Method::GET], "sse routes answer GET only");
@@ -150,6 +160,7 @@ impl PublicProxy {
             snapshot,
             poll: lease,
             expires,
+            headers: cors.map_or_else(Vec::new, |c| cors::headers(c, session.req_header())),
         };
         self.hold_stream(session, &m.value.route, spec).await
     }
@@ -165,7 +176,7 @@ impl PublicProxy {
     ) -> Result<bool> {
         let gw = &self.gw;
         let limits = &site.config.limits;
-        let who = forwarded(session);
+        let who = forwarded(session, &site.config.trusted_proxies);
         let outcome = grip::forward(
             &gw.client,
             session,
@@ -180,11 +191,18 @@ impl PublicProxy {
             Ok(grip::Outcome::Done) => return Ok(true),
             Ok(grip::Outcome::Hold(start)) => start,
             Err(r) => {
-                tracing::debug!(upstream = %pool.name, status = r.status, reason = %r.reason, "grip route refused");
+                tracing::debug!(upstream = %pool.name, client = ?who.client_ip(), status = r.status, reason = %r.reason, "grip route refused");
                 return self.refuse(session, r).await;
             }
         };
-        let HoldStart { hold, head, body } = *start;
+        let HoldStart {
+            hold,
+            mut head,
+            body,
+        } = *start;
+        if let Some(cors) = &site.config.sse.cors {
+            cors::apply(cors, session.req_header(), &mut head);
+        }
         // Without Grip-Keep-Alive nothing is sent idle, but the stream still
         // joins a tick so that a drain on shutdown wakes it.
         let sse = &site.config.sse;
@@ -206,6 +224,7 @@ impl PublicProxy {
             snapshot: None,
             poll: None,
             expires: None,
+            headers: Vec::new(),
         };
         self.hold_stream(session, &entry.route, spec).await
     }
@@ -237,10 +256,7 @@ impl PublicProxy {
                 .refuse(session, Refusal::new(503, "draining", "shutting down"))
                 .await;
         }
-        let ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        let ip = forwarded(session, &gw.site().config.trusted_proxies).client_ip();
         let slot = match streams.limiter.acquire(ip) {
             Ok(s) => s,
             Err(e) => return self.refuse(session, e).await,
@@ -292,17 +308,19 @@ impl PublicProxy {
             grip: spec.grip,
             handoff: streams.handoff.clone(),
         };
+        let headers = spec.headers;
+        tracing::debug!(route = label, client = ?ip, "stream opened");
         if let Some(tcp) = detach::take_socket(session) {
             if movable {
                 sub.set_movable();
             }
             // The stream's own future is the task: nothing wraps it, so an
             // idle stream costs what the size probe in `stream::socket` measures.
-            tokio::spawn(stream.run(SocketSink::new(tcp), replay));
+            tokio::spawn(stream.run(SocketSink::new(tcp), replay, headers));
             return Ok(true);
         }
-        let end = stream.run(SessionSink::new(session), replay).await;
-        tracing::debug!(route = label, ?end, "stream ended");
+        let end = stream.run(SessionSink::new(session), replay, headers).await;
+        tracing::debug!(route = label, client = ?ip, ?end, "stream ended");
         Ok(true)
     }
 }
@@ -318,6 +336,14 @@ impl ProxyHttp for PublicProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let site = self.gw.site();
         let req = session.req_header();
+        let public_hook = crate::sources::webhook::find(
+            &site.config.webhooks,
+            crate::config::Listener::Public,
+            req.uri.path(),
+        );
+        if let Some(hook) = public_hook {
+            return super::webhook::serve(&self.gw, hook, session).await;
+        }
         let host = host_of(req).map(host_only);
         let found = site
             .router
@@ -331,6 +357,21 @@ impl ProxyHttp for PublicProxy {
                     .await;
             }
             Err(Miss::MethodNotAllowed(allowed)) => {
+                // A preflight for an sse route narrowed to `methods: [GET]`.
+                let cors = cors::is_preflight(req)
+                    .then(|| {
+                        let m =
+                            site.router
+                                .lookup(&http::Method::GET, host.as_deref(), req.uri.path());
+                        match &m.ok()?.value.action {
+                            Action::Sse(sse) => sse.sse.settings.cors.clone(),
+                            _ => None,
+                        }
+                    })
+                    .flatten();
+                if let Some(c) = cors {
+                    return cors::preflight(session, &c).await;
+                }
                 let r = Refusal::method_not_allowed(&allowed, "method not allowed on this route");
                 return self.refuse(session, r).await;
             }
@@ -350,16 +391,21 @@ impl ProxyHttp for PublicProxy {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let pool = ctx
             .pool
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "route has no upstream"))?;
-        let (index, addr) = pool.pick(&ctx.tried).ok_or_else(|| {
+        let target = pool.pick(&ctx.tried).ok_or_else(|| {
             Error::explain(ErrorType::ConnectError, "no upstream server left to try")
         })?;
-        ctx.tried.push(index);
-        Ok(Box::new(pool.peer(addr)))
+        ctx.tried.push(target.addr);
+        let mut peer = pool.peer(&target);
+        if session.is_upgrade_req() {
+            // An upgraded connection (WebSocket) is HTTP/1.1 only.
+            peer.options.alpn = pingora_core::protocols::ALPN::H1;
+        }
+        Ok(Box::new(peer))
     }
 
     fn fail_to_connect(
@@ -384,7 +430,7 @@ impl ProxyHttp for PublicProxy {
         upstream_request: &mut RequestHeader,
         _ctx: &mut Ctx,
     ) -> Result<()> {
-        forwarded(session).apply(upstream_request)
+        forwarded(session, &self.gw.site().config.trusted_proxies).apply(upstream_request)
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {

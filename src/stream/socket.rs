@@ -44,11 +44,17 @@ impl SocketSink {
 
     /// Write all of `parts`, keeping the rest if the write is given up.
     async fn send(&mut self, sub: &Subscriber, parts: &[&[u8]]) -> io::Result<bool> {
-        match send(&self.tcp, sub, parts).await? {
-            Sent::All => Ok(true),
+        let sent = send(&self.tcp, sub, parts).await?;
+        Ok(self.keep_rest(sent, parts))
+    }
+
+    /// True if all was sent; else keeps what was not.
+    fn keep_rest(&mut self, sent: Sent, parts: &[&[u8]]) -> bool {
+        match sent {
+            Sent::All => true,
             Sent::Cut(done) => {
                 self.tail = Some(Box::new(rest(parts, done)));
-                Ok(false)
+                false
             }
         }
     }
@@ -70,12 +76,16 @@ fn rest(parts: &[&[u8]], mut done: usize) -> Bytes {
 
 impl Sink for SocketSink {
     async fn open(&mut self, sub: &Subscriber, head: Head<'_>, body: Bytes) -> io::Result<bool> {
-        let grip_head;
+        let built;
         let head: &[u8] = match head {
-            Head::Sse => &SSE_HEAD,
+            Head::Sse([]) => &SSE_HEAD,
+            Head::Sse(extra) => {
+                built = sse_head_with(extra);
+                &built
+            }
             Head::Grip(h) => {
-                grip_head = h1_head(h);
-                &grip_head
+                built = h1_head(h);
+                &built
             }
         };
         if body.is_empty() {
@@ -103,7 +113,10 @@ impl Sink for SocketSink {
         }
         let mut size = [0u8; 18];
         let size = chunk_head(bytes.len(), &mut size);
-        self.send(sub, &[size, bytes, b"\r\n"]).await
+        // `send` inlined: this is the write every idle stream's future has room for.
+        let parts: [&[u8]; 3] = [size, bytes, b"\r\n"];
+        let sent = send(&self.tcp, sub, &parts).await?;
+        Ok(self.keep_rest(sent, &parts))
     }
 
     async fn idle(&mut self, sub: &Subscriber) -> Wake {
@@ -148,6 +161,29 @@ impl Sink for SocketSink {
     }
 }
 
+/// `SSE_HEAD` with `extra` headers before its blank line.
+fn sse_head_with(extra: &[(http::HeaderName, http::HeaderValue)]) -> Bytes {
+    let head = &SSE_HEAD[..SSE_HEAD.len() - 2];
+    let mut out = BytesMut::with_capacity(SSE_HEAD.len() + 64 * extra.len());
+    out.extend_from_slice(head);
+    header_lines(&mut out, extra.iter().map(|(k, v)| (k, v)));
+    out.extend_from_slice(b"\r\n");
+    out.freeze()
+}
+
+/// `name: value` lines.
+fn header_lines<'h>(
+    out: &mut BytesMut,
+    headers: impl Iterator<Item = (&'h http::HeaderName, &'h http::HeaderValue)>,
+) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// A GRIP hold's response head as HTTP/1.1 bytes: the backend's status and
 /// headers, chunked because the stream has no end we know of.
 fn h1_head(head: &pingora_http::ResponseHeader) -> Bytes {
@@ -161,12 +197,7 @@ fn h1_head(head: &pingora_http::ResponseHeader) -> Bytes {
         )
         .as_bytes(),
     );
-    for (name, value) in head.headers.iter() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    header_lines(&mut out, head.headers.iter());
     out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
     out.freeze()
 }
@@ -331,7 +362,7 @@ mod tests {
             grip: None,
             handoff: Default::default(),
         };
-        let fut = stream.run(SocketSink::new(tcp), Replay::default());
+        let fut = stream.run(SocketSink::new(tcp), Replay::default(), Vec::new());
         let size = std::mem::size_of_val(&fut);
         println!("idle detached stream future: {size} bytes");
         assert!(
