@@ -31,6 +31,14 @@ pub struct Metrics {
     pub webhooks: IntCounterVec,
     /// Certificate reloads on SIGHUP, by result (ok, error).
     pub tls_reloads: IntCounterVec,
+    /// Backend SSE replies recorded, per route.
+    pub records_started: IntCounterVec,
+    /// Events read from backends into records.
+    pub record_events: IntCounter,
+    /// Records ended, by reason (complete, backend-error, max-events, ttl, …).
+    pub record_ends: IntCounterVec,
+    /// Requests answered from a record, by result (stream, no_content).
+    pub record_resumes: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -154,6 +162,25 @@ impl Metrics {
             tls_reloads: cvec(
                 "ssegate_tls_reloads_total",
                 "TLS certificate reloads on SIGHUP, by result",
+                &["result"],
+            ),
+            records_started: cvec(
+                "ssegate_records_started_total",
+                "Backend SSE replies recorded, per route",
+                &["route"],
+            ),
+            record_events: counter(
+                "ssegate_record_events_total",
+                "Events read from backends into records",
+            ),
+            record_ends: cvec(
+                "ssegate_records_ended_total",
+                "Records ended, by reason",
+                &["reason"],
+            ),
+            record_resumes: cvec(
+                "ssegate_record_resumes_total",
+                "Requests answered from a record, by result",
                 &["result"],
             ),
             registry: r,

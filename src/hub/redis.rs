@@ -18,6 +18,8 @@
 //! All keys share the `{prefix}` hash tag, so one script touches one slot
 //! (Redis Cluster works, without spreading this load over shards).
 
+mod records;
+
 use super::cursor;
 use super::local::{Confirm, Local};
 use super::{
@@ -104,6 +106,8 @@ pub struct RedisBroker {
     conn: RwLock<Option<ConnectionManager>>,
     script: redis::Script,
     lease_script: redis::Script,
+    /// Recorded backend replies (`records`).
+    records_script: redis::Script,
     /// Random per process: who holds a poll lease.
     instance: String,
     epoch: AtomicU64,
@@ -205,6 +209,7 @@ impl RedisBroker {
                  if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end \
                  return 0",
             ),
+            records_script: redis::Script::new(records::SCRIPT),
             instance: format!("{:016x}", rand::random::<u64>()),
             epoch: AtomicU64::new(0),
             healthy: AtomicBool::new(false),
@@ -450,6 +455,12 @@ impl RedisBroker {
         // Catch up: what was published while we were away.
         for ch in &subscribed {
             let after = self.local.last_seq(ch);
+            if let Some(id) = records::record_of(ch) {
+                self.catch_up_record(&mut conn, ch, id, after)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                continue;
+            }
             if after == 0 {
                 continue;
             }
