@@ -5,8 +5,10 @@
 
 use crate::auth::expiry::Expiries;
 use crate::auth::Guard;
-use crate::config::{BrokerKind, Config, GripRoute, Route, RouteKind, SseRoute};
+use crate::config::{BrokerKind, Config, GripRoute, RecordRoute, Route, RouteKind, SseRoute};
 use crate::hub::memory::MemoryBroker;
+use crate::hub::record::memory::MemoryRecords;
+use crate::hub::record::Records;
 use crate::hub::redis::{RedisBroker, RedisSettings};
 use crate::hub::{Broker, Feed};
 use crate::metrics::Metrics;
@@ -44,6 +46,8 @@ impl std::error::Error for BuildError {}
 pub struct Gateway {
     pub site: Arc<Site>,
     pub hub: Arc<dyn Broker>,
+    /// Recorded backend replies (`record:` routes), kept where the hub is.
+    pub records: Arc<dyn Records>,
     pub pollers: Arc<Pollers>,
     pub client: Arc<Client>,
     pub streams: Streams,
@@ -91,6 +95,8 @@ pub struct RouteEntry {
 pub enum Action {
     Proxy(Arc<Pool>),
     Grip(Arc<Pool>, GripRoute),
+    /// A proxy route whose SSE replies are recorded for resume.
+    Record(Arc<Pool>, RecordRoute),
     Sse(Box<SseEntry>),
 }
 
@@ -131,11 +137,18 @@ impl Site {
                 RouteKind::Proxy {
                     upstream,
                     grip: None,
+                    record: None,
                 } => Action::Proxy(pool(upstream)?),
                 RouteKind::Proxy {
                     upstream,
                     grip: Some(g),
+                    ..
                 } => Action::Grip(pool(upstream)?, g.clone()),
+                RouteKind::Proxy {
+                    upstream,
+                    grip: None,
+                    record: Some(r),
+                } => Action::Record(pool(upstream)?, r.clone()),
                 RouteKind::Sse(s) => {
                     let forward = match &s.auth.forward {
                         Some(f) => Some(pool(&f.upstream)?),
@@ -180,22 +193,28 @@ impl Site {
 impl Gateway {
     pub fn new(config: Config) -> Result<Arc<Gateway>, BuildError> {
         let metrics = Arc::new(Metrics::new());
-        let hub: Arc<dyn Broker> = match &config.hub.broker {
-            BrokerKind::Memory => Arc::new(MemoryBroker::new(
-                config.hub.history_size,
-                config.hub.history_ttl,
-                metrics.clone(),
-            )),
-            BrokerKind::Redis { url, prefix } => RedisBroker::new(
-                RedisSettings {
-                    url: url.clone(),
-                    prefix: prefix.clone(),
-                    history_size: config.hub.history_size,
-                    history_ttl: config.hub.history_ttl,
-                },
-                metrics.clone(),
-            )
-            .map_err(BuildError::Redis)?,
+        let (hub, records): (Arc<dyn Broker>, Arc<dyn Records>) = match &config.hub.broker {
+            BrokerKind::Memory => (
+                Arc::new(MemoryBroker::new(
+                    config.hub.history_size,
+                    config.hub.history_ttl,
+                    metrics.clone(),
+                )),
+                Arc::new(MemoryRecords::new(metrics.clone())),
+            ),
+            BrokerKind::Redis { url, prefix } => {
+                let redis = RedisBroker::new(
+                    RedisSettings {
+                        url: url.clone(),
+                        prefix: prefix.clone(),
+                        history_size: config.hub.history_size,
+                        history_ttl: config.hub.history_ttl,
+                    },
+                    metrics.clone(),
+                )
+                .map_err(BuildError::Redis)?;
+                (redis.clone(), redis)
+            }
         };
         let client = Arc::new(Client::new());
         let limiter = ConnLimiter::new(
@@ -206,6 +225,7 @@ impl Gateway {
             pollers: Pollers::new(hub.clone(), metrics.clone(), client.clone()),
             site: Arc::new(Site::new(config)?),
             hub,
+            records,
             client,
             streams: Streams {
                 limiter,

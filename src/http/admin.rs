@@ -176,7 +176,7 @@ impl AdminApp {
                 gauge: None,
                 keep: None,
             },
-            grip: None,
+            opening: None,
         };
         // The first stats at once, not a tick later.
         let first = Replay {

@@ -6,7 +6,11 @@
 //! - `admin`: the admin listener: publish, webhooks, health, metrics,
 //!   stats, dashboard.
 //! - `refuse`: every typed error → status, one-line reason, metric label.
+//! - `upstream`: a route's request to its backend made by the gateway
+//!   itself (GRIP and recorded routes), and an ordinary response back.
 //! - `grip`: a GRIP route's request to its backend and the response back.
+//! - `record`: a recorded route: a new reply recorded, or one resumed.
+//! - `streams`: admitting a stream (drain, limits) and running it.
 //! - `held`, `detach`: the two ways a stream's bytes reach a client
 //!   (held in pingora's session; a plain socket taken out of it).
 //! - `body`, `respond`: bounded request bodies, short whole responses.
@@ -17,5 +21,8 @@ mod detach;
 mod grip;
 mod held;
 pub(crate) mod public;
+mod record;
 pub(crate) mod refuse;
 pub(crate) mod respond;
+mod streams;
+mod upstream;

@@ -2,18 +2,18 @@
 //! holds itself (after the route's auth), to a GRIP route whose backend may
 //! hold the client, or passed through to an upstream pool by pingora.
 
-use super::detach;
 use super::grip::{self, HoldStart};
-use super::held::SessionSink;
+use super::record;
 use super::refuse::{Refusal, Style};
+use super::streams;
+use super::upstream::{forwarded, host_of};
 use crate::gateway::{Action, Gateway, RouteEntry, SseEntry};
 use crate::hub::{Resume, Subscriber};
-use crate::outbound::{Forwarded, Pool};
+use crate::outbound::Pool;
 use crate::routing::{host_only, Matched, Miss};
 use crate::shutdown::Active;
 use crate::stream::request::{self, Offer};
-use crate::stream::socket::SocketSink;
-use crate::stream::{self, GripOpening, Guards, Stream};
+use crate::stream::{self, Opening};
 use crate::values::RequestValues;
 use async_trait::async_trait;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -35,26 +35,6 @@ pub(crate) struct Ctx {
     _active: Option<Active>,
 }
 
-/// The request's authority: the Host header, else the absolute URI's.
-fn host_of(req: &RequestHeader) -> Option<&str> {
-    req.headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.host())
-}
-
-/// Who the client is, as this listener saw it.
-fn forwarded(session: &Session) -> Forwarded {
-    Forwarded {
-        client_ip: session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip()),
-        tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
-        host: host_of(session.req_header()).map(str::to_string),
-    }
-}
-
 /// What a stream subscribes to and how it behaves.
 struct StreamSpec {
     channels: Vec<String>,
@@ -63,7 +43,7 @@ struct StreamSpec {
     client_queue: usize,
     /// The tick for heartbeats (SSE) or keep-alives (GRIP).
     heartbeat: Duration,
-    grip: Option<Box<GripOpening>>,
+    grip: Option<Box<Opening>>,
     /// A poll route's latest snapshot, for a subscriber that needs one.
     snapshot: Option<stream::Snapshot>,
     /// What must live as long as the stream (poll lease, JWT expiry).
@@ -189,10 +169,11 @@ impl PublicProxy {
             retry: sse.retry,
             client_queue: sse.client_queue,
             heartbeat,
-            grip: Some(Box::new(GripOpening {
+            grip: Some(Box::new(Opening {
                 head,
                 body,
                 keep_alive,
+                event_stream: false,
             })),
             snapshot: None,
             keep: None,
@@ -201,8 +182,7 @@ impl PublicProxy {
         self.hold_stream(session, entry.label(), spec).await
     }
 
-    /// Subscribe and hold the client: detached from pingora on plain
-    /// HTTP/1.1, held in its session otherwise.
+    /// Admit, subscribe and run the stream.
     async fn hold_stream(
         &self,
         session: &mut Session,
@@ -211,18 +191,9 @@ impl PublicProxy {
     ) -> Result<bool> {
         let gw = &self.gw;
         let streams = &gw.streams;
-        if streams.shutdown.is_draining() {
-            return self
-                .refuse(session, Refusal::new(503, "draining", "shutting down"))
-                .await;
-        }
-        let ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let slot = match streams.limiter.acquire(ip) {
+        let slot = match streams::admit(gw, session) {
             Ok(s) => s,
-            Err(e) => return self.refuse(session, e).await,
+            Err(r) => return self.refuse(session, r).await,
         };
         let sub = Arc::new(Subscriber::new(streams.next_id(), spec.client_queue));
         let opened = stream::subscribe(
@@ -242,34 +213,16 @@ impl PublicProxy {
             (None, None) => None,
             (keep, expiry) => Some(Box::new((keep, expiry))),
         };
-        let gauge = gw.metrics.connections.with_label_values(&[label]);
-        gauge.inc();
-        gw.metrics
-            .connections_opened
-            .with_label_values(&[label])
-            .inc();
-        let stream = Stream {
-            heartbeat: streams.heartbeats.join(spec.heartbeat, &sub),
+        let ready = streams::Ready {
             subscription,
+            replay,
+            slot,
             retry: spec.retry,
-            shutdown: streams.shutdown.clone(),
-            metrics: gw.metrics.clone(),
-            guards: Guards {
-                slot: Some(slot),
-                _active: streams.shutdown.track(),
-                gauge: Some(gauge),
-                keep,
-            },
-            grip: spec.grip,
+            heartbeat: spec.heartbeat,
+            opening: spec.grip,
+            keep,
         };
-        if let Some(tcp) = detach::take_socket(session) {
-            // The stream's own future is the task: nothing wraps it, so an
-            // idle stream costs what the size probe in `stream::socket` measures.
-            tokio::spawn(stream.run(SocketSink::new(tcp), replay));
-            return Ok(true);
-        }
-        let end = stream.run(SessionSink::new(session), replay).await;
-        tracing::debug!(route = label, ?end, "stream ended");
+        streams::run(gw, session, label, ready).await;
         Ok(true)
     }
 }
@@ -308,6 +261,13 @@ impl ProxyHttp for PublicProxy {
             Action::Grip(pool, g) => {
                 ctx._active = Some(self.gw.streams.shutdown.track());
                 self.grip(session, &entry, pool, g).await
+            }
+            Action::Record(pool, r) => {
+                ctx._active = Some(self.gw.streams.shutdown.track());
+                match record::serve(&self.gw, session, &m, pool, r).await {
+                    Ok(()) => Ok(true),
+                    Err(refusal) => self.refuse(session, refusal).await,
+                }
             }
             Action::Proxy(pool) => {
                 ctx.pool = Some(pool.clone());

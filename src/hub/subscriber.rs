@@ -101,6 +101,14 @@ impl Subscriber {
         Offer::Queued
     }
 
+    /// A write waiting on this client's full socket stops waiting: it was
+    /// evicted as slow or its credentials expired. A closed subscriber (its
+    /// publisher or its record ended) is not cut: what it was sent before
+    /// the close is still written.
+    pub fn is_cut(&self) -> bool {
+        matches!(self.state(), SubState::Slow | SubState::Expired)
+    }
+
     /// End the stream (publisher close or shutdown).
     pub fn close(&self) {
         if self

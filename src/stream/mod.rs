@@ -6,7 +6,8 @@
 //! The engine is generic over a `Sink`, the thing the bytes go to: a plain
 //! HTTP/1.1 socket taken out of pingora (`socket`), or a request held in
 //! pingora's session for TLS and HTTP/2 (`http::held`). Every kind of
-//! stream — SSE routes, GRIP holds, the dashboard's feed — runs here.
+//! stream — SSE routes, GRIP holds, recorded backend replies, the
+//! dashboard's feed — runs here.
 //!
 //! - `request`: what a request subscribes to (channels, resume point).
 //! - `heartbeat`: one tick per interval for every stream.
@@ -18,6 +19,7 @@ pub(crate) mod limits;
 pub(crate) mod request;
 pub(crate) mod socket;
 
+use crate::hub::record::{RecordId, Records};
 use crate::hub::{Broker, BrokerError, Delivery, Feed, Replay, Resume, SubState, Subscriber};
 use crate::metrics::Metrics;
 use crate::shutdown::{Active, Shutdown};
@@ -92,6 +94,10 @@ enum Source {
         channels: Vec<String>,
     },
     Feed(Arc<Feed>),
+    Record {
+        records: Arc<dyn Records>,
+        id: RecordId,
+    },
 }
 
 impl Subscription {
@@ -104,6 +110,18 @@ impl Subscription {
         Subscription {
             sub,
             source: Source::Hub { hub, channels },
+        }
+    }
+
+    /// `sub`, already reading record `id`.
+    pub(crate) fn record(
+        records: Arc<dyn Records>,
+        sub: Arc<Subscriber>,
+        id: RecordId,
+    ) -> Subscription {
+        Subscription {
+            sub,
+            source: Source::Record { records, id },
         }
     }
 
@@ -122,6 +140,7 @@ impl Drop for Subscription {
         match &self.source {
             Source::Hub { hub, channels } => hub.unsubscribe(&self.sub, channels),
             Source::Feed(feed) => feed.remove(&self.sub),
+            Source::Record { records, id } => records.unfollow(&self.sub, *id),
         }
     }
 }
@@ -155,15 +174,20 @@ impl Drop for Guards {
     }
 }
 
-/// What a GRIP hold sends instead of the SSE opening: the backend's status,
-/// headers (Grip-* and Content-Length already removed) and body, and its
-/// `Grip-Keep-Alive` content in place of the heartbeat comment.
+/// What a stream sends instead of the SSE opening: a response head and
+/// first body bytes of its own, and what it writes when idle. A GRIP hold:
+/// the backend's status, headers (Grip-* and Content-Length already
+/// removed) and body, and its `Grip-Keep-Alive` content. A recorded reply:
+/// the backend's head (or, for a resume, the SSE head) naming the record,
+/// the prelude, and the heartbeat comment.
 #[derive(Debug, Clone)]
-pub(crate) struct GripOpening {
+pub(crate) struct Opening {
     pub head: ResponseHeader,
     pub body: Bytes,
-    /// None: the backend asked for no keep-alive, so nothing is sent idle.
+    /// Written after a tick without other writes. None: nothing is sent idle.
     pub keep_alive: Option<Bytes>,
+    /// The body is an event stream: a drain ends it with a jittered `retry:`.
+    pub event_stream: bool,
 }
 
 /// How a stream ended.
@@ -192,13 +216,14 @@ pub(crate) enum Wake {
 pub(crate) enum Head<'a> {
     /// `200` with `wire::SSE_HEADERS`.
     Sse,
-    /// A GRIP hold: the backend's status and headers.
-    Grip(&'a ResponseHeader),
+    /// The stream's own `Opening` head.
+    Given(&'a ResponseHeader),
 }
 
 /// Where a stream's bytes go. `Ok(false)` from a write: the write waited on
-/// a full socket and the subscriber stopped being open meanwhile (evicted as
-/// slow, closed, expired), so it was given up.
+/// a full socket and the subscriber was cut meanwhile (evicted as slow, or
+/// expired: `Subscriber::is_cut`), so it was given up. A subscriber that was
+/// closed (its publisher or its record ended) still gets what it was sent.
 pub(crate) trait Sink {
     /// The response head and the first body bytes.
     async fn open(&mut self, sub: &Subscriber, head: Head<'_>, body: Bytes) -> io::Result<bool>;
@@ -222,9 +247,10 @@ pub(crate) struct Stream {
     pub shutdown: Shutdown,
     pub metrics: Arc<Metrics>,
     pub guards: Guards,
-    /// A GRIP hold: the backend's head and body open the stream instead of
-    /// the SSE prelude. Boxed: SSE streams pay one pointer for it.
-    pub grip: Option<Box<GripOpening>>,
+    /// A GRIP hold or a recorded reply: its own head and body open the
+    /// stream instead of the SSE prelude. Boxed: SSE streams pay one
+    /// pointer for it.
+    pub opening: Option<Box<Opening>>,
 }
 
 impl Stream {
@@ -251,8 +277,8 @@ impl Stream {
         let sub = self.subscription.sub.clone();
         let sink = &mut sink;
         let opened = {
-            let head = match &self.grip {
-                Some(g) => Head::Grip(&g.head),
+            let head = match &self.opening {
+                Some(g) => Head::Given(&g.head),
                 None => Head::Sse,
             };
             // Boxed, as is the end: each happens once, and unboxed their
@@ -265,12 +291,13 @@ impl Stream {
             Err(_) => return Box::pin(self.end(sink, End::WriteFailed)).await,
         }
         self.metrics.delivered.inc_by(replayed);
-        if let Some(g) = &mut self.grip {
+        if let Some(g) = &mut self.opening {
             // Sent: only the keep-alive is needed from here on.
             g.body = Bytes::new();
         }
-        // A GRIP hold's keep-alive is its backend's content, sent only after
-        // a tick without other writes; an SSE heartbeat is the comment.
+        // A given opening's keep-alive (a GRIP backend's content) is sent
+        // only after a tick without other writes; an SSE heartbeat is the
+        // comment, every tick.
         let mut wrote = false;
         let mut last_beat = self.heartbeat.as_ref().map_or(0, Membership::epoch);
         let mut batch: Vec<Delivery> = Vec::new();
@@ -318,8 +345,8 @@ impl Stream {
             let beat = self.heartbeat.as_ref().map_or(0, Membership::epoch);
             if beat != last_beat {
                 last_beat = beat;
-                let idle = self.grip.is_none() || !std::mem::take(&mut wrote);
-                let keep_alive = match &self.grip {
+                let idle = self.opening.is_none() || !std::mem::take(&mut wrote);
+                let keep_alive = match &self.opening {
                     None => Bytes::from_static(wire::HEARTBEAT),
                     Some(g) => g.keep_alive.clone().unwrap_or_default(),
                 };
@@ -342,7 +369,7 @@ impl Stream {
     /// The first body bytes: the prelude (or a GRIP hold's body), the reset
     /// and the replayed frames, as one write.
     fn opening(&self, replay: Replay) -> Bytes {
-        let mut body = match &self.grip {
+        let mut body = match &self.opening {
             None => {
                 BytesMut::from(&wire::prelude(self.retry.as_millis(), replay.start.as_deref())[..])
             }
@@ -362,7 +389,7 @@ impl Stream {
     async fn end<S: Sink>(self, sink: &mut S, end: End) -> End {
         let sub = &self.subscription.sub;
         let last = match end {
-            End::Shutdown if self.grip.is_none() => {
+            End::Shutdown if self.opening.as_ref().is_none_or(|o| o.event_stream) => {
                 Some(wire::retry_only(jittered(self.retry).as_millis()))
             }
             End::Expired => Some(wire::expired()),
@@ -376,8 +403,8 @@ impl Stream {
 }
 
 /// Why a write that waited on a full socket was given up: the client was
-/// evicted as slow, or its stream was ended (closed, expired) meanwhile —
-/// either way nothing more can be written to it.
+/// evicted as slow, or its credentials expired meanwhile — either way
+/// nothing more is written to it.
 fn cut(sub: &Subscriber) -> End {
     match sub.state() {
         SubState::Slow => End::Slow,

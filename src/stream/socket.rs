@@ -9,7 +9,7 @@
 //! is one small task and this socket.
 
 use super::{Head, Sink, Wake, WRITE_TIMEOUT};
-use crate::hub::{SubState, Subscriber};
+use crate::hub::Subscriber;
 use crate::wire;
 use bytes::{Bytes, BytesMut};
 use std::future::Future;
@@ -42,12 +42,12 @@ impl SocketSink {
 
 impl Sink for SocketSink {
     async fn open(&mut self, sub: &Subscriber, head: Head<'_>, body: Bytes) -> io::Result<bool> {
-        let grip_head;
+        let given_head;
         let head: &[u8] = match head {
             Head::Sse => &SSE_HEAD,
-            Head::Grip(h) => {
-                grip_head = h1_head(h);
-                &grip_head
+            Head::Given(h) => {
+                given_head = h1_head(h);
+                &given_head
             }
         };
         if body.is_empty() {
@@ -107,8 +107,9 @@ impl Sink for SocketSink {
     }
 }
 
-/// A GRIP hold's response head as HTTP/1.1 bytes: the backend's status and
-/// headers, chunked because the stream has no end we know of.
+/// A stream's own response head (a GRIP hold's, a recorded reply's) as
+/// HTTP/1.1 bytes: its status and headers, chunked because the stream has
+/// no end we know of.
 fn h1_head(head: &pingora_http::ResponseHeader) -> Bytes {
     let status = head.status;
     let mut out = BytesMut::with_capacity(256);
@@ -218,7 +219,7 @@ async fn send_rest(
         tokio::select! {
             r = tcp.writable() => r?,
             _ = sub.woken() => {
-                if sub.state() != SubState::Open {
+                if sub.is_cut() {
                     return Ok(false);
                 }
                 continue;
@@ -278,7 +279,7 @@ mod tests {
                 gauge: None,
                 keep: None,
             },
-            grip: None,
+            opening: None,
         };
         let fut = stream.run(SocketSink::new(tcp), Replay::default());
         let size = std::mem::size_of_val(&fut);

@@ -1,0 +1,224 @@
+//! A request on a `record:` route. Without `Last-Event-ID` it goes to the
+//! backend (`upstream`, any method, the body streamed); an answer `200
+//! text/event-stream` is recorded — a writer task reads the backend to its
+//! end into a new record, and the client's stream is the record's first
+//! reader — and any other answer is streamed through as it is. With a
+//! `Last-Event-ID: <record id>.<n>` (any method) it is answered from the
+//! record alone: the events after `n`, then live until the record ends;
+//! `204` once everything was delivered. The backend is never called again.
+
+use super::body;
+use super::refuse::Refusal;
+use super::streams::{self, Ready};
+use super::upstream::{self, forwarded, BadHead};
+use crate::config::RecordRoute;
+use crate::gateway::{Gateway, RouteEntry};
+use crate::hub::record::{NewRecord, RecordError, RecordId};
+use crate::hub::{Replay, Subscriber};
+use crate::outbound::{BodyStream, Pool};
+use crate::record::writer::Writer;
+use crate::record::{self, Ask};
+use crate::routing::Matched;
+use crate::stream::{Opening, Subscription};
+use crate::values::RequestValues;
+use crate::wire;
+use bytes::Bytes;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use std::sync::Arc;
+
+/// The response header naming the record a reply is kept in.
+pub(super) const RECORD_HEADER: &str = "ssegate-record-id";
+
+/// Answer a request on a record route.
+pub(super) async fn serve(
+    gw: &Arc<Gateway>,
+    session: &mut Session,
+    m: &Matched<'_, Arc<RouteEntry>>,
+    pool: &Pool,
+    route: &RecordRoute,
+) -> Result<(), Refusal> {
+    let ask = {
+        let req = session.req_header();
+        record::ask(&RequestValues::new(
+            &m.params,
+            req.uri.query(),
+            &req.headers,
+        ))
+    };
+    let label = m.value.label();
+    match ask {
+        Ask::New => start(gw, session, label, pool, route).await,
+        Ask::Resume { id, after } => resume(gw, session, label, route, id, after).await,
+        Ask::NotARecord => Err(RecordError::Unknown.into()),
+    }
+}
+
+/// A new request: to the backend, and recorded when it answers SSE.
+async fn start(
+    gw: &Arc<Gateway>,
+    session: &mut Session,
+    label: &str,
+    pool: &Pool,
+    route: &RecordRoute,
+) -> Result<(), Refusal> {
+    // Admitted first: over the limits the backend is not called at all.
+    let slot = streams::admit(gw, session)?;
+    let who = forwarded(session);
+    let resp = upstream::send(&gw.client, session, pool, &who, None).await?;
+    let event_stream = resp
+        .header("content-type")
+        .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
+    let is_head = session.req_header().method == http::Method::HEAD;
+    if resp.status() != 200 || !event_stream || is_head {
+        upstream::stream_through(session, resp).await;
+        return Ok(());
+    }
+    let id = RecordId::random();
+    let mut head = upstream::given_head(200, resp.head().headers.iter())
+        .map_err(|BadHead(why)| Refusal::new(502, "upstream", why))?;
+    named(&mut head, id)?;
+    let rec = NewRecord {
+        id,
+        route: label.into(),
+        credentials: record::credentials(id, &session.req_header().headers, &route.credentials),
+        ttl: route.ttl,
+        max_total: route.max_total,
+    };
+    let sub = subscriber(gw);
+    // A store that is away: the backend's connection is dropped with `resp`.
+    gw.records.start(&rec, &sub).await?;
+    gw.metrics.records_started.with_label_values(&[label]).inc();
+    let config = &gw.site.config;
+    let writer = Writer {
+        records: gw.records.clone(),
+        rec,
+        max_events: route.max_events,
+        max_event_size: config.limits.max_body,
+        shutdown: gw.streams.shutdown.clone(),
+        grace: config.shutdown_grace,
+        metrics: gw.metrics.clone(),
+        _active: gw.streams.shutdown.track(),
+    };
+    tokio::spawn(writer.run(chunks(resp.into_body())));
+    let ready = ready(gw, sub, id, 0, Replay::default(), slot, head);
+    streams::run(gw, session, label, ready).await;
+    Ok(())
+}
+
+/// A request with a record's event id: the rest of that record.
+async fn resume(
+    gw: &Arc<Gateway>,
+    session: &mut Session,
+    label: &str,
+    route: &RecordRoute,
+    id: RecordId,
+    after: u64,
+) -> Result<(), Refusal> {
+    let slot = streams::admit(gw, session)?;
+    // A fetch-based client retries with its original body: read, not sent on.
+    body::read(session, gw.site.config.limits.max_body).await?;
+    let credentials = record::credentials(id, &session.req_header().headers, &route.credentials);
+    let sub = subscriber(gw);
+    let following = gw
+        .records
+        .follow(&sub, id, label, after, &credentials)
+        .await?;
+    if following.ended && following.frames.is_empty() {
+        gw.metrics
+            .record_resumes
+            .with_label_values(&["no_content"])
+            .inc();
+        no_content(session, id).await;
+        return Ok(());
+    }
+    gw.metrics
+        .record_resumes
+        .with_label_values(&["stream"])
+        .inc();
+    if following.ended {
+        // Not registered: the replay is all there is, then the end.
+        sub.close();
+    }
+    let mut head = ResponseHeader::build(200, Some(5))
+        .map_err(|_| Refusal::new(500, "internal", "response head"))?;
+    for (k, v) in wire::SSE_HEADERS {
+        head.insert_header(k, v)
+            .map_err(|_| Refusal::new(500, "internal", "response head"))?;
+    }
+    named(&mut head, id)?;
+    let replay = Replay {
+        frames: following.frames,
+        ..Replay::default()
+    };
+    let ready = ready(gw, sub, id, after, replay, slot, head);
+    streams::run(gw, session, label, ready).await;
+    Ok(())
+}
+
+/// A reader's subscriber, with the SSE defaults' queue.
+fn subscriber(gw: &Gateway) -> Arc<Subscriber> {
+    Arc::new(Subscriber::new(
+        gw.streams.next_id(),
+        gw.site.config.sse.client_queue,
+    ))
+}
+
+fn named(head: &mut ResponseHeader, id: RecordId) -> Result<(), Refusal> {
+    head.insert_header(RECORD_HEADER, id.to_string())
+        .map_err(|_| Refusal::new(500, "internal", "response head"))
+}
+
+/// A record reader's stream: its head, then the prelude whose `id:` is the
+/// reader's place (`<record id>.0` for a new reply, so that a client cut
+/// before the first event resumes it), then what it missed.
+fn ready(
+    gw: &Gateway,
+    sub: Arc<Subscriber>,
+    id: RecordId,
+    after: u64,
+    replay: Replay,
+    slot: crate::stream::limits::ConnSlot,
+    head: ResponseHeader,
+) -> Ready {
+    let sse = &gw.site.config.sse;
+    Ready {
+        subscription: Subscription::record(gw.records.clone(), sub, id),
+        replay,
+        slot,
+        retry: sse.retry,
+        heartbeat: sse.heartbeat,
+        opening: Some(Box::new(Opening {
+            head,
+            body: wire::prelude(sse.retry.as_millis(), Some(&id.event_id(after))),
+            keep_alive: Some(Bytes::from_static(wire::HEARTBEAT)),
+            event_stream: true,
+        })),
+        keep: None,
+    }
+}
+
+/// `204 No Content`: the record ended and the client has all of it
+/// (EventSource stops reconnecting on a 204).
+async fn no_content(session: &mut Session, id: RecordId) {
+    let Ok(mut head) = ResponseHeader::build(204, Some(2)) else {
+        return;
+    };
+    let _ = head.insert_header("cache-control", "no-store");
+    let _ = head.insert_header(RECORD_HEADER, id.to_string());
+    let _ = session.write_response_header(Box::new(head), true).await;
+}
+
+/// The backend's body as a stream of chunks, for the writer's task.
+fn chunks(
+    body: BodyStream,
+) -> impl futures_util::Stream<Item = Result<Bytes, crate::outbound::OutboundError>> + Unpin + Send
+{
+    Box::pin(futures_util::stream::unfold(body, |mut b| async move {
+        match b.chunk().await {
+            Ok(Some(c)) => Some((Ok(c), b)),
+            Ok(None) => None,
+            Err(e) => Some((Err(e), b)),
+        }
+    }))
+}

@@ -1,0 +1,78 @@
+//! The two steps every stream on the public listener shares, whatever it
+//! reads (hub channels, a record): admission (not while draining, within the
+//! connection limits) before anything else is done for it, and, once it is
+//! subscribed, running it on the stream engine — detached from pingora on
+//! plain HTTP/1.1, held in its session otherwise.
+
+use super::detach;
+use super::held::SessionSink;
+use super::refuse::Refusal;
+use crate::gateway::Gateway;
+use crate::hub::Replay;
+use crate::stream::limits::ConnSlot;
+use crate::stream::socket::SocketSink;
+use crate::stream::{Guards, Opening, Stream, Subscription};
+use pingora_proxy::Session;
+use std::any::Any;
+use std::time::Duration;
+
+/// A connection slot for a new stream, or why there is none.
+pub(super) fn admit(gw: &Gateway, session: &Session) -> Result<ConnSlot, Refusal> {
+    let streams = &gw.streams;
+    if streams.shutdown.is_draining() {
+        return Err(Refusal::new(503, "draining", "shutting down"));
+    }
+    let ip = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    Ok(streams.limiter.acquire(ip)?)
+}
+
+/// A subscribed stream, ready to run.
+pub(super) struct Ready {
+    pub subscription: Subscription,
+    pub replay: Replay,
+    pub slot: ConnSlot,
+    /// The route's `retry` (prelude, and drain's jittered retry).
+    pub retry: Duration,
+    /// The tick for heartbeats (SSE) or keep-alives (a given opening).
+    pub heartbeat: Duration,
+    pub opening: Option<Box<Opening>>,
+    /// What must live as long as the stream (poll lease, JWT expiry).
+    pub keep: Option<Box<dyn Any + Send + Sync>>,
+}
+
+/// Run the stream to its end, counted under the route's `label`.
+pub(super) async fn run(gw: &Gateway, session: &mut Session, label: &str, r: Ready) {
+    let streams = &gw.streams;
+    let sub = r.subscription.sub.clone();
+    let gauge = gw.metrics.connections.with_label_values(&[label]);
+    gauge.inc();
+    gw.metrics
+        .connections_opened
+        .with_label_values(&[label])
+        .inc();
+    let stream = Stream {
+        heartbeat: streams.heartbeats.join(r.heartbeat, &sub),
+        subscription: r.subscription,
+        retry: r.retry,
+        shutdown: streams.shutdown.clone(),
+        metrics: gw.metrics.clone(),
+        guards: Guards {
+            slot: Some(r.slot),
+            _active: streams.shutdown.track(),
+            gauge: Some(gauge),
+            keep: r.keep,
+        },
+        opening: r.opening,
+    };
+    if let Some(tcp) = detach::take_socket(session) {
+        // The stream's own future is the task: nothing wraps it, so an
+        // idle stream costs what the size probe in `stream::socket` measures.
+        tokio::spawn(stream.run(SocketSink::new(tcp), r.replay));
+        return;
+    }
+    let end = stream.run(SessionSink::new(session), r.replay).await;
+    tracing::debug!(route = label, ?end, "stream ended");
+}
