@@ -39,6 +39,11 @@ pub struct Metrics {
     pub record_ends: IntCounterVec,
     /// Requests answered from a record, by result (stream, no_content).
     pub record_resumes: IntCounterVec,
+    /// Records dropped to keep their route within `max_total`.
+    pub record_evictions: IntCounter,
+    /// Records held in this process, and their frames' bytes (memory store).
+    pub records_held: IntGauge,
+    pub record_bytes: IntGauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -182,6 +187,22 @@ impl Metrics {
                 "ssegate_record_resumes_total",
                 "Requests answered from a record, by result",
                 &["result"],
+            ),
+            record_evictions: counter(
+                "ssegate_records_evicted_total",
+                "Records dropped to keep their route within max_total",
+            ),
+            records_held: reg(
+                &r,
+                IntGauge::new("ssegate_records", "Records held in this process").expect("metric"), // ok: static name
+            ),
+            record_bytes: reg(
+                &r,
+                IntGauge::new(
+                    "ssegate_record_bytes",
+                    "Bytes of the records held in this process",
+                )
+                .expect("metric"), // ok: static name
             ),
             registry: r,
         }

@@ -1,6 +1,7 @@
 //! A chat-like backend for recorded routes (`record:`): `/chat`, any method,
 //! answers with its own SSE reply — `n` events, one every `ms` (query
-//! `?n=&ms=`, default 50 every 100 ms, as an LLM streams tokens) — and logs
+//! `?n=&ms=`, default 50 every 100 ms, as an LLM streams tokens; `pad=`
+//! bytes more per event) — and logs
 //! every request, the events it wrote, and whether the gateway cut it
 //! before its end. `/plain` answers JSON; `/app/page` serves a page given
 //! at start and `/app/report` collects what that page reports. Plus the
@@ -13,7 +14,7 @@ use axum::extract::{Query, Request};
 use axum::response::Response;
 use axum::routing::{any, get, post};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,8 +35,8 @@ pub struct ChatLog {
     pub requests: Mutex<Vec<ChatRequest>>,
     /// Events written by every reply together.
     pub written: AtomicUsize,
-    /// A reply was dropped before its last event (the gateway cut it).
-    pub cut: AtomicBool,
+    /// Replies dropped before their last event (the gateway cut them).
+    pub cut: AtomicUsize,
     /// Replies that ran to their end.
     pub finished: AtomicUsize,
     /// JSON bodies the page POSTed to `/app/report`.
@@ -86,7 +87,7 @@ struct Reply {
 impl Drop for Reply {
     fn drop(&mut self) {
         if !self.done {
-            self.log.cut.store(true, Ordering::SeqCst);
+            self.log.cut.fetch_add(1, Ordering::SeqCst);
         }
     }
 }
@@ -139,6 +140,8 @@ async fn chat(
 ) -> Response {
     let n: usize = q.get("n").and_then(|v| v.parse().ok()).unwrap_or(50);
     let ms: u64 = q.get("ms").and_then(|v| v.parse().ok()).unwrap_or(100);
+    // Bytes added to each event's data (an LLM's JSON chunk is ~100-200 B).
+    let pad: usize = q.get("pad").and_then(|v| v.parse().ok()).unwrap_or(0);
     let method = req.method().to_string();
     let headers = req
         .headers()
@@ -170,6 +173,9 @@ async fn chat(
         let mut frame = format!(": tick\nid: backend-{i}\n");
         for line in token(i).split('\n') {
             frame.push_str(&format!("data: {line}\n"));
+        }
+        if pad > 0 {
+            frame.push_str(&format!("data: {}\n", "x".repeat(pad)));
         }
         frame.push('\n');
         Some((

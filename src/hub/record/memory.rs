@@ -7,6 +7,10 @@
 //! stops there), lives until its deadline (swept once a second), and the
 //! records of one route hold at most `max_total` bytes together — past
 //! that, the one closest to its deadline (the oldest) is dropped first.
+//!
+//! `save` and `restore` are the hook for `hub.persist` (the memory broker's
+//! history file): the records as plain data, written with the history and
+//! loaded at start.
 
 use super::{
     Appended, Credentials, EndReason, Following, NewRecord, RecordError, RecordId, Records,
@@ -109,6 +113,7 @@ impl State {
             };
             let Some(id) = oldest else { return };
             self.remove(id, EndReason::Evicted, metrics);
+            metrics.record_evictions.inc();
         }
     }
 }
@@ -140,12 +145,101 @@ impl MemoryRecords {
         if st.records.capacity() > 64 && st.records.capacity() > st.records.len() * 4 {
             st.records.shrink_to_fit();
         }
+        let bytes: usize = st.routes.values().map(|u| u.bytes).sum();
+        self.metrics.records_held.set(st.records.len() as i64);
+        self.metrics.record_bytes.set(bytes as i64);
     }
 
     /// Records held and their bytes.
     pub fn usage(&self) -> (usize, usize) {
         let st = self.lock();
         (st.records.len(), st.routes.values().map(|u| u.bytes).sum())
+    }
+}
+
+/// A record as `hub.persist` writes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedRecord {
+    pub id: String,
+    pub route: String,
+    /// The credentials digest, hex.
+    pub credentials: String,
+    /// Frame n is `frames[n - 1]`, as written to clients.
+    pub frames: Vec<String>,
+    pub ended: bool,
+    /// When it expires, unix milliseconds.
+    pub expires_ms: u64,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl MemoryRecords {
+    /// Every record, for `hub.persist` to write (at each interval and at stop).
+    pub fn save(&self) -> Vec<SavedRecord> {
+        let now = Instant::now();
+        let wall = unix_ms();
+        let st = self.lock();
+        st.records
+            .iter()
+            .map(|(id, r)| SavedRecord {
+                id: id.to_string(),
+                route: r.route.to_string(),
+                credentials: r.credentials.to_hex(),
+                frames: r
+                    .frames
+                    .iter()
+                    .map(|f| String::from_utf8_lossy(f).into_owned())
+                    .collect(),
+                ended: r.ended,
+                expires_ms: wall + r.deadline.saturating_duration_since(now).as_millis() as u64,
+            })
+            .collect()
+    }
+
+    /// Load saved records (at start). A record whose backend was still
+    /// being read when it was saved has lost its writer with the process:
+    /// it ends as `interrupted`. Expired or unreadable ones are skipped.
+    pub fn restore(&self, saved: Vec<SavedRecord>) {
+        let now = Instant::now();
+        let wall = unix_ms();
+        let mut st = self.lock();
+        for s in saved {
+            let (Some(id), Some(credentials)) = (
+                RecordId::parse(&s.id),
+                Credentials::from_hex(&s.credentials),
+            ) else {
+                continue;
+            };
+            if s.expires_ms <= wall {
+                continue;
+            }
+            let deadline = now + Duration::from_millis(s.expires_ms - wall);
+            let route: Arc<str> = s.route.into();
+            let mut rec = Rec {
+                route: route.clone(),
+                credentials,
+                frames: s.frames.into_iter().map(Bytes::from).collect(),
+                ended: s.ended,
+                deadline,
+                bytes: 0,
+                readers: HashMap::new(),
+            };
+            if !rec.ended {
+                let next = rec.frames.len() as u64 + 1;
+                let why = EndReason::Interrupted.as_str();
+                rec.frames.push(wire::incomplete(&id.event_id(next), why));
+                rec.ended = true;
+            }
+            rec.bytes = rec.frames.iter().map(Bytes::len).sum();
+            let u = st.routes.entry(route).or_default();
+            u.bytes += rec.bytes;
+            u.by_deadline.insert((deadline, id));
+            st.records.insert(id, rec);
+        }
     }
 }
 
@@ -420,6 +514,43 @@ mod tests {
         let r = s.follow(&reader, old.id, "/a", 0, &old.credentials).await;
         assert_eq!(r.unwrap_err(), RecordError::Unknown);
         assert_eq!(s.usage(), (2, size * 3));
+    }
+
+    #[tokio::test]
+    async fn saved_records_restore_and_a_live_one_is_interrupted() {
+        let s = store();
+        let done = new_record("/chat", 1 << 20);
+        let live = new_record("/chat", 1 << 20);
+        s.start(&done, &Arc::new(Subscriber::new(1, 8)))
+            .await
+            .unwrap();
+        s.start(&live, &Arc::new(Subscriber::new(2, 8)))
+            .await
+            .unwrap();
+        s.append(&done, 1, frame(&done, 1)).await.unwrap();
+        s.end(&done, EndReason::Complete).await.unwrap();
+        s.append(&live, 1, frame(&live, 1)).await.unwrap();
+        let saved = s.save();
+        let text = serde_json::to_string(&saved).unwrap();
+        let back = store();
+        back.restore(serde_json::from_str(&text).unwrap());
+        let reader = Arc::new(Subscriber::new(3, 8));
+        let f = back
+            .follow(&reader, done.id, "/chat", 0, &done.credentials)
+            .await
+            .unwrap();
+        assert!(f.ended);
+        assert_eq!(f.frames[0].frame, frame(&done, 1));
+        let f = back
+            .follow(&reader, live.id, "/chat", 1, &live.credentials)
+            .await
+            .unwrap();
+        assert!(f.ended);
+        assert_eq!(
+            f.frames[0].frame,
+            wire::incomplete(&live.id.event_id(2), "interrupted")
+        );
+        assert_eq!(back.usage().0, 2);
     }
 
     #[tokio::test(start_paused = true)]

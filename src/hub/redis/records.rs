@@ -105,20 +105,21 @@ if op == 'start' then
 elseif op == 'append' then
   local n, frame, max = tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10])
   local st = redis.call('HMGET', meta, 'n', 'end')
-  if not live(st) then return 0 end
+  if not live(st) then return {0, 0} end
   local have = tonumber(st[1])
-  if have >= n then return 1 end
-  if have ~= n - 1 then return 0 end
+  if have >= n then return {1, 0} end
+  if have ~= n - 1 then return {0, 0} end
   local t = store(n, frame)
-  local kept = 1
+  local kept, evicted = 1, 0
   while t > max do
     local oldest = redis.call('ZRANGE', zs, 0, 0)[1]
     if not oldest then break end
     drop(oldest, evicted_tail)
+    evicted = evicted + 1
     if oldest == rid then kept = 0 end
     t = tonumber(redis.call('GET', total) or '0')
   end
-  return kept
+  return {kept, evicted}
 elseif op == 'end' then
   local reason, tail = ARGV[8], ARGV[9]
   local st = redis.call('HMGET', meta, 'n', 'end')
@@ -303,7 +304,7 @@ impl Records for RedisBroker {
 
     async fn append(&self, rec: &NewRecord, n: u64, frame: Bytes) -> Result<Appended, RecordError> {
         let mut conn = self.records_conn().await?;
-        let kept: i64 = self
+        let (kept, evicted): (i64, u64) = self
             .record_op("append", rec.id, &rec.route)
             .arg(n)
             .arg(&frame[..])
@@ -311,6 +312,7 @@ impl Records for RedisBroker {
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
+        self.metrics.record_evictions.inc_by(evicted);
         Ok(if kept == 1 {
             Appended::Kept
         } else {
