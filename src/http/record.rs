@@ -62,8 +62,10 @@ async fn start(
     pool: &Pool,
     route: &RecordRoute,
 ) -> Result<(), Refusal> {
-    // Admitted first: over the limits the backend is not called at all.
+    // Admitted first: over the limits, or without a store to record into,
+    // the backend is not called at all.
     let slot = streams::admit(gw, session)?;
+    gw.hub.ready().await?;
     let who = forwarded(session);
     let resp = upstream::send(&gw.client, session, pool, &who, None).await?;
     let event_stream = resp
