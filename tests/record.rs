@@ -547,6 +547,22 @@ async function streamReply(url, body, onEvent, key = 'lastEventId') {
   }
 }
 
+// From docs/record.md: EventSource, resumed after a reload too.
+function resumableSource(url, onMessage) {
+  const key = 'lastEventId:' + url;
+  const last = sessionStorage.getItem(key);
+  const es = new EventSource(last ? `${url}${url.includes('?') ? '&' : '?'}lastEventId=${encodeURIComponent(last)}` : url);
+  es.onmessage = (e) => {
+    sessionStorage.setItem(key, e.lastEventId);
+    onMessage(e);
+  };
+  es.onerror = () => {
+    // CLOSED: the reply was delivered whole (204) or is gone (404/403).
+    if (es.readyState === EventSource.CLOSED) sessionStorage.removeItem(key);
+  };
+  return es;
+}
+
 const S = sessionStorage;
 const phase = S.getItem('phase') || 'fetch';
 const answer = document.getElementById('answer');
@@ -575,17 +591,31 @@ if (phase === 'fetch' || phase === 'fetch-resume') {
     if (phase === 'fetch-resume') { await report('fetch'); next('es'); }
   }, (e) => report('error: ' + e));
 } else if (phase === 'es' || phase === 'es-resume') {
-  const last = S.getItem('lastEventId');
-  const es = new EventSource(phase === 'es' ? URL_ : `${URL_}&lastEventId=${encodeURIComponent(last)}`);
-  es.onmessage = (e) => {
-    S.setItem('lastEventId', e.lastEventId);
+  const es = resumableSource(URL_, (e) => {
     show(e.data);
     if (phase === 'es' && count() === 10) { es.close(); S.setItem('phase', 'es-resume'); location.reload(); }
-  };
-  es.onerror = () => { if (phase === 'es-resume' && es.readyState === EventSource.CLOSED) report('es'); };
+  });
+  es.addEventListener('error', () => {
+    if (phase === 'es-resume' && es.readyState === EventSource.CLOSED) report('es');
+  });
 }
 </script>
 "#;
+
+/// The two clients of docs/record.md are the page's, word for word.
+#[test]
+fn the_documented_clients_are_the_tested_ones() {
+    let docs =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/record.md")).unwrap();
+    for start in ["async function streamReply(", "function resumableSource("] {
+        let a = PAGE.find(start).unwrap();
+        let b = a + PAGE[a..].find("\n}\n").unwrap() + 3;
+        assert!(
+            docs.contains(&PAGE[a..b]),
+            "docs/record.md has another {start}…"
+        );
+    }
+}
 
 #[tokio::test]
 async fn a_page_reloaded_mid_reply_shows_the_whole_answer() {
