@@ -44,6 +44,10 @@ pub struct Metrics {
     /// Records held in this process, and their frames' bytes (memory store).
     pub records_held: IntGauge,
     pub record_bytes: IntGauge,
+    /// Config reloads on SIGHUP, by result (ok, error).
+    pub config_reloads: IntCounterVec,
+    /// New streams told to come back later (`limits.stream_rate`).
+    pub streams_deferred: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -203,6 +207,15 @@ impl Metrics {
                     "Bytes of the records held in this process",
                 )
                 .expect("metric"), // ok: static name
+            ),
+            config_reloads: cvec(
+                "ssegate_config_reloads_total",
+                "Config reloads on SIGHUP, by result",
+                &["result"],
+            ),
+            streams_deferred: counter(
+                "ssegate_streams_deferred_total",
+                "New SSE streams over limits.stream_rate, told to retry later",
             ),
             registry: r,
         }

@@ -11,8 +11,8 @@ use super::body;
 use super::refuse::Refusal;
 use super::streams::{self, Ready};
 use super::upstream::{self, forwarded, BadHead};
-use crate::config::RecordRoute;
-use crate::gateway::{Gateway, RouteEntry};
+use crate::config::{RecordRoute, Route};
+use crate::gateway::{Gateway, RouteEntry, Site};
 use crate::hub::record::{NewRecord, RecordError, RecordId};
 use crate::hub::{Replay, Subscriber};
 use crate::outbound::{BodyStream, Pool};
@@ -30,13 +30,39 @@ use std::sync::Arc;
 /// The response header naming the record a reply is kept in.
 pub(super) const RECORD_HEADER: &str = "ssegate-record-id";
 
+/// One request on a record route: the gateway, the config it took, the
+/// route and its `record:` settings.
+struct On<'a> {
+    gw: &'a Arc<Gateway>,
+    site: &'a Site,
+    route: &'a Route,
+    record: &'a RecordRoute,
+}
+
+impl On<'_> {
+    fn label(&self) -> &str {
+        &self.route.path
+    }
+
+    /// A reader's subscriber, on this route, with the SSE defaults' queue.
+    fn subscriber(&self) -> Arc<Subscriber> {
+        Arc::new(Subscriber::on_route(
+            self.gw.streams.next_id(),
+            self.site.config.sse.client_queue,
+            self.route.fingerprint,
+            false,
+        ))
+    }
+}
+
 /// Answer a request on a record route.
 pub(super) async fn serve(
     gw: &Arc<Gateway>,
+    site: &Site,
     session: &mut Session,
     m: &Matched<'_, Arc<RouteEntry>>,
     pool: &Pool,
-    route: &RecordRoute,
+    record: &RecordRoute,
 ) -> Result<(), Refusal> {
     let ask = {
         let req = session.req_header();
@@ -46,22 +72,22 @@ pub(super) async fn serve(
             &req.headers,
         ))
     };
-    let label = m.value.label();
+    let on = On {
+        gw,
+        site,
+        route: &m.value.route,
+        record,
+    };
     match ask {
-        Ask::New => start(gw, session, label, pool, route).await,
-        Ask::Resume { id, after } => resume(gw, session, label, route, id, after).await,
+        Ask::New => start(&on, session, pool).await,
+        Ask::Resume { id, after } => resume(&on, session, id, after).await,
         Ask::NotARecord => Err(RecordError::Unknown.into()),
     }
 }
 
 /// A new request: to the backend, and recorded when it answers SSE.
-async fn start(
-    gw: &Arc<Gateway>,
-    session: &mut Session,
-    label: &str,
-    pool: &Pool,
-    route: &RecordRoute,
-) -> Result<(), Refusal> {
+async fn start(on: &On<'_>, session: &mut Session, pool: &Pool) -> Result<(), Refusal> {
+    let gw = on.gw;
     // Admitted first: over the limits, or without a store to record into,
     // the backend is not called at all.
     let slot = streams::admit(gw, session)?;
@@ -82,20 +108,23 @@ async fn start(
     named(&mut head, id)?;
     let rec = NewRecord {
         id,
-        route: label.into(),
-        credentials: record::credentials(id, &session.req_header().headers, &route.credentials),
-        ttl: route.ttl,
-        max_total: route.max_total,
+        route: on.label().into(),
+        credentials: record::credentials(id, &session.req_header().headers, &on.record.credentials),
+        ttl: on.record.ttl,
+        max_total: on.record.max_total,
     };
-    let sub = subscriber(gw);
+    let sub = on.subscriber();
     // A store that is away: the backend's connection is dropped with `resp`.
     gw.records.start(&rec, &sub).await?;
-    gw.metrics.records_started.with_label_values(&[label]).inc();
-    let config = &gw.site.config;
+    gw.metrics
+        .records_started
+        .with_label_values(&[on.label()])
+        .inc();
+    let config = &on.site.config;
     let writer = Writer {
         records: gw.records.clone(),
         rec,
-        max_events: route.max_events,
+        max_events: on.record.max_events,
         max_event_size: config.limits.max_body,
         shutdown: gw.streams.shutdown.clone(),
         grace: config.shutdown_grace,
@@ -103,28 +132,28 @@ async fn start(
         _active: gw.streams.shutdown.track(),
     };
     tokio::spawn(writer.run(chunks(resp.into_body())));
-    let ready = ready(gw, sub, id, 0, Replay::default(), slot, head);
-    streams::run(gw, session, label, ready).await;
+    let ready = ready(on, sub, id, 0, Replay::default(), slot, head);
+    streams::run(gw, session, on.label(), ready).await;
     Ok(())
 }
 
 /// A request with a record's event id: the rest of that record.
 async fn resume(
-    gw: &Arc<Gateway>,
+    on: &On<'_>,
     session: &mut Session,
-    label: &str,
-    route: &RecordRoute,
     id: RecordId,
     after: u64,
 ) -> Result<(), Refusal> {
+    let gw = on.gw;
     let slot = streams::admit(gw, session)?;
     // A fetch-based client retries with its original body: read, not sent on.
-    body::read(session, gw.site.config.limits.max_body).await?;
-    let credentials = record::credentials(id, &session.req_header().headers, &route.credentials);
-    let sub = subscriber(gw);
+    body::read(session, on.site.config.limits.max_body).await?;
+    let credentials =
+        record::credentials(id, &session.req_header().headers, &on.record.credentials);
+    let sub = on.subscriber();
     let following = gw
         .records
-        .follow(&sub, id, label, after, &credentials)
+        .follow(&sub, id, on.label(), after, &credentials)
         .await?;
     if following.ended && following.frames.is_empty() {
         gw.metrics
@@ -153,17 +182,9 @@ async fn resume(
         frames: following.frames,
         ..Replay::default()
     };
-    let ready = ready(gw, sub, id, after, replay, slot, head);
-    streams::run(gw, session, label, ready).await;
+    let ready = ready(on, sub, id, after, replay, slot, head);
+    streams::run(gw, session, on.label(), ready).await;
     Ok(())
-}
-
-/// A reader's subscriber, with the SSE defaults' queue.
-fn subscriber(gw: &Gateway) -> Arc<Subscriber> {
-    Arc::new(Subscriber::new(
-        gw.streams.next_id(),
-        gw.site.config.sse.client_queue,
-    ))
 }
 
 fn named(head: &mut ResponseHeader, id: RecordId) -> Result<(), Refusal> {
@@ -175,7 +196,7 @@ fn named(head: &mut ResponseHeader, id: RecordId) -> Result<(), Refusal> {
 /// reader's place (`<record id>.0` for a new reply, so that a client cut
 /// before the first event resumes it), then what it missed.
 fn ready(
-    gw: &Gateway,
+    on: &On<'_>,
     sub: Arc<Subscriber>,
     id: RecordId,
     after: u64,
@@ -183,9 +204,9 @@ fn ready(
     slot: crate::stream::limits::ConnSlot,
     head: ResponseHeader,
 ) -> Ready {
-    let sse = &gw.site.config.sse;
+    let sse = &on.site.config.sse;
     Ready {
-        subscription: Subscription::record(gw.records.clone(), sub, id),
+        subscription: Subscription::record(on.gw.records.clone(), sub, id),
         replay,
         slot,
         retry: sse.retry,

@@ -67,12 +67,7 @@ pub(crate) async fn subscribe(
         if *resume == Resume::Live || replay.reset.is_some() {
             if let Some(frame) = snapshot.await {
                 // Cursor 0: it carries no `id:` and moves no resume point.
-                let d = Delivery {
-                    seq: 0,
-                    frame,
-                    published: std::time::Instant::now(),
-                };
-                replay.frames.insert(0, d);
+                replay.frames.insert(0, Delivery::uncounted(frame));
             }
         }
     }
@@ -198,6 +193,8 @@ pub(crate) enum End {
     ClosedByPublisher,
     /// The client's JWT expired (`ssegate.expired` was sent).
     Expired,
+    /// Its route changed in a reload (a jittered `retry:` was sent).
+    Retired,
     Shutdown,
     WriteFailed,
 }
@@ -221,8 +218,8 @@ pub(crate) enum Head<'a> {
 }
 
 /// Where a stream's bytes go. `Ok(false)` from a write: the write waited on
-/// a full socket and the subscriber was cut meanwhile (evicted as slow, or
-/// expired: `Subscriber::is_cut`), so it was given up. A subscriber that was
+/// a full socket and the subscriber was cut meanwhile (evicted as slow,
+/// expired, retired by a reload: `Subscriber::is_cut`), so it was given up. A subscriber that was
 /// closed (its publisher or its record ended) still gets what it was sent.
 pub(crate) trait Sink {
     /// The response head and the first body bytes.
@@ -338,6 +335,7 @@ impl Stream {
                 SubState::Slow => break End::Slow,
                 SubState::Closed => break End::ClosedByPublisher,
                 SubState::Expired => break End::Expired,
+                SubState::Retired => break End::Retired,
             }
             if self.shutdown.is_draining() {
                 break End::Shutdown;
@@ -389,11 +387,13 @@ impl Stream {
     async fn end<S: Sink>(self, sink: &mut S, end: End) -> End {
         let sub = &self.subscription.sub;
         let last = match end {
-            End::Shutdown if self.opening.as_ref().is_none_or(|o| o.event_stream) => {
+            End::Shutdown | End::Retired
+                if self.opening.as_ref().is_none_or(|o| o.event_stream) =>
+            {
                 Some(wire::retry_only(jittered(self.retry).as_millis()))
             }
             End::Expired => Some(wire::expired()),
-            End::Shutdown | End::ClosedByPublisher => Some(Bytes::new()),
+            End::Shutdown | End::Retired | End::ClosedByPublisher => Some(Bytes::new()),
             End::ClientGone | End::Slow | End::WriteFailed => None,
         };
         sink.finish(sub, last).await;
@@ -403,8 +403,8 @@ impl Stream {
 }
 
 /// Why a write that waited on a full socket was given up: the client was
-/// evicted as slow, or its credentials expired meanwhile — either way
-/// nothing more is written to it.
+/// evicted as slow, or its credentials expired or its route changed
+/// meanwhile — either way nothing more is written to it.
 fn cut(sub: &Subscriber) -> End {
     match sub.state() {
         SubState::Slow => End::Slow,
@@ -424,6 +424,7 @@ fn join(batch: &[Delivery]) -> Bytes {
 /// The retry sent on drain: spread over [retry, retry + max(2×retry, 5s)) so
 /// that clients do not all reconnect in the same instant.
 pub(crate) fn jittered(retry: Duration) -> Duration {
-    let spread = (retry * 2).max(Duration::from_secs(5));
-    retry + spread.mul_f64(rand::rng().random::<f64>())
+    // Saturating: config bounds the retry, this keeps a bad value from panicking.
+    let spread = retry.saturating_mul(2).max(Duration::from_secs(5));
+    retry.saturating_add(spread.mul_f64(rand::rng().random::<f64>()))
 }

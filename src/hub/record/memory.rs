@@ -67,6 +67,7 @@ impl Rec {
             seq: self.frames.len() as u64,
             frame,
             published: std::time::Instant::now(),
+            grip_only: false,
         };
         offer_all(self.readers.values(), &d, metrics);
         let size = d.frame.len();
@@ -343,6 +344,7 @@ impl Records for MemoryRecords {
                 seq: i as u64 + 1,
                 frame: f.clone(),
                 published,
+                grip_only: false,
             })
             .collect();
         if !r.ended {

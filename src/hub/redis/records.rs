@@ -12,8 +12,8 @@
 //!
 //! Readers are clients of the broker's own pub/sub: a record's frames are
 //! published on the channel `#rec:<id>` (a name no client can subscribe to:
-//! `#` is outside the channel alphabet) as raw entries that carry their own
-//! `id:`, and its end as a `close`. A reader subscribes (and waits for
+//! `#` is outside the channel alphabet) as `f`rame entries, passed to every
+//! client as they are (they carry their own `id:`), and its end as a `close`. A reader subscribes (and waits for
 //! Redis's confirmation) before it reads the list, so nothing falls in
 //! between; the stream drops what it has twice by its cursor, the event
 //! number.
@@ -50,7 +50,7 @@ local meta = p..':rec:'..rid
 local ev = meta..':ev'
 local zs, sizes, total = p..':recs:'..route, p..':recsz:'..route, p..':recb:'..route
 local function notify(id, n, body)
-  redis.call('PUBLISH', p..':n:#rec:'..id, n..' r '..now..'\n'..body)
+  redis.call('PUBLISH', p..':n:#rec:'..id, n..' f '..now..'\n'..body)
 end
 local function close(id)
   redis.call('PUBLISH', p..':n:#rec:'..id, '0 c '..now..'\n')
@@ -224,6 +224,7 @@ impl RedisBroker {
                 seq: after + 1 + i as u64,
                 frame: Bytes::from(f),
                 published,
+                grip_only: false,
             })
             .collect();
         Ok((state, frames))
