@@ -6,6 +6,7 @@
 pub mod browser;
 pub mod chat;
 pub mod faults;
+pub mod replies;
 pub mod tls;
 
 use futures_util::StreamExt;

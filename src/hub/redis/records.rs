@@ -425,6 +425,159 @@ impl RedisBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::record::NewRecord;
+    use crate::hub::redis::RedisSettings;
+    use crate::hub::SubState;
+    use crate::metrics::Metrics;
+
+    /// A redis-server on a unix socket in a temp dir (no port to race for);
+    /// killed when dropped. None (the test skipped) when it is not
+    /// installed, except under CI, which installs it.
+    struct Server {
+        child: std::process::Child,
+        dir: tempfile::TempDir,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn server() -> Option<Server> {
+        let dir = tempfile::tempdir().unwrap();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", "0", "--save", "", "--unixsocket"])
+            .arg(dir.path().join("r.sock"))
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        match child {
+            Ok(child) => Some(Server { child, dir }),
+            Err(_) => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "redis-server is missing under CI"
+                );
+                eprintln!("skipped: no redis-server (apt-get install redis-server)");
+                None
+            }
+        }
+    }
+
+    async fn broker(s: &Server) -> Arc<RedisBroker> {
+        let url = format!("unix://{}", s.dir.path().join("r.sock").display());
+        let settings = RedisSettings {
+            url,
+            prefix: "t".into(),
+            history_size: 10,
+            history_ttl: Duration::from_secs(60),
+        };
+        let b = RedisBroker::new(settings, Arc::new(Metrics::new())).unwrap();
+        tokio::spawn(Broker::run(b.clone()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !b.healthy.load(Ordering::Acquire) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        b
+    }
+
+    fn new_record() -> NewRecord {
+        NewRecord {
+            id: RecordId::random(),
+            route: "/chat".into(),
+            credentials: Credentials([1; 32]),
+            ttl: Duration::from_secs(60),
+            max_total: 1 << 20,
+        }
+    }
+
+    fn frame(rec: &NewRecord, n: u64) -> Bytes {
+        wire::encode(Some(&rec.id.event_id(n)), None, &format!("e{n}")).unwrap()
+    }
+
+    async fn frames_of(sub: &Subscriber) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        for _ in 0..200 {
+            sub.drain_into(&mut out);
+            if sub.state() == SubState::Closed {
+                sub.drain_into(&mut out);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        out.into_iter().map(|d| d.frame).collect()
+    }
+
+    #[tokio::test]
+    async fn a_record_whose_writer_went_quiet_is_ended_for_its_readers() {
+        let Some(s) = server() else { return };
+        let b = broker(&s).await;
+        let rec = new_record();
+        let reader = Arc::new(Subscriber::new(1, 64));
+        b.start(&rec, &reader).await.unwrap();
+        b.append(&rec, 1, frame(&rec, 1)).await.unwrap();
+        // A live writer: nothing happens.
+        b.check_records().await;
+        assert_eq!(reader.state(), SubState::Open);
+        // Its last sign of life long ago: the record ends as interrupted.
+        let mut conn = b.connection().await.unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg(format!("{}:rec:{}", b.keys, rec.id))
+            .arg("seen")
+            .arg(0)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        b.check_records().await;
+        let got = frames_of(&reader).await;
+        assert_eq!(
+            got,
+            [
+                frame(&rec, 1),
+                wire::incomplete(&rec.id.event_id(2), "interrupted")
+            ]
+        );
+        // The writer, alive after all, finds its record ended.
+        let kept = b.append(&rec, 2, frame(&rec, 2)).await.unwrap();
+        assert_eq!(kept, Appended::Gone);
+        let again = Arc::new(Subscriber::new(2, 64));
+        let f = b
+            .follow(&again, rec.id, "/chat", 2, &rec.credentials)
+            .await
+            .unwrap();
+        assert!(f.ended && f.frames.is_empty());
+    }
+
+    #[tokio::test]
+    async fn readers_catch_up_on_what_they_missed_and_the_end() {
+        let Some(s) = server() else { return };
+        let b = broker(&s).await;
+        let rec = new_record();
+        let reader = Arc::new(Subscriber::new(1, 64));
+        b.start(&rec, &reader).await.unwrap();
+        for n in 1..=3 {
+            b.append(&rec, n, frame(&rec, n)).await.unwrap();
+        }
+        b.end(&rec, EndReason::Complete).await.unwrap();
+        let live = frames_of(&reader).await;
+        assert_eq!(live.len(), 3);
+        // As after an outage in which the notifications of 2, 3 and the end
+        // were lost: a reader whose channel delivered only 1 gets 2 and 3,
+        // then the end.
+        let ch = channel(rec.id);
+        b.unfollow(&reader, rec.id);
+        let late = Arc::new(Subscriber::new(2, 64));
+        b.local.add(&late, std::slice::from_ref(&ch), |_| {});
+        let mut conn = b.connection().await.unwrap();
+        b.catch_up_record(&mut conn, &ch, rec.id, 1).await.unwrap();
+        assert_eq!(frames_of(&late).await, [frame(&rec, 2), frame(&rec, 3)]);
+        assert_eq!(late.state(), SubState::Closed);
+    }
 
     #[test]
     fn record_channels_are_not_client_channels() {
