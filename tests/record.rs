@@ -178,6 +178,27 @@ async fn the_first_reader_gets_every_event_and_ordinary_answers_pass_through() {
             "retry: 200\nid: {rec}.0\n:ok\n\nid: {rec}.1\ndata: token 1\n\nid: {rec}.2\ndata: token 2\n\nid: {rec}.3\ndata: token 3\n\n"
         )
     );
+    // HEAD: the status a GET would get, no body.
+    let head = client()
+        .head(gw.url("/chat"))
+        .header("authorization", ALICE)
+        .header("last-event-id", format!("{rec}.1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()[RECORD_HEADER], rec.as_str());
+    assert_eq!(head.bytes().await.unwrap().len(), 0);
+    let (s, _) = status_with(
+        &gw,
+        "HEAD",
+        &[
+            ("authorization", ALICE),
+            ("last-event-id", &format!("{rec}.3")),
+        ],
+    )
+    .await;
+    assert_eq!(s, 204);
     // Not an event stream: passed through as it is, nothing recorded.
     let r = client().get(gw.url("/plain")).send().await.unwrap();
     assert!(r.headers().get(RECORD_HEADER).is_none());
@@ -217,6 +238,57 @@ async fn max_events_cuts_the_backend_and_the_reader_is_told() {
             .await,
         1.0
     );
+}
+
+#[tokio::test]
+async fn a_reply_being_recorded_counts_as_its_clients_connection_until_the_backend_ends() {
+    let chat = Chat::start("");
+    let gw = Gateway::start(&config(
+        &chat,
+        "limits: { max_connections_per_ip: 2 }\n",
+        "{}",
+    ));
+    let url = gw.url("/chat?n=15&ms=100");
+    for _ in 0..2 {
+        let mut r = Reply::open(&client(), &url, ALICE).await;
+        r.take(1).await;
+    }
+    // Both clients left; their backends are still read: no third one.
+    let (s, body) = status_with(&gw, "POST", &[("authorization", ALICE)]).await;
+    assert_eq!(
+        (s, body.as_str()),
+        (
+            429,
+            "too many connections from this address (limits.max_connections_per_ip)\n"
+        )
+    );
+    assert_eq!(
+        chat.log.chat_requests(),
+        2,
+        "refused before the backend was called"
+    );
+    eventually(WAIT, "both replies to end", || {
+        (chat.log.finished.load(Ordering::SeqCst) == 2).then_some(())
+    })
+    .await;
+    let mut r = eventually_reply(&gw, &url).await;
+    r.take(1).await;
+    assert_eq!(chat.log.chat_requests(), 3);
+}
+
+/// A new reply, once the connection slots of the ended ones are back (a
+/// resume of no record is admitted, then answered 404, without the backend).
+async fn eventually_reply(gw: &Gateway, url: &str) -> Reply {
+    let nothing = format!("{}.1", "0".repeat(32));
+    for _ in 0..100 {
+        let (s, _) = status_with(gw, "GET", &[("last-event-id", &nothing)]).await;
+        if s == 404 {
+            return Reply::open(&client(), url, ALICE).await;
+        }
+        assert_eq!(s, 429);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("still 429 after the replies ended");
 }
 
 #[tokio::test]

@@ -243,7 +243,7 @@ impl PublicProxy {
         let ready = streams::Ready {
             subscription,
             replay,
-            slot,
+            slot: Some(slot),
             retry: spec.retry,
             heartbeat: spec.heartbeat,
             opening: spec.grip,

@@ -89,8 +89,10 @@ pub(super) async fn serve(
 async fn start(on: &On<'_>, session: &mut Session, pool: &Pool) -> Result<(), Refusal> {
     let gw = on.gw;
     // Admitted first: over the limits, or without a store to record into,
-    // the backend is not called at all.
-    let slot = streams::admit(gw, session)?;
+    // the backend is not called at all. The slot is held by the client's
+    // stream and by the writer: a reply being recorded counts as one
+    // connection of its client until the client left and the backend ended.
+    let slot = Arc::new(streams::admit(gw, session)?);
     gw.hub.ready().await?;
     let who = forwarded(session);
     let resp = upstream::send(&gw.client, session, pool, &who, None).await?;
@@ -130,9 +132,12 @@ async fn start(on: &On<'_>, session: &mut Session, pool: &Pool) -> Result<(), Re
         grace: config.shutdown_grace,
         metrics: gw.metrics.clone(),
         _active: gw.streams.shutdown.track(),
+        _keep: Box::new(slot.clone()),
     };
     tokio::spawn(writer.run(chunks(resp.into_body())));
-    let ready = ready(on, sub, id, 0, Replay::default(), slot, head);
+    let subscription = Subscription::record(gw.records.clone(), sub, id);
+    let mut ready = ready(on, subscription, id, 0, Replay::default(), None, head);
+    ready.keep = Some(Box::new(slot));
     streams::run(gw, session, on.label(), ready).await;
     Ok(())
 }
@@ -155,6 +160,8 @@ async fn resume(
         .records
         .follow(&sub, id, on.label(), after, &credentials)
         .await?;
+    // From here on the reader leaves the record however the request ends.
+    let subscription = Subscription::record(gw.records.clone(), sub.clone(), id);
     if following.ended && following.frames.is_empty() {
         gw.metrics
             .record_resumes
@@ -182,7 +189,12 @@ async fn resume(
         frames: following.frames,
         ..Replay::default()
     };
-    let ready = ready(on, sub, id, after, replay, slot, head);
+    if session.req_header().method == http::Method::HEAD {
+        // The answer a GET would get, without its body.
+        let _ = session.write_response_header(Box::new(head), true).await;
+        return Ok(());
+    }
+    let ready = ready(on, subscription, id, after, replay, Some(slot), head);
     streams::run(gw, session, on.label(), ready).await;
     Ok(())
 }
@@ -197,16 +209,16 @@ fn named(head: &mut ResponseHeader, id: RecordId) -> Result<(), Refusal> {
 /// before the first event resumes it), then what it missed.
 fn ready(
     on: &On<'_>,
-    sub: Arc<Subscriber>,
+    subscription: Subscription,
     id: RecordId,
     after: u64,
     replay: Replay,
-    slot: crate::stream::limits::ConnSlot,
+    slot: Option<crate::stream::limits::ConnSlot>,
     head: ResponseHeader,
 ) -> Ready {
     let sse = &on.site.config.sse;
     Ready {
-        subscription: Subscription::record(on.gw.records.clone(), sub, id),
+        subscription,
         replay,
         slot,
         retry: sse.retry,

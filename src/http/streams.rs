@@ -33,7 +33,8 @@ pub(super) fn admit(gw: &Gateway, session: &Session) -> Result<ConnSlot, Refusal
 pub(super) struct Ready {
     pub subscription: Subscription,
     pub replay: Replay,
-    pub slot: ConnSlot,
+    /// None: the slot is shared, and held in `keep`.
+    pub slot: Option<ConnSlot>,
     /// The route's `retry` (prelude, and drain's jittered retry).
     pub retry: Duration,
     /// The tick for heartbeats (SSE) or keep-alives (a given opening).
@@ -60,7 +61,7 @@ pub(super) async fn run(gw: &Gateway, session: &mut Session, label: &str, r: Rea
         shutdown: streams.shutdown.clone(),
         metrics: gw.metrics.clone(),
         guards: Guards {
-            slot: Some(r.slot),
+            slot: r.slot,
             _active: streams.shutdown.track(),
             gauge: Some(gauge),
             keep: r.keep,

@@ -43,6 +43,9 @@ pub(crate) struct Writer {
     pub metrics: Arc<Metrics>,
     /// Its place in the drain count (held for its `Drop`).
     pub _active: Active,
+    /// Whatever else it holds until the backend ends (its client's
+    /// connection slot).
+    pub _keep: Box<dyn std::any::Any + Send + Sync>,
 }
 
 /// Why the loop stopped: the record's end, or the record is gone already.
@@ -200,6 +203,7 @@ mod tests {
             grace: Duration::from_secs(10),
             metrics: Arc::new(Metrics::new()),
             _active: s.shutdown.track(),
+            _keep: Box::new(()),
         }
     }
 
