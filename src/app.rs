@@ -1,8 +1,8 @@
 //! Build the pingora server from a validated config and run it: the public
 //! listener (TLS with ALPN h2/http1.1, or plain text with optional h2c), the
 //! admin listener, and background services for drain (and the live
-//! upgrade's handoff), SIGHUP reload and housekeeping (broker upkeep, JWT
-//! expiry, the dashboard's feed).
+//! upgrade's handoff), SIGHUP reload and housekeeping (broker and records
+//! upkeep, JWT expiry, the dashboard's feed).
 
 use crate::config::{Config, Http2};
 use crate::gateway::{BuildError, Gateway};
@@ -56,7 +56,7 @@ impl fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// Broker upkeep, the JWT expiry sweep and the dashboard's feed.
+/// Broker and records upkeep, the JWT expiry sweep and the dashboard's feed.
 #[derive(Debug)]
 struct Housekeeping {
     gw: Arc<Gateway>,
@@ -67,6 +67,7 @@ impl BackgroundService for Housekeeping {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         tokio::select! {
             _ = self.gw.hub.clone().run() => {}
+            _ = self.gw.records.clone().run() => {}
             _ = self.gw.streams.expiries.run() => {}
             _ = admin::feed_dashboard(&self.gw) => {}
             _ = shutdown.changed() => {}

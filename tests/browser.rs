@@ -4,7 +4,8 @@
 //! other 14 would wait; over HTTP/2 all 20 share one connection and all 20
 //! must open and then receive an event published after they opened.
 //!
-//! The page reports back by POSTing to the backend through the gateway, so
+//! The page (served by the test backend `support::chat`) reports back by
+//! POSTing to the backend through the gateway, so
 //! the test needs no DevTools protocol and no virtual time: it waits (with a
 //! timeout) for the page's reports and publishes in between. Skipped only
 //! when no Chromium binary is installed (`apt-get install -y chromium`), and
@@ -14,9 +15,10 @@ mod support;
 
 use axum::routing::{get, post};
 use serde_json::json;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::browser::{chromium, launch};
+use support::chat::Chat;
 use support::tls::TestCa;
 use support::*;
 
@@ -51,61 +53,6 @@ for (let i = 0; i < N; i++) {
 </script>
 "#;
 
-fn chromium() -> Option<String> {
-    if let Ok(p) = std::env::var("SSEGATE_CHROMIUM") {
-        return Some(p);
-    }
-    ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find_map(|name| {
-            let out = Command::new("which").arg(name).output().ok()?;
-            out.status
-                .success()
-                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-        })
-}
-
-/// The browser, killed on drop; its helper processes (zygote, renderers,
-/// crashpad) exit by themselves once the browser process is gone.
-struct Browser {
-    child: Child,
-    _profile: tempfile::TempDir,
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn launch(bin: &str, url: &str) -> Browser {
-    let profile = tempfile::tempdir().unwrap();
-    let child = Command::new(bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--ignore-certificate-errors",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--disable-dev-shm-usage",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Browser {
-        child,
-        _profile: profile,
-    }
-}
-
 /// A page at `page_path`, and the reports it POSTs to `report_path`.
 fn page_app(
     page_path: &str,
@@ -135,59 +82,14 @@ fn page_app(
         )
 }
 
-/// Serves the page and collects the page's reports.
-fn page_backend(reports: Arc<Mutex<Vec<serde_json::Value>>>) -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let page = PAGE.replace("__N__", &STREAMS.to_string());
-            let app = page_app("/app/page", page, "/app/report", reports);
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let _ = axum::serve(listener, app).await;
-        });
-    });
-    addr
-}
-
-async fn report(
-    reports: &Arc<Mutex<Vec<serde_json::Value>>>,
-    kind: &str,
-    timeout: Duration,
-) -> serde_json::Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = reports
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|v| v["kind"] == kind)
-            .cloned()
-        {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no `{kind}` report from the page within {timeout:?}; reports so far: {:?}",
-            reports.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn chromium_opens_twenty_event_sources_on_one_origin_over_h2() {
     let Some(bin) = chromium() else {
         missing_tool("chromium", "apt-get install -y chromium");
         return;
     };
-    let reports = Arc::new(Mutex::new(Vec::new()));
-    let backend = page_backend(reports.clone());
+    let pages = Chat::start(&PAGE.replace("__N__", &STREAMS.to_string()));
+    let backend = pages.addr;
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("browser");
     let (cert, key) = ca.issue(dir.path(), "server");
@@ -208,7 +110,7 @@ routes:
     let _browser = launch(&bin, &format!("https://127.0.0.1:{}/app/page", gw.port));
 
     // A cold browser start on two busy cores can take a while.
-    let open = report(&reports, "open", Duration::from_secs(60)).await;
+    let open = pages.log.report("open", Duration::from_secs(60)).await;
     assert_eq!(open["opened"], STREAMS, "{open}");
     assert_eq!(open["proto"], "h2", "the page itself came over h2: {open}");
     assert_eq!(gw.metric("ssegate_connections{").await, STREAMS as f64);
@@ -217,7 +119,7 @@ routes:
         gw.publish_ok(&format!("room:b{i}"), json!(format!("hello {i}")))
             .await;
     }
-    let all = report(&reports, "all", Duration::from_secs(20)).await;
+    let all = pages.log.report("all", Duration::from_secs(20)).await;
     let data: Vec<String> = (0..STREAMS).map(|i| format!("hello {i}")).collect();
     assert_eq!(all["data"], json!(data), "{all}");
     assert_eq!(all["errors"], 0, "{all}");

@@ -193,7 +193,18 @@ pub struct RouteFile {
     pub grip: bool,
     /// Overrides `grip.key_env` for this route.
     pub grip_key_env: Option<String>,
+    pub record: Option<RecordFile>,
     pub sse: Option<SseRouteFile>,
+}
+
+/// `record:` on a proxy route: the backend's SSE replies are kept for resume.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordFile {
+    pub ttl: Option<String>,
+    pub max_events: Option<u64>,
+    pub max_total: Option<String>,
+    pub credentials: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -18,10 +18,11 @@ use std::time::Duration;
 
 mod auth;
 mod edges;
-
-pub use auth::parse_jwks;
+mod record;
 mod tls;
 mod webhooks;
+
+pub use auth::parse_jwks;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -655,9 +656,13 @@ impl Validator<'_> {
                 (Some(up), None) => {
                     self.check_upstream(&format!("{base}.proxy"), up, upstreams);
                     let grip = self.grip_route(&base, r.grip, r.grip_key_env.as_ref(), grip_key);
+                    let record = r
+                        .record
+                        .map(|f| self.record_route(&base, f, grip.is_some()));
                     RouteKind::Proxy {
                         upstream: up.clone(),
                         grip,
+                        record,
                     }
                 }
                 (None, Some(s)) => {
@@ -665,6 +670,12 @@ impl Validator<'_> {
                         self.err(
                             &format!("{base}.grip"),
                             "`grip` applies to proxy routes only",
+                        );
+                    }
+                    if r.record.is_some() {
+                        self.err(
+                            &format!("{base}.record"),
+                            "`record` applies to proxy routes only",
                         );
                     }
                     RouteKind::Sse(Box::new(self.sse_route(&base, &r.path, s, sse, upstreams)))

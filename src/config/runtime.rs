@@ -227,9 +227,11 @@ pub struct Route {
 #[derive(Debug, Clone)]
 pub enum RouteKind {
     /// `grip: Some(..)`: the backend may hold the client with Grip-Hold.
+    /// `record: Some(..)`: its SSE replies are recorded for resume.
     Proxy {
         upstream: String,
         grip: Option<GripRoute>,
+        record: Option<RecordRoute>,
     },
     Sse(Box<SseRoute>),
 }
@@ -240,6 +242,28 @@ pub struct GripRoute {
     /// Signs the `Grip-Sig` sent to the backend (route `grip_key_env`, else
     /// the top-level `grip.key_env`); None sends no signature.
     pub key: Option<Secret>,
+}
+
+/// `record:` on a proxy route (docs/record.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordRoute {
+    /// How long the backend is read and the record kept, from the request.
+    pub ttl: Duration,
+    /// Events one record holds; the backend is cut after that many.
+    pub max_events: u64,
+    /// Bytes this route's records hold together; the oldest go first.
+    pub max_total: usize,
+    /// What must be the same for a request to resume a record.
+    pub credentials: Vec<CredentialSource>,
+}
+
+/// Part of a request that identifies who asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// A request header (lower-cased name), every value of it.
+    Header(String),
+    /// One cookie of the `Cookie` header(s).
+    Cookie(String),
 }
 
 #[derive(Debug, Clone)]

@@ -109,10 +109,10 @@ impl AdminApp {
                 slot: None,
                 _active: streams.shutdown.track(),
                 gauge: None,
-                poll: None,
+                keep: None,
                 expiry: None,
             },
-            grip: None,
+            opening: None,
             handoff: streams.handoff.clone(),
         };
         // The first stats at once, not a tick later.

@@ -3,7 +3,7 @@
 //! write through `write_response_body` and notice a gone client through
 //! `read_body_or_idle` (on HTTP/2, the client's `RST_STREAM`).
 
-use crate::hub::{SubState, Subscriber};
+use crate::hub::Subscriber;
 use crate::stream::{Head, Sink, Wake, WRITE_TIMEOUT};
 use crate::wire;
 use bytes::Bytes;
@@ -42,7 +42,7 @@ impl<'s> SessionSink<'s> {
             tokio::select! {
                 r = &mut w => return r.map(|_| true).map_err(io::Error::other),
                 _ = sub.woken() => {
-                    if sub.state() != SubState::Open {
+                    if sub.is_cut() {
                         return Ok(false);
                     }
                 }
@@ -75,7 +75,7 @@ impl Sink for SessionSink<'_> {
         let is_h2 = self.is_h2();
         let head = match head {
             Head::Sse(extra) => sse_head(is_h2, extra),
-            Head::Grip(h) => {
+            Head::Given(h) => {
                 let mut h = h.clone();
                 match is_h2 {
                     true => Ok(h),

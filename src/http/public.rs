@@ -3,18 +3,18 @@
 //! hold the client, or passed through to an upstream pool by pingora.
 
 use super::cors;
-use super::detach;
 use super::grip::{self, HoldStart};
-use super::held::SessionSink;
+use super::record;
 use super::refuse::{Refusal, Style};
+use super::streams;
+use super::upstream::{forwarded, host_of};
 use crate::gateway::{Action, Gateway, RouteEntry, Site, SseEntry};
 use crate::hub::{Resume, Subscriber};
-use crate::outbound::{Forwarded, Pool};
+use crate::outbound::Pool;
 use crate::routing::{host_only, Matched, Miss};
 use crate::shutdown::Active;
 use crate::stream::request::{self, Offer};
-use crate::stream::socket::SocketSink;
-use crate::stream::{self, Counted, GripOpening, Guards, Stream};
+use crate::stream::{self, Keep, Opening};
 use crate::values::RequestValues;
 use async_trait::async_trait;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -36,29 +36,6 @@ pub(crate) struct Ctx {
     _active: Option<Active>,
 }
 
-/// The request's authority: the Host header, else the absolute URI's.
-fn host_of(req: &RequestHeader) -> Option<&str> {
-    req.headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.host())
-}
-
-/// Who the client is: the peer, or what a trusted proxy says it saw.
-pub(crate) fn forwarded(session: &Session, trusted_proxies: &[ipnet::IpNet]) -> Forwarded {
-    let req = session.req_header();
-    Forwarded::new(
-        session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip()),
-        session.digest().is_some_and(|d| d.ssl_digest.is_some()),
-        host_of(req).map(str::to_string),
-        &req.headers,
-        trusted_proxies,
-    )
-}
-
 /// What a stream subscribes to and how it behaves.
 struct StreamSpec {
     channels: Vec<String>,
@@ -67,7 +44,7 @@ struct StreamSpec {
     client_queue: usize,
     /// The tick for heartbeats (SSE) or keep-alives (GRIP).
     heartbeat: Duration,
-    grip: Option<Box<GripOpening>>,
+    grip: Option<Box<Opening>>,
     /// A poll route's latest snapshot, for a subscriber that needs one.
     snapshot: Option<stream::Snapshot>,
     /// The poller the stream keeps alive (poll routes).
@@ -216,10 +193,11 @@ impl PublicProxy {
             retry: sse.retry,
             client_queue: sse.client_queue,
             heartbeat,
-            grip: Some(Box::new(GripOpening {
+            grip: Some(Box::new(Opening {
                 head,
                 body,
                 keep_alive,
+                event_stream: false,
             })),
             snapshot: None,
             poll: None,
@@ -240,8 +218,7 @@ impl PublicProxy {
         Ok(true)
     }
 
-    /// Subscribe and hold the client: detached from pingora on plain
-    /// HTTP/1.1, held in its session otherwise.
+    /// Admit, subscribe and run the stream.
     async fn hold_stream(
         &self,
         session: &mut Session,
@@ -251,15 +228,9 @@ impl PublicProxy {
         let gw = &self.gw;
         let streams = &gw.streams;
         let label = route.path.as_str();
-        if streams.shutdown.is_draining() {
-            return self
-                .refuse(session, Refusal::new(503, "draining", "shutting down"))
-                .await;
-        }
-        let ip = forwarded(session, &gw.site().config.trusted_proxies).client_ip();
-        let slot = match streams.limiter.acquire(ip) {
+        let slot = match streams::admit(gw, session) {
             Ok(s) => s,
-            Err(e) => return self.refuse(session, e).await,
+            Err(r) => return self.refuse(session, r).await,
         };
         let id = streams.next_id();
         let sub = Arc::new(Subscriber::on_route(
@@ -283,44 +254,18 @@ impl PublicProxy {
         let expiry = spec
             .expires
             .map(|at| Box::new(streams.expiries.register(at, &sub)));
-        // A plain SSE stream can move to a new process in a live upgrade;
-        // GRIP holds and poll streams drain instead (their state lives in
-        // this process: a backend's hold, a poller).
-        let movable = spec.grip.is_none() && spec.poll.is_none();
-        let gauge = Counted::new(gw.metrics.connections.with_label_values(&[label]));
-        gw.metrics
-            .connections_opened
-            .with_label_values(&[label])
-            .inc();
-        let stream = Stream {
-            heartbeat: streams.heartbeats.join(spec.heartbeat, &sub),
+        let ready = streams::Ready {
             subscription,
+            replay,
+            slot: Some(slot),
             retry: spec.retry,
-            shutdown: streams.shutdown.clone(),
-            metrics: gw.metrics.clone(),
-            guards: Guards {
-                slot: Some(slot),
-                _active: streams.shutdown.track(),
-                gauge: Some(gauge),
-                poll: spec.poll,
-                expiry,
-            },
-            grip: spec.grip,
-            handoff: streams.handoff.clone(),
+            heartbeat: spec.heartbeat,
+            opening: spec.grip,
+            keep: spec.poll.map(Keep::Poll),
+            expiry,
+            headers: spec.headers,
         };
-        let headers = spec.headers;
-        tracing::debug!(route = label, client = ?ip, "stream opened");
-        if let Some(tcp) = detach::take_socket(session) {
-            if movable {
-                sub.set_movable();
-            }
-            // The stream's own future is the task: nothing wraps it, so an
-            // idle stream costs what the size probe in `stream::socket` measures.
-            tokio::spawn(stream.run(SocketSink::new(tcp), replay, headers));
-            return Ok(true);
-        }
-        let end = stream.run(SessionSink::new(session), replay, headers).await;
-        tracing::debug!(route = label, client = ?ip, ?end, "stream ended");
+        streams::run(gw, session, label, ready).await;
         Ok(true)
     }
 }
@@ -382,6 +327,13 @@ impl ProxyHttp for PublicProxy {
             Action::Grip(pool, g) => {
                 ctx._active = Some(self.gw.streams.shutdown.track());
                 self.grip(session, &site, &entry, pool, g).await
+            }
+            Action::Record(pool, r) => {
+                ctx._active = Some(self.gw.streams.shutdown.track());
+                match record::serve(&self.gw, &site, session, &m, pool, r).await {
+                    Ok(()) => Ok(true),
+                    Err(refusal) => self.refuse(session, refusal).await,
+                }
             }
             Action::Proxy(pool) => {
                 ctx.pool = Some(pool.clone());

@@ -7,6 +7,7 @@ use super::body::BodyError;
 use super::respond;
 use crate::auth::AuthError;
 use crate::grip::InstructionError;
+use crate::hub::record::RecordError;
 use crate::hub::BrokerError;
 use crate::metrics::Metrics;
 use crate::outbound::{OutboundError, OutboundErrorKind};
@@ -128,6 +129,17 @@ impl From<BrokerError> for Refusal {
     }
 }
 
+impl From<RecordError> for Refusal {
+    fn from(e: RecordError) -> Refusal {
+        let (status, label) = match e {
+            RecordError::Unknown => (404, "record_unknown"),
+            RecordError::Forbidden => (403, "record_forbidden"),
+            RecordError::Unavailable(_) => (503, "records"),
+        };
+        Refusal::new(status, label, e.to_string())
+    }
+}
+
 impl From<PollError> for Refusal {
     fn from(e: PollError) -> Refusal {
         match e {
@@ -214,5 +226,7 @@ mod tests {
             Refusal::from(BrokerError::Unavailable("redis: down".into())).status,
             503
         );
+        assert_eq!(Refusal::from(RecordError::Unknown).status, 404);
+        assert_eq!(Refusal::from(RecordError::Forbidden).status, 403);
     }
 }

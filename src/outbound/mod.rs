@@ -281,6 +281,40 @@ impl Client {
     }
 }
 
+async fn read_chunk(
+    session: &mut HttpSession,
+    upstream: &Arc<str>,
+) -> Result<Option<Bytes>, OutboundError> {
+    session
+        .read_response_body()
+        .await
+        .map_err(|e| OutboundError {
+            upstream: upstream.clone(),
+            kind: kind_of(&e),
+        })
+}
+
+/// A response body that owns its connection (`Response::into_body`).
+pub struct BodyStream {
+    session: Box<HttpSession>,
+    upstream: Arc<str>,
+}
+
+impl fmt::Debug for BodyStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BodyStream")
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BodyStream {
+    /// The next body chunk; None at the end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, OutboundError> {
+        read_chunk(&mut self.session, &self.upstream).await
+    }
+}
+
 /// The request as sent to `target`: a request without `Host` (one the
 /// gateway makes itself) names the server it goes to.
 fn with_host(req: &RequestHeader, pool: &Pool, target: &Target) -> Box<RequestHeader> {
@@ -318,13 +352,7 @@ impl Response<'_> {
     /// The next body chunk; None at the end (the connection then goes back
     /// to the pool when the response is released).
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, OutboundError> {
-        self.session
-            .read_response_body()
-            .await
-            .map_err(|e| OutboundError {
-                upstream: self.upstream.clone(),
-                kind: kind_of(&e),
-            })
+        read_chunk(&mut self.session, &self.upstream).await
     }
 
     /// The whole body, at most `max` bytes; the connection is reused after.
@@ -341,6 +369,16 @@ impl Response<'_> {
         }
         self.release().await;
         Ok(body.freeze())
+    }
+
+    /// The body alone, to be read by a task of its own (a recorded reply
+    /// outlives the request that started it). Its connection is closed
+    /// when the body is dropped, never reused.
+    pub fn into_body(self) -> BodyStream {
+        BodyStream {
+            session: self.session,
+            upstream: self.upstream,
+        }
     }
 
     /// Give the connection back for reuse when the body was read to its

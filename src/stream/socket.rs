@@ -9,7 +9,7 @@
 //! is one small task and this socket.
 
 use super::{Head, Sink, Wake, WRITE_TIMEOUT};
-use crate::hub::{SubState, Subscriber};
+use crate::hub::Subscriber;
 use crate::wire;
 use bytes::{Bytes, BytesMut};
 use std::future::Future;
@@ -83,7 +83,7 @@ impl Sink for SocketSink {
                 built = sse_head_with(extra);
                 &built
             }
-            Head::Grip(h) => {
+            Head::Given(h) => {
                 built = h1_head(h);
                 &built
             }
@@ -184,8 +184,9 @@ fn header_lines<'h>(
     }
 }
 
-/// A GRIP hold's response head as HTTP/1.1 bytes: the backend's status and
-/// headers, chunked because the stream has no end we know of.
+/// A stream's own response head (a GRIP hold's, a recorded reply's) as
+/// HTTP/1.1 bytes: its status and headers, chunked because the stream has
+/// no end we know of.
 fn h1_head(head: &pingora_http::ResponseHeader) -> Bytes {
     let status = head.status;
     let mut out = BytesMut::with_capacity(256);
@@ -298,7 +299,7 @@ async fn send_rest(
         tokio::select! {
             r = tcp.writable() => r?,
             _ = sub.woken() => {
-                if sub.state() != SubState::Open {
+                if sub.is_cut() {
                     return Ok(Sent::Cut(done));
                 }
                 continue;
@@ -356,10 +357,10 @@ mod tests {
                 slot: Some(limiter.acquire(None).unwrap()),
                 _active: shutdown.track(),
                 gauge: None,
-                poll: None,
+                keep: None,
                 expiry: None,
             },
-            grip: None,
+            opening: None,
             handoff: Default::default(),
         };
         let fut = stream.run(SocketSink::new(tcp), Replay::default(), Vec::new());

@@ -490,10 +490,10 @@ impl Adopter {
                 gauge: Some(Counted::new(
                     gw.metrics.connections.with_label_values(&[&label]),
                 )),
-                poll: None,
+                keep: None,
                 expiry,
             },
-            grip: None,
+            opening: None,
             handoff: streams.handoff.clone(),
         };
         Ok(Staged {

@@ -3,7 +3,10 @@
 //! reqwest) and a raw-socket reader for byte-exact checks. Every wait is bounded.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod browser;
+pub mod chat;
 pub mod faults;
+pub mod replies;
 pub mod tls;
 
 use futures_util::StreamExt;
