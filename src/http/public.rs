@@ -214,6 +214,9 @@ impl PublicProxy {
         self.gw.metrics.streams_deferred.inc();
         let wait = retry.mul_f64(1.0 + 3.0 * rand::random::<f64>());
         let body = crate::wire::retry_only(wait.as_millis());
+        // Closed after: a deferred client's next try is a new connection,
+        // spread out like the streams (EventSource reconnects either way).
+        session.set_keepalive(None);
         super::respond::send(session, 200, crate::wire::SSE_HEADERS[0].1, body, &[]).await?;
         Ok(true)
     }
