@@ -389,7 +389,6 @@ fn two_backends(names: [&'static str; 2], routes: &str) -> (RawBackend, RawBacke
 }
 
 #[test]
-#[ignore = "issue 18 #6: fails until fixed"]
 fn issue18_06_duplicate_content_length_reaches_the_backend_once_or_is_refused() {
     let backend = RawBackend::start("app");
     let gw = Gateway::start(&proxy_config(
@@ -428,7 +427,6 @@ fn issue18_06_duplicate_content_length_reaches_the_backend_once_or_is_refused() 
 }
 
 #[test]
-#[ignore = "issue 18 #7: fails until fixed"]
 fn issue18_07_dot_segments_never_take_a_request_outside_its_prefix_route() {
     let (api, grip, gw) = two_backends(
         ["api", "grip"],
@@ -467,8 +465,39 @@ fn issue18_07_dot_segments_never_take_a_request_outside_its_prefix_route() {
     );
 }
 
+/// What was routed is what is sent: the resolved path, on both kinds of route.
 #[test]
-#[ignore = "issue 18 #8: fails until fixed"]
+fn issue18_07_a_dot_segment_path_is_routed_and_sent_resolved() {
+    let (api, grip, gw) = two_backends(
+        ["api", "grip"],
+        "  - { path: \"/api/{*rest}\", proxy: api }\n  - { path: \"/grip/{*rest}\", proxy: grip, grip: true }\n",
+    );
+    for (target, backend, sent) in [
+        ("/api/a/./b/../c?q=1", &api, "/api/a/c?q=1"),
+        ("/grip/x/%2e%2e/y", &grip, "/grip/y"),
+    ] {
+        let req = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        let resp = exchange(gw.port, req.as_bytes(), WAIT);
+        assert_eq!(resp.status(), 200, "{target}");
+        let got: Vec<String> = backend
+            .requests()
+            .iter()
+            .map(|r| r.target().to_string())
+            .collect();
+        assert!(
+            got.iter().any(|t| t == sent),
+            "{target}: the backend got {got:?}, not {sent}"
+        );
+    }
+    let r = exchange(
+        gw.port,
+        b"GET /api/..%2finternal HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        WAIT,
+    );
+    assert_eq!(r.status(), 400, "an encoded slash beside a dot-segment");
+}
+
+#[test]
 fn issue18_08_host_routes_match_the_effective_authority() {
     let (_example, b, gw) = two_backends(
         ["example", "default"],
@@ -496,6 +525,21 @@ fn issue18_08_host_routes_match_the_effective_authority() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    // The host route's upstream gets the origin-form target and that host.
+    let (example, _default, gw) = two_backends(
+        ["example", "default"],
+        "  - { path: /h, proxy: example, host: example.com }\n  - { path: /h, proxy: default }\n",
+    );
+    let resp = exchange(
+        gw.port,
+        b"GET http://example.com/h HTTP/1.1\r\nConnection: close\r\n\r\n",
+        WAIT,
+    );
+    assert_eq!(resp.status(), 200);
+    let seen = example.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].target(), "/h");
+    assert_eq!(seen[0].headers("host"), ["example.com"]);
 }
 
 // ---------------------------------------------------------------------------

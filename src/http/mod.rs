@@ -9,10 +9,12 @@
 //! - `grip`: a GRIP route's request to its backend and the response back.
 //! - `held`, `detach`: the two ways a stream's bytes reach a client
 //!   (held in pingora's session; a plain socket taken out of it).
+//! - `canonical`: a public request's head made unambiguous before routing.
 //! - `body`, `respond`: bounded request bodies, short whole responses.
 
 pub(crate) mod admin;
 pub(crate) mod body;
+mod canonical;
 mod detach;
 mod grip;
 mod held;

@@ -2,6 +2,7 @@
 //! holds itself (after the route's auth), to a GRIP route whose backend may
 //! hold the client, or passed through to an upstream pool by pingora.
 
+use super::canonical;
 use super::detach;
 use super::grip::{self, HoldStart};
 use super::held::SessionSink;
@@ -9,7 +10,7 @@ use super::refuse::{Refusal, Style};
 use crate::gateway::{Action, Gateway, RouteEntry, SseEntry};
 use crate::hub::{Resume, Subscriber};
 use crate::outbound::{Forwarded, Pool};
-use crate::routing::{host_only, Matched, Miss};
+use crate::routing::{Matched, Miss};
 use crate::shutdown::Active;
 use crate::stream::request::{self, Offer};
 use crate::stream::socket::SocketSink;
@@ -35,14 +36,6 @@ pub(crate) struct Ctx {
     _active: Option<Active>,
 }
 
-/// The request's authority: the Host header, else the absolute URI's.
-fn host_of(req: &RequestHeader) -> Option<&str> {
-    req.headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.host())
-}
-
 /// Who the client is, as this listener saw it.
 fn forwarded(session: &Session) -> Forwarded {
     Forwarded {
@@ -51,7 +44,7 @@ fn forwarded(session: &Session) -> Forwarded {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip()),
         tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
-        host: host_of(session.req_header()).map(str::to_string),
+        host: canonical::authority(session.req_header()).map(str::to_string),
     }
 }
 
@@ -284,8 +277,12 @@ impl ProxyHttp for PublicProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let site = self.gw.site.clone();
+        // Routed as the upstream will see it: one path, one host, one length.
+        let host = match canonical::canonicalize(session.req_header_mut()) {
+            Ok(h) => h,
+            Err(e) => return self.refuse(session, e).await,
+        };
         let req = session.req_header();
-        let host = host_of(req).map(host_only);
         let found = site
             .router
             .lookup(&req.method, host.as_deref(), req.uri.path());

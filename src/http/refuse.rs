@@ -4,6 +4,7 @@
 //! through `Refusal::send`, so each is counted and answered the same way.
 
 use super::body::BodyError;
+use super::canonical::CanonicalError;
 use super::respond;
 use crate::auth::AuthError;
 use crate::grip::InstructionError;
@@ -97,6 +98,12 @@ impl From<SubscribeError> for Refusal {
             _ => (400, "bad_channel"),
         };
         Refusal::new(status, label, e.to_string())
+    }
+}
+
+impl From<CanonicalError> for Refusal {
+    fn from(e: CanonicalError) -> Refusal {
+        Refusal::new(400, "bad_request", e.to_string())
     }
 }
 
