@@ -951,7 +951,6 @@ async fn issue18_13_two_hostile_requests_do_not_stall_another_client() {
 // 14. Config files: bounded nesting, a UTF-8 BOM.
 
 #[test]
-#[ignore = "issue 18 #14: fails until fixed"]
 fn issue18_14_deeply_nested_flow_collections_are_refused_quickly() {
     let n = 100_000;
     let text = format!("routes: {}{}\n", "[".repeat(n), "]".repeat(n));
@@ -970,7 +969,6 @@ fn issue18_14_deeply_nested_flow_collections_are_refused_quickly() {
 }
 
 #[test]
-#[ignore = "issue 18 #14: fails until fixed"]
 fn issue18_14_a_config_starting_with_a_utf8_bom_loads() {
     let text = "\u{feff}shutdown_grace: 5s\nsse:\n  heartbeat: 10s\n";
     let (code, out, _, _) = check_config(text.as_bytes(), WAIT);

@@ -72,6 +72,19 @@ pub fn load_str(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
     let file_name = source.display().to_string();
+    // Editors on Windows start UTF-8 files with a byte order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let pos = Positions::index(text).map_err(|at| {
+        ConfigErrors(vec![ConfigError {
+            file: file_name.clone(),
+            line: at.line,
+            col: at.col,
+            message: format!(
+                "collections nested deeper than {} levels",
+                super::positions::MAX_DEPTH
+            ),
+        }])
+    })?;
     let parsed: FileConfig = if text.trim().is_empty() {
         FileConfig::default()
     } else {
@@ -79,7 +92,7 @@ pub fn load_str(
     };
     let mut v = Validator {
         file: file_name,
-        pos: Positions::index(text),
+        pos,
         errors: Vec::new(),
         env,
         // Key files are named relative to the config file.
