@@ -1014,7 +1014,6 @@ async fn issue18_15_json_data_keeps_key_order_and_big_integers() {
 // 16. HEAD, HTTP/1.0, and the token scheme.
 
 #[test]
-#[ignore = "issue 18 #16: fails until fixed"]
 fn issue18_16_head_on_an_sse_route_is_headers_only_and_takes_no_slot() {
     let gw = Gateway::start(&format!("limits: {{ max_connections: 2 }}\n{SSE_ROUTES}"));
     let mut problems = Vec::new();
@@ -1051,7 +1050,6 @@ fn issue18_16_head_on_an_sse_route_is_headers_only_and_takes_no_slot() {
 }
 
 #[test]
-#[ignore = "issue 18 #16: fails until fixed"]
 fn issue18_16_an_http10_client_gets_no_chunked_encoding() {
     let gw = Gateway::start(SSE_ROUTES);
     let mut s = connect(gw.port);
@@ -1087,8 +1085,45 @@ fn issue18_16_an_http10_client_gets_no_chunked_encoding() {
     }
 }
 
+/// The same over TLS, where the stream stays in pingora's session.
 #[tokio::test]
-#[ignore = "issue 18 #16: fails until fixed"]
+async fn issue18_16_an_http10_client_over_tls_gets_no_chunked_encoding() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = support::tls::TestCa::new("h10");
+    let (cert, key) = ca.issue(dir.path(), "server");
+    let gw = Gateway::start(&format!(
+        "tls: {{ cert: \"{}\", key: \"{}\" }}\n{SSE_ROUTES}",
+        cert.display(),
+        key.display()
+    ));
+    let mut tls = ca.connect_alpn(gw.port, &[]).await.unwrap();
+    tls.write_all(b"GET /events/old HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let published = std::sync::atomic::AtomicBool::new(false);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while find(&got, b"data: hi\n\n").is_none() {
+        if find(&got, b":ok\n\n").is_some() && !published.swap(true, Ordering::Relaxed) {
+            gw.publish_ok("room:old", json!("hi")).await;
+        }
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            other => panic!("{other:?} after {:?}", lossy(&got)),
+        }
+    }
+    let text = lossy(&got);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        !head.to_lowercase().contains("chunked") && !body.contains("\r\n"),
+        "an HTTP/1.0 client over TLS got a chunked stream:\n{text}"
+    );
+}
+
+#[tokio::test]
 async fn issue18_16_the_admin_token_scheme_is_case_insensitive() {
     let gw = Gateway::start_with_env(
         &format!("admin:\n  token_env: T18_ADMIN_TOKEN\n{SSE_ROUTES}"),

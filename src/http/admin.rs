@@ -11,7 +11,6 @@ use crate::config::{Webhook, ADMIN_PATHS};
 use crate::gateway::Gateway;
 use crate::hub::{Replay, Subscriber};
 use crate::sources::{publish, webhook};
-use crate::stream::socket::SocketSink;
 use crate::stream::{Guards, Stream, Subscription};
 use crate::wire;
 use async_trait::async_trait;
@@ -187,8 +186,8 @@ impl AdminApp {
             }],
             ..Replay::default()
         };
-        if let Some(tcp) = detach::take_socket(session) {
-            tokio::spawn(stream.run(SocketSink::new(tcp), first));
+        if let Some(sink) = detach::take_sink(session) {
+            tokio::spawn(stream.run(sink, first));
             return Ok(true);
         }
         stream.run(SessionSink::new(session), first).await;

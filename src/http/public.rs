@@ -13,7 +13,6 @@ use crate::outbound::{Forwarded, Pool};
 use crate::routing::{Matched, Miss};
 use crate::shutdown::Active;
 use crate::stream::request::{self, Offer};
-use crate::stream::socket::SocketSink;
 use crate::stream::{self, GripOpening, Guards, Stream};
 use crate::values::RequestValues;
 use async_trait::async_trait;
@@ -98,6 +97,14 @@ impl PublicProxy {
             Ok(w) => w,
             Err(e) => return self.refuse(session, e).await,
         };
+        if session.req_header().method == http::Method::HEAD {
+            // The head a GET would get, and nothing more: no subscription,
+            // no connection slot, no poller.
+            drop(values);
+            let head = super::held::sse_head()?;
+            session.write_response_header(Box::new(head), true).await?;
+            return Ok(true);
+        }
         // Counted before anything is awaited; released with the stream
         // however it ends.
         let lease = match &entry.poll {
@@ -255,10 +262,10 @@ impl PublicProxy {
             },
             grip: spec.grip,
         };
-        if let Some(tcp) = detach::take_socket(session) {
+        if let Some(sink) = detach::take_sink(session) {
             // The stream's own future is the task: nothing wraps it, so an
             // idle stream costs what the size probe in `stream::socket` measures.
-            tokio::spawn(stream.run(SocketSink::new(tcp), replay));
+            tokio::spawn(stream.run(sink, replay));
             return Ok(true);
         }
         let end = stream.run(SessionSink::new(session), replay).await;

@@ -18,35 +18,71 @@ use std::sync::LazyLock;
 use std::task::Poll;
 use tokio::net::TcpStream;
 
-/// `200` with the SSE headers, chunked, kept alive.
-static SSE_HEAD: LazyLock<Bytes> = LazyLock::new(|| {
+/// How a detached stream's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// HTTP/1.1: chunked, so the connection could outlive the stream.
+    Chunked,
+    /// HTTP/1.0 has no chunked encoding: the body is every byte until the
+    /// connection closes (`connection: close`).
+    UntilClose,
+}
+
+impl Framing {
+    /// What ends the response head: the framing's headers and the blank line.
+    fn head_end(self) -> &'static [u8] {
+        match self {
+            Framing::Chunked => b"transfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n",
+            Framing::UntilClose => b"connection: close\r\n\r\n",
+        }
+    }
+}
+
+/// `200` with the SSE headers, then `framing`'s.
+fn sse_head(framing: Framing) -> Bytes {
     let mut out = BytesMut::from(&b"HTTP/1.1 200 OK\r\n"[..]);
     for (k, v) in wire::SSE_HEADERS {
         out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
     }
-    out.extend_from_slice(b"transfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n");
+    out.extend_from_slice(framing.head_end());
     out.freeze()
-});
+}
+
+static SSE_HEAD_CHUNKED: LazyLock<Bytes> = LazyLock::new(|| sse_head(Framing::Chunked));
+static SSE_HEAD_UNTIL_CLOSE: LazyLock<Bytes> = LazyLock::new(|| sse_head(Framing::UntilClose));
 
 /// The socket of one detached stream.
 #[derive(Debug)]
 pub(crate) struct SocketSink {
     tcp: TcpStream,
+    framing: Framing,
 }
 
 impl SocketSink {
-    pub(crate) fn new(tcp: TcpStream) -> SocketSink {
-        SocketSink { tcp }
+    pub(crate) fn new(tcp: TcpStream, framing: Framing) -> SocketSink {
+        SocketSink { tcp, framing }
+    }
+}
+
+impl Framing {
+    /// What goes before and after `len` body bytes: a chunk's size line and
+    /// end, or nothing.
+    fn around(self, len: usize, size: &mut [u8; 18]) -> (&[u8], &'static [u8]) {
+        match self {
+            Framing::Chunked => (chunk_head(len, size), b"\r\n"),
+            Framing::UntilClose => (b"", b""),
+        }
     }
 }
 
 impl Sink for SocketSink {
     async fn open(&mut self, sub: &Subscriber, head: Head<'_>, body: Bytes) -> io::Result<bool> {
         let grip_head;
-        let head: &[u8] = match head {
-            Head::Sse => &SSE_HEAD,
-            Head::Grip(h) => {
-                grip_head = h1_head(h);
+        let head: &[u8] = match (head, self.framing) {
+            (Head::Sse, Framing::Chunked) => &SSE_HEAD_CHUNKED,
+            (Head::Sse, Framing::UntilClose) => &SSE_HEAD_UNTIL_CLOSE,
+            (Head::Grip(h), framing) => {
+                grip_head = h1_head(h, framing);
                 &grip_head
             }
         };
@@ -55,8 +91,8 @@ impl Sink for SocketSink {
             return send(&self.tcp, sub, &[head]).await;
         }
         let mut size = [0u8; 18];
-        let size = chunk_head(body.len(), &mut size);
-        send(&self.tcp, sub, &[head, size, &body, b"\r\n"]).await
+        let (before, after) = self.framing.around(body.len(), &mut size);
+        send(&self.tcp, sub, &[head, before, &body, after]).await
     }
 
     async fn write(&mut self, sub: &Subscriber, bytes: &Bytes) -> io::Result<bool> {
@@ -65,8 +101,8 @@ impl Sink for SocketSink {
             return Ok(true);
         }
         let mut size = [0u8; 18];
-        let size = chunk_head(bytes.len(), &mut size);
-        send(&self.tcp, sub, &[size, bytes, b"\r\n"]).await
+        let (before, after) = self.framing.around(bytes.len(), &mut size);
+        send(&self.tcp, sub, &[before, bytes, after]).await
     }
 
     async fn idle(&mut self, sub: &Subscriber) -> Wake {
@@ -97,19 +133,23 @@ impl Sink for SocketSink {
         let Some(last) = last else {
             return;
         };
-        if last.is_empty() {
-            let _ = send(&self.tcp, sub, &[b"0\r\n\r\n"]).await;
-            return;
-        }
+        // Until-close: dropping the socket ends the body.
+        let end: &[u8] = match self.framing {
+            Framing::Chunked => b"0\r\n\r\n",
+            Framing::UntilClose => b"",
+        };
         let mut size = [0u8; 18];
-        let size = chunk_head(last.len(), &mut size);
-        let _ = send(&self.tcp, sub, &[size, &last, b"\r\n0\r\n\r\n"]).await;
+        let (before, after) = match last.is_empty() {
+            true => (&b""[..], &b""[..]),
+            false => self.framing.around(last.len(), &mut size),
+        };
+        let _ = send(&self.tcp, sub, &[before, &last, after, end]).await;
     }
 }
 
 /// A GRIP hold's response head as HTTP/1.1 bytes: the backend's status and
-/// headers, chunked because the stream has no end we know of.
-fn h1_head(head: &pingora_http::ResponseHeader) -> Bytes {
+/// headers, then `framing`'s (the stream has no end we know of).
+fn h1_head(head: &pingora_http::ResponseHeader, framing: Framing) -> Bytes {
     let status = head.status;
     let mut out = BytesMut::with_capacity(256);
     out.extend_from_slice(
@@ -126,7 +166,10 @@ fn h1_head(head: &pingora_http::ResponseHeader) -> Bytes {
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+    out.extend_from_slice(match framing {
+        Framing::Chunked => b"transfer-encoding: chunked\r\n\r\n",
+        Framing::UntilClose => framing.head_end(),
+    });
     out.freeze()
 }
 
@@ -163,7 +206,8 @@ fn chunk_head(len: usize, buf: &mut [u8; 18]) -> &[u8] {
     &buf[..n + 2]
 }
 
-/// Slices at most per write: a chunk head, two parts and the chunk's end.
+/// Slices at most per write: a response head, a chunk head, the bytes and
+/// the chunk's end.
 const MAX_PARTS: usize = 4;
 
 /// Write as much of `parts` as the socket takes now; the number of bytes
@@ -280,7 +324,7 @@ mod tests {
             },
             grip: None,
         };
-        let fut = stream.run(SocketSink::new(tcp), Replay::default());
+        let fut = stream.run(SocketSink::new(tcp, Framing::Chunked), Replay::default());
         let size = std::mem::size_of_val(&fut);
         println!("idle detached stream future: {size} bytes");
         assert!(
