@@ -203,7 +203,12 @@ impl Gateway {
             config.limits.max_connections_per_ip,
         );
         Ok(Arc::new(Gateway {
-            pollers: Pollers::new(hub.clone(), metrics.clone(), client.clone()),
+            pollers: Pollers::new(
+                hub.clone(),
+                metrics.clone(),
+                client.clone(),
+                config.limits.max_pollers,
+            ),
             site: Arc::new(Site::new(config)?),
             hub,
             client,

@@ -826,7 +826,6 @@ async fn metric_until(
 
 /// Heavier: 300 subscriptions, about 15 s.
 #[tokio::test]
-#[ignore = "issue 18 #12: fails until fixed"]
 async fn issue18_12_subscribe_then_close_with_distinct_paths_leaves_no_crowd_of_pollers() {
     let backend = Backend::start();
     let gw = Gateway::start(&poll_config(&backend, ""));
@@ -865,7 +864,6 @@ async fn issue18_12_subscribe_then_close_with_distinct_paths_leaves_no_crowd_of_
 }
 
 #[tokio::test]
-#[ignore = "issue 18 #12: fails until fixed"]
 async fn issue18_12_a_subscriber_that_leaves_at_once_does_not_buy_a_full_linger() {
     let backend = Backend::start();
     let gw = Gateway::start(&poll_config(&backend, ", linger: 30s"));
@@ -883,6 +881,60 @@ async fn issue18_12_a_subscriber_that_leaves_at_once_does_not_buy_a_full_linger(
         left, 0.0,
         "the poller of a client that stayed under a second still runs 10 s later (linger 30s)"
     );
+}
+
+/// Past `limits.max_pollers` a new poll key is refused while every poller
+/// has a client; a lingering poller gives its place up.
+#[tokio::test]
+async fn issue18_12_pollers_are_capped_in_total_and_per_route() {
+    let backend = Backend::start();
+    let gw = Gateway::start(&format!(
+        "limits: {{ max_pollers: 2 }}\n{}",
+        poll_config(&backend, ", linger: 30s")
+    ));
+    let status = |key: &str| {
+        let req = client()
+            .get(gw.url(&format!("/p/{key}")))
+            .header("accept", "text/event-stream");
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r)
+        }
+    };
+    let mut a = Sse::connect(&gw.url("/p/a")).await;
+    assert_eq!(a.next().await.event, "snapshot");
+    let mut b = Sse::connect(&gw.url("/p/b")).await;
+    assert_eq!(b.next().await.event, "snapshot");
+    let (refused, r) = status("c").await;
+    let reason = r.text().await.unwrap();
+    assert_eq!(
+        refused, 503,
+        "a third poll key under max_pollers 2: {reason}"
+    );
+    assert!(reason.contains("limits.max_pollers"), "{reason}");
+    // Joining a running poller is never refused.
+    let (joined, _keep) = status("a").await;
+    assert_eq!(joined, 200);
+    drop(b);
+    // Once the gateway sees b gone, its poller lingers without a client
+    // and c takes its place.
+    let deadline = Instant::now() + WAIT;
+    let mut c = loop {
+        let (s, r) = status("c").await;
+        if s == 200 {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "c still refused: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let first = c.chunk().await.unwrap().unwrap_or_default();
+    assert!(lossy(&first).contains(":ok"), "{}", lossy(&first));
+    assert_eq!(gw.metric("ssegate_pollers_active").await, 2.0);
+
+    let per_route = Gateway::start(&poll_config(&backend, ", max_pollers: 1"));
+    let _x = Sse::connect(&per_route.url("/p/x")).await;
+    let r = client().get(per_route.url("/p/y")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503, "{}", r.text().await.unwrap());
 }
 
 // ---------------------------------------------------------------------------

@@ -466,6 +466,7 @@ impl Validator<'_> {
             max_connections_per_ip: l.max_connections_per_ip.unwrap_or(0),
             max_channels_per_client,
             max_body,
+            max_pollers: l.max_pollers.unwrap_or(1000),
         }
     }
 

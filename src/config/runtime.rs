@@ -91,6 +91,8 @@ pub struct Limits {
     pub max_connections_per_ip: usize,
     pub max_channels_per_client: usize,
     pub max_body: usize,
+    /// Pollers running at once, all routes together. 0 = unlimited.
+    pub max_pollers: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -168,6 +170,9 @@ pub struct Poll {
     pub initial: bool,
     /// Tell subscribers when polling starts failing and when it recovers.
     pub error_event: Option<String>,
+    /// At most this many pollers of this route at once (None: only
+    /// `limits.max_pollers` applies).
+    pub max_pollers: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -139,6 +139,7 @@ impl From<PollError> for Refusal {
         match e {
             PollError::Target(t) => t.into(),
             PollError::Collision => Refusal::new(503, "poll", e.to_string()),
+            PollError::Full(_) => Refusal::new(503, "poll_limit", e.to_string()),
         }
     }
 }
