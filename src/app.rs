@@ -7,8 +7,11 @@ use crate::config::{Config, Http2};
 use crate::gateway::{BuildError, Gateway};
 use crate::hangup::{self, Hangup};
 use crate::http::admin::{self, AdminApp};
+use crate::http::gate::HeadGate;
+use crate::http::listener::PlainListener;
 use crate::http::public::PublicProxy;
 use crate::shutdown::DrainOnSignal;
+use crate::stream::limits::FdBudget;
 use crate::tls::{self, CertStore};
 use async_trait::async_trait;
 use pingora_core::apps::HttpServerOptions;
@@ -16,6 +19,7 @@ use pingora_core::protocols::http::v2::server::default_h2_options;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::listening::Service;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -116,6 +120,7 @@ pub fn run_with(
     check_bindable(config.admin.listen, "admin.listen")?;
     let grace = config.shutdown_grace;
     let public_addr = config.listen.to_string();
+    let config_listen = config.listen;
     let admin_addr = config.admin.listen.to_string();
     let http2 = config.http2.clone();
     // Checked by `config::load` already; read again here because the files
@@ -138,20 +143,30 @@ pub fn run_with(
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut public = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        PublicProxy { gw: gw.clone() },
-        "public",
+    let mut proxy =
+        pingora_proxy::http_proxy(&server.configuration, PublicProxy { gw: gw.clone() });
+    apply_http2(&mut proxy, &http2);
+    let gate = HeadGate::new(
+        proxy,
+        gw.site.config.limits.header_timeout,
+        FdBudget::current().waiting,
+        gw.metrics.clone(),
     );
-    if let Some(proxy) = public.app_logic_mut() {
-        apply_http2(proxy, &http2);
-    }
     match &certs {
         Some(store) => {
             let settings = store.settings().map_err(StartError::Server)?;
-            public.add_tls_with_settings(&public_addr, None, settings)
+            let mut public = Service::new("public".to_string(), gate);
+            public.add_tls_with_settings(&public_addr, None, settings);
+            server.add_service(public);
         }
-        None => public.add_tcp(&public_addr),
+        None => {
+            server.add_service(PlainListener::new(
+                "public",
+                config_listen,
+                gate,
+                gw.metrics.clone(),
+            ));
+        }
     }
     let mut admin = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -161,7 +176,6 @@ pub fn run_with(
     admin.threads = Some(1);
     admin.add_tcp(&admin_addr);
 
-    server.add_service(public);
     server.add_service(admin);
     let woken = gw.clone();
     server.add_service(background_service(

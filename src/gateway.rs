@@ -15,7 +15,7 @@ use crate::routing::Router;
 use crate::shutdown::Shutdown;
 use crate::sources::poll::{PollRoute, Pollers};
 use crate::stream::heartbeat::Heartbeats;
-use crate::stream::limits::ConnLimiter;
+use crate::stream::limits::{ConnLimiter, FdBudget};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -198,10 +198,16 @@ impl Gateway {
             .map_err(BuildError::Redis)?,
         };
         let client = Arc::new(Client::new());
-        let limiter = ConnLimiter::new(
-            config.limits.max_connections,
-            config.limits.max_connections_per_ip,
-        );
+        let max_connections = config.limits.max_connections.unwrap_or_else(|| {
+            let budget = FdBudget::current();
+            tracing::info!(
+                files = budget.files,
+                max_connections = budget.streams,
+                "limits.max_connections derived from the open-file limit"
+            );
+            budget.streams
+        });
+        let limiter = ConnLimiter::new(max_connections, config.limits.max_connections_per_ip);
         Ok(Arc::new(Gateway {
             pollers: Pollers::new(
                 hub.clone(),

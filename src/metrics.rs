@@ -31,6 +31,10 @@ pub struct Metrics {
     pub webhooks: IntCounterVec,
     /// Certificate reloads on SIGHUP, by result (ok, error).
     pub tls_reloads: IntCounterVec,
+    /// Public connections waiting for a request head (`http::gate`).
+    pub waiting: IntGauge,
+    /// Connections closed before a request, by reason.
+    pub turned_away: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -155,6 +159,19 @@ impl Metrics {
                 "ssegate_tls_reloads_total",
                 "TLS certificate reloads on SIGHUP, by result",
                 &["result"],
+            ),
+            waiting: reg(
+                &r,
+                IntGauge::new(
+                    "ssegate_connections_waiting",
+                    "Public connections waiting for a request head",
+                )
+                .expect("metric"), // ok: static, distinct metric names
+            ),
+            turned_away: cvec(
+                "ssegate_connections_turned_away_total",
+                "Public connections closed before a request (header_timeout, idle_timeout, head_too_large, evicted)",
+                &["reason"],
             ),
             registry: r,
         }

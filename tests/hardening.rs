@@ -635,19 +635,26 @@ async fn issue18_09_grip_content_cannot_corrupt_a_native_sse_stream() {
 /// The gateway with at most 256 open files (soft and hard), with its
 /// default `limits`; None (skipped) without `prlimit` outside CI.
 fn under_file_limit() -> Option<Gateway> {
+    under_file_limit_with("")
+}
+
+fn under_file_limit_with(extra: &str) -> Option<Gateway> {
     tool_available("prlimit").then(|| {
-        launch(SSE_ROUTES, &["prlimit", "--nofile=256:256"]).expect("ssegate under prlimit")
+        launch(
+            &format!("{extra}{SSE_ROUTES}"),
+            &["prlimit", "--nofile=256:256"],
+        )
+        .expect("ssegate under prlimit")
     })
 }
 
-#[test]
-#[ignore = "issue 18 #10: fails until fixed"]
-fn issue18_10_at_the_file_limit_new_clients_are_refused_at_once_never_hung_or_dropped() {
-    let Some(gw) = under_file_limit() else {
-        return;
-    };
+/// 400 SSE clients one after another: each is answered within 3 s, 200 or
+/// refused (429, 503), never left hanging or dropped. The open streams.
+fn four_hundred_clients(
+    gw: &Gateway,
+    refused: &mut std::collections::BTreeMap<u16, usize>,
+) -> Vec<TcpStream> {
     let mut open: Vec<TcpStream> = Vec::new();
-    let mut refused = 0;
     for i in 0..400 {
         let mut s = connect(gw.port);
         s.write_all(
@@ -659,7 +666,7 @@ fn issue18_10_at_the_file_limit_new_clients_are_refused_at_once_never_hung_or_dr
         match r.status() {
             200 => open.push(s),
             // 429 (limits.max_connections derived from the file limit) or 503 (at the limit).
-            429 | 503 => refused += 1,
+            status @ (429 | 503) => *refused.entry(status).or_default() += 1,
             status => panic!(
                 "client #{i} with {} streams open under a 256-file limit: {} after {:?} (status {status})\n{}",
                 open.len(),
@@ -669,18 +676,18 @@ fn issue18_10_at_the_file_limit_new_clients_are_refused_at_once_never_hung_or_dr
             ),
         }
     }
-    eprintln!("{} streams open, {refused} refused", open.len());
-    assert!(
-        refused > 0,
-        "400 streams under a 256-file limit, none refused"
-    );
-    // None of the accepted ones was dropped silently: each gets the next event.
+    eprintln!("{} streams open, refused {refused:?}", open.len());
+    open
+}
+
+/// None of the accepted streams was dropped silently: each gets the next event.
+fn each_gets_the_next_event(gw: &Gateway, open: &mut [TcpStream]) {
     assert_eq!(
-        publish_blocking(&gw, r#"{"channel":"room:fd","data":"still here"}"#),
+        publish_blocking(gw, r#"{"channel":"room:fd","data":"still here"}"#),
         200
     );
     let mut silent = 0;
-    for s in &mut open {
+    for s in open.iter_mut() {
         let mut buf = Vec::new();
         read_while(s, &mut buf, Duration::from_secs(5), |b| {
             find(b, b"still here").is_some()
@@ -698,30 +705,74 @@ fn issue18_10_at_the_file_limit_new_clients_are_refused_at_once_never_hung_or_dr
 }
 
 #[test]
-#[ignore = "issue 18 #11: fails until fixed"]
+fn issue18_10_at_the_file_limit_new_clients_are_refused_at_once_never_hung_or_dropped() {
+    let Some(gw) = under_file_limit() else {
+        return;
+    };
+    let mut refused = Default::default();
+    let mut open = four_hundred_clients(&gw, &mut refused);
+    assert!(
+        refused.get(&429) > Some(&0),
+        "400 streams under a 256-file limit: {refused:?}"
+    );
+    each_gets_the_next_event(&gw, &mut open);
+}
+
+/// With `max_connections` set above what the files allow, the descriptors
+/// run out first: a client the listener can no longer take is told 503 with
+/// the reserve descriptor, and one whose socket cannot be duplicated is
+/// served in pingora's session.
+#[test]
+fn issue18_10_past_the_file_limit_clients_get_a_stream_or_503() {
+    let Some(gw) = under_file_limit_with("limits: { max_connections: 100000 }\n") else {
+        return;
+    };
+    let mut refused = Default::default();
+    let mut open = four_hundred_clients(&gw, &mut refused);
+    assert!(
+        refused.get(&503) > Some(&0),
+        "400 streams under a 256-file limit and max_connections 100000: {refused:?}"
+    );
+    // The admin listener needs a descriptor to take the publish.
+    let fds = open_fds(gw.pid());
+    open.truncate(open.len() - 8);
+    eventually_blocking(WAIT, "closed streams to free their descriptors", || {
+        open_fds(gw.pid()) + 8 <= fds
+    });
+    each_gets_the_next_event(&gw, &mut open);
+}
+
+/// Send a header line every `every` until the gateway closes the connection
+/// or answers 408 (true), or `give_up` passes (false); and how many lines.
+fn trickle(s: &mut TcpStream, every: Duration, give_up: Duration) -> (bool, usize) {
+    let started = Instant::now();
+    let mut lines = 0;
+    loop {
+        let r = read_head(s, every);
+        if r.closed || r.status() == 408 {
+            return (true, lines);
+        }
+        if started.elapsed() > give_up {
+            return (false, lines);
+        }
+        if s.write_all(format!("X-Trickle-{lines}: y\r\n").as_bytes())
+            .is_err()
+        {
+            return (true, lines);
+        }
+        lines += 1;
+    }
+}
+
+#[test]
 fn issue18_11_trickled_header_lines_hit_a_header_deadline() {
     let gw = Gateway::start(SSE_ROUTES);
     let mut s = connect(gw.port);
     let started = Instant::now();
     s.write_all(b"GET /events/slow HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         .unwrap();
-    let mut lines = 0;
     // One header line every 2 s (the attack's pace), for at most 20 s.
-    let closed = loop {
-        let r = read_head(&mut s, Duration::from_secs(2));
-        if r.closed || r.status() == 408 {
-            break true;
-        }
-        if started.elapsed() > Duration::from_secs(20) {
-            break false;
-        }
-        if s.write_all(format!("X-Trickle-{lines}: y\r\n").as_bytes())
-            .is_err()
-        {
-            break true;
-        }
-        lines += 1;
-    };
+    let (closed, lines) = trickle(&mut s, Duration::from_secs(2), Duration::from_secs(20));
     assert!(
         closed,
         "a client sending one header line every 2 s was still connected after {:?} ({lines} lines)",
@@ -729,9 +780,29 @@ fn issue18_11_trickled_header_lines_hit_a_header_deadline() {
     );
 }
 
+/// The deadline holds for every request on a kept-alive connection, not
+/// only its first; a head that arrives whole is served.
+#[test]
+fn issue18_11_a_kept_alive_connection_trickling_its_next_head_is_cut() {
+    let gw = Gateway::start(&format!("limits: {{ header_timeout: 1s }}\n{SSE_ROUTES}"));
+    let mut s = connect(gw.port);
+    for _ in 0..2 {
+        s.write_all(b"GET /nope HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(&mut s, WAIT).status(), 404);
+    }
+    let started = Instant::now();
+    s.write_all(b"GET /nope HTTP/1.1\r\n").unwrap();
+    let (cut, _) = trickle(&mut s, Duration::from_millis(300), Duration::from_secs(5));
+    assert!(
+        cut && started.elapsed() < Duration::from_secs(3),
+        "a kept-alive connection trickling its next head (header_timeout 1s): cut {cut} after {:?}",
+        started.elapsed()
+    );
+}
+
 /// Heavier: about 15 s when it fails.
 #[test]
-#[ignore = "issue 18 #11: fails until fixed"]
 fn issue18_11_idle_connections_do_not_shut_the_listener_to_a_real_client() {
     let Some(gw) = under_file_limit() else {
         return;
@@ -755,7 +826,6 @@ fn issue18_11_idle_connections_do_not_shut_the_listener_to_a_real_client() {
 
 /// Heavier: 2,000 connections.
 #[test]
-#[ignore = "issue 18 #11: fails until fixed"]
 fn issue18_11_a_connection_without_a_request_costs_no_more_than_a_stream() {
     let gw = Gateway::start(SSE_ROUTES);
     let n = 1000;

@@ -96,6 +96,7 @@ pub struct LimitsFile {
     pub max_channels_per_client: Option<usize>,
     pub max_body: Option<String>,
     pub max_pollers: Option<usize>,
+    pub header_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

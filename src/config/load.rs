@@ -461,12 +461,21 @@ impl Validator<'_> {
         if max_channels_per_client == 0 {
             self.err("limits.max_channels_per_client", "must be at least 1");
         }
+        let header_timeout = self.duration(
+            "limits.header_timeout",
+            l.header_timeout.as_ref(),
+            Duration::from_secs(10),
+        );
+        if header_timeout < Duration::from_millis(100) {
+            self.err("limits.header_timeout", "header_timeout below 100ms");
+        }
         Limits {
-            max_connections: l.max_connections.unwrap_or(100_000),
+            max_connections: l.max_connections,
             max_connections_per_ip: l.max_connections_per_ip.unwrap_or(0),
             max_channels_per_client,
             max_body,
             max_pollers: l.max_pollers.unwrap_or(1000),
+            header_timeout,
         }
     }
 

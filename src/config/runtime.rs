@@ -85,14 +85,17 @@ pub struct SseSettings {
 
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// 0 = unlimited.
-    pub max_connections: usize,
+    /// 0 = unlimited; None = derived from the open-file limit at start
+    /// (`stream::limits::FdBudget`).
+    pub max_connections: Option<usize>,
     /// 0 = unlimited.
     pub max_connections_per_ip: usize,
     pub max_channels_per_client: usize,
     pub max_body: usize,
     /// Pollers running at once, all routes together. 0 = unlimited.
     pub max_pollers: usize,
+    /// A public connection's request head must arrive within this.
+    pub header_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -9,6 +9,9 @@
 //! - `grip`: a GRIP route's request to its backend and the response back.
 //! - `held`, `detach`: the two ways a stream's bytes reach a client
 //!   (held in pingora's session; a plain socket taken out of it).
+//! - `gate`, `listener`: a public connection reaches pingora once its
+//!   request head is in, within `limits.header_timeout` (plain text through
+//!   an accept loop of our own).
 //! - `canonical`: a public request's head made unambiguous before routing.
 //! - `body`, `respond`: bounded request bodies, short whole responses.
 
@@ -16,8 +19,10 @@ pub(crate) mod admin;
 pub(crate) mod body;
 mod canonical;
 mod detach;
+pub(crate) mod gate;
 mod grip;
 mod held;
+pub(crate) mod listener;
 pub(crate) mod public;
 pub(crate) mod refuse;
 pub(crate) mod respond;
