@@ -136,7 +136,7 @@ pub fn run_with(
         threads: worker_threads(),
         // Our drain service exits as soon as streams are closed; pingora's own
         // fixed sleep only applies if that somehow does not happen.
-        grace_period_seconds: Some(grace.as_secs() + 2),
+        grace_period_seconds: Some(grace.as_secs().saturating_add(2)),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
@@ -146,9 +146,10 @@ pub fn run_with(
     let mut proxy =
         pingora_proxy::http_proxy(&server.configuration, PublicProxy { gw: gw.clone() });
     apply_http2(&mut proxy, &http2);
+    let limits_of = gw.clone();
     let gate = HeadGate::new(
         proxy,
-        gw.site.config.limits.header_timeout,
+        Box::new(move || limits_of.site().config.limits.header_timeout),
         FdBudget::current().waiting,
         gw.metrics.clone(),
     );
@@ -189,8 +190,8 @@ pub fn run_with(
     server.add_service(background_service(
         "hangup",
         Hangup {
+            gw: gw.clone(),
             certs: certs.clone(),
-            metrics: gw.metrics.clone(),
         },
     ));
     server.add_service(background_service(
@@ -198,6 +199,6 @@ pub fn run_with(
         Housekeeping { gw: gw.clone() },
     ));
     extra(&mut server, &gw);
-    tracing::info!(public = %public_addr, admin = %admin_addr, tls = certs.is_some(), h2c = http2.h2c, routes = gw.site.config.routes.len(), "ssegate listening");
+    tracing::info!(public = %public_addr, admin = %admin_addr, tls = certs.is_some(), h2c = http2.h2c, routes = gw.site().config.routes.len(), "ssegate listening");
     server.run_forever()
 }

@@ -5,7 +5,7 @@
 
 use crate::auth::expiry::Expiries;
 use crate::auth::Guard;
-use crate::config::{BrokerKind, Config, GripRoute, Route, RouteKind, SseRoute};
+use crate::config::{BrokerKind, Config, GripRoute, Limits, Route, RouteKind, SseRoute};
 use crate::hub::memory::MemoryBroker;
 use crate::hub::redis::{RedisBroker, RedisSettings};
 use crate::hub::{Broker, Feed};
@@ -15,7 +15,9 @@ use crate::routing::Router;
 use crate::shutdown::Shutdown;
 use crate::sources::poll::{PollRoute, Pollers};
 use crate::stream::heartbeat::Heartbeats;
+use crate::stream::limits::Admission;
 use crate::stream::limits::{ConnLimiter, FdBudget};
+use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,7 +44,9 @@ impl std::error::Error for BuildError {}
 
 #[derive(Debug)]
 pub struct Gateway {
-    pub site: Arc<Site>,
+    /// Swapped whole by a reload; a request takes it once (`site()`) and
+    /// finishes on the one it took.
+    site: ArcSwap<Site>,
     pub hub: Arc<dyn Broker>,
     pub pollers: Arc<Pollers>,
     pub client: Arc<Client>,
@@ -78,6 +82,10 @@ pub struct Site {
     pub config: Arc<Config>,
     pub router: Router<Arc<RouteEntry>>,
     pub pools: BTreeMap<String, Arc<Pool>>,
+    /// `limits.stream_rate`: admission of new streams.
+    pub admission: Option<Admission>,
+    /// When this config was loaded (shown by /stats and the dashboard).
+    pub loaded: std::time::SystemTime,
 }
 
 /// A route ready to serve.
@@ -165,9 +173,14 @@ impl Site {
         // The table `config::load` built and checked, bound to these entries.
         let router = config.router.map(|i| entries[*i].clone());
         Ok(Site {
+            admission: config
+                .limits
+                .stream_rate
+                .map(|r| Admission::new(r.per_second, r.burst)),
             config: Arc::new(config),
             router,
             pools,
+            loaded: std::time::SystemTime::now(),
         })
     }
 
@@ -177,7 +190,29 @@ impl Site {
     }
 }
 
+/// `limits.max_connections`, or what the open-file limit allows when unset.
+fn max_connections(limits: &Limits) -> usize {
+    limits
+        .max_connections
+        .unwrap_or_else(|| FdBudget::current().streams)
+}
+
 impl Gateway {
+    /// The config in force now.
+    pub fn site(&self) -> Arc<Site> {
+        self.site.load_full()
+    }
+
+    /// Put `site` in force for every request from now on.
+    pub fn swap_site(&self, site: Site) {
+        let limits = &site.config.limits;
+        self.streams
+            .limiter
+            .set_limits(max_connections(limits), limits.max_connections_per_ip);
+        self.pollers.set_max(limits.max_pollers);
+        self.site.store(Arc::new(site));
+    }
+
     pub fn new(config: Config) -> Result<Arc<Gateway>, BuildError> {
         let metrics = Arc::new(Metrics::new());
         let hub: Arc<dyn Broker> = match &config.hub.broker {
@@ -198,15 +233,14 @@ impl Gateway {
             .map_err(BuildError::Redis)?,
         };
         let client = Arc::new(Client::new());
-        let max_connections = config.limits.max_connections.unwrap_or_else(|| {
-            let budget = FdBudget::current();
+        let max_connections = max_connections(&config.limits);
+        if config.limits.max_connections.is_none() {
             tracing::info!(
-                files = budget.files,
-                max_connections = budget.streams,
+                files = FdBudget::current().files,
+                max_connections,
                 "limits.max_connections derived from the open-file limit"
             );
-            budget.streams
-        });
+        }
         let limiter = ConnLimiter::new(max_connections, config.limits.max_connections_per_ip);
         Ok(Arc::new(Gateway {
             pollers: Pollers::new(
@@ -215,7 +249,7 @@ impl Gateway {
                 client.clone(),
                 config.limits.max_pollers,
             ),
-            site: Arc::new(Site::new(config)?),
+            site: ArcSwap::from_pointee(Site::new(config)?),
             hub,
             client,
             streams: Streams {

@@ -35,6 +35,10 @@ pub struct Metrics {
     pub waiting: IntGauge,
     /// Connections closed before a request, by reason.
     pub turned_away: IntCounterVec,
+    /// Config reloads on SIGHUP, by result (ok, error).
+    pub config_reloads: IntCounterVec,
+    /// New streams told to come back later (`limits.stream_rate`).
+    pub streams_deferred: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -172,6 +176,15 @@ impl Metrics {
                 "ssegate_connections_turned_away_total",
                 "Public connections closed before a request (header_timeout, idle_timeout, head_too_large, evicted)",
                 &["reason"],
+            ),
+            config_reloads: cvec(
+                "ssegate_config_reloads_total",
+                "Config reloads on SIGHUP, by result",
+                &["result"],
+            ),
+            streams_deferred: counter(
+                "ssegate_streams_deferred_total",
+                "New SSE streams over limits.stream_rate, told to retry later",
             ),
             registry: r,
         }

@@ -46,18 +46,21 @@ const MAX_HEAD: usize = 64 * 1024;
 /// h2c's connection preface starts so (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
+/// `limits.header_timeout` as it is now (a reload may change it).
+pub(crate) type HeaderTimeout = Box<dyn Fn() -> Duration + Send + Sync>;
+
 /// `app` behind the door.
 pub(crate) struct HeadGate<A> {
     app: Arc<A>,
     waiting: Waiting,
-    header_timeout: Duration,
+    header_timeout: HeaderTimeout,
     metrics: Arc<Metrics>,
 }
 
 impl<A> std::fmt::Debug for HeadGate<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HeadGate")
-            .field("header_timeout", &self.header_timeout)
+            .field("header_timeout", &(self.header_timeout)())
             .field("max_waiting", &self.waiting.max)
             .finish_non_exhaustive()
     }
@@ -67,7 +70,7 @@ impl<A> HeadGate<A> {
     /// At most `max_waiting` connections wait for a request head at once.
     pub(crate) fn new(
         app: A,
-        header_timeout: Duration,
+        header_timeout: HeaderTimeout,
         max_waiting: usize,
         metrics: Arc<Metrics>,
     ) -> HeadGate<A> {
@@ -199,9 +202,10 @@ impl<A> HeadGate<A> {
     async fn read_head<S: AsyncRead + Unpin>(&self, stream: &mut S, first: bool) -> Head {
         let ticket = self.waiting.enter();
         let started = Instant::now();
+        let header_timeout = (self.header_timeout)();
         let first_byte_by = started
             + if first {
-                self.header_timeout
+                header_timeout
             } else {
                 KEEPALIVE_IDLE
             };
@@ -221,8 +225,8 @@ impl<A> HeadGate<A> {
             return Head::Gone;
         }
         let whole_by = match first {
-            true => started + self.header_timeout,
-            false => Instant::now() + self.header_timeout,
+            true => started + header_timeout,
+            false => Instant::now() + header_timeout,
         };
         let deadline = tokio::time::sleep_until(whole_by);
         tokio::pin!(deadline);

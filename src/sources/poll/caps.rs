@@ -38,12 +38,12 @@ impl fmt::Display for Cap {
     }
 }
 
-/// Make room for one more poller of `route`, stopping a lingering poller if
+/// Make room for one more poller of `route` (its fingerprint), stopping a lingering poller if
 /// a cap is reached (0 = no total cap).
 pub(super) fn make_room(
     entries: &mut HashMap<String, Entry>,
     max_total: usize,
-    route: usize,
+    route: u64,
     max_route: Option<usize>,
 ) -> Result<(), PollError> {
     if let Some(max) = max_route {
@@ -60,7 +60,7 @@ pub(super) fn make_room(
 
 /// Stop the poller (of `route`, if given) idle the longest; None if every
 /// one has subscribers. Its task sees its entry gone and ends.
-fn stop_lingering(entries: &mut HashMap<String, Entry>, route: Option<usize>) -> Option<()> {
+fn stop_lingering(entries: &mut HashMap<String, Entry>, route: Option<u64>) -> Option<()> {
     let key = entries
         .iter()
         .filter(|(_, e)| route.is_none_or(|r| e.target.route == r))

@@ -30,6 +30,7 @@ use futures_util::future::BoxFuture;
 use rand::Rng;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -140,8 +141,8 @@ pub struct Pollers {
     hub: Arc<dyn Broker>,
     metrics: Arc<Metrics>,
     client: Arc<Client>,
-    /// `limits.max_pollers` (0 = unlimited).
-    max_total: usize,
+    /// `limits.max_pollers` (0 = unlimited), as reloaded.
+    max_total: AtomicUsize,
 }
 
 impl std::fmt::Debug for Pollers {
@@ -223,8 +224,13 @@ impl Pollers {
             hub,
             metrics,
             client,
-            max_total,
+            max_total: AtomicUsize::new(max_total),
         })
+    }
+
+    /// A new `limits.max_pollers` (a reload); running pollers go on.
+    pub fn set_max(&self, max_total: usize) {
+        self.max_total.store(max_total, Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
@@ -257,7 +263,7 @@ impl Pollers {
         }
         caps::make_room(
             &mut entries,
-            self.max_total,
+            self.max_total.load(Ordering::Relaxed),
             target.route,
             route.poll.max_pollers,
         )?;
