@@ -84,7 +84,8 @@ pub(crate) fn take_sink(session: &mut Session) -> Option<SocketSink> {
     let fd = match dup(l4) {
         Ok(fd) => fd,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot duplicate a client socket: its stream stays in pingora's session");
+            // Only at the file limit; a warning per client would flood the log.
+            tracing::debug!(error = %e, "cannot duplicate a client socket: its stream stays in pingora's session");
             return None;
         }
     };

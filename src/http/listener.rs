@@ -172,8 +172,20 @@ async fn accept_loop<A>(
                         .inc();
                 }
             }
-            // The client gave up before we took it (ECONNABORTED, …).
-            Err(e) => tracing::debug!(error = %e, "accept failed"),
+            // The client gave up before we took it.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            // Out of memory or buffers: the next accept would fail the same
+            // way at once, so give the process a moment.
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
     }
 }
