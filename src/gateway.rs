@@ -65,6 +65,8 @@ pub struct Streams {
     pub shutdown: Shutdown,
     /// JWT streams, closed when their token expires.
     pub expiries: Arc<Expiries>,
+    /// Where detached streams go in a live upgrade.
+    pub(crate) handoff: crate::stream::handoff::Handoff,
     next_id: AtomicU64,
 }
 
@@ -257,6 +259,7 @@ impl Gateway {
                 heartbeats: Heartbeats::new(),
                 shutdown: Shutdown::new(),
                 expiries: Arc::default(),
+                handoff: Default::default(),
                 next_id: AtomicU64::new(1),
             },
             metrics,

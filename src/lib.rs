@@ -17,6 +17,7 @@
 //! - `stream`: one SSE stream's life, whatever carries it.
 //! - `gateway`: the capability handles every handler shares.
 //! - `http`: the two listeners; every typed error becomes a status there.
+//! - `upgrade`: hands streams and the hub to a new process (live upgrade).
 //! - `app` (the pingora server), `hangup` (SIGHUP), `demo`; `main.rs` is the CLI.
 
 pub mod channel;
@@ -41,6 +42,7 @@ pub(crate) mod stream;
 
 pub(crate) mod gateway;
 pub(crate) mod http;
+pub(crate) mod upgrade;
 
 pub mod app;
 pub mod demo;

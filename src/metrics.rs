@@ -39,6 +39,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// New streams told to come back later (`limits.stream_rate`).
     pub streams_deferred: IntCounter,
+    /// Streams this process took over from the one it replaced (live upgrade).
+    pub streams_adopted: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -185,6 +187,10 @@ impl Metrics {
             streams_deferred: counter(
                 "ssegate_streams_deferred_total",
                 "New SSE streams over limits.stream_rate, told to retry later",
+            ),
+            streams_adopted: counter(
+                "ssegate_streams_adopted_total",
+                "SSE streams taken over, connection and all, from the process this one replaced",
             ),
             registry: r,
         }

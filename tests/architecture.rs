@@ -20,7 +20,7 @@ const LAYERS: &[&str] = &[
     "hub", "outbound", // capabilities
     "auth", "grip", "sources", "stream",
     // the handles every handler shares, then HTTP at the edge
-    "gateway", "http", "hangup", "app", "demo",
+    "gateway", "http", "upgrade", "hangup", "app", "demo",
 ];
 
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 pub struct FileConfig {
     pub listen: Option<String>,
     pub shutdown_grace: Option<String>,
+    /// Where `run --upgrade` takes the listeners and streams over.
+    pub upgrade_socket: Option<String>,
     pub tls: Option<TlsFile>,
     pub http2: Option<Http2File>,
     pub admin: Option<AdminFile>,

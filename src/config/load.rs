@@ -230,6 +230,37 @@ impl Validator<'_> {
         }
     }
 
+    /// `upgrade_socket:`, relative to the config's directory. By default one
+    /// per public port, in systemd's `RuntimeDirectory` when there is one:
+    /// pingora's own default is shared by every pingora on the host.
+    fn upgrade_socket(&mut self, v: Option<&str>, source: &Path, listen: SocketAddr) -> PathBuf {
+        let Some(v) = v else {
+            let dir = (self.env)("RUNTIME_DIRECTORY")
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir);
+            return dir.join(format!("ssegate-{}.upgrade.sock", listen.port()));
+        };
+        let path = source.parent().unwrap_or(Path::new("")).join(v);
+        let dir = match path.parent() {
+            Some(d) if d.as_os_str().is_empty() => Path::new("."),
+            Some(d) => d,
+            None => Path::new("/"),
+        };
+        if v.is_empty() || path.file_name().is_none() {
+            self.err(
+                "upgrade_socket",
+                "upgrade_socket must name a file, e.g. /run/ssegate/upgrade.sock",
+            );
+        } else if !dir.is_dir() {
+            self.err(
+                "upgrade_socket",
+                format!("the directory `{}` does not exist", dir.display()),
+            );
+        }
+        path
+    }
+
     fn secret(&mut self, path: &str, var: &str) -> Option<String> {
         match (self.env)(var) {
             Some(v) if !v.is_empty() => {
@@ -250,6 +281,7 @@ impl Validator<'_> {
             f.shutdown_grace.as_ref(),
             Duration::from_secs(10),
         );
+        let upgrade_socket = self.upgrade_socket(f.upgrade_socket.as_deref(), &source, listen);
         let tls = f.tls.as_ref().and_then(|t| self.tls(t, &source));
         let http2 = self.http2(f.http2.unwrap_or_default(), tls.is_some());
         let admin_file = f.admin.unwrap_or_default();
@@ -295,6 +327,7 @@ impl Validator<'_> {
             digest: String::new(),
             listen,
             shutdown_grace,
+            upgrade_socket,
             tls,
             http2,
             admin,

@@ -18,6 +18,9 @@ pub struct Config {
     pub digest: String,
     pub listen: SocketAddr,
     pub shutdown_grace: Duration,
+    /// pingora's upgrade socket (`upgrade_socket:`); the streams move on
+    /// `<upgrade_socket>.streams`. Resolved against the config's directory.
+    pub upgrade_socket: PathBuf,
     pub tls: Option<Tls>,
     pub http2: Http2,
     pub admin: Admin,

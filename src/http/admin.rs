@@ -175,9 +175,11 @@ impl AdminApp {
                 slot: None,
                 _active: streams.shutdown.track(),
                 gauge: None,
-                keep: None,
+                poll: None,
+                expiry: None,
             },
             grip: None,
+            handoff: streams.handoff.clone(),
         };
         // The first stats at once, not a tick later.
         let first = Replay {

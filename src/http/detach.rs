@@ -53,7 +53,7 @@ impl VirtualSocket for Placeholder {
     }
 }
 
-/// Whether `take_socket` would take this session.
+/// Whether `take_sink` would take this session.
 pub(crate) fn is_plain_h1(session: &Session) -> bool {
     matches!(*session.downstream_session, ServerSession::H1(_))
         && session

@@ -108,6 +108,12 @@ impl Sink for SessionSink<'_> {
         self.write_bytes(sub, bytes.clone()).await
     }
 
+    async fn resume(&mut self, sub: &Subscriber, tail: Bytes, body: Bytes) -> io::Result<bool> {
+        // Held streams are never handed over (TLS and HTTP/2 sessions stay
+        // in the process that holds them); writing in order is still right.
+        Ok(self.write_bytes(sub, tail).await? && self.write_bytes(sub, body).await?)
+    }
+
     async fn idle(&mut self, sub: &Subscriber) -> Wake {
         tokio::select! {
             _ = sub.woken() => Wake::Nudged,
@@ -130,5 +136,9 @@ impl Sink for SessionSink<'_> {
                 .set_write_timeout(Some(Duration::from_millis(1))),
         }
         self.session.downstream_session.set_keepalive(None);
+    }
+
+    fn surrender(self) -> Option<(tokio::net::TcpStream, Bytes)> {
+        None
     }
 }

@@ -13,7 +13,8 @@ use crate::outbound::{Forwarded, Pool};
 use crate::routing::{Matched, Miss};
 use crate::shutdown::Active;
 use crate::stream::request::{self, Offer};
-use crate::stream::{self, GripOpening, Guards, Stream};
+use crate::stream::socket::Framing;
+use crate::stream::{self, Counted, GripOpening, Guards, Stream};
 use crate::values::RequestValues;
 use async_trait::async_trait;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -58,8 +59,8 @@ struct StreamSpec {
     grip: Option<Box<GripOpening>>,
     /// A poll route's latest snapshot, for a subscriber that needs one.
     snapshot: Option<stream::Snapshot>,
-    /// What must live as long as the stream (poll lease, JWT expiry).
-    keep: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// The poller the stream keeps alive (poll routes).
+    poll: Option<crate::sources::poll::Lease>,
     /// Unix seconds at which the stream is closed with `ssegate.expired`.
     expires: Option<u64>,
 }
@@ -148,7 +149,7 @@ impl PublicProxy {
             heartbeat: entry.sse.settings.heartbeat,
             grip: None,
             snapshot,
-            keep: lease.map(|l| Box::new(l) as Box<dyn std::any::Any + Send + Sync>),
+            poll: lease,
             expires,
         };
         self.hold_stream(session, &m.value.route, spec).await
@@ -204,7 +205,7 @@ impl PublicProxy {
                 keep_alive,
             })),
             snapshot: None,
-            keep: None,
+            poll: None,
             expires: None,
         };
         self.hold_stream(session, &entry.route, spec).await
@@ -264,13 +265,14 @@ impl PublicProxy {
             Ok(o) => o,
             Err(e) => return self.refuse(session, e).await,
         };
-        let expiry = spec.expires.map(|at| streams.expiries.register(at, &sub));
-        let keep: Option<Box<dyn std::any::Any + Send + Sync>> = match (spec.keep, expiry) {
-            (None, None) => None,
-            (keep, expiry) => Some(Box::new((keep, expiry))),
-        };
-        let gauge = gw.metrics.connections.with_label_values(&[label]);
-        gauge.inc();
+        let expiry = spec
+            .expires
+            .map(|at| Box::new(streams.expiries.register(at, &sub)));
+        // A plain SSE stream can move to a new process in a live upgrade;
+        // GRIP holds and poll streams drain instead (their state lives in
+        // this process: a backend's hold, a poller).
+        let movable = spec.grip.is_none() && spec.poll.is_none();
+        let gauge = Counted::new(gw.metrics.connections.with_label_values(&[label]));
         gw.metrics
             .connections_opened
             .with_label_values(&[label])
@@ -285,11 +287,18 @@ impl PublicProxy {
                 slot: Some(slot),
                 _active: streams.shutdown.track(),
                 gauge: Some(gauge),
-                keep,
+                poll: spec.poll,
+                expiry,
             },
             grip: spec.grip,
+            handoff: streams.handoff.clone(),
         };
         if let Some(sink) = detach::take_sink(session) {
+            // A close-delimited (HTTP/1.0) stream is not: a new process
+            // would write it chunked.
+            if movable && sink.framing() == Framing::Chunked {
+                sub.set_movable();
+            }
             // The stream's own future is the task: nothing wraps it, so an
             // idle stream costs what the size probe in `stream::socket` measures.
             tokio::spawn(stream.run(sink, replay));

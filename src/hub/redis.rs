@@ -792,6 +792,17 @@ impl Broker for RedisBroker {
         Some(self)
     }
 
+    fn cursor(&self, seq: u64) -> String {
+        RedisBroker::cursor(self, seq)
+    }
+
+    fn identity(&self) -> String {
+        // The URL may hold a password: only a digest of it leaves the process.
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(format!("{}#{}", self.settings.url, self.keys).as_bytes());
+        format!("redis:{}", hex::encode(&digest[..16]))
+    }
+
     fn stats(&self) -> HubStats {
         let (channels, subscriptions) = self.local.counts();
         HubStats {

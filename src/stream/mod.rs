@@ -12,15 +12,19 @@
 //! - `heartbeat`: one tick per interval for every stream.
 //! - `limits`: connection caps.
 //! - `socket`: the detached socket's sink.
+//! - `handoff`: a detached stream frozen for a live upgrade, and adopted.
 
+pub(crate) mod handoff;
 pub(crate) mod heartbeat;
 pub(crate) mod limits;
 pub(crate) mod request;
 pub(crate) mod socket;
 
+use crate::auth::expiry::ExpiryGuard;
 use crate::hub::{Broker, BrokerError, Delivery, Feed, Replay, Resume, SubState, Subscriber};
 use crate::metrics::Metrics;
 use crate::shutdown::{Active, Shutdown};
+use crate::sources::poll::Lease;
 use crate::wire;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
@@ -28,8 +32,6 @@ use heartbeat::Membership;
 use limits::ConnSlot;
 use pingora_http::ResponseHeader;
 use rand::Rng;
-use std::any::Any;
-use std::fmt;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
@@ -102,6 +104,14 @@ impl Subscription {
         }
     }
 
+    /// The hub channels it listens to (none for a feed).
+    pub(crate) fn channels(&self) -> &[String] {
+        match &self.source {
+            Source::Hub { channels, .. } => channels,
+            Source::Feed(_) => &[],
+        }
+    }
+
     /// `sub`, added to `feed` here.
     pub(crate) fn feed(feed: Arc<Feed>, sub: Arc<Subscriber>) -> Subscription {
         feed.add(&sub);
@@ -122,31 +132,33 @@ impl Drop for Subscription {
 }
 
 /// What an open stream holds on to: its connection slot, its place in the
-/// drain count, its route's gauge, and whatever else must live as long as
-/// it does (a poll lease, a JWT expiry entry). Dropping it releases all.
+/// drain count, its route's gauge, the poller it keeps alive and its JWT
+/// expiry entry. Dropping it releases all.
+#[derive(Debug)]
 pub(crate) struct Guards {
     pub slot: Option<ConnSlot>,
     /// Its place in the drain count (held for its `Drop`).
     pub _active: Active,
-    pub gauge: Option<prometheus::IntGauge>,
+    pub gauge: Option<Counted>,
+    pub poll: Option<Lease>,
     /// Boxed: every idle stream carries this field in its future.
-    pub keep: Option<Box<dyn Any + Send + Sync>>,
+    pub expiry: Option<Box<ExpiryGuard>>,
 }
 
-impl fmt::Debug for Guards {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Guards")
-            .field("slot", &self.slot)
-            .field("keeps", &self.keep.is_some())
-            .finish_non_exhaustive()
+/// A route's open-streams gauge, counted up while this lives.
+#[derive(Debug)]
+pub(crate) struct Counted(prometheus::IntGauge);
+
+impl Counted {
+    pub(crate) fn new(gauge: prometheus::IntGauge) -> Counted {
+        gauge.inc();
+        Counted(gauge)
     }
 }
 
-impl Drop for Guards {
+impl Drop for Counted {
     fn drop(&mut self) {
-        if let Some(g) = &self.gauge {
-            g.dec();
-        }
+        self.0.dec();
     }
 }
 
@@ -167,6 +179,9 @@ pub(crate) enum End {
     ClientGone,
     Slow,
     ClosedByPublisher,
+    /// Handed to the new process of a live upgrade: nothing was written or
+    /// closed, the socket goes on there.
+    HandedOff,
     /// The client's JWT expired (`ssegate.expired` was sent).
     Expired,
     /// Its route changed in a reload (a jittered `retry:` was sent).
@@ -199,6 +214,9 @@ pub(crate) enum Head<'a> {
 pub(crate) trait Sink {
     /// The response head and the first body bytes.
     async fn open(&mut self, sub: &Subscriber, head: Head<'_>, body: Bytes) -> io::Result<bool>;
+    /// An adopted stream's first bytes: `tail`, the rest of a chunk the
+    /// previous process had begun, as it is; then `body` as a chunk.
+    async fn resume(&mut self, sub: &Subscriber, tail: Bytes, body: Bytes) -> io::Result<bool>;
     /// One body chunk. The hub's frames are shared by every client: a sink
     /// writes them as they are, never copies them.
     async fn write(&mut self, sub: &Subscriber, bytes: &Bytes) -> io::Result<bool>;
@@ -207,6 +225,19 @@ pub(crate) trait Sink {
     /// End the body after `last` (when given) — or, for a stream cut short
     /// (`last` None), just close.
     async fn finish(&mut self, sub: &Subscriber, last: Option<Bytes>);
+    /// The socket and the unwritten rest of a chunk cut short, for a live
+    /// upgrade; None for a sink whose stream cannot move.
+    fn surrender(self) -> Option<(tokio::net::TcpStream, Bytes)>;
+}
+
+/// How a stream starts.
+#[derive(Debug)]
+pub(crate) enum Opening {
+    /// A new stream: its response head, then these first body bytes.
+    Fresh(Bytes),
+    /// A stream adopted in a live upgrade: `tail` (as it is), then `body`.
+    /// Boxed: rare, and the opening sits in every stream's future.
+    Adopted(Box<(Bytes, Bytes)>),
 }
 
 /// Everything one stream owns while it runs.
@@ -222,6 +253,8 @@ pub(crate) struct Stream {
     /// A GRIP hold: the backend's head and body open the stream instead of
     /// the SSE prelude. Boxed: SSE streams pay one pointer for it.
     pub grip: Option<Box<GripOpening>>,
+    /// Where the stream goes if a live upgrade takes it.
+    pub handoff: handoff::Handoff,
 }
 
 impl Stream {
@@ -234,19 +267,18 @@ impl Stream {
         let last_seq = replay.frames.last().map_or(0, |d| d.seq);
         let replayed = replay.frames.len() as u64;
         let first = self.opening(replay);
-        self.serve(sink, first, last_seq, replayed)
+        self.serve(sink, Opening::Fresh(first), last_seq, replayed)
     }
 
     // Awaits as little as possible and keeps little across awaits.
     async fn serve<S: Sink>(
         mut self,
         mut sink: S,
-        first: Bytes,
+        opening: Opening,
         mut last_seq: u64,
         replayed: u64,
     ) -> End {
         let sub = self.subscription.sub.clone();
-        let sink = &mut sink;
         let opened = {
             let head = match &self.grip {
                 Some(g) => Head::Grip(&g.head),
@@ -254,12 +286,18 @@ impl Stream {
             };
             // Boxed, as is the end: each happens once, and unboxed their
             // futures would sit in every idle stream's future for its life.
-            Box::pin(sink.open(&sub, head, first)).await
+            match opening {
+                Opening::Fresh(first) => Box::pin(sink.open(&sub, head, first)).await,
+                Opening::Adopted(parts) => {
+                    let (tail, body) = *parts;
+                    Box::pin(sink.resume(&sub, tail, body)).await
+                }
+            }
         };
         match opened {
             Ok(true) => {}
-            Ok(false) => return Box::pin(self.end(sink, cut(&sub))).await,
-            Err(_) => return Box::pin(self.end(sink, End::WriteFailed)).await,
+            Ok(false) => return Box::pin(self.end(sink, cut(&sub), last_seq)).await,
+            Err(_) => return Box::pin(self.end(sink, End::WriteFailed, last_seq)).await,
         }
         self.metrics.delivered.inc_by(replayed);
         if let Some(g) = &mut self.grip {
@@ -309,6 +347,7 @@ impl Stream {
                 SubState::Closed => break End::ClosedByPublisher,
                 SubState::Expired => break End::Expired,
                 SubState::Retired => break End::Retired,
+                SubState::HandingOff => break End::HandedOff,
             }
             if self.shutdown.is_draining() {
                 break End::Shutdown;
@@ -334,7 +373,7 @@ impl Stream {
                 break End::ClientGone;
             }
         };
-        Box::pin(self.end(sink, end)).await
+        Box::pin(self.end(sink, end, last_seq)).await
     }
 
     /// The first body bytes: the prelude (or a GRIP hold's body), the reset
@@ -356,8 +395,17 @@ impl Stream {
     }
 
     /// The last words (drain retry, `ssegate.expired`, or only the end of
-    /// the body), then everything the stream held is released.
-    async fn end<S: Sink>(self, sink: &mut S, end: End) -> End {
+    /// the body), then everything the stream held is released. A stream a
+    /// live upgrade takes says nothing: it is frozen and handed over.
+    async fn end<S: Sink>(self, mut sink: S, end: End, last_seq: u64) -> End {
+        if end == End::HandedOff {
+            return handoff::freeze(self, sink, last_seq).await;
+        }
+        if self.subscription.sub.state() == SubState::HandingOff {
+            // Asked to hand itself over, it ended first: the upgrade must
+            // not wait for it.
+            self.handoff.gone();
+        }
         let sub = &self.subscription.sub;
         let last = match end {
             End::Shutdown | End::Retired if self.grip.is_none() => {
@@ -365,7 +413,7 @@ impl Stream {
             }
             End::Expired => Some(wire::expired()),
             End::Shutdown | End::Retired | End::ClosedByPublisher => Some(Bytes::new()),
-            End::ClientGone | End::Slow | End::WriteFailed => None,
+            End::ClientGone | End::Slow | End::WriteFailed | End::HandedOff => None,
         };
         sink.finish(sub, last).await;
         drop(self.guards);
@@ -375,10 +423,12 @@ impl Stream {
 
 /// Why a write that waited on a full socket was given up: the client was
 /// evicted as slow, or its stream was ended (closed, expired) meanwhile —
-/// either way nothing more can be written to it.
+/// either way nothing more can be written to it — or a live upgrade takes
+/// it, with the rest of the write.
 fn cut(sub: &Subscriber) -> End {
     match sub.state() {
         SubState::Slow => End::Slow,
+        SubState::HandingOff => End::HandedOff,
         _ => End::WriteFailed,
     }
 }

@@ -56,12 +56,9 @@ static SSE_HEAD_UNTIL_CLOSE: LazyLock<Bytes> = LazyLock::new(|| sse_head(Framing
 pub(crate) struct SocketSink {
     tcp: TcpStream,
     framing: Framing,
-}
-
-impl SocketSink {
-    pub(crate) fn new(tcp: TcpStream, framing: Framing) -> SocketSink {
-        SocketSink { tcp, framing }
-    }
+    /// The unwritten rest of a write that was given up (boxed: it exists
+    /// only for a stream cut short, and every idle stream carries the field).
+    tail: Option<Box<Bytes>>,
 }
 
 impl Framing {
@@ -73,6 +70,45 @@ impl Framing {
             Framing::UntilClose => (b"", b""),
         }
     }
+}
+
+impl SocketSink {
+    pub(crate) fn new(tcp: TcpStream, framing: Framing) -> SocketSink {
+        SocketSink {
+            tcp,
+            framing,
+            tail: None,
+        }
+    }
+
+    pub(crate) fn framing(&self) -> Framing {
+        self.framing
+    }
+
+    /// Write all of `parts`, keeping the rest if the write is given up.
+    async fn send(&mut self, sub: &Subscriber, parts: &[&[u8]]) -> io::Result<bool> {
+        match send(&self.tcp, sub, parts).await? {
+            Sent::All => Ok(true),
+            Sent::Cut(done) => {
+                self.tail = Some(Box::new(rest(parts, done)));
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// The bytes of `parts` after the first `done`.
+fn rest(parts: &[&[u8]], mut done: usize) -> Bytes {
+    let mut out = BytesMut::new();
+    for p in parts {
+        if done >= p.len() {
+            done -= p.len();
+            continue;
+        }
+        out.extend_from_slice(&p[done..]);
+        done = 0;
+    }
+    out.freeze()
 }
 
 impl Sink for SocketSink {
@@ -88,11 +124,20 @@ impl Sink for SocketSink {
         };
         if body.is_empty() {
             // An empty chunk would end the body before it started.
-            return send(&self.tcp, sub, &[head]).await;
+            return self.send(sub, &[head]).await;
         }
         let mut size = [0u8; 18];
         let (before, after) = self.framing.around(body.len(), &mut size);
-        send(&self.tcp, sub, &[head, before, &body, after]).await
+        self.send(sub, &[head, before, &body, after]).await
+    }
+
+    async fn resume(&mut self, sub: &Subscriber, tail: Bytes, body: Bytes) -> io::Result<bool> {
+        if body.is_empty() {
+            return self.send(sub, &[&tail]).await;
+        }
+        let mut size = [0u8; 18];
+        let (before, after) = self.framing.around(body.len(), &mut size);
+        self.send(sub, &[&tail, before, &body, after]).await
     }
 
     async fn write(&mut self, sub: &Subscriber, bytes: &Bytes) -> io::Result<bool> {
@@ -102,7 +147,7 @@ impl Sink for SocketSink {
         }
         let mut size = [0u8; 18];
         let (before, after) = self.framing.around(bytes.len(), &mut size);
-        send(&self.tcp, sub, &[before, bytes, after]).await
+        self.send(sub, &[before, bytes, after]).await
     }
 
     async fn idle(&mut self, sub: &Subscriber) -> Wake {
@@ -143,7 +188,11 @@ impl Sink for SocketSink {
             true => (&b""[..], &b""[..]),
             false => self.framing.around(last.len(), &mut size),
         };
-        let _ = send(&self.tcp, sub, &[before, &last, after, end]).await;
+        let _ = self.send(sub, &[before, &last, after, end]).await;
+    }
+
+    fn surrender(self) -> Option<(TcpStream, Bytes)> {
+        Some((self.tcp, self.tail.map(|t| *t).unwrap_or_default()))
     }
 }
 
@@ -237,13 +286,21 @@ fn write_now(tcp: &TcpStream, parts: &[&[u8]], mut done: usize) -> io::Result<us
     Ok(done)
 }
 
-/// Write all of `parts`; Ok(false) when the client is evicted as slow while
-/// its socket is full.
-async fn send(tcp: &TcpStream, sub: &Subscriber, parts: &[&[u8]]) -> io::Result<bool> {
+/// How a write ended.
+enum Sent {
+    All,
+    /// Given up after `done` bytes: the subscriber stopped being open while
+    /// the socket was full.
+    Cut(usize),
+}
+
+/// Write all of `parts`, unless the subscriber stops being open while its
+/// socket is full.
+async fn send(tcp: &TcpStream, sub: &Subscriber, parts: &[&[u8]]) -> io::Result<Sent> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let done = write_now(tcp, parts, 0)?;
     if done == total {
-        return Ok(true);
+        return Ok(Sent::All);
     }
     // Boxed: only a stream whose socket is full pays for waiting.
     Box::pin(send_rest(tcp, sub, parts, done, total)).await
@@ -255,7 +312,7 @@ async fn send_rest(
     parts: &[&[u8]],
     mut done: usize,
     total: usize,
-) -> io::Result<bool> {
+) -> io::Result<Sent> {
     let deadline = tokio::time::sleep(WRITE_TIMEOUT);
     tokio::pin!(deadline);
     while done < total {
@@ -263,7 +320,7 @@ async fn send_rest(
             r = tcp.writable() => r?,
             _ = sub.woken() => {
                 if sub.state() != SubState::Open {
-                    return Ok(false);
+                    return Ok(Sent::Cut(done));
                 }
                 continue;
             }
@@ -271,7 +328,7 @@ async fn send_rest(
         }
         done = write_now(tcp, parts, done)?;
     }
-    Ok(true)
+    Ok(Sent::All)
 }
 
 #[cfg(test)]
@@ -320,9 +377,11 @@ mod tests {
                 slot: Some(limiter.acquire(None).unwrap()),
                 _active: shutdown.track(),
                 gauge: None,
-                keep: None,
+                poll: None,
+                expiry: None,
             },
             grip: None,
+            handoff: Default::default(),
         };
         let fut = stream.run(SocketSink::new(tcp, Framing::Chunked), Replay::default());
         let size = std::mem::size_of_val(&fut);

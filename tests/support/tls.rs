@@ -67,6 +67,19 @@ impl TestCa {
         b.build().unwrap()
     }
 
+    /// As `reqwest`, for streams that outlive `WAIT`: only connecting is bounded.
+    pub fn reqwest_streaming(&self, http1_only: bool) -> reqwest::Client {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(self.pem.as_bytes()).unwrap())
+            .connect_timeout(super::WAIT);
+        if http1_only {
+            b = b.http1_only();
+        }
+        b.build().unwrap()
+    }
+
     fn roots(&self) -> rustls::RootCertStore {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.cert.der().clone()).unwrap();
