@@ -19,9 +19,10 @@ use std::task::Poll;
 use tokio::net::TcpStream;
 
 /// How a detached stream's body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) enum Framing {
     /// HTTP/1.1: chunked, so the connection could outlive the stream.
+    #[default]
     Chunked,
     /// HTTP/1.0 has no chunked encoding: the body is every byte until the
     /// connection closes (`connection: close`).
@@ -55,10 +56,17 @@ static SSE_HEAD_UNTIL_CLOSE: LazyLock<Bytes> = LazyLock::new(|| sse_head(Framing
 #[derive(Debug)]
 pub(crate) struct SocketSink {
     tcp: TcpStream,
+    /// None: chunked, nothing left unwritten — every idle stream carries
+    /// this field, so the rare rest is boxed.
+    rare: Option<Box<Rare>>,
+}
+
+/// What few detached streams need.
+#[derive(Debug, Default)]
+struct Rare {
     framing: Framing,
-    /// The unwritten rest of a write that was given up (boxed: it exists
-    /// only for a stream cut short, and every idle stream carries the field).
-    tail: Option<Box<Bytes>>,
+    /// The unwritten rest of a write that was given up.
+    tail: Bytes,
 }
 
 impl Framing {
@@ -74,15 +82,17 @@ impl Framing {
 
 impl SocketSink {
     pub(crate) fn new(tcp: TcpStream, framing: Framing) -> SocketSink {
-        SocketSink {
-            tcp,
-            framing,
-            tail: None,
-        }
+        let rare = (framing != Framing::Chunked).then(|| {
+            Box::new(Rare {
+                framing,
+                ..Rare::default()
+            })
+        });
+        SocketSink { tcp, rare }
     }
 
     pub(crate) fn framing(&self) -> Framing {
-        self.framing
+        self.rare.as_ref().map_or(Framing::Chunked, |r| r.framing)
     }
 
     /// Write all of `parts`, keeping the rest if the write is given up.
@@ -90,7 +100,7 @@ impl SocketSink {
         match send(&self.tcp, sub, parts).await? {
             Sent::All => Ok(true),
             Sent::Cut(done) => {
-                self.tail = Some(Box::new(rest(parts, done)));
+                self.rare.get_or_insert_default().tail = rest(parts, done);
                 Ok(false)
             }
         }
@@ -114,7 +124,7 @@ fn rest(parts: &[&[u8]], mut done: usize) -> Bytes {
 impl Sink for SocketSink {
     async fn open(&mut self, sub: &Subscriber, head: Head<'_>, body: Bytes) -> io::Result<bool> {
         let grip_head;
-        let head: &[u8] = match (head, self.framing) {
+        let head: &[u8] = match (head, self.framing()) {
             (Head::Sse, Framing::Chunked) => &SSE_HEAD_CHUNKED,
             (Head::Sse, Framing::UntilClose) => &SSE_HEAD_UNTIL_CLOSE,
             (Head::Grip(h), framing) => {
@@ -127,7 +137,7 @@ impl Sink for SocketSink {
             return self.send(sub, &[head]).await;
         }
         let mut size = [0u8; 18];
-        let (before, after) = self.framing.around(body.len(), &mut size);
+        let (before, after) = self.framing().around(body.len(), &mut size);
         self.send(sub, &[head, before, &body, after]).await
     }
 
@@ -136,7 +146,7 @@ impl Sink for SocketSink {
             return self.send(sub, &[&tail]).await;
         }
         let mut size = [0u8; 18];
-        let (before, after) = self.framing.around(body.len(), &mut size);
+        let (before, after) = self.framing().around(body.len(), &mut size);
         self.send(sub, &[&tail, before, &body, after]).await
     }
 
@@ -146,8 +156,13 @@ impl Sink for SocketSink {
             return Ok(true);
         }
         let mut size = [0u8; 18];
-        let (before, after) = self.framing.around(bytes.len(), &mut size);
-        self.send(sub, &[before, bytes, after]).await
+        // Only the parts live across the await: every idle stream's future
+        // has room for this state.
+        let parts = {
+            let (before, after) = self.framing().around(bytes.len(), &mut size);
+            [before, bytes, after]
+        };
+        self.send(sub, &parts).await
     }
 
     async fn idle(&mut self, sub: &Subscriber) -> Wake {
@@ -179,20 +194,20 @@ impl Sink for SocketSink {
             return;
         };
         // Until-close: dropping the socket ends the body.
-        let end: &[u8] = match self.framing {
+        let end: &[u8] = match self.framing() {
             Framing::Chunked => b"0\r\n\r\n",
             Framing::UntilClose => b"",
         };
         let mut size = [0u8; 18];
         let (before, after) = match last.is_empty() {
             true => (&b""[..], &b""[..]),
-            false => self.framing.around(last.len(), &mut size),
+            false => self.framing().around(last.len(), &mut size),
         };
         let _ = self.send(sub, &[before, &last, after, end]).await;
     }
 
     fn surrender(self) -> Option<(TcpStream, Bytes)> {
-        Some((self.tcp, self.tail.map(|t| *t).unwrap_or_default()))
+        Some((self.tcp, self.rare.map(|r| r.tail).unwrap_or_default()))
     }
 }
 
