@@ -223,9 +223,10 @@ impl Gateway {
                 config.hub.history_ttl,
                 metrics.clone(),
             )),
-            BrokerKind::Redis { url, prefix } => RedisBroker::new(
+            BrokerKind::Redis { url, prefix, ca } => RedisBroker::new(
                 RedisSettings {
                     url: url.clone(),
+                    ca: ca.clone(),
                     prefix: prefix.clone(),
                     history_size: config.hub.history_size,
                     history_ttl: config.hub.history_ttl,

@@ -17,6 +17,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 mod auth;
+mod edges;
+
+pub use auth::parse_jwks;
 mod tls;
 mod webhooks;
 
@@ -305,6 +308,7 @@ impl Validator<'_> {
         let grip_key = self.grip_key(f.grip);
         let routes = self.routes(f.routes, &upstreams, &sse, grip_key.as_ref());
         let webhooks = self.webhooks(f.webhooks);
+        let trusted_proxies = self.trusted_proxies(&f.trusted_proxies);
         let router = match Router::build(routes.iter().enumerate().map(|(pos, r)| {
             let key = RouteKey {
                 index: r.index,
@@ -322,6 +326,9 @@ impl Validator<'_> {
                 return None;
             }
         };
+        let route_paths: Vec<(usize, &str)> =
+            routes.iter().map(|r| (r.index, r.path.as_str())).collect();
+        self.public_webhooks_vs_routes(&webhooks, &router, &route_paths);
         Some(Config {
             source,
             digest: String::new(),
@@ -338,6 +345,7 @@ impl Validator<'_> {
             router,
             routes,
             webhooks,
+            trusted_proxies,
         })
     }
 
@@ -354,7 +362,10 @@ impl Validator<'_> {
                         self.err("hub.redis", "give `url` or `url_env`, not both");
                         None
                     }
-                    (Some(u), None) => Some(u),
+                    (Some(u), None) => {
+                        self.inline_redis_url(&u);
+                        Some(u)
+                    }
                     (None, Some(var)) => self.secret("hub.redis.url_env", var),
                     (None, None) => Some("redis://127.0.0.1:6379".to_string()),
                 };
@@ -363,6 +374,7 @@ impl Validator<'_> {
                         self.err("hub.redis", format!("bad redis url: {e}"));
                     }
                 }
+                let ca = self.redis_ca(r.and_then(|r| r.ca.as_deref()), url.as_deref());
                 let prefix = r
                     .and_then(|r| r.prefix.clone())
                     .unwrap_or_else(|| "ssegate".into());
@@ -375,6 +387,7 @@ impl Validator<'_> {
                 BrokerKind::Redis {
                     url: url.unwrap_or_default(),
                     prefix,
+                    ca,
                 }
             }
             Some(other) => {
@@ -414,6 +427,7 @@ impl Validator<'_> {
             heartbeat: Duration::from_secs(15),
             retry: Duration::from_secs(3),
             client_queue: 1024,
+            cors: None,
         });
         let heartbeat = self.duration(
             &format!("{path}.heartbeat"),
@@ -430,10 +444,17 @@ impl Validator<'_> {
                 "client_queue must be at least 1",
             );
         }
+        let cors = match &s.cors {
+            Some(c) => self
+                .cors(&format!("{path}.cors"), c)
+                .map(std::sync::Arc::new),
+            None => d.cors,
+        };
         SseSettings {
             heartbeat,
             retry: self.duration(&format!("{path}.retry"), s.retry.as_ref(), d.retry),
             client_queue,
+            cors,
         }
     }
 
@@ -580,22 +601,16 @@ impl Validator<'_> {
                     "an upstream needs at least one server",
                 );
             }
-            let mut servers = Vec::new();
-            for (i, s) in u.servers.iter().enumerate() {
-                match std::net::ToSocketAddrs::to_socket_addrs(s.as_str()) {
-                    Ok(mut it) => match it.next() {
-                        Some(a) => servers.push(a),
-                        None => self.err(
-                            &format!("{base}.servers.{i}"),
-                            format!("`{s}` resolves to no address"),
-                        ),
-                    },
-                    Err(e) => self.err(
-                        &format!("{base}.servers.{i}"),
-                        format!("`{s}` is not a host:port server address: {e}"),
-                    ),
-                }
-            }
+            let servers: Vec<Server> = u
+                .servers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| self.server(&format!("{base}.servers.{i}"), s))
+                .collect();
+            let tls = u
+                .tls
+                .as_ref()
+                .and_then(|t| self.upstream_tls(&format!("{base}.tls"), t));
             let up = Upstream {
                 name: name.clone(),
                 servers,
@@ -614,6 +629,8 @@ impl Validator<'_> {
                     u.fail_timeout.as_ref(),
                     Duration::from_secs(10),
                 ),
+                resolve_interval: self.resolve_interval(&base, u.resolve_interval.as_ref()),
+                tls,
             };
             out.insert(name, up);
         }
@@ -799,6 +816,7 @@ impl Validator<'_> {
             heartbeat: s.heartbeat,
             retry: s.retry,
             client_queue: s.client_queue,
+            cors: s.cors,
         };
         SseRoute {
             channels,

@@ -79,11 +79,17 @@ impl Delimit {
     }
 }
 
-/// The SSE response head, without any body delimiting (a HEAD answer's).
-pub(crate) fn sse_head() -> pingora_error::Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(200, Some(4))?;
+/// The SSE response head with `extra` headers (CORS), without any body
+/// delimiting (as a HEAD answer is sent).
+pub(crate) fn sse_head(
+    extra: &[(http::HeaderName, http::HeaderValue)],
+) -> pingora_error::Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(200, Some(4 + extra.len()))?;
     for (k, v) in wire::SSE_HEADERS {
         resp.insert_header(k, v)?;
+    }
+    for (k, v) in extra {
+        resp.append_header(k, v)?;
     }
     Ok(resp)
 }
@@ -91,7 +97,7 @@ pub(crate) fn sse_head() -> pingora_error::Result<ResponseHeader> {
 impl Sink for SessionSink<'_> {
     async fn open(&mut self, sub: &Subscriber, head: Head<'_>, body: Bytes) -> io::Result<bool> {
         let mut head = match head {
-            Head::Sse => sse_head().map_err(io::Error::other)?,
+            Head::Sse(extra) => sse_head(extra).map_err(io::Error::other)?,
             Head::Grip(h) => h.clone(),
         };
         Delimit::of(self.session)

@@ -6,6 +6,7 @@
 //! - `admin`: the admin listener: publish, webhooks, health, metrics,
 //!   stats, dashboard.
 //! - `refuse`: every typed error → status, one-line reason, metric label.
+//! - `cors`: a stream's CORS headers and the answer to a preflight.
 //! - `grip`: a GRIP route's request to its backend and the response back.
 //! - `held`, `detach`: the two ways a stream's bytes reach a client
 //!   (held in pingora's session; a plain socket taken out of it).
@@ -13,11 +14,13 @@
 //!   request head is in, within `limits.header_timeout` (plain text through
 //!   an accept loop of our own).
 //! - `canonical`: a public request's head made unambiguous before routing.
+//! - `webhook`: one webhook request, on whichever listener serves it.
 //! - `body`, `respond`: bounded request bodies, short whole responses.
 
 pub(crate) mod admin;
 pub(crate) mod body;
 mod canonical;
+mod cors;
 mod detach;
 pub(crate) mod gate;
 mod grip;
@@ -26,3 +29,4 @@ pub(crate) mod listener;
 pub(crate) mod public;
 pub(crate) mod refuse;
 pub(crate) mod respond;
+mod webhook;

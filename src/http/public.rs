@@ -3,6 +3,7 @@
 //! hold the client, or passed through to an upstream pool by pingora.
 
 use super::canonical;
+use super::cors;
 use super::detach;
 use super::grip::{self, HoldStart};
 use super::held::SessionSink;
@@ -32,20 +33,23 @@ pub(crate) struct PublicProxy {
 #[derive(Debug, Default)]
 pub(crate) struct Ctx {
     pool: Option<Arc<Pool>>,
-    tried: Vec<usize>,
+    tried: Vec<std::net::SocketAddr>,
     _active: Option<Active>,
 }
 
-/// Who the client is, as this listener saw it.
-fn forwarded(session: &Session) -> Forwarded {
-    Forwarded {
-        client_ip: session
+/// Who the client is: the peer, or what a trusted proxy says it saw.
+pub(crate) fn forwarded(session: &Session, trusted_proxies: &[ipnet::IpNet]) -> Forwarded {
+    let req = session.req_header();
+    Forwarded::new(
+        session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip()),
-        tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
-        host: canonical::authority(session.req_header()).map(str::to_string),
-    }
+        session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+        canonical::authority(req).map(str::to_string),
+        &req.headers,
+        trusted_proxies,
+    )
 }
 
 /// What a stream subscribes to and how it behaves.
@@ -63,6 +67,8 @@ struct StreamSpec {
     poll: Option<crate::sources::poll::Lease>,
     /// Unix seconds at which the stream is closed with `ssegate.expired`.
     expires: Option<u64>,
+    /// Added to the SSE head (CORS).
+    headers: stream::ExtraHeaders,
 }
 
 impl PublicProxy {
@@ -78,6 +84,10 @@ impl PublicProxy {
         entry: &SseEntry,
     ) -> Result<bool> {
         let gw = &self.gw;
+        let cors = entry.sse.settings.cors.as_deref();
+        if let Some(cors) = cors.filter(|_| cors::is_preflight(session.req_header())) {
+            return cors::preflight(session, cors).await;
+        }
         let method = &session.req_header().method;
         if method != http::Method::GET && method != http::Method::HEAD {
             let r = Refusal::method_not_allowed(&[http::Method::GET], "sse routes answer GET only");
@@ -108,7 +118,8 @@ impl PublicProxy {
             // The head a GET would get, and nothing more: no subscription,
             // no connection slot, no poller.
             drop(values);
-            let head = super::held::sse_head()?;
+            let extra = cors.map_or_else(Vec::new, |c| cors::headers(c, session.req_header()));
+            let head = super::held::sse_head(&extra)?;
             session.write_response_header(Box::new(head), true).await?;
             return Ok(true);
         }
@@ -151,6 +162,7 @@ impl PublicProxy {
             snapshot,
             poll: lease,
             expires,
+            headers: cors.map_or_else(Vec::new, |c| cors::headers(c, session.req_header())),
         };
         self.hold_stream(session, &m.value.route, spec).await
     }
@@ -166,7 +178,7 @@ impl PublicProxy {
     ) -> Result<bool> {
         let gw = &self.gw;
         let limits = &site.config.limits;
-        let who = forwarded(session);
+        let who = forwarded(session, &site.config.trusted_proxies);
         let outcome = grip::forward(
             &gw.client,
             session,
@@ -181,11 +193,18 @@ impl PublicProxy {
             Ok(grip::Outcome::Done) => return Ok(true),
             Ok(grip::Outcome::Hold(start)) => start,
             Err(r) => {
-                tracing::debug!(upstream = %pool.name, status = r.status, reason = %r.reason, "grip route refused");
+                tracing::debug!(upstream = %pool.name, client = ?who.client_ip(), status = r.status, reason = %r.reason, "grip route refused");
                 return self.refuse(session, r).await;
             }
         };
-        let HoldStart { hold, head, body } = *start;
+        let HoldStart {
+            hold,
+            mut head,
+            body,
+        } = *start;
+        if let Some(cors) = &site.config.sse.cors {
+            cors::apply(cors, session.req_header(), &mut head);
+        }
         // Without Grip-Keep-Alive nothing is sent idle, but the stream still
         // joins a tick so that a drain on shutdown wakes it.
         let sse = &site.config.sse;
@@ -207,6 +226,7 @@ impl PublicProxy {
             snapshot: None,
             poll: None,
             expires: None,
+            headers: Vec::new(),
         };
         self.hold_stream(session, &entry.route, spec).await
     }
@@ -238,10 +258,7 @@ impl PublicProxy {
                 .refuse(session, Refusal::new(503, "draining", "shutting down"))
                 .await;
         }
-        let ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        let ip = forwarded(session, &gw.site().config.trusted_proxies).client_ip();
         let slot = match streams.limiter.acquire(ip) {
             Ok(s) => s,
             Err(e) => return self.refuse(session, e).await,
@@ -293,6 +310,8 @@ impl PublicProxy {
             grip: spec.grip,
             handoff: streams.handoff.clone(),
         };
+        let headers = spec.headers;
+        tracing::debug!(route = label, client = ?ip, "stream opened");
         if let Some(sink) = detach::take_sink(session) {
             // A close-delimited (HTTP/1.0) stream is not: a new process
             // would write it chunked.
@@ -301,11 +320,11 @@ impl PublicProxy {
             }
             // The stream's own future is the task: nothing wraps it, so an
             // idle stream costs what the size probe in `stream::socket` measures.
-            tokio::spawn(stream.run(sink, replay));
+            tokio::spawn(stream.run(sink, replay, headers));
             return Ok(true);
         }
-        let end = stream.run(SessionSink::new(session), replay).await;
-        tracing::debug!(route = label, ?end, "stream ended");
+        let end = stream.run(SessionSink::new(session), replay, headers).await;
+        tracing::debug!(route = label, client = ?ip, ?end, "stream ended");
         Ok(true)
     }
 }
@@ -326,6 +345,14 @@ impl ProxyHttp for PublicProxy {
             Err(e) => return self.refuse(session, e).await,
         };
         let req = session.req_header();
+        let public_hook = crate::sources::webhook::find(
+            &site.config.webhooks,
+            crate::config::Listener::Public,
+            req.uri.path(),
+        );
+        if let Some(hook) = public_hook {
+            return super::webhook::serve(&self.gw, hook, session).await;
+        }
         let found = site
             .router
             .lookup(&req.method, host.as_deref(), req.uri.path());
@@ -338,6 +365,21 @@ impl ProxyHttp for PublicProxy {
                     .await;
             }
             Err(Miss::MethodNotAllowed(allowed)) => {
+                // A preflight for an sse route narrowed to `methods: [GET]`.
+                let cors = cors::is_preflight(req)
+                    .then(|| {
+                        let m =
+                            site.router
+                                .lookup(&http::Method::GET, host.as_deref(), req.uri.path());
+                        match &m.ok()?.value.action {
+                            Action::Sse(sse) => sse.sse.settings.cors.clone(),
+                            _ => None,
+                        }
+                    })
+                    .flatten();
+                if let Some(c) = cors {
+                    return cors::preflight(session, &c).await;
+                }
                 let r = Refusal::method_not_allowed(&allowed, "method not allowed on this route");
                 return self.refuse(session, r).await;
             }
@@ -357,16 +399,21 @@ impl ProxyHttp for PublicProxy {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let pool = ctx
             .pool
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "route has no upstream"))?;
-        let (index, addr) = pool.pick(&ctx.tried).ok_or_else(|| {
+        let target = pool.pick(&ctx.tried).ok_or_else(|| {
             Error::explain(ErrorType::ConnectError, "no upstream server left to try")
         })?;
-        ctx.tried.push(index);
-        Ok(Box::new(pool.peer(addr)))
+        ctx.tried.push(target.addr);
+        let mut peer = pool.peer(&target);
+        if session.is_upgrade_req() {
+            // An upgraded connection (WebSocket) is HTTP/1.1 only.
+            peer.options.alpn = pingora_core::protocols::ALPN::H1;
+        }
+        Ok(Box::new(peer))
     }
 
     fn fail_to_connect(
@@ -391,7 +438,7 @@ impl ProxyHttp for PublicProxy {
         upstream_request: &mut RequestHeader,
         _ctx: &mut Ctx,
     ) -> Result<()> {
-        forwarded(session).apply(upstream_request)
+        forwarded(session, &self.gw.site().config.trusted_proxies).apply(upstream_request)
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {

@@ -118,6 +118,7 @@ impl From<AuthError> for Refusal {
                 Refusal::new(502, "auth_backend", e.to_string())
             }
             AuthError::BadPathValue(_) => Refusal::new(400, "bad_value", e.to_string()),
+            AuthError::Keys(_) => Refusal::new(503, "auth_keys", "signing keys unavailable"),
         }
     }
 }

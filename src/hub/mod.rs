@@ -7,6 +7,7 @@ mod feed;
 mod local;
 pub mod memory;
 pub mod redis;
+mod redis_client;
 mod subscriber;
 
 pub use feed::Feed;

@@ -76,6 +76,8 @@ return out
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
     pub url: String,
+    /// PEM of the CAs for a `rediss://` URL; None: the system's roots.
+    pub ca: Option<Vec<u8>>,
     pub prefix: String,
     pub history_size: usize,
     pub history_ttl: Duration,
@@ -237,7 +239,7 @@ impl RedisBroker {
         settings: RedisSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<RedisBroker>, redis::RedisError> {
-        let client = redis::Client::open(settings.url.as_str())?;
+        let client = super::redis_client::client(&settings.url, settings.ca.as_deref())?;
         let (tx, rx) = mpsc::unbounded_channel();
         Ok(Arc::new(RedisBroker {
             keys: format!("{{{}}}", settings.prefix),
@@ -287,7 +289,7 @@ impl RedisBroker {
 
     fn set_up(&self) {
         if !self.healthy.swap(true, Ordering::AcqRel) {
-            tracing::info!(url = %self.settings.url, "redis answering");
+            tracing::info!(url = %super::redis_client::redacted(&self.settings.url), "redis answering");
         }
     }
 

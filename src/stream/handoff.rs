@@ -183,7 +183,11 @@ pub(crate) fn adopt<S: Sink>(
         body.extend_from_slice(&d.frame);
     }
     let replayed = frames.len() as u64;
-    let opening = Opening::Adopted(Box::new((tail, body.freeze())));
+    let opening = Box::new(Opening {
+        body: body.freeze(),
+        headers: Vec::new(),
+        adopted: Some(tail),
+    });
     stream.serve(sink, opening, last_seq, replayed)
 }
 

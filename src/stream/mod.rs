@@ -199,11 +199,27 @@ pub(crate) enum Wake {
     ClientGone,
 }
 
+/// Response headers a stream adds to its head (CORS).
+pub(crate) type ExtraHeaders = Vec<(http::HeaderName, http::HeaderValue)>;
+
+/// What a stream writes once, at its start: boxed, so that the future of
+/// a stream (what every idle client costs) holds only a pointer to it,
+/// and only until it is written.
+pub(crate) struct Opening {
+    /// The prelude or GRIP body, the reset, the replay; for an adopted
+    /// stream, what was queued for it.
+    pub body: Bytes,
+    pub headers: ExtraHeaders,
+    /// A stream adopted in a live upgrade: no head, and first the
+    /// unwritten rest of the chunk it was in, as it is.
+    pub adopted: Option<Bytes>,
+}
+
 /// The response head a stream opens with.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Head<'a> {
-    /// `200` with `wire::SSE_HEADERS`.
-    Sse,
+    /// `200` with `wire::SSE_HEADERS`, then these.
+    Sse(&'a [(http::HeaderName, http::HeaderValue)]),
     /// A GRIP hold: the backend's status and headers.
     Grip(&'a ResponseHeader),
 }
@@ -230,16 +246,6 @@ pub(crate) trait Sink {
     fn surrender(self) -> Option<(tokio::net::TcpStream, Bytes)>;
 }
 
-/// How a stream starts.
-#[derive(Debug)]
-pub(crate) enum Opening {
-    /// A new stream: its response head, then these first body bytes.
-    Fresh(Bytes),
-    /// A stream adopted in a live upgrade: `tail` (as it is), then `body`.
-    /// Boxed: rare, and the opening sits in every stream's future.
-    Adopted(Box<(Bytes, Bytes)>),
-}
-
 /// Everything one stream owns while it runs.
 #[derive(Debug)]
 pub(crate) struct Stream {
@@ -262,38 +268,37 @@ impl Stream {
     ///
     /// The replay is turned into the opening bytes here, before the future
     /// exists: the future (what every idle detached client costs) keeps
-    /// only those bytes, not the replay.
-    pub(crate) fn run<S: Sink>(self, sink: S, replay: Replay) -> impl Future<Output = End> {
+    /// only those bytes, not the replay. `headers` go on an SSE head
+    /// (CORS); like the opening bytes, they are gone once it is written.
+    pub(crate) fn run<S: Sink>(
+        self,
+        sink: S,
+        replay: Replay,
+        headers: ExtraHeaders,
+    ) -> impl Future<Output = End> {
         let last_seq = replay.frames.last().map_or(0, |d| d.seq);
         let replayed = replay.frames.len() as u64;
-        let first = self.opening(replay);
-        self.serve(sink, Opening::Fresh(first), last_seq, replayed)
+        let opening = Box::new(Opening {
+            body: self.opening(replay),
+            headers,
+            adopted: None,
+        });
+        self.serve(sink, opening, last_seq, replayed)
     }
 
     // Awaits as little as possible and keeps little across awaits.
     async fn serve<S: Sink>(
         mut self,
         mut sink: S,
-        opening: Opening,
+        opening: Box<Opening>,
         mut last_seq: u64,
         replayed: u64,
     ) -> End {
         let sub = self.subscription.sub.clone();
-        let opened = {
-            let head = match &self.grip {
-                Some(g) => Head::Grip(&g.head),
-                None => Head::Sse,
-            };
-            // Boxed, as is the end: each happens once, and unboxed their
-            // futures would sit in every idle stream's future for its life.
-            match opening {
-                Opening::Fresh(first) => Box::pin(sink.open(&sub, head, first)).await,
-                Opening::Adopted(parts) => {
-                    let (tail, body) = *parts;
-                    Box::pin(sink.resume(&sub, tail, body)).await
-                }
-            }
-        };
+        // Boxed, as is the end: each happens once, and unboxed their futures
+        // (with the opening bytes and headers) would sit in every idle
+        // stream's future for its life.
+        let opened = Box::pin(open(&mut sink, &sub, self.grip.as_deref(), opening)).await;
         match opened {
             Ok(true) => {}
             Ok(false) => return Box::pin(self.end(sink, cut(&sub), last_seq)).await,
@@ -419,6 +424,28 @@ impl Stream {
         drop(self.guards);
         end
     }
+}
+
+/// Write the response head and the opening bytes.
+async fn open<S: Sink>(
+    sink: &mut S,
+    sub: &Subscriber,
+    grip: Option<&GripOpening>,
+    opening: Box<Opening>,
+) -> io::Result<bool> {
+    let Opening {
+        body,
+        headers,
+        adopted,
+    } = *opening;
+    if let Some(tail) = adopted {
+        return sink.resume(sub, tail, body).await;
+    }
+    let head = match grip {
+        Some(g) => Head::Grip(&g.head),
+        None => Head::Sse(&headers),
+    };
+    sink.open(sub, head, body).await
 }
 
 /// Why a write that waited on a full socket was given up: the client was

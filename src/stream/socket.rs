@@ -97,11 +97,17 @@ impl SocketSink {
 
     /// Write all of `parts`, keeping the rest if the write is given up.
     async fn send(&mut self, sub: &Subscriber, parts: &[&[u8]]) -> io::Result<bool> {
-        match send(&self.tcp, sub, parts).await? {
-            Sent::All => Ok(true),
+        let sent = send(&self.tcp, sub, parts).await?;
+        Ok(self.keep_rest(sent, parts))
+    }
+
+    /// True if all was sent; else keeps what was not.
+    fn keep_rest(&mut self, sent: Sent, parts: &[&[u8]]) -> bool {
+        match sent {
+            Sent::All => true,
             Sent::Cut(done) => {
                 self.rare.get_or_insert_default().tail = rest(parts, done);
-                Ok(false)
+                false
             }
         }
     }
@@ -123,13 +129,21 @@ fn rest(parts: &[&[u8]], mut done: usize) -> Bytes {
 
 impl Sink for SocketSink {
     async fn open(&mut self, sub: &Subscriber, head: Head<'_>, body: Bytes) -> io::Result<bool> {
-        let grip_head;
-        let head: &[u8] = match (head, self.framing()) {
-            (Head::Sse, Framing::Chunked) => &SSE_HEAD_CHUNKED,
-            (Head::Sse, Framing::UntilClose) => &SSE_HEAD_UNTIL_CLOSE,
-            (Head::Grip(h), framing) => {
-                grip_head = h1_head(h, framing);
-                &grip_head
+        let built;
+        let framing = self.framing();
+        let base: &Bytes = match framing {
+            Framing::Chunked => &SSE_HEAD_CHUNKED,
+            Framing::UntilClose => &SSE_HEAD_UNTIL_CLOSE,
+        };
+        let head: &[u8] = match head {
+            Head::Sse([]) => base,
+            Head::Sse(extra) => {
+                built = sse_head_with(base, extra);
+                &built
+            }
+            Head::Grip(h) => {
+                built = h1_head(h, framing);
+                &built
             }
         };
         if body.is_empty() {
@@ -156,13 +170,13 @@ impl Sink for SocketSink {
             return Ok(true);
         }
         let mut size = [0u8; 18];
-        // Only the parts live across the await: every idle stream's future
-        // has room for this state.
-        let parts = {
+        // `send` inlined: this is the write every idle stream's future has room for.
+        let parts: [&[u8]; 3] = {
             let (before, after) = self.framing().around(bytes.len(), &mut size);
             [before, bytes, after]
         };
-        self.send(sub, &parts).await
+        let sent = send(&self.tcp, sub, &parts).await?;
+        Ok(self.keep_rest(sent, &parts))
     }
 
     async fn idle(&mut self, sub: &Subscriber) -> Wake {
@@ -211,6 +225,29 @@ impl Sink for SocketSink {
     }
 }
 
+/// An SSE head (`base`) with `extra` headers before its blank line.
+fn sse_head_with(base: &Bytes, extra: &[(http::HeaderName, http::HeaderValue)]) -> Bytes {
+    let head = &base[..base.len() - 2];
+    let mut out = BytesMut::with_capacity(base.len() + 64 * extra.len());
+    out.extend_from_slice(head);
+    header_lines(&mut out, extra.iter().map(|(k, v)| (k, v)));
+    out.extend_from_slice(b"\r\n");
+    out.freeze()
+}
+
+/// `name: value` lines.
+fn header_lines<'h>(
+    out: &mut BytesMut,
+    headers: impl Iterator<Item = (&'h http::HeaderName, &'h http::HeaderValue)>,
+) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// A GRIP hold's response head as HTTP/1.1 bytes: the backend's status and
 /// headers, then `framing`'s (the stream has no end we know of).
 fn h1_head(head: &pingora_http::ResponseHeader, framing: Framing) -> Bytes {
@@ -224,12 +261,7 @@ fn h1_head(head: &pingora_http::ResponseHeader, framing: Framing) -> Bytes {
         )
         .as_bytes(),
     );
-    for (name, value) in head.headers.iter() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    header_lines(&mut out, head.headers.iter());
     out.extend_from_slice(match framing {
         Framing::Chunked => b"transfer-encoding: chunked\r\n\r\n",
         Framing::UntilClose => framing.head_end(),
@@ -398,7 +430,11 @@ mod tests {
             grip: None,
             handoff: Default::default(),
         };
-        let fut = stream.run(SocketSink::new(tcp, Framing::Chunked), Replay::default());
+        let fut = stream.run(
+            SocketSink::new(tcp, Framing::Chunked),
+            Replay::default(),
+            Vec::new(),
+        );
         let size = std::mem::size_of_val(&fut);
         println!("idle detached stream future: {size} bytes");
         assert!(

@@ -32,11 +32,10 @@ fn poll_route_with(port: u16, change: impl FnOnce(&mut Poll)) -> Arc<PollRoute> 
     };
     change(&mut poll);
     let pool = Pool::new(Upstream {
-        name: "app".into(),
-        servers: vec![([127, 0, 0, 1], port).into()],
         connect_timeout: Duration::from_secs(1),
         read_timeout: Duration::from_secs(1),
         fail_timeout: Duration::from_millis(10),
+        ..Upstream::fixed("app", vec![([127, 0, 0, 1], port).into()])
     });
     Arc::new(PollRoute {
         label: "/p".into(),
