@@ -8,7 +8,10 @@ use crate::config::{Config, Http2};
 use crate::gateway::{BuildError, Gateway};
 use crate::hangup::{self, Hangup};
 use crate::http::admin::{self, AdminApp};
+use crate::http::gate::HeadGate;
+use crate::http::listener::PlainListener;
 use crate::http::public::PublicProxy;
+use crate::stream::limits::FdBudget;
 use crate::tls::{self, CertStore};
 use crate::upgrade::{self, Adopter, Drain};
 use async_trait::async_trait;
@@ -17,6 +20,7 @@ use pingora_core::protocols::http::v2::server::default_h2_options;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::listening::Service;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
@@ -138,6 +142,7 @@ pub fn run_with(
     }
     let grace = config.shutdown_grace;
     let public_addr = config.listen.to_string();
+    let config_listen = config.listen;
     let admin_addr = config.admin.listen.to_string();
     let http2 = config.http2.clone();
     let upgrade_socket = config.upgrade_socket.clone();
@@ -185,21 +190,30 @@ pub fn run_with(
     let phases = server.watch_execution_phase();
     server.bootstrap();
 
-    let mut public = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        PublicProxy { gw: gw.clone() },
-        "public",
+    let mut proxy =
+        pingora_proxy::http_proxy(&server.configuration, PublicProxy { gw: gw.clone() });
+    apply_http2(&mut proxy, &http2);
+    let limits_of = gw.clone();
+    let gate = HeadGate::new(
+        proxy,
+        Box::new(move || limits_of.site().config.limits.header_timeout),
+        FdBudget::current().waiting,
+        gw.metrics.clone(),
     );
-    if let Some(proxy) = public.app_logic_mut() {
-        apply_http2(proxy, &http2);
-    }
-    match &certs {
+    let public = match &certs {
         Some(store) => {
             let settings = store.settings().map_err(StartError::Server)?;
-            public.add_tls_with_settings(&public_addr, None, settings)
+            let mut public = Service::new("public".to_string(), gate);
+            public.add_tls_with_settings(&public_addr, None, settings);
+            server.add_service(public)
         }
-        None => public.add_tcp(&public_addr),
-    }
+        None => server.add_service(PlainListener::new(
+            "public",
+            config_listen,
+            gate,
+            gw.metrics.clone(),
+        )),
+    };
     let mut admin = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         AdminApp { gw: gw.clone() },
@@ -208,7 +222,6 @@ pub fn run_with(
     admin.threads = Some(1);
     admin.add_tcp(&admin_addr);
 
-    let public = server.add_service(public);
     let admin = server.add_service(admin);
     if let Some(listener) = streams_listener {
         // One process at a time hands out cursors: the listeners accept

@@ -2,16 +2,17 @@
 //! holds itself (after the route's auth), to a GRIP route whose backend may
 //! hold the client, or passed through to an upstream pool by pingora.
 
+use super::canonical;
 use super::cors;
 use super::grip::{self, HoldStart};
 use super::record;
 use super::refuse::{Refusal, Style};
 use super::streams;
-use super::upstream::{forwarded, host_of};
+use super::upstream::forwarded;
 use crate::gateway::{Action, Gateway, RouteEntry, Site, SseEntry};
 use crate::hub::{Resume, Subscriber};
 use crate::outbound::Pool;
-use crate::routing::{host_only, Matched, Miss};
+use crate::routing::{Matched, Miss};
 use crate::shutdown::Active;
 use crate::stream::request::{self, Offer};
 use crate::stream::{self, Keep, Opening};
@@ -98,6 +99,15 @@ impl PublicProxy {
             Ok(w) => w,
             Err(e) => return self.refuse(session, e).await,
         };
+        if session.req_header().method == http::Method::HEAD {
+            // The head a GET would get, and nothing more: no subscription,
+            // no connection slot, no poller.
+            drop(values);
+            let extra = cors.map_or_else(Vec::new, |c| cors::headers(c, session.req_header()));
+            let head = super::held::sse_head(&extra)?;
+            session.write_response_header(Box::new(head), true).await?;
+            return Ok(true);
+        }
         // Counted before anything is awaited; released with the stream
         // however it ends.
         let lease = match &entry.poll {
@@ -283,6 +293,11 @@ impl ProxyHttp for PublicProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let site = self.gw.site();
+        // Routed as the upstream will see it: one path, one host, one length.
+        let host = match canonical::canonicalize(session.req_header_mut()) {
+            Ok(h) => h,
+            Err(e) => return self.refuse(session, e).await,
+        };
         let req = session.req_header();
         let public_hook = crate::sources::webhook::find(
             &site.config.webhooks,
@@ -292,7 +307,6 @@ impl ProxyHttp for PublicProxy {
         if let Some(hook) = public_hook {
             return super::webhook::serve(&self.gw, hook, session).await;
         }
-        let host = host_of(req).map(host_only);
         let found = site
             .router
             .lookup(&req.method, host.as_deref(), req.uri.path());

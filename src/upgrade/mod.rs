@@ -29,7 +29,7 @@ pub(crate) use pidfile::{signal_running, write as write_pid};
 use crate::gateway::{Action, Gateway};
 use crate::hub::{Delivery, HubState, Resume};
 use crate::stream::handoff::{self, Frozen, Handed};
-use crate::stream::socket::SocketSink;
+use crate::stream::socket::{Framing, SocketSink};
 use crate::stream::{Counted, Guards, Stream, Subscription};
 use async_trait::async_trait;
 use pingora_core::server::{ExecutionPhase, ShutdownWatch};
@@ -501,7 +501,7 @@ impl Adopter {
             keeps_route,
             task: Box::pin(handoff::adopt(
                 stream,
-                SocketSink::new(tcp),
+                SocketSink::new(tcp, Framing::Chunked),
                 rec.tail,
                 rec.last_seq,
                 queued,
