@@ -13,7 +13,7 @@ use crate::http::listener::PlainListener;
 use crate::http::public::PublicProxy;
 use crate::stream::limits::FdBudget;
 use crate::tls::{self, CertStore};
-use crate::upgrade::{self, Adopter, Drain};
+use crate::upgrade::{self, systemd, Adopter, Drain, Reexec};
 use async_trait::async_trait;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::protocols::http::v2::server::default_h2_options;
@@ -126,6 +126,8 @@ pub fn run_with(
     start: Start,
     extra: impl FnOnce(&mut Server, &Arc<Gateway>),
 ) -> Result<(), StartError> {
+    // Before anything could replace the binary: SIGUSR2 starts this path.
+    let reexec = Reexec::of_this_process().map_err(StartError::Upgrade)?;
     // Every stream is a socket: use the whole hard limit, as nginx's
     // worker_rlimit_nofile would.
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
@@ -158,6 +160,10 @@ pub fn run_with(
     // find this process whenever it gets there.
     let streams_listener = if upgrading {
         let l = upgrade::listen(&upgrade_socket).map_err(StartError::Upgrade)?;
+        // systemd must know the new main process before the old one exits.
+        if let Err(e) = systemd::notify(&format!("MAINPID={}", std::process::id())) {
+            tracing::warn!("systemd notify (MAINPID): {e}");
+        }
         match upgrade::signal_running(&upgrade_socket) {
             Ok(Some(pid)) => tracing::info!(pid, "upgrade: sent SIGQUIT to the running gateway"),
             Ok(None) => tracing::info!(
@@ -246,6 +252,10 @@ pub fn run_with(
             phases: Mutex::new(Some(phases)),
         },
     ));
+    let ready = server.add_service(background_service("systemd", systemd::Ready));
+    ready.add_dependency(&public);
+    ready.add_dependency(&admin);
+    server.add_service(background_service("reexec", reexec));
     server.add_service(background_service(
         "hangup",
         Hangup {

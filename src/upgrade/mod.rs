@@ -22,9 +22,12 @@
 //! from another.
 
 mod pidfile;
+mod reexec;
+pub(crate) mod systemd;
 pub(crate) mod wire;
 
 pub(crate) use pidfile::{signal_running, write as write_pid};
+pub(crate) use reexec::Reexec;
 
 use crate::gateway::{Action, Gateway};
 use crate::hub::{Delivery, HubState, Resume};
