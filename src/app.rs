@@ -2,23 +2,25 @@
 //! listener (TLS through our front with ALPN h2/http1.1, or plain text with
 //! optional h2c), the admin listener, and background services for drain
 //! (and the live upgrade's handoff), SIGHUP reload and housekeeping (broker
-//! upkeep, JWT expiry, the dashboard's feed).
+//! and records upkeep, JWT expiry, the dashboard's feed).
 
 use crate::config::{Config, Http2};
 use crate::gateway::{BuildError, Gateway};
 use crate::hangup::{self, Hangup};
 use crate::http::admin::{self, AdminApp};
 use crate::http::front;
+use crate::http::gate::HeadGate;
+use crate::http::listener::PlainListener;
 use crate::http::public::PublicProxy;
+use crate::stream::limits::FdBudget;
 use crate::tls::{self, CertStore};
-use crate::upgrade::{self, Adopter, Drain};
+use crate::upgrade::{self, systemd, Adopter, Drain, Reexec};
 use async_trait::async_trait;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::protocols::http::v2::server::default_h2_options;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
-use pingora_core::services::listening::Service;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
@@ -58,7 +60,7 @@ impl fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// Broker upkeep, the JWT expiry sweep and the dashboard's feed.
+/// Broker and records upkeep, the JWT expiry sweep and the dashboard's feed.
 #[derive(Debug)]
 struct Housekeeping {
     gw: Arc<Gateway>,
@@ -69,6 +71,7 @@ impl BackgroundService for Housekeeping {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         tokio::select! {
             _ = self.gw.hub.clone().run() => {}
+            _ = self.gw.records.clone().run() => {}
             _ = self.gw.streams.expiries.run() => {}
             _ = admin::feed_dashboard(&self.gw) => {}
             _ = shutdown.changed() => {}
@@ -127,6 +130,8 @@ pub fn run_with(
     start: Start,
     extra: impl FnOnce(&mut Server, &Arc<Gateway>),
 ) -> Result<(), StartError> {
+    // Before anything could replace the binary: SIGUSR2 starts this path.
+    let reexec = Reexec::of_this_process().map_err(StartError::Upgrade)?;
     // Every stream is a socket: use the whole hard limit, as nginx's
     // worker_rlimit_nofile would.
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
@@ -143,6 +148,7 @@ pub fn run_with(
     }
     let grace = config.shutdown_grace;
     let public_addr = config.listen.to_string();
+    let config_listen = config.listen;
     let admin_addr = config.admin.listen.to_string();
     let http2 = config.http2.clone();
     let upgrade_socket = config.upgrade_socket.clone();
@@ -158,6 +164,10 @@ pub fn run_with(
     // find this process whenever it gets there.
     let streams_listener = if upgrading {
         let l = upgrade::listen(&upgrade_socket).map_err(StartError::Upgrade)?;
+        // systemd must know the new main process before the old one exits.
+        if let Err(e) = systemd::notify(&format!("MAINPID={}", std::process::id())) {
+            tracing::warn!("systemd notify (MAINPID): {e}");
+        }
         match upgrade::signal_running(&upgrade_socket) {
             Ok(Some(pid)) => tracing::info!(pid, "upgrade: sent SIGQUIT to the running gateway"),
             Ok(None) => tracing::info!(
@@ -193,6 +203,32 @@ pub fn run_with(
     let mut proxy =
         pingora_proxy::http_proxy(&server.configuration, PublicProxy { gw: gw.clone() });
     apply_http2(&mut proxy, &http2);
+    let limits_of = gw.clone();
+    let gate = HeadGate::new(
+        proxy,
+        Box::new(move || limits_of.site().config.limits.header_timeout),
+        FdBudget::current().waiting,
+        gw.metrics.clone(),
+    );
+    let public = match &certs {
+        Some(store) => {
+            // Our TLS front, on a pingora listener: its socket is in
+            // pingora's fd table, so a live upgrade passes it on as before.
+            let config = store.server_config().map_err(|e| {
+                StartError::Tls(tls::Problem {
+                    part: tls::Part::Cert,
+                    message: format!("tls setup: {e}"),
+                })
+            })?;
+            server.add_service(front::service("public", gate, config, &public_addr))
+        }
+        None => server.add_service(PlainListener::new(
+            "public",
+            config_listen,
+            gate,
+            gw.metrics.clone(),
+        )),
+    };
     let mut admin = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         AdminApp { gw: gw.clone() },
@@ -201,22 +237,6 @@ pub fn run_with(
     admin.threads = Some(1);
     admin.add_tcp(&admin_addr);
 
-    let public = match &certs {
-        Some(store) => {
-            let config = store.server_config().map_err(|e| {
-                StartError::Tls(tls::Problem {
-                    part: tls::Part::Cert,
-                    message: format!("tls setup: {e}"),
-                })
-            })?;
-            server.add_service(front::service("public", proxy, config, &public_addr))
-        }
-        None => {
-            let mut public = Service::new("public".to_string(), proxy);
-            public.add_tcp(&public_addr);
-            server.add_service(public)
-        }
-    };
     let admin = server.add_service(admin);
     if let Some(listener) = streams_listener {
         // One process at a time hands out cursors: the listeners accept
@@ -241,6 +261,10 @@ pub fn run_with(
             phases: Mutex::new(Some(phases)),
         },
     ));
+    let ready = server.add_service(background_service("systemd", systemd::Ready));
+    ready.add_dependency(&public);
+    ready.add_dependency(&admin);
+    server.add_service(background_service("reexec", reexec));
     server.add_service(background_service(
         "hangup",
         Hangup {

@@ -10,10 +10,11 @@
 //! - `config`: the YAML file → validated runtime config (errors name FILE:LINE:COL).
 //! - `metrics`, `tls` (certificates), `shutdown`, `logging`.
 //! - `hub`: the `Broker` trait, cursors, history, subscriber queues; the
-//!   memory and Redis brokers.
+//!   memory and Redis brokers; the `Records` of recorded backend replies.
 //! - `outbound`: the one HTTP client for requests the gateway makes itself,
 //!   upstream pools, X-Forwarded-*.
-//! - `auth`, `grip` (instructions), `sources` (publish, webhooks, pollers).
+//! - `auth`, `grip` (instructions), `record` (resumable backend streams),
+//!   `sources` (publish, webhooks, pollers).
 //! - `stream`: one SSE stream's life, whatever carries it.
 //! - `gateway`: the capability handles every handler shares.
 //! - `http`: the two listeners; every typed error becomes a status there.
@@ -37,6 +38,7 @@ pub(crate) mod outbound;
 
 pub(crate) mod auth;
 pub(crate) mod grip;
+pub(crate) mod record;
 pub mod sources;
 pub(crate) mod stream;
 

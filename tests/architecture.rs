@@ -18,7 +18,7 @@ const LAYERS: &[&str] = &[
     "tls", "config", "metrics", "shutdown", "logging",
     // the hub and the outbound client
     "hub", "outbound", // capabilities
-    "auth", "grip", "sources", "stream",
+    "auth", "grip", "record", "sources", "stream",
     // the handles every handler shares, then HTTP at the edge
     "gateway", "http", "upgrade", "hangup", "app", "demo",
 ];

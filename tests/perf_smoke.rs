@@ -81,7 +81,7 @@ async fn open_tls_h1(
     ca: &TestCa,
     port: u16,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let mut s = ca.connect_alpn(port, b"http/1.1").await.unwrap();
+    let mut s = ca.connect_alpn(port, &[b"http/1.1"]).await.unwrap();
     s.write_all(b"GET /events/smoke HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
         .await
         .unwrap();

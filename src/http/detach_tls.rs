@@ -40,9 +40,11 @@ pub(crate) async fn take_send_stream(
 }
 
 /// Take an HTTP/1.1 connection that came through our TLS front. None (and
-/// the session untouched) for anything else.
+/// the session untouched) for anything else — HTTP/1.0 included, whose
+/// close-delimited body stays with the held sink.
 pub(crate) fn take_tls(session: &mut Session) -> Option<Stream> {
     let ours = matches!(*session.downstream_session, ServerSession::H1(_))
+        && session.req_header().version == http::Version::HTTP_11
         && session
             .downstream_session
             .stream()

@@ -1,6 +1,7 @@
 //! The hub: every source publishes `Event`s here; the broker gives each a
 //! cursor, keeps it in bounded per-channel history, encodes its SSE frame once
 //! and offers those shared bytes to every subscriber's bounded queue.
+//! `record` keeps a backend's own SSE replies the same way, for resume.
 
 pub mod cursor;
 mod direct;
@@ -8,7 +9,9 @@ mod feed;
 mod history;
 mod local;
 pub mod memory;
+pub mod record;
 pub mod redis;
+mod redis_client;
 mod subscriber;
 
 pub use direct::Direct;

@@ -176,6 +176,18 @@ impl Subscriber {
         Offer::Queued
     }
 
+    /// A write waiting on this client's full socket stops waiting: it was
+    /// evicted as slow, its credentials expired, its route changed, or a
+    /// live upgrade takes it (with the rest of the write). A closed
+    /// subscriber (its publisher or its record ended) is not cut: what it
+    /// was sent before the close is still written.
+    pub fn is_cut(&self) -> bool {
+        matches!(
+            self.state(),
+            SubState::Slow | SubState::Expired | SubState::Retired | SubState::HandingOff
+        )
+    }
+
     /// End the stream (publisher close or shutdown).
     pub fn close(&self) {
         self.end_as(CLOSED);

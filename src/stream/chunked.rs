@@ -1,4 +1,4 @@
-//! HTTP/1.1 framing of a detached stream's bytes, shared by the plain socket
+//! HTTP/1 framing of a detached stream's bytes, shared by the plain socket
 //! and the TLS sinks: the response head, and the body as chunks — each write
 //! a few slices for one vectored write (the chunk-size line on the stack,
 //! the hub's frame as it is: no copy).
@@ -10,27 +10,89 @@ use std::io::IoSlice;
 use std::ops::Deref;
 use std::sync::LazyLock;
 
-/// `200` with the SSE headers, chunked, kept alive.
-static SSE_HEAD: LazyLock<Bytes> = LazyLock::new(|| {
+/// How a detached stream's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Framing {
+    /// HTTP/1.1: chunked, so the connection could outlive the stream.
+    #[default]
+    Chunked,
+    /// HTTP/1.0 has no chunked encoding: the body is every byte until the
+    /// connection closes (`connection: close`).
+    UntilClose,
+}
+
+impl Framing {
+    /// What ends the response head: the framing's headers and the blank line.
+    fn head_end(self) -> &'static [u8] {
+        match self {
+            Framing::Chunked => b"transfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n",
+            Framing::UntilClose => b"connection: close\r\n\r\n",
+        }
+    }
+
+    /// What goes before and after `len` body bytes: a chunk's size line and
+    /// end, or nothing.
+    pub(super) fn around(self, len: usize, size: &mut [u8; 18]) -> (&[u8], &'static [u8]) {
+        match self {
+            Framing::Chunked => (chunk_head(len, size), b"\r\n"),
+            Framing::UntilClose => (b"", b""),
+        }
+    }
+}
+
+/// `200` with the SSE headers, then `framing`'s.
+fn sse_head(framing: Framing) -> Bytes {
     let mut out = BytesMut::from(&b"HTTP/1.1 200 OK\r\n"[..]);
     for (k, v) in wire::SSE_HEADERS {
         out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
     }
-    out.extend_from_slice(b"transfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n");
+    out.extend_from_slice(framing.head_end());
     out.freeze()
-});
+}
 
-/// The response head as HTTP/1.1 bytes.
-pub(super) fn head_bytes(head: Head<'_>) -> Bytes {
+static SSE_HEAD_CHUNKED: LazyLock<Bytes> = LazyLock::new(|| sse_head(Framing::Chunked));
+static SSE_HEAD_UNTIL_CLOSE: LazyLock<Bytes> = LazyLock::new(|| sse_head(Framing::UntilClose));
+
+/// The response head as HTTP/1.1 bytes, delimited by `framing`.
+pub(super) fn head_bytes(head: Head<'_>, framing: Framing) -> Bytes {
+    let base: &Bytes = match framing {
+        Framing::Chunked => &SSE_HEAD_CHUNKED,
+        Framing::UntilClose => &SSE_HEAD_UNTIL_CLOSE,
+    };
     match head {
-        Head::Sse => SSE_HEAD.clone(),
-        Head::Grip(h) => grip_head(h),
+        Head::Sse([]) => base.clone(),
+        Head::Sse(extra) => sse_head_with(base, extra),
+        Head::Given(h) => h1_head(h, framing),
     }
 }
 
-/// A GRIP hold's response head: the backend's status and headers, chunked
-/// because the stream has no end we know of.
-fn grip_head(head: &pingora_http::ResponseHeader) -> Bytes {
+/// An SSE head (`base`) with `extra` headers before its blank line.
+fn sse_head_with(base: &Bytes, extra: &[(http::HeaderName, http::HeaderValue)]) -> Bytes {
+    let head = &base[..base.len() - 2];
+    let mut out = BytesMut::with_capacity(base.len() + 64 * extra.len());
+    out.extend_from_slice(head);
+    header_lines(&mut out, extra.iter().map(|(k, v)| (k, v)));
+    out.extend_from_slice(b"\r\n");
+    out.freeze()
+}
+
+/// `name: value` lines.
+fn header_lines<'h>(
+    out: &mut BytesMut,
+    headers: impl Iterator<Item = (&'h http::HeaderName, &'h http::HeaderValue)>,
+) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// A stream's own response head (a GRIP hold's, a recorded reply's) as
+/// HTTP/1.1 bytes: its status and headers, then `framing`'s (the stream
+/// has no end we know of).
+fn h1_head(head: &pingora_http::ResponseHeader, framing: Framing) -> Bytes {
     let status = head.status;
     let mut out = BytesMut::with_capacity(256);
     out.extend_from_slice(
@@ -41,13 +103,11 @@ fn grip_head(head: &pingora_http::ResponseHeader) -> Bytes {
         )
         .as_bytes(),
     );
-    for (name, value) in head.headers.iter() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+    header_lines(&mut out, head.headers.iter());
+    out.extend_from_slice(match framing {
+        Framing::Chunked => b"transfer-encoding: chunked\r\n\r\n",
+        Framing::UntilClose => framing.head_end(),
+    });
     out.freeze()
 }
 

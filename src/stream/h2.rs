@@ -13,7 +13,7 @@
 //! (~20 KB); here it is this small future and h2's own stream slot.
 
 use super::{Head, Sink, Wake, WRITE_TIMEOUT};
-use crate::hub::{Direct, SubState, Subscriber};
+use crate::hub::{Direct, Subscriber};
 use ::h2::{Reason, SendStream};
 use bytes::Bytes;
 use std::future::Future;
@@ -87,7 +87,7 @@ fn poll_room(sub: &Subscriber, want: usize, cx: &mut Context<'_>) -> Poll<Room> 
 }
 
 /// Send all of `bytes` as the client's window allows; Ok(false) when the
-/// subscriber stops being open while the window stays shut.
+/// subscriber is cut while the window stays shut.
 async fn send(sub: &Subscriber, bytes: &Bytes) -> io::Result<bool> {
     let mut rest = bytes.clone();
     while !rest.is_empty() {
@@ -113,7 +113,7 @@ async fn send(sub: &Subscriber, bytes: &Bytes) -> io::Result<bool> {
     Ok(true)
 }
 
-/// Wait for window; Ok(false) when the subscriber stops being open meanwhile.
+/// Wait for window; Ok(false) when the subscriber is cut meanwhile.
 async fn wait_room(sub: &Subscriber, want: usize) -> io::Result<bool> {
     let deadline = tokio::time::sleep(WRITE_TIMEOUT);
     tokio::pin!(deadline);
@@ -124,7 +124,7 @@ async fn wait_room(sub: &Subscriber, want: usize) -> io::Result<bool> {
                 Room::Gone => return Err(gone()),
             },
             _ = sub.woken() => {
-                if sub.state() != SubState::Open {
+                if sub.is_cut() {
                     return Ok(false);
                 }
             }

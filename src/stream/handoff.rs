@@ -8,7 +8,7 @@
 //! — and sends what the new process needs (`Frozen`) to the collector. The
 //! client sees nothing: no byte is written and the socket is not closed.
 
-use super::{Guards, Opening, Sink, Stream};
+use super::{Guards, Sink, Start, Stream};
 use crate::hub::{Delivery, Replay, Subscriber};
 use bytes::{Bytes, BytesMut};
 use std::net::IpAddr;
@@ -110,7 +110,7 @@ pub(super) async fn freeze<S: Sink>(stream: Stream, sink: S, mut last_seq: u64) 
         _active,
         gauge,
         expiry,
-        poll,
+        keep,
     } = guards;
     let frozen = Box::new(Frozen {
         tcp,
@@ -124,7 +124,7 @@ pub(super) async fn freeze<S: Sink>(stream: Stream, sink: S, mut last_seq: u64) 
         expires: expiry.as_ref().map(|e| e.expires_unix()),
     });
     // Unsubscribed, uncounted: the stream lives on in the other process.
-    drop((subscription, slot, _active, gauge, expiry, poll));
+    drop((subscription, slot, _active, gauge, expiry, keep));
     match handoff.send(frozen) {
         Ok(()) => super::End::HandedOff,
         Err(frozen) => {
@@ -183,8 +183,12 @@ pub(crate) fn adopt<S: Sink>(
         body.extend_from_slice(&d.frame);
     }
     let replayed = frames.len() as u64;
-    let opening = Opening::Adopted(Box::new((tail, body.freeze())));
-    stream.serve(sink, opening, last_seq, replayed)
+    let start = Box::new(Start {
+        body: body.freeze(),
+        headers: Vec::new(),
+        adopted: Some(tail),
+    });
+    stream.serve(sink, start, last_seq, replayed)
 }
 
 /// The subscriber of an adopted stream.

@@ -34,10 +34,10 @@ pub(super) fn idle_stream() -> Stream {
             slot: Some(limiter.acquire(None).unwrap()),
             _active: shutdown.track(),
             gauge: None,
-            poll: None,
+            keep: None,
             expiry: None,
         },
-        grip: None,
+        opening: None,
         handoff: Default::default(),
     }
 }
@@ -51,7 +51,7 @@ pub(super) fn loopback() -> tokio::net::TcpStream {
 }
 
 fn future_size<S: Sink>(sink: S) -> usize {
-    let fut = idle_stream().run(sink, Replay::default());
+    let fut = idle_stream().run(sink, Replay::default(), Vec::new());
     std::mem::size_of_val(&fut)
 }
 

@@ -8,9 +8,10 @@
 //! header maps, the proxy task): tens of KB per idle client. Here a stream
 //! is one small task and this socket.
 
-use super::chunked::{head_bytes, rest, slices_from, Chunked, MAX_PARTS};
+pub(crate) use super::chunked::Framing;
+use super::chunked::{head_bytes, rest, slices_from, MAX_PARTS};
 use super::{Head, Sink, Wake, WRITE_TIMEOUT};
-use crate::hub::{SubState, Subscriber};
+use crate::hub::Subscriber;
 use bytes::Bytes;
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -21,23 +22,47 @@ use tokio::net::TcpStream;
 #[derive(Debug)]
 pub(crate) struct SocketSink {
     tcp: TcpStream,
-    /// The unwritten rest of a write that was given up (boxed: it exists
-    /// only for a stream cut short, and every idle stream carries the field).
-    tail: Option<Box<Bytes>>,
+    /// None: chunked, nothing left unwritten — every idle stream carries
+    /// this field, so the rare rest is boxed.
+    rare: Option<Box<Rare>>,
+}
+
+/// What few detached streams need.
+#[derive(Debug, Default)]
+struct Rare {
+    framing: Framing,
+    /// The unwritten rest of a write that was given up.
+    tail: Bytes,
 }
 
 impl SocketSink {
-    pub(crate) fn new(tcp: TcpStream) -> SocketSink {
-        SocketSink { tcp, tail: None }
+    pub(crate) fn new(tcp: TcpStream, framing: Framing) -> SocketSink {
+        let rare = (framing != Framing::Chunked).then(|| {
+            Box::new(Rare {
+                framing,
+                ..Rare::default()
+            })
+        });
+        SocketSink { tcp, rare }
+    }
+
+    pub(crate) fn framing(&self) -> Framing {
+        self.rare.as_ref().map_or(Framing::Chunked, |r| r.framing)
     }
 
     /// Write all of `parts`, keeping the rest if the write is given up.
     async fn send(&mut self, sub: &Subscriber, parts: &[&[u8]]) -> io::Result<bool> {
-        match send(&self.tcp, sub, parts).await? {
-            Sent::All => Ok(true),
+        let sent = send(&self.tcp, sub, parts).await?;
+        Ok(self.keep_rest(sent, parts))
+    }
+
+    /// True if all was sent; else keeps what was not.
+    fn keep_rest(&mut self, sent: Sent, parts: &[&[u8]]) -> bool {
+        match sent {
+            Sent::All => true,
             Sent::Cut(done) => {
-                self.tail = Some(Box::new(rest(parts, done)));
-                Ok(false)
+                self.rare.get_or_insert_default().tail = rest(parts, done);
+                false
             }
         }
     }
@@ -45,31 +70,38 @@ impl SocketSink {
 
 impl Sink for SocketSink {
     async fn open(&mut self, sub: &Subscriber, head: Head<'_>, body: Bytes) -> io::Result<bool> {
-        let head = head_bytes(head);
-        self.send(sub, &Chunked::default().opening(&head, &body))
-            .await
+        let head = head_bytes(head, self.framing());
+        if body.is_empty() {
+            // An empty chunk would end the body before it started.
+            return self.send(sub, &[&head]).await;
+        }
+        let mut size = [0u8; 18];
+        let (before, after) = self.framing().around(body.len(), &mut size);
+        self.send(sub, &[&head, before, &body, after]).await
     }
 
     async fn resume(&mut self, sub: &Subscriber, tail: Bytes, body: Bytes) -> io::Result<bool> {
-        // The tail goes out as it is, as a head would.
-        self.send(sub, &Chunked::default().opening(&tail, &body))
-            .await
+        if body.is_empty() {
+            return self.send(sub, &[&tail]).await;
+        }
+        let mut size = [0u8; 18];
+        let (before, after) = self.framing().around(body.len(), &mut size);
+        self.send(sub, &[&tail, before, &body, after]).await
     }
 
     async fn write(&mut self, sub: &Subscriber, bytes: &Bytes) -> io::Result<bool> {
-        // Framed and written without awaiting: what an idle stream's future
-        // keeps for this call is only the (boxed) rest of a write the socket
-        // did not take at once.
-        let rest = {
-            let mut chunked = Chunked::default();
-            let parts = chunked.chunk(bytes);
-            let done = write_now(&self.tcp, &parts, 0)?;
-            if done == parts.iter().map(|p| p.len()).sum::<usize>() {
-                return Ok(true);
-            }
-            rest(&parts, done)
+        if bytes.is_empty() {
+            // An empty chunk would end the body.
+            return Ok(true);
+        }
+        let mut size = [0u8; 18];
+        // `send` inlined: this is the write every idle stream's future has room for.
+        let parts: [&[u8]; 3] = {
+            let (before, after) = self.framing().around(bytes.len(), &mut size);
+            [before, bytes, after]
         };
-        Box::pin(self.send(sub, &[&rest])).await
+        let sent = send(&self.tcp, sub, &parts).await?;
+        Ok(self.keep_rest(sent, &parts))
     }
 
     async fn idle(&mut self, sub: &Subscriber) -> Wake {
@@ -97,13 +129,24 @@ impl Sink for SocketSink {
     }
 
     async fn finish(&mut self, sub: &Subscriber, last: Option<Bytes>) {
-        if let Some(last) = last {
-            let _ = self.send(sub, &Chunked::default().ending(&last)).await;
-        }
+        let Some(last) = last else {
+            return;
+        };
+        // Until-close: dropping the socket ends the body.
+        let end: &[u8] = match self.framing() {
+            Framing::Chunked => b"0\r\n\r\n",
+            Framing::UntilClose => b"",
+        };
+        let mut size = [0u8; 18];
+        let (before, after) = match last.is_empty() {
+            true => (&b""[..], &b""[..]),
+            false => self.framing().around(last.len(), &mut size),
+        };
+        let _ = self.send(sub, &[before, &last, after, end]).await;
     }
 
     fn surrender(self) -> Option<(TcpStream, Bytes)> {
-        Some((self.tcp, self.tail.map(|t| *t).unwrap_or_default()))
+        Some((self.tcp, self.rare.map(|r| r.tail).unwrap_or_default()))
     }
 }
 
@@ -169,7 +212,7 @@ async fn send_rest(
         tokio::select! {
             r = tcp.writable() => r?,
             _ = sub.woken() => {
-                if sub.state() != SubState::Open {
+                if sub.is_cut() {
                     return Ok(Sent::Cut(done));
                 }
                 continue;
@@ -191,7 +234,11 @@ mod tests {
     /// it from growing back unnoticed.
     #[tokio::test]
     async fn idle_stream_future_stays_small() {
-        let fut = idle_stream().run(SocketSink::new(loopback()), Replay::default());
+        let fut = idle_stream().run(
+            SocketSink::new(loopback(), Framing::Chunked),
+            Replay::default(),
+            Vec::new(),
+        );
         let size = std::mem::size_of_val(&fut);
         println!("idle detached stream future: {size} bytes");
         assert!(

@@ -8,9 +8,9 @@
 //! pingora's buffers (~58 KB); here it is this future, the connection and
 //! rustls's own state.
 
-use super::chunked::{head_bytes, rest, slices_from, Chunked, MAX_PARTS};
+use super::chunked::{head_bytes, rest, slices_from, Chunked, Framing, MAX_PARTS};
 use super::{Head, Sink, Wake, WRITE_TIMEOUT};
-use crate::hub::{SubState, Subscriber};
+use crate::hub::Subscriber;
 use bytes::Bytes;
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -59,8 +59,8 @@ fn write_now<T: AsyncWrite + Unpin>(
     }
 }
 
-/// Write `parts`; Ok(false) when the subscriber stops being open while the
-/// connection does not take them (evicted as slow, closed, expired).
+/// Write `parts`; Ok(false) when the subscriber is cut while the connection does
+/// not take them (evicted as slow, expired, retired).
 async fn send<T: AsyncWrite + Unpin>(
     io: &mut T,
     sub: &Subscriber,
@@ -91,7 +91,7 @@ async fn send_rest<T: AsyncWrite + Unpin>(
         tokio::select! {
             r = written => return r,
             _ = sub.woken() => {
-                if sub.state() != SubState::Open {
+                if sub.is_cut() {
                     return Ok(false);
                 }
             }
@@ -102,7 +102,7 @@ async fn send_rest<T: AsyncWrite + Unpin>(
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Sink for TlsSink<T> {
     async fn open(&mut self, sub: &Subscriber, head: Head<'_>, body: Bytes) -> io::Result<bool> {
-        let head = head_bytes(head);
+        let head = head_bytes(head, Framing::Chunked);
         send(&mut self.io, sub, &Chunked::default().opening(&head, &body)).await
     }
 

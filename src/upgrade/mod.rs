@@ -22,14 +22,17 @@
 //! from another.
 
 mod pidfile;
+mod reexec;
+pub(crate) mod systemd;
 pub(crate) mod wire;
 
 pub(crate) use pidfile::{signal_running, write as write_pid};
+pub(crate) use reexec::Reexec;
 
 use crate::gateway::{Action, Gateway};
 use crate::hub::{Delivery, HubState, Resume};
 use crate::stream::handoff::{self, Frozen, Handed};
-use crate::stream::socket::SocketSink;
+use crate::stream::socket::{Framing, SocketSink};
 use crate::stream::{Counted, Guards, Stream, Subscription};
 use async_trait::async_trait;
 use pingora_core::server::{ExecutionPhase, ShutdownWatch};
@@ -490,10 +493,10 @@ impl Adopter {
                 gauge: Some(Counted::new(
                     gw.metrics.connections.with_label_values(&[&label]),
                 )),
-                poll: None,
+                keep: None,
                 expiry,
             },
-            grip: None,
+            opening: None,
             handoff: streams.handoff.clone(),
         };
         Ok(Staged {
@@ -501,7 +504,7 @@ impl Adopter {
             keeps_route,
             task: Box::pin(handoff::adopt(
                 stream,
-                SocketSink::new(tcp),
+                SocketSink::new(tcp, Framing::Chunked),
                 rec.tail,
                 rec.last_seq,
                 queued,

@@ -3,7 +3,10 @@
 //! reqwest) and a raw-socket reader for byte-exact checks. Every wait is bounded.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod browser;
+pub mod chat;
 pub mod faults;
+pub mod replies;
 pub mod tls;
 
 use futures_util::StreamExt;
@@ -538,6 +541,18 @@ impl Raw {
                 return text;
             }
         }
+    }
+
+    /// The server closes the connection within `timeout` (whatever else it sends).
+    pub fn closes_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut chunk = [0u8; 65536];
+        while Instant::now() < deadline {
+            if !self.read_some(&mut chunk, "the close") {
+                return true;
+            }
+        }
+        false
     }
 
     /// One read into `buf`; false at EOF. A read timeout is no error.
