@@ -8,6 +8,7 @@
 
 use super::cursor;
 use super::history::History;
+use super::subs::Subs;
 use super::{
     offer_all, Broker, BrokerError, ChannelState, Delivery, Event, EventState, HubState, HubStats,
     Payload, PublishReport, Replay, Resume, Subscriber,
@@ -48,7 +49,7 @@ struct State {
 
 #[derive(Debug, Default)]
 struct Channel {
-    subs: HashMap<u64, Arc<Subscriber>>,
+    subs: Subs,
     history: History,
     /// Highest cursor evicted from this channel's history.
     evicted: u64,
@@ -277,7 +278,7 @@ impl Broker for MemoryBroker {
             let forgotten = st.forgotten;
             Self::channel(&mut st.channels, forgotten, name)
                 .subs
-                .insert(sub.id(), sub.clone());
+                .insert(sub);
         }
         Ok(match resume {
             Resume::Live => Replay {
@@ -293,7 +294,7 @@ impl Broker for MemoryBroker {
         let mut forgotten = st.forgotten;
         for name in channels {
             if let Some(ch) = st.channels.get_mut(name.as_str()) {
-                ch.subs.remove(&sub.id());
+                ch.subs.remove(sub.id());
                 if ch.idle() {
                     forgotten = forgotten.max(ch.evicted);
                     st.channels.remove(name.as_str());

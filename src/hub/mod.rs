@@ -12,6 +12,7 @@ pub mod memory;
 pub mod record;
 pub mod redis;
 mod redis_client;
+mod subs;
 mod subscriber;
 
 pub use direct::Direct;
