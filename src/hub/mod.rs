@@ -10,7 +10,7 @@ pub mod redis;
 mod subscriber;
 
 pub use feed::Feed;
-pub use subscriber::{Delivery, Offer, SubState, Subscriber};
+pub use subscriber::{count_written, Delivery, Offer, SubState, Subscriber};
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -295,12 +295,7 @@ impl Stream {
                     Err(_) => break End::WriteFailed,
                 }
                 wrote = true;
-                self.metrics.delivered.inc_by(batch.len() as u64);
-                for d in &batch {
-                    self.metrics
-                        .latency
-                        .observe(d.published.elapsed().as_secs_f64());
-                }
+                crate::hub::count_written(&batch, &self.metrics);
                 if batch.capacity() > 64 {
                     batch = Vec::new();
                 }
