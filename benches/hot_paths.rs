@@ -12,7 +12,9 @@ use http::Method;
 use ssegate::config::load_str;
 use ssegate::hub::cursor;
 use ssegate::hub::memory::MemoryBroker;
-use ssegate::hub::{count_written, Broker, Delivery, Event, Payload, Replay, Resume, Subscriber};
+use ssegate::hub::{
+    count_written, Broker, Delivery, Event, Payload, Replay, Resume, Source, Subscriber,
+};
 use ssegate::metrics::Metrics;
 use ssegate::routing::host_only;
 use ssegate::wire::encode;
@@ -53,14 +55,15 @@ fn json_data(i: usize) -> String {
 }
 
 fn message(channel: &str, i: usize) -> Event {
-    Event {
-        channel: channel.to_string(),
-        dedupe_id: None,
-        payload: Payload::Message {
+    Event::new(
+        channel.to_string(),
+        None,
+        Payload::Message {
             event: Some("order.updated".to_string()),
             data: json_data(i),
         },
-    }
+        Source::Publish,
+    )
 }
 
 fn frame_encoding(c: &mut Criterion) {

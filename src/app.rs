@@ -126,6 +126,9 @@ pub fn run_with(
     };
     hangup::ignore_early().map_err(StartError::Signals)?;
     let gw = Gateway::new(config).map_err(StartError::Build)?;
+    if let Some(store) = &certs {
+        gw.metrics.tls_expiry.set(store.not_after().unwrap_or(0));
+    }
 
     let conf = ServerConf {
         threads: worker_threads(),

@@ -16,6 +16,7 @@ use crate::shutdown::Shutdown;
 use crate::sources::poll::{PollRoute, Pollers};
 use crate::stream::heartbeat::Heartbeats;
 use crate::stream::limits::ConnLimiter;
+use crate::telemetry::Tracing;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub enum BuildError {
     Redis(redis::RedisError),
+    Telemetry(crate::telemetry::TelemetryError),
     /// A route names an upstream the config does not define (`config::load`
     /// refuses such a file, so only a config built some other way gets here).
     UnknownUpstream(String),
@@ -33,6 +35,7 @@ impl std::fmt::Display for BuildError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BuildError::Redis(e) => write!(f, "bad redis url: {e}"),
+            BuildError::Telemetry(e) => e.fmt(f),
             BuildError::UnknownUpstream(u) => write!(f, "unknown upstream `{u}`"),
         }
     }
@@ -51,6 +54,8 @@ pub struct Gateway {
     /// The dashboard's stats, offered to its viewers once a tick.
     pub dashboard: Arc<Feed>,
     pub started: std::time::Instant,
+    /// OpenTelemetry spans; None when `telemetry:` is not configured.
+    pub telemetry: Option<Arc<Tracing>>,
 }
 
 /// The bookkeeping of open streams.
@@ -198,12 +203,21 @@ impl Gateway {
             .map_err(BuildError::Redis)?,
         };
         let client = Arc::new(Client::new());
+        let telemetry = match &config.telemetry {
+            Some(t) => Some(Arc::new(Tracing::start(t).map_err(BuildError::Telemetry)?)),
+            None => None,
+        };
         let limiter = ConnLimiter::new(
             config.limits.max_connections,
             config.limits.max_connections_per_ip,
         );
         Ok(Arc::new(Gateway {
-            pollers: Pollers::new(hub.clone(), metrics.clone(), client.clone()),
+            pollers: Pollers::new(
+                hub.clone(),
+                metrics.clone(),
+                client.clone(),
+                telemetry.clone(),
+            ),
             site: Arc::new(Site::new(config)?),
             hub,
             client,
@@ -217,6 +231,7 @@ impl Gateway {
             metrics,
             dashboard: Arc::default(),
             started: std::time::Instant::now(),
+            telemetry,
         }))
     }
 }

@@ -53,6 +53,7 @@ impl BackgroundService for Hangup {
             match certs.reload() {
                 Ok(()) => {
                     self.metrics.tls_reloads.with_label_values(&["ok"]).inc();
+                    self.metrics.tls_expiry.set(certs.not_after().unwrap_or(0));
                     tracing::info!("SIGHUP: tls certificate reloaded; new handshakes use it");
                 }
                 Err(e) => {

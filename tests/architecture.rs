@@ -13,14 +13,32 @@ use std::path::{Path, PathBuf};
 /// Bottom to top. `lib` and `main` sit above everything.
 const LAYERS: &[&str] = &[
     // vocabulary
-    "channel", "wire", "routing", "template", "values",
+    "channel",
+    "origin",
+    "wire",
+    "routing",
+    "template",
+    "values",
     // configuration and infrastructure
-    "tls", "config", "metrics", "shutdown", "logging",
+    "tls",
+    "config",
+    "metrics",
+    "shutdown",
+    "logging",
     // the hub and the outbound client
-    "hub", "outbound", // capabilities
-    "auth", "grip", "sources", "stream",
+    "hub",
+    "outbound",
+    "telemetry", // capabilities
+    "auth",
+    "grip",
+    "sources",
+    "stream",
     // the handles every handler shares, then HTTP at the edge
-    "gateway", "http", "hangup", "app", "demo",
+    "gateway",
+    "http",
+    "hangup",
+    "app",
+    "demo",
 ];
 
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -16,6 +16,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 mod auth;
+mod telemetry;
 mod tls;
 mod webhooks;
 
@@ -225,6 +226,7 @@ impl Validator<'_> {
         let grip_key = self.grip_key(f.grip);
         let routes = self.routes(f.routes, &upstreams, &sse, grip_key.as_ref());
         let webhooks = self.webhooks(f.webhooks);
+        let telemetry = f.telemetry.and_then(|t| self.telemetry(t));
         let router = match Router::build(routes.iter().enumerate().map(|(pos, r)| {
             let key = RouteKey {
                 index: r.index,
@@ -256,6 +258,8 @@ impl Validator<'_> {
             router,
             routes,
             webhooks,
+            access_log: f.access_log.unwrap_or(false),
+            telemetry,
         })
     }
 

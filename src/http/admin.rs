@@ -13,6 +13,7 @@ use crate::hub::{Replay, Subscriber};
 use crate::sources::{publish, webhook};
 use crate::stream::socket::SocketSink;
 use crate::stream::{Guards, Stream, Subscription};
+use crate::telemetry;
 use crate::wire;
 use async_trait::async_trait;
 use http::Method;
@@ -57,21 +58,54 @@ impl AdminApp {
         bool::from(given.as_bytes().ct_eq(token.as_bytes()))
     }
 
+    /// A span for a request of this listener, when tracing is on.
+    fn span(&self, session: &Session, name: &'static str) -> Option<telemetry::Span> {
+        let t = self.gw.telemetry.as_ref()?;
+        let req = session.req_header();
+        let mut span = t.request_span(name, telemetry::Kind::Server, &req.headers);
+        span.set("url.path", req.uri.path().to_string());
+        Some(span)
+    }
+
+    /// Refuse, marking the request's span failed with the refusal's label.
+    async fn refuse_traced(
+        &self,
+        session: &mut Session,
+        span: Option<telemetry::Span>,
+        r: impl Into<Refusal>,
+    ) -> Result<bool> {
+        let r = r.into();
+        if let Some(mut s) = span {
+            s.set("http.response.status_code", i64::from(r.status));
+            s.fail(r.label);
+        }
+        self.refuse(session, r).await
+    }
+
     async fn publish(&self, session: &mut Session) -> Result<bool> {
+        let mut span = self.span(session, "publish");
         if !self.authorized(session) {
             let r = Refusal::new(401, "auth", "missing or wrong bearer token");
-            return self.refuse(session, r).await;
+            return self.refuse_traced(session, span, r).await;
         }
         let body = match body::read(session, self.gw.site.config.limits.max_body).await {
             Ok(b) => b,
-            Err(e) => return self.refuse(session, e).await,
+            Err(e) => return self.refuse_traced(session, span, e).await,
         };
         let events = match publish::parse(&body) {
             Ok(e) => e,
-            Err(e) => return self.refuse(session, e).await,
+            Err(e) => return self.refuse_traced(session, span, e).await,
         };
+        if let Some(s) = &mut span {
+            s.set("ssegate.events", events.len() as i64);
+        }
         match self.gw.hub.publish(events).await {
             Ok(r) => {
+                if let Some(s) = &mut span {
+                    s.set("ssegate.published", r.published as i64);
+                    s.set("ssegate.duplicates", r.duplicates as i64);
+                    s.set("http.response.status_code", 200_i64);
+                }
                 let mut out = json!({ "published": r.published });
                 if r.duplicates > 0 {
                     out["duplicates"] = r.duplicates.into();
@@ -82,18 +116,26 @@ impl AdminApp {
                 respond::json(session, 200, &out).await?;
                 Ok(true)
             }
-            Err(e) => self.refuse(session, e).await,
+            Err(e) => self.refuse_traced(session, span, e).await,
         }
     }
 
     /// One request to a webhook's path.
     async fn webhook(&self, hook: &Webhook, session: &mut Session) -> Result<bool> {
         let gw = &self.gw;
-        let count = |outcome: &str| {
+        let span = std::sync::Mutex::new(self.span(session, "webhook"));
+        let count = |outcome: &'static str| {
             gw.metrics
                 .webhooks
                 .with_label_values(&[hook.path.as_str(), outcome])
-                .inc()
+                .inc();
+            if let Some(s) = span.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                s.set("http.route", hook.path.clone());
+                s.set("ssegate.outcome", outcome);
+                if !matches!(outcome, "accepted" | "duplicate") {
+                    s.fail(outcome);
+                }
+            }
         };
         if !hook.methods.contains(&session.req_header().method) {
             count("bad_method");
@@ -177,14 +219,11 @@ impl AdminApp {
                 keep: None,
             },
             grip: None,
+            report: None,
         };
         // The first stats at once, not a tick later.
         let first = Replay {
-            frames: vec![crate::hub::Delivery {
-                seq: 0,
-                frame: stats_frame(gw),
-                published: std::time::Instant::now(),
-            }],
+            frames: vec![crate::hub::Delivery::gateway(stats_frame(gw))],
             ..Replay::default()
         };
         if let Some(tcp) = detach::take_socket(session) {
@@ -275,6 +314,16 @@ impl ProxyHttp for AdminApp {
                 }
             },
             (Method::GET, "/metrics") => {
+                let up = gw.hub.ready().await.is_ok();
+                let hub = gw.hub.stats();
+                let draining = gw.streams.shutdown.is_draining();
+                gw.metrics.hub.set(
+                    hub.channels,
+                    hub.subscriptions,
+                    hub.history_events,
+                    up,
+                    draining,
+                );
                 let body = gw.metrics.render();
                 respond::send(session, 200, "text/plain; version=0.0.4", body, &[]).await?;
                 Ok(true)

@@ -117,9 +117,10 @@ pub(crate) async fn forward(
     } else {
         client.send(pool, &req, Body::Empty).await?
     };
+    let id = forwarded.request_id.as_deref();
     let head = resp.head();
     if let Some(hold) = grip::from_headers(&head.headers, max_channels)? {
-        let head = hold_head(head.status.as_u16(), head.headers.iter())?;
+        let head = tagged(hold_head(head.status.as_u16(), head.headers.iter())?, id);
         let body = read_bounded(resp, max_body).await?;
         return Ok(Outcome::Hold(Box::new(HoldStart { hold, head, body })));
     }
@@ -134,7 +135,7 @@ pub(crate) async fn forward(
             .iter()
             .filter_map(|(k, v)| Some((k.parse().ok()?, v.parse().ok()?)))
             .collect();
-        let head = hold_head(r.code, pairs.iter().map(|(k, v)| (k, v)))?;
+        let head = tagged(hold_head(r.code, pairs.iter().map(|(k, v)| (k, v)))?, id);
         return match hold {
             Some(hold) => Ok(Outcome::Hold(Box::new(HoldStart {
                 hold,
@@ -147,8 +148,17 @@ pub(crate) async fn forward(
             }
         };
     }
-    stream_through(session, resp).await;
+    stream_through(session, resp, id).await;
     Ok(Outcome::Done)
+}
+
+/// The response head with the request's id, when it has one.
+fn tagged(mut head: ResponseHeader, request_id: Option<&str>) -> ResponseHeader {
+    if let Some(id) = request_id {
+        // ok to ignore: an id is a valid header value.
+        let _ = head.insert_header(super::access::REQUEST_ID, id);
+    }
+    head
 }
 
 /// The head a held client gets: the backend's status and headers without
@@ -190,7 +200,7 @@ fn has_no_body(session: &Session, status: u16) -> bool {
 
 /// An ordinary response, passed through as it arrives: each chunk is
 /// written (and flushed) when the backend sends it.
-async fn stream_through(session: &mut Session, mut resp: Response<'_>) {
+async fn stream_through(session: &mut Session, mut resp: Response<'_>, request_id: Option<&str>) {
     let status = resp.status();
     // The status was parsed from the backend's response: it builds.
     let Ok(mut head) = ResponseHeader::build(status, None) else {
@@ -207,6 +217,7 @@ async fn stream_through(session: &mut Session, mut resp: Response<'_>) {
         }
         let _ = head.append_header(k.clone(), v.clone());
     }
+    let mut head = tagged(head, request_id);
     let no_body = has_no_body(session, status);
     if !no_body && !length_known && !session.as_downstream().is_http2() {
         // Without a length pingora would close-delimit the body.

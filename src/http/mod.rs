@@ -10,7 +10,9 @@
 //! - `held`, `detach`: the two ways a stream's bytes reach a client
 //!   (held in pingora's session; a plain socket taken out of it).
 //! - `body`, `respond`: bounded request bodies, short whole responses.
+//! - `access`: the access log and request ids.
 
+mod access;
 pub(crate) mod admin;
 pub(crate) mod body;
 mod detach;

@@ -2,6 +2,7 @@
 //! holds itself (after the route's auth), to a GRIP route whose backend may
 //! hold the client, or passed through to an upstream pool by pingora.
 
+use super::access::{self, StreamLine};
 use super::detach;
 use super::grip::{self, HoldStart};
 use super::held::SessionSink;
@@ -14,25 +15,34 @@ use crate::shutdown::Active;
 use crate::stream::request::{self, Offer};
 use crate::stream::socket::SocketSink;
 use crate::stream::{self, GripOpening, Guards, Stream};
+use crate::telemetry;
 use crate::values::RequestValues;
 use async_trait::async_trait;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug)]
 pub(crate) struct PublicProxy {
     pub gw: Arc<Gateway>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Ctx {
     pool: Option<Arc<Pool>>,
     tried: Vec<usize>,
     _active: Option<Active>,
+    /// When the request head was read.
+    started: Instant,
+    route: Option<Arc<RouteEntry>>,
+    /// With `access_log: true`: the request's line, written by `logging`
+    /// unless a stream took it over (the stream writes it when it ends).
+    access: Option<access::Request>,
+    /// With `telemetry:`, a proxied request's span (pass-through or GRIP).
+    span: Option<telemetry::Span>,
 }
 
 /// The request's authority: the Host header, else the absolute URI's.
@@ -44,7 +54,7 @@ fn host_of(req: &RequestHeader) -> Option<&str> {
 }
 
 /// Who the client is, as this listener saw it.
-fn forwarded(session: &Session) -> Forwarded {
+fn forwarded(session: &Session, ctx: &Ctx) -> Forwarded {
     Forwarded {
         client_ip: session
             .client_addr()
@@ -52,6 +62,8 @@ fn forwarded(session: &Session) -> Forwarded {
             .map(|a| a.ip()),
         tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
         host: host_of(session.req_header()).map(str::to_string),
+        request_id: ctx.access.as_ref().map(|a| a.id.clone()),
+        traceparent: ctx.span.as_ref().map(telemetry::Span::traceparent),
     }
 }
 
@@ -80,6 +92,7 @@ impl PublicProxy {
     async fn open_stream(
         &self,
         session: &mut Session,
+        ctx: &mut Ctx,
         m: &Matched<'_, Arc<RouteEntry>>,
         entry: &SseEntry,
     ) -> Result<bool> {
@@ -92,7 +105,7 @@ impl PublicProxy {
         let max_channels = gw.site.config.limits.max_channels_per_client;
         let req = session.req_header();
         let mut values = RequestValues::new(&m.params, req.uri.query(), &req.headers);
-        if let Err(e) = entry.auth.check(&gw.client, &mut values).await {
+        if let Err(e) = entry.auth.check(&gw.client, &mut values, &gw.metrics).await {
             return self.refuse(session, e).await;
         }
         let offer = Offer {
@@ -143,20 +156,21 @@ impl PublicProxy {
             keep: lease.map(|l| Box::new(l) as Box<dyn std::any::Any + Send + Sync>),
             expires,
         };
-        self.hold_stream(session, m.value.label(), spec).await
+        self.hold_stream(session, ctx, m.value.label(), spec).await
     }
 
     /// A GRIP route: the backend answers, and may hold the client.
     async fn grip(
         &self,
         session: &mut Session,
+        ctx: &mut Ctx,
         entry: &RouteEntry,
         pool: &Pool,
         route: &crate::config::GripRoute,
     ) -> Result<bool> {
         let gw = &self.gw;
         let limits = &gw.site.config.limits;
-        let who = forwarded(session);
+        let who = forwarded(session, ctx);
         let outcome = grip::forward(
             &gw.client,
             session,
@@ -167,8 +181,18 @@ impl PublicProxy {
             limits.max_body,
         )
         .await;
+        if let (Some(span), Ok(grip::Outcome::Hold(_))) = (&mut ctx.span, &outcome) {
+            // The span is the backend request; the hold is a stream.
+            span.set("ssegate.grip_hold", true);
+        }
         let start = match outcome {
-            Ok(grip::Outcome::Done) => return Ok(true),
+            Ok(grip::Outcome::Done) => {
+                gw.metrics
+                    .proxy_duration
+                    .with_label_values(&[&pool.name])
+                    .observe(ctx.started.elapsed().as_secs_f64());
+                return Ok(true);
+            }
             Ok(grip::Outcome::Hold(start)) => start,
             Err(r) => {
                 tracing::debug!(upstream = %pool.name, status = r.status, reason = %r.reason, "grip route refused");
@@ -176,6 +200,9 @@ impl PublicProxy {
             }
         };
         let HoldStart { hold, head, body } = *start;
+        if let Some(mut span) = ctx.span.take() {
+            span.set("http.response.status_code", i64::from(head.status.as_u16()));
+        }
         // Without Grip-Keep-Alive nothing is sent idle, but the stream still
         // joins a tick so that a drain on shutdown wakes it.
         let sse = &gw.site.config.sse;
@@ -198,7 +225,7 @@ impl PublicProxy {
             keep: None,
             expires: None,
         };
-        self.hold_stream(session, entry.label(), spec).await
+        self.hold_stream(session, ctx, entry.label(), spec).await
     }
 
     /// Subscribe and hold the client: detached from pingora on plain
@@ -206,6 +233,7 @@ impl PublicProxy {
     async fn hold_stream(
         &self,
         session: &mut Session,
+        ctx: &mut Ctx,
         label: &str,
         spec: StreamSpec,
     ) -> Result<bool> {
@@ -248,6 +276,21 @@ impl PublicProxy {
             .connections_opened
             .with_label_values(&[label])
             .inc();
+        // From here the stream writes the request's access line, when it ends.
+        let report = ctx.access.take().map(|req| {
+            let (kind, status) = match &spec.grip {
+                Some(g) => ("hold", g.head.status.as_u16()),
+                None => ("stream", 200),
+            };
+            Box::new(StreamLine {
+                req,
+                route: label.to_string(),
+                kind,
+                status,
+                events: 0,
+                bytes: 0,
+            }) as Box<dyn stream::Report>
+        });
         let stream = Stream {
             heartbeat: streams.heartbeats.join(spec.heartbeat, &sub),
             subscription,
@@ -261,6 +304,7 @@ impl PublicProxy {
                 keep,
             },
             grip: spec.grip,
+            report,
         };
         if let Some(tcp) = detach::take_socket(session) {
             // The stream's own future is the task: nothing wraps it, so an
@@ -279,11 +323,22 @@ impl ProxyHttp for PublicProxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::default()
+        Ctx {
+            pool: None,
+            tried: Vec::new(),
+            _active: None,
+            started: Instant::now(),
+            route: None,
+            access: None,
+            span: None,
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let site = self.gw.site.clone();
+        if site.config.access_log {
+            ctx.access = Some(access::Request::of(session, ctx.started));
+        }
         let req = session.req_header();
         let host = host_of(req).map(host_only);
         let found = site
@@ -303,11 +358,23 @@ impl ProxyHttp for PublicProxy {
             }
         };
         let entry = m.value.clone();
+        if let (Some(t), Action::Proxy(pool) | Action::Grip(pool, _)) =
+            (&self.gw.telemetry, &entry.action)
+        {
+            let req = session.req_header();
+            let mut span = t.request_span("proxy", telemetry::Kind::Server, &req.headers);
+            span.set("http.request.method", req.method.to_string());
+            span.set("http.route", entry.label().to_string());
+            span.set("url.path", req.uri.path().to_string());
+            span.set("ssegate.upstream", pool.name.to_string());
+            ctx.span = Some(span);
+        }
+        ctx.route = Some(entry.clone());
         match &entry.action {
-            Action::Sse(sse) => self.open_stream(session, &m, sse).await,
+            Action::Sse(sse) => self.open_stream(session, ctx, &m, sse).await,
             Action::Grip(pool, g) => {
                 ctx._active = Some(self.gw.streams.shutdown.track());
-                self.grip(session, &entry, pool, g).await
+                self.grip(session, ctx, &entry, pool, g).await
             }
             Action::Proxy(pool) => {
                 ctx.pool = Some(pool.clone());
@@ -349,17 +416,56 @@ impl ProxyHttp for PublicProxy {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
-        forwarded(session).apply(upstream_request)
+        forwarded(session, ctx).apply(upstream_request)
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(a) = &ctx.access {
+            upstream_response.insert_header(access::REQUEST_ID, a.id.as_str())?;
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        if let Some(mut span) = ctx.span.take() {
+            span.set("http.response.status_code", i64::from(status));
+            if let Some(e) = e {
+                span.fail(e.etype().as_str());
+            } else if status >= 500 {
+                span.fail("upstream answered 5xx");
+            }
+        }
+        if let Some(req) = &ctx.access {
+            let upstream = ctx.route.as_ref().and_then(|r| match &r.action {
+                Action::Proxy(p) | Action::Grip(p, _) => Some(&*p.name),
+                Action::Sse(_) => None,
+            });
+            access::request(
+                req,
+                ctx.route.as_ref().map(|r| r.label()),
+                upstream,
+                status,
+                session.body_bytes_sent(),
+                e.map(|e| e.etype().as_str()),
+            );
+        }
         if let Some(pool) = &ctx.pool {
-            let status = session
-                .response_written()
-                .map(|r| r.status.as_u16())
-                .unwrap_or(0);
+            self.gw
+                .metrics
+                .proxy_duration
+                .with_label_values(&[&pool.name])
+                .observe(ctx.started.elapsed().as_secs_f64());
             let class = match status {
                 100..=199 => "1xx",
                 200..=299 => "2xx",

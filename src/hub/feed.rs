@@ -32,11 +32,7 @@ impl Feed {
 
     /// Offer one frame (no cursor) to every viewer.
     pub fn offer(&self, frame: Bytes, metrics: &Metrics) {
-        let d = Delivery {
-            seq: 0,
-            frame,
-            published: std::time::Instant::now(),
-        };
+        let d = Delivery::gateway(frame);
         let subs: Vec<Arc<Subscriber>> = self.lock().values().cloned().collect();
         offer_all(subs.iter(), &d, metrics);
     }

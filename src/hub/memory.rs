@@ -224,6 +224,8 @@ impl Broker for MemoryBroker {
                 seq,
                 frame: bytes,
                 published,
+                ingest_us: super::ingest_us(ev.received, published),
+                source: ev.source,
             };
             offer_all(ch.subs.values(), &delivery, &self.metrics);
             if self.history_size > 0 {
@@ -316,14 +318,15 @@ mod tests {
     }
 
     fn msg(ch: &str, data: &str, id: Option<&str>) -> Event {
-        Event {
-            channel: ch.into(),
-            dedupe_id: id.map(String::from),
-            payload: Payload::Message {
+        Event::new(
+            ch.into(),
+            id.map(String::from),
+            Payload::Message {
                 event: None,
                 data: data.into(),
             },
-        }
+            super::super::Source::Publish,
+        )
     }
 
     fn drained(s: &Subscriber) -> Vec<String> {

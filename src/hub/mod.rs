@@ -9,8 +9,9 @@ pub mod memory;
 pub mod redis;
 mod subscriber;
 
+pub use crate::origin::Source;
 pub use feed::Feed;
-pub use subscriber::{count_written, Delivery, Offer, SubState, Subscriber};
+pub use subscriber::{count_written, ingest_us, Delivery, Offer, SubState, Subscriber};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -44,6 +45,29 @@ pub struct Event {
     /// channel, while the first is still in history, is dropped.
     pub dedupe_id: Option<String>,
     pub payload: Payload,
+    /// Where it came from (`ssegate_event_age_seconds{source}`).
+    pub source: Source,
+    /// When the gateway received it: the event's age at each write to a
+    /// client is measured from here.
+    pub received: std::time::Instant,
+}
+
+impl Event {
+    /// An event received now.
+    pub fn new(
+        channel: String,
+        dedupe_id: Option<String>,
+        payload: Payload,
+        source: Source,
+    ) -> Event {
+        Event {
+            channel,
+            dedupe_id,
+            payload,
+            source,
+            received: std::time::Instant::now(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -15,6 +15,12 @@ pub(crate) struct Forwarded {
     pub tls: bool,
     /// The request's authority (Host header, else the absolute URI's).
     pub host: Option<String>,
+    /// The request's `X-Request-Id` (with `access_log: true`), also
+    /// returned on the response.
+    pub request_id: Option<String>,
+    /// The gateway's span for this request (with `telemetry:`): the
+    /// upstream's `traceparent`, in place of the client's.
+    pub traceparent: Option<String>,
 }
 
 impl Forwarded {
@@ -41,6 +47,12 @@ impl Forwarded {
                 req.remove_header("x-forwarded-host");
             }
         }
+        if let Some(id) = &self.request_id {
+            req.insert_header("x-request-id", id.as_str())?;
+        }
+        if let Some(tp) = &self.traceparent {
+            req.insert_header("traceparent", tp.as_str())?;
+        }
         Ok(())
     }
 }
@@ -60,6 +72,8 @@ mod tests {
             client_ip: Some("10.0.0.1".parse().unwrap()),
             tls: false,
             host: None,
+            request_id: None,
+            traceparent: None,
         }
         .apply(&mut req)
         .unwrap();

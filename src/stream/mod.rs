@@ -65,12 +65,7 @@ pub(crate) async fn subscribe(
         if *resume == Resume::Live || replay.reset.is_some() {
             if let Some(frame) = snapshot.await {
                 // Cursor 0: it carries no `id:` and moves no resume point.
-                let d = Delivery {
-                    seq: 0,
-                    frame,
-                    published: std::time::Instant::now(),
-                };
-                replay.frames.insert(0, d);
+                replay.frames.insert(0, Delivery::gateway(frame));
             }
         }
     }
@@ -178,6 +173,28 @@ pub(crate) enum End {
     WriteFailed,
 }
 
+impl End {
+    /// The word the access log and the dashboard use.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            End::ClientGone => "client_gone",
+            End::Slow => "slow_client",
+            End::ClosedByPublisher => "closed",
+            End::Expired => "expired",
+            End::Shutdown => "shutdown",
+            End::WriteFailed => "write_failed",
+        }
+    }
+}
+
+/// Told what a stream wrote and how it ended (the access log). Optional
+/// and boxed: a stream without one pays a pointer and a branch per write.
+pub(crate) trait Report: Send + fmt::Debug {
+    /// `events` event frames (replayed or live) in `bytes` body bytes.
+    fn wrote(&mut self, events: u64, bytes: usize);
+    fn ended(self: Box<Self>, end: End);
+}
+
 /// Why an idle stream woke up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wake {
@@ -225,6 +242,7 @@ pub(crate) struct Stream {
     /// A GRIP hold: the backend's head and body open the stream instead of
     /// the SSE prelude. Boxed: SSE streams pay one pointer for it.
     pub grip: Option<Box<GripOpening>>,
+    pub report: Option<Box<dyn Report>>,
 }
 
 impl Stream {
@@ -233,10 +251,12 @@ impl Stream {
     /// The replay is turned into the opening bytes here, before the future
     /// exists: the future (what every idle detached client costs) keeps
     /// only those bytes, not the replay.
-    pub(crate) fn run<S: Sink>(self, sink: S, replay: Replay) -> impl Future<Output = End> {
+    pub(crate) fn run<S: Sink>(mut self, sink: S, replay: Replay) -> impl Future<Output = End> {
         let last_seq = replay.frames.last().map_or(0, |d| d.seq);
         let replayed = replay.frames.len() as u64;
         let first = self.opening(replay);
+        // Told here, before the write: the future keeps nothing for it.
+        self.tally(replayed, first.len());
         self.serve(sink, first, last_seq, replayed)
     }
 
@@ -296,6 +316,7 @@ impl Stream {
                 }
                 wrote = true;
                 crate::hub::count_written(&batch, &self.metrics);
+                self.tally(batch.len() as u64, bytes.len());
                 if batch.capacity() > 64 {
                     batch = Vec::new();
                 }
@@ -324,6 +345,7 @@ impl Stream {
                         Ok(false) => break cut(&sub),
                         Err(_) => break End::WriteFailed,
                     }
+                    self.tally(0, keep_alive.len());
                 }
                 continue;
             }
@@ -332,6 +354,13 @@ impl Stream {
             }
         };
         Box::pin(self.end(sink, end)).await
+    }
+
+    /// Tell the report (if any) what was written.
+    fn tally(&mut self, events: u64, bytes: usize) {
+        if let Some(r) = &mut self.report {
+            r.wrote(events, bytes);
+        }
     }
 
     /// The first body bytes: the prelude (or a GRIP hold's body), the reset
@@ -354,7 +383,7 @@ impl Stream {
 
     /// The last words (drain retry, `ssegate.expired`, or only the end of
     /// the body), then everything the stream held is released.
-    async fn end<S: Sink>(self, sink: &mut S, end: End) -> End {
+    async fn end<S: Sink>(mut self, sink: &mut S, end: End) -> End {
         let sub = &self.subscription.sub;
         let last = match end {
             End::Shutdown if self.grip.is_none() => {
@@ -364,7 +393,12 @@ impl Stream {
             End::Shutdown | End::ClosedByPublisher => Some(Bytes::new()),
             End::ClientGone | End::Slow | End::WriteFailed => None,
         };
+        let last_len = last.as_ref().map_or(0, Bytes::len);
         sink.finish(sub, last).await;
+        if let Some(mut r) = self.report.take() {
+            r.wrote(0, last_len);
+            r.ended(end);
+        }
         drop(self.guards);
         end
     }

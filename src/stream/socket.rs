@@ -279,6 +279,7 @@ mod tests {
                 keep: None,
             },
             grip: None,
+            report: None,
         };
         let fut = stream.run(SocketSink::new(tcp), Replay::default());
         let size = std::mem::size_of_val(&fut);

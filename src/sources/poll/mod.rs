@@ -17,10 +17,11 @@ pub(crate) mod target;
 pub(crate) use target::{resolve as target, Target, TargetError};
 
 use crate::config::{Poll, PollDiff};
-use crate::hub::{Broker, BrokerError, Event, Payload};
+use crate::hub::{Broker, BrokerError, Event, Payload, Source};
 use crate::metrics::Metrics;
 use crate::outbound::{Client, Pool};
 use crate::sources::diff::{self, Compared, DiffError, Kind};
+use crate::telemetry::{self, Tracing};
 use crate::wire;
 use bytes::Bytes;
 use fetch::{Fetch, FetchError, Fetched, Validators};
@@ -133,6 +134,8 @@ pub struct Pollers {
     hub: Arc<dyn Broker>,
     metrics: Arc<Metrics>,
     client: Arc<Client>,
+    /// A span per poll cycle, when tracing is on.
+    telemetry: Option<Arc<Tracing>>,
 }
 
 impl std::fmt::Debug for Pollers {
@@ -203,12 +206,18 @@ impl Drop for Lease {
 }
 
 impl Pollers {
-    pub fn new(hub: Arc<dyn Broker>, metrics: Arc<Metrics>, client: Arc<Client>) -> Arc<Pollers> {
+    pub fn new(
+        hub: Arc<dyn Broker>,
+        metrics: Arc<Metrics>,
+        client: Arc<Client>,
+        telemetry: Option<Arc<Tracing>>,
+    ) -> Arc<Pollers> {
         Arc::new(Pollers {
             entries: Mutex::new(HashMap::new()),
             hub,
             metrics,
             client,
+            telemetry,
         })
     }
 
@@ -319,7 +328,18 @@ impl Poller {
                 }
                 continue;
             }
-            let delay = match self.poll_once(poll, pool, label).await {
+            let mut span = self.pollers.telemetry.as_ref().map(|t| {
+                let mut s = t.root_span("poll", telemetry::Kind::Client);
+                s.set("ssegate.route", label.to_string());
+                s.set("ssegate.upstream", poll.upstream.clone());
+                s
+            });
+            let polled = self.poll_once(poll, pool, label, span.as_mut()).await;
+            if let (Some(s), Err(why)) = (&mut span, &polled) {
+                s.fail(why.to_string());
+            }
+            drop(span);
+            let delay = match polled {
                 Ok(()) => {
                     self.recovered(poll, label).await;
                     if first {
@@ -384,6 +404,7 @@ impl Poller {
         poll: &Poll,
         pool: &Pool,
         label: &str,
+        mut span: Option<&mut telemetry::Span>,
     ) -> Result<(), PollFailure> {
         let m = &self.pollers.metrics;
         m.poll_requests.with_label_values(&[label]).inc();
@@ -398,12 +419,14 @@ impl Poller {
             target: &self.target,
             poll,
             validators: conditional,
+            traceparent: span.as_ref().map(|s| s.traceparent()),
         }
         .run()
         .await;
         m.poll_duration
             .with_label_values(&[label])
             .observe(t.elapsed().as_secs_f64());
+        let received = std::time::Instant::now();
         let (body, validators) = match fetched.map_err(PollFailure::Fetch)? {
             Fetched::NotModified if self.state.is_some() => return Ok(()),
             Fetched::NotModified => return Err(PollFailure::UnexpectedNotModified),
@@ -442,11 +465,11 @@ impl Poller {
         let mut events: Vec<Event> = if changes.len() > self.route.burst_limit {
             // More per-item events than half a client queue would evict every
             // subscriber as slow; one whole snapshot says the same in one event.
-            vec![self.event("snapshot", snapshot.clone())]
+            vec![self.event("snapshot", snapshot.clone(), received)]
         } else {
             changes
                 .into_iter()
-                .map(|c| self.event(event_name(poll, c.kind), c.data))
+                .map(|c| self.event(event_name(poll, c.kind), c.data, received))
                 .collect()
         };
         // Subscribers who waited for a first poll that failed got no snapshot:
@@ -456,9 +479,13 @@ impl Poller {
         let missed = frame.is_some() && matches!(*self.shared.snapshot.borrow(), Snapshot::Missing);
         let takeover = std::mem::take(&mut self.takeover);
         if baseline && (missed || takeover) {
-            events.push(self.event("snapshot", snapshot));
+            events.push(self.event("snapshot", snapshot, received));
         }
         let changed = !events.is_empty();
+        if let Some(s) = &mut span {
+            s.set("ssegate.changed", changed);
+            s.set("ssegate.events", events.len() as i64);
+        }
         if changed {
             // Not committed on failure: the next poll diffs against the old state again.
             self.pollers
@@ -508,14 +535,20 @@ impl Poller {
         false
     }
 
-    fn event(&self, name: &str, data: String) -> Event {
+    /// An event of this poller's channel; `received` is when the response
+    /// it comes from arrived (its age counts the diff).
+    fn event(&self, name: &str, data: String, received: std::time::Instant) -> Event {
         Event {
-            channel: self.target.channel.clone(),
-            dedupe_id: None,
-            payload: Payload::Message {
-                event: Some(name.to_string()),
-                data,
-            },
+            received,
+            ..Event::new(
+                self.target.channel.clone(),
+                None,
+                Payload::Message {
+                    event: Some(name.to_string()),
+                    data,
+                },
+                Source::Poll,
+            )
         }
     }
 
@@ -535,7 +568,7 @@ impl Poller {
         if let Some(name) = &poll.error_event {
             let data =
                 serde_json::json!({"state": "failing", "error": why.to_string()}).to_string();
-            let _ = self.pollers.hub.publish(vec![self.event(name, data)]).await;
+            self.notify(name, data).await;
         }
     }
 
@@ -553,8 +586,14 @@ impl Poller {
         tracing::info!(route = label, upstream = %poll.upstream, channel = %self.target.channel, failures, down = ?down, "poll recovered");
         if let Some(name) = &poll.error_event {
             let data = serde_json::json!({"state": "recovered", "failures": failures}).to_string();
-            let _ = self.pollers.hub.publish(vec![self.event(name, data)]).await;
+            self.notify(name, data).await;
         }
+    }
+
+    /// Publish an `error_event` (failing, recovered) now; best effort.
+    async fn notify(&self, name: &str, data: String) {
+        let event = self.event(name, data, std::time::Instant::now());
+        let _ = self.pollers.hub.publish(vec![event]).await;
     }
 }
 
@@ -631,7 +670,7 @@ mod tests {
             metrics.clone(),
         ));
         (
-            Pollers::new(hub, metrics.clone(), Arc::new(Client::new())),
+            Pollers::new(hub, metrics.clone(), Arc::new(Client::new()), None),
             metrics,
         )
     }
