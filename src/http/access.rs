@@ -85,15 +85,15 @@ pub(crate) fn request(
 ) {
     tracing::info!(
         target: "ssegate::access",
-        kind = "request",
-        route = route.unwrap_or("-"),
+        kind = %"request",
+        route = %route.unwrap_or("-"),
         method = %req.method,
         path = %req.path,
         status,
         duration_ms = millis(req.started),
         bytes,
-        upstream = upstream.unwrap_or("-"),
-        end = error.unwrap_or("done"),
+        upstream = %upstream.unwrap_or("-"),
+        end = %error.unwrap_or("done"),
         client = %req.client(),
         request_id = %req.id,
     );
@@ -121,7 +121,7 @@ impl Report for StreamLine {
         let req = &self.req;
         tracing::info!(
             target: "ssegate::access",
-            kind = self.kind,
+            kind = %self.kind,
             route = %self.route,
             method = %req.method,
             path = %req.path,
@@ -129,7 +129,7 @@ impl Report for StreamLine {
             duration_ms = millis(req.started),
             bytes = self.bytes,
             events = self.events,
-            end = end.label(),
+            end = %end.label(),
             client = %req.client(),
             request_id = %req.id,
         );
