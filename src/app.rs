@@ -6,7 +6,8 @@
 use crate::config::{Config, Http2};
 use crate::gateway::{BuildError, Gateway};
 use crate::hangup::{self, Hangup};
-use crate::http::admin::{self, AdminApp};
+use crate::http::admin::AdminApp;
+use crate::http::dashboard;
 use crate::http::public::PublicProxy;
 use crate::shutdown::DrainOnSignal;
 use crate::tls::{self, CertStore};
@@ -64,7 +65,7 @@ impl BackgroundService for Housekeeping {
         tokio::select! {
             _ = self.gw.hub.clone().run() => {}
             _ = self.gw.streams.expiries.run() => {}
-            _ = admin::feed_dashboard(&self.gw) => {}
+            _ = dashboard::feed(&self.gw) => {}
             _ = shutdown.changed() => {}
         }
     }

@@ -2,10 +2,13 @@
 //! shared. docs/metrics.md lists every series with its labels.
 //!
 //! - `gauges`: what is read only when scraped (hub, broker, drain, build).
+//! - `timeline`: the last minutes, a point a second, for the dashboard.
 
 mod gauges;
+mod timeline;
 
 pub use gauges::{revision, HubGauges};
+pub use timeline::{Point, Timeline};
 
 use crate::origin::Source;
 use prometheus::{
@@ -52,6 +55,8 @@ pub struct Metrics {
     pub tls_expiry: IntGauge,
     /// Set from the hub and the drain flag at each scrape.
     pub hub: HubGauges,
+    /// The dashboard's charts: sampled once a second.
+    pub timeline: std::sync::Arc<Timeline>,
 }
 
 /// Buckets of the latency histograms, in seconds: 100 µs to 30 s.
@@ -229,6 +234,7 @@ impl Metrics {
                 .expect("metric"), // ok: static name
             ),
             hub: HubGauges::register(&r),
+            timeline: std::sync::Arc::default(),
             registry: r,
         }
     }

@@ -13,9 +13,9 @@ mod support;
 
 use axum::routing::{get, post};
 use serde_json::json;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::chromium::{chromium, launch};
 use support::tls::TestCa;
 use support::*;
 
@@ -49,61 +49,6 @@ for (let i = 0; i < N; i++) {
 }
 </script>
 "#;
-
-fn chromium() -> Option<String> {
-    if let Ok(p) = std::env::var("SSEGATE_CHROMIUM") {
-        return Some(p);
-    }
-    ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find_map(|name| {
-            let out = Command::new("which").arg(name).output().ok()?;
-            out.status
-                .success()
-                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-        })
-}
-
-/// The browser, killed on drop; its helper processes (zygote, renderers,
-/// crashpad) exit by themselves once the browser process is gone.
-struct Browser {
-    child: Child,
-    _profile: tempfile::TempDir,
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn launch(bin: &str, url: &str) -> Browser {
-    let profile = tempfile::tempdir().unwrap();
-    let child = Command::new(bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--ignore-certificate-errors",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--disable-dev-shm-usage",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Browser {
-        child,
-        _profile: profile,
-    }
-}
 
 /// Serves the page and collects the page's reports.
 fn page_backend(reports: Arc<Mutex<Vec<serde_json::Value>>>) -> std::net::SocketAddr {
@@ -194,7 +139,11 @@ routes:
         cert.display(),
         key.display()
     ));
-    let _browser = launch(&bin, &format!("https://127.0.0.1:{}/app/page", gw.port));
+    let _browser = launch(
+        &bin,
+        &format!("https://127.0.0.1:{}/app/page", gw.port),
+        &["--ignore-certificate-errors"],
+    );
 
     // A cold browser start on two busy cores can take a while.
     let open = report(&reports, "open", Duration::from_secs(60)).await;

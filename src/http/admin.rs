@@ -3,6 +3,7 @@
 //! nothing is proxied.
 
 use super::body;
+use super::dashboard;
 use super::detach;
 use super::held::SessionSink;
 use super::refuse::{Refusal, Style};
@@ -14,7 +15,6 @@ use crate::sources::{publish, webhook};
 use crate::stream::socket::SocketSink;
 use crate::stream::{Guards, Stream, Subscription};
 use crate::telemetry;
-use crate::wire;
 use async_trait::async_trait;
 use http::Method;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -24,11 +24,6 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use subtle::ConstantTimeEq;
-
-/// How often the dashboard's stats stream updates.
-pub(crate) const DASHBOARD_TICK: Duration = Duration::from_secs(1);
-
-const DASHBOARD: &str = include_str!("dashboard.html");
 
 #[derive(Debug)]
 pub(crate) struct AdminApp {
@@ -223,7 +218,7 @@ impl AdminApp {
         };
         // The first stats at once, not a tick later.
         let first = Replay {
-            frames: vec![crate::hub::Delivery::gateway(stats_frame(gw))],
+            frames: vec![crate::hub::Delivery::gateway(dashboard::frame(gw, true))],
             ..Replay::default()
         };
         if let Some(tcp) = detach::take_socket(session) {
@@ -232,53 +227,6 @@ impl AdminApp {
         }
         stream.run(SessionSink::new(session), first).await;
         Ok(true)
-    }
-}
-
-/// What `/stats` shows, and the dashboard draws.
-pub(crate) fn stats(gw: &Gateway) -> serde_json::Value {
-    let m = &gw.metrics;
-    let routes: serde_json::Map<String, serde_json::Value> = gw
-        .site
-        .routes()
-        .filter(|r| r.is_sse())
-        .map(|r| {
-            (
-                r.label().to_string(),
-                m.connections.with_label_values(&[r.label()]).get().into(),
-            )
-        })
-        .collect();
-    json!({
-        "uptime_seconds": gw.started.elapsed().as_secs(),
-        "connections": gw.streams.limiter.open(),
-        "routes": routes,
-        "hub": gw.hub.stats(),
-        "events": {
-            "published": m.published.get(),
-            "duplicates": m.duplicates.get(),
-            "delivered": m.delivered.get(),
-            "slow_client_disconnects": m.slow_disconnects.get(),
-        },
-        "draining": gw.streams.shutdown.is_draining(),
-    })
-}
-
-fn stats_frame(gw: &Gateway) -> bytes::Bytes {
-    // ok: `stats` is a name without CR or LF.
-    wire::encode(None, Some("stats"), &stats(gw).to_string()).unwrap_or_default()
-}
-
-/// Offer the stats to the dashboard's viewers once a tick, computed once
-/// for all of them; nothing is computed while nobody watches.
-pub(crate) async fn feed_dashboard(gw: &Gateway) {
-    let mut t = tokio::time::interval(DASHBOARD_TICK);
-    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        t.tick().await;
-        if !gw.dashboard.is_empty() {
-            gw.dashboard.offer(stats_frame(gw), &gw.metrics);
-        }
     }
 }
 
@@ -329,12 +277,13 @@ impl ProxyHttp for AdminApp {
                 Ok(true)
             }
             (Method::GET, "/stats") => {
-                respond::json(session, 200, &stats(gw)).await?;
+                respond::json(session, 200, &dashboard::stats(gw)).await?;
                 Ok(true)
             }
             (Method::GET, "/stats/stream") => self.stats_stream(session).await,
             (Method::GET, "/") => {
-                respond::send(session, 200, "text/html; charset=utf-8", DASHBOARD, &[]).await?;
+                let page = dashboard::PAGE;
+                respond::send(session, 200, "text/html; charset=utf-8", page, &[]).await?;
                 Ok(true)
             }
             (_, p) if ADMIN_PATHS.contains(&p) => {

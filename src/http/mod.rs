@@ -5,6 +5,7 @@
 //!   pass-through.
 //! - `admin`: the admin listener: publish, webhooks, health, metrics,
 //!   stats, dashboard.
+//! - `dashboard`: what `/stats` and the dashboard's feed show, and the page.
 //! - `refuse`: every typed error → status, one-line reason, metric label.
 //! - `grip`: a GRIP route's request to its backend and the response back.
 //! - `held`, `detach`: the two ways a stream's bytes reach a client
@@ -15,6 +16,7 @@
 mod access;
 pub(crate) mod admin;
 pub(crate) mod body;
+pub(crate) mod dashboard;
 mod detach;
 mod grip;
 mod held;

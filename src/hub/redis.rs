@@ -113,6 +113,7 @@ pub struct RedisBroker {
     commands: mpsc::UnboundedSender<Command>,
     command_rx: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
     metrics: Arc<Metrics>,
+    tail: super::Tail,
 }
 
 fn now_ms() -> u64 {
@@ -251,6 +252,7 @@ impl RedisBroker {
             commands: tx,
             command_rx: Mutex::new(Some(rx)),
             metrics,
+            tail: super::Tail::default(),
         }))
     }
 
@@ -628,12 +630,21 @@ impl Broker for RedisBroker {
             self.unavailable()
         })?;
         let mut report = PublishReport::default();
+        let mut recent = self.tail.is_watched().then(Vec::new);
         for (ev, seq) in events.iter().zip(seqs) {
             match (seq, &ev.payload) {
                 (_, Payload::Close) => report.closed += 1,
                 (s, _) if s < 0 => report.duplicates += 1,
-                _ => report.published += 1,
+                (s, _) => {
+                    report.published += 1;
+                    if let Some(r) = &mut recent {
+                        r.push(super::tail::entry(ev, self.cursor(s as u64)));
+                    }
+                }
             }
+        }
+        if let Some(r) = recent {
+            self.tail.record(r);
         }
         self.metrics.published.inc_by(report.published as u64);
         self.metrics.duplicates.inc_by(report.duplicates as u64);
@@ -713,6 +724,14 @@ impl Broker for RedisBroker {
 
     fn leases(&self) -> Option<&dyn Leases> {
         Some(self)
+    }
+
+    fn busiest(&self, n: usize) -> Vec<super::ChannelStat> {
+        self.local.busiest(n)
+    }
+
+    fn tail(&self) -> Option<&super::Tail> {
+        Some(&self.tail)
     }
 
     fn stats(&self) -> HubStats {

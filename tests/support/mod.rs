@@ -3,6 +3,7 @@
 //! reqwest) and a raw-socket reader for byte-exact checks. Every wait is bounded.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod chromium;
 pub mod faults;
 pub mod tls;
 

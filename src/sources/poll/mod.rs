@@ -12,6 +12,7 @@
 //! apply); the snapshot goes straight to each new client, encoded once.
 
 mod fetch;
+mod status;
 pub(crate) mod target;
 
 pub(crate) use target::{resolve as target, Target, TargetError};
@@ -113,7 +114,10 @@ pub(crate) enum Snapshot {
 #[derive(Debug)]
 struct Shared {
     pollers: Arc<Pollers>,
+    /// The route's path (metrics label).
+    label: String,
     channel: String,
+    status: Mutex<status::Status>,
     snapshot: watch::Sender<Snapshot>,
     /// Wakes the poller when its last subscriber leaves, to start the linger clock.
     idle: Notify,
@@ -251,7 +255,9 @@ impl Pollers {
         }
         let shared = Arc::new(Shared {
             pollers: self.clone(),
+            label: route.label.clone(),
             channel: target.channel.clone(),
+            status: Mutex::default(),
             snapshot: watch::channel(Snapshot::Pending).0,
             idle: Notify::new(),
         });
@@ -322,6 +328,7 @@ impl Poller {
         loop {
             let started = Instant::now();
             if !self.lead(poll).await {
+                self.shared.polled(status::State::Following, 0);
                 first = false;
                 if !self.wait(started + poll.interval, poll.linger).await {
                     return;
@@ -339,6 +346,10 @@ impl Poller {
                 s.fail(why.to_string());
             }
             drop(span);
+            let state = match &polled {
+                Ok(()) => status::State::Ok,
+                Err(_) => status::State::Failing,
+            };
             let delay = match polled {
                 Ok(()) => {
                     self.recovered(poll, label).await;
@@ -354,6 +365,7 @@ impl Poller {
                     backoff(poll.interval, poll.max_backoff, self.failures)
                 }
             };
+            self.shared.polled(state, self.failures);
             if first && matches!(*self.shared.snapshot.borrow(), Snapshot::Pending) {
                 self.shared.snapshot.send_replace(Snapshot::Missing);
             }
@@ -495,6 +507,7 @@ impl Poller {
                 .map_err(PollFailure::Hub)?;
             if !baseline {
                 m.poll_changes.with_label_values(&[label]).inc();
+                self.shared.status().last_change = Some(Instant::now());
             }
         }
         self.state = Some(state);
@@ -552,44 +565,6 @@ impl Poller {
         }
     }
 
-    /// Count every failure; log and notify only on healthy → failing.
-    async fn failed(&mut self, poll: &Poll, label: &str, why: PollFailure) {
-        self.pollers
-            .metrics
-            .poll_errors
-            .with_label_values(&[label])
-            .inc();
-        self.failures = self.failures.saturating_add(1);
-        if self.failures > 1 {
-            return;
-        }
-        self.failing_since = Some(Instant::now());
-        tracing::warn!(route = label, upstream = %poll.upstream, channel = %self.target.channel, error = %why, "poll failing");
-        if let Some(name) = &poll.error_event {
-            let data =
-                serde_json::json!({"state": "failing", "error": why.to_string()}).to_string();
-            self.notify(name, data).await;
-        }
-    }
-
-    /// Log and notify only on failing → healthy.
-    async fn recovered(&mut self, poll: &Poll, label: &str) {
-        if self.failures == 0 {
-            return;
-        }
-        let failures = std::mem::take(&mut self.failures);
-        let down = self
-            .failing_since
-            .take()
-            .map(|t| t.elapsed())
-            .unwrap_or_default();
-        tracing::info!(route = label, upstream = %poll.upstream, channel = %self.target.channel, failures, down = ?down, "poll recovered");
-        if let Some(name) = &poll.error_event {
-            let data = serde_json::json!({"state": "recovered", "failures": failures}).to_string();
-            self.notify(name, data).await;
-        }
-    }
-
     /// Publish an `error_event` (failing, recovered) now; best effort.
     async fn notify(&self, name: &str, data: String) {
         let event = self.event(name, data, std::time::Instant::now());
@@ -613,128 +588,4 @@ pub(crate) fn backoff(interval: Duration, max: Duration, failures: u32) -> Durat
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{PollEvents, PollScope, Upstream};
-    use crate::hub::memory::MemoryBroker;
-    use crate::template::Template;
-
-    fn poll_route(port: u16) -> Arc<PollRoute> {
-        let poll = Poll {
-            upstream: "app".into(),
-            path: Template::parse("/p").unwrap(),
-            catch_all: None,
-            method: http::Method::GET,
-            headers: vec![],
-            interval: Duration::from_millis(50),
-            timeout: Duration::from_secs(1),
-            linger: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
-            max_body: 1024,
-            diff: PollDiff::Body,
-            events: PollEvents::default(),
-            scope: PollScope::Shared,
-            forward_headers: vec![],
-            initial: true,
-            error_event: None,
-        };
-        let pool = Pool::new(Upstream {
-            name: "app".into(),
-            servers: vec![([127, 0, 0, 1], port).into()],
-            connect_timeout: Duration::from_secs(1),
-            read_timeout: Duration::from_secs(1),
-            fail_timeout: Duration::from_millis(10),
-        });
-        Arc::new(PollRoute {
-            label: "/p".into(),
-            poll,
-            pool: Arc::new(pool),
-            burst_limit: 4,
-        })
-    }
-
-    /// A port nothing listens on: every poll fails fast.
-    fn closed_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
-
-    fn pollers() -> (Arc<Pollers>, Arc<Metrics>) {
-        let metrics = Arc::new(Metrics::new());
-        let hub = Arc::new(MemoryBroker::new(
-            10,
-            Duration::from_secs(60),
-            metrics.clone(),
-        ));
-        (
-            Pollers::new(hub, metrics.clone(), Arc::new(Client::new()), None),
-            metrics,
-        )
-    }
-
-    fn target_of(route: &PollRoute) -> Target {
-        let headers = http::HeaderMap::new();
-        target(
-            &crate::values::RequestValues::new(&[], None, &headers),
-            0,
-            &route.poll,
-        )
-        .unwrap()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_crowd_starts_one_poller_that_stops_after_linger() {
-        let route = poll_route(closed_port());
-        let (pollers, metrics) = pollers();
-        let leases: Vec<Lease> = (0..100)
-            .map(|_| pollers.acquire(target_of(&route), &route).unwrap())
-            .collect();
-        assert_eq!(pollers.active(), 1);
-        assert_eq!(metrics.pollers.get(), 1);
-        assert!(leases.iter().all(|l| l.channel() == leases[0].channel()));
-        // The first poll fails: a waiting subscriber gets no snapshot, and does not hang.
-        assert!(leases[0].snapshot(Duration::from_secs(5)).await.is_none());
-        drop(leases);
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        assert_eq!(pollers.active(), 1, "lingers");
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        assert_eq!(pollers.active(), 0, "stopped `linger` after the last lease");
-        tokio::task::yield_now().await;
-        assert_eq!(metrics.pollers.get(), 0);
-        assert!(metrics.poll_errors.with_label_values(&["/p"]).get() >= 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn failures_back_off_instead_of_hammering() {
-        let route = poll_route(closed_port());
-        let (pollers, metrics) = pollers();
-        let _lease = pollers.acquire(target_of(&route), &route).unwrap();
-        // At a 50ms interval, 20 s of healthy polling would be 400 polls;
-        // failing ones back off towards max_backoff (1 s): far fewer.
-        tokio::time::sleep(Duration::from_secs(20)).await;
-        let polls = metrics.poll_requests.with_label_values(&["/p"]).get();
-        assert!((10..=120).contains(&polls), "{polls} polls in 20 s");
-    }
-
-    #[test]
-    fn backoff_grows_to_the_cap_with_jitter() {
-        let i = Duration::from_millis(100);
-        let max = Duration::from_secs(2);
-        for n in 1..30 {
-            let ceiling = (i * 2u32.pow(n.min(20))).min(max);
-            for _ in 0..50 {
-                let d = backoff(i, max, n);
-                assert!(
-                    d >= MIN_RETRY && d <= ceiling,
-                    "failure {n}: {d:?} above {ceiling:?}"
-                );
-            }
-        }
-        let spread: std::collections::HashSet<u128> =
-            (0..50).map(|_| backoff(i, max, 10).as_micros()).collect();
-        assert!(spread.len() > 10, "jitter must spread retries: {spread:?}");
-    }
-}
+mod tests;
