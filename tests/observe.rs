@@ -309,3 +309,99 @@ routes:
     assert!(echoed["headers"].get("x-request-id").is_none(), "{echoed}");
     assert!(access_lines(&gw).is_empty());
 }
+
+/// Series names in a text: `ssegate_…` and `process_…` words, without the
+/// histogram suffixes.
+fn series_in(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("ssegate_") || word.starts_with("process_") {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| word.strip_suffix(s))
+                .unwrap_or(word);
+            out.insert(base.to_string());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_series_is_documented_and_the_operating_docs_name_real_ones() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let read = |p: &str| std::fs::read_to_string(format!("{root}/{p}")).unwrap();
+    let metrics_md = read("docs/metrics.md");
+    let documented: std::collections::BTreeSet<String> = metrics_md
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .map(str::to_string)
+        .collect();
+    assert!(documented.len() > 30, "{documented:?}");
+
+    // What the binary exports (families with children once used) is documented.
+    let gw = Gateway::start("routes:\n  - path: /e/{n}\n    sse: { channels: [\"c:{n}\"] }\n");
+    let _s = Sse::connect(&gw.url("/e/1")).await;
+    gw.publish_ok("c:1", json!(1)).await;
+    let text = gw.metrics_text().await;
+    let exported: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert!(exported.len() > 20, "{text}");
+    for name in &exported {
+        assert!(
+            documented.contains(*name),
+            "{name} is not in docs/metrics.md"
+        );
+    }
+    // Every documented ssegate series exists in the code.
+    let mut src = String::new();
+    for dir in ["src", "src/metrics"] {
+        for f in std::fs::read_dir(format!("{root}/{dir}")).unwrap() {
+            let p = f.unwrap().path();
+            if p.extension().is_some_and(|e| e == "rs") {
+                src.push_str(&std::fs::read_to_string(p).unwrap());
+            }
+        }
+    }
+    for name in documented.iter().filter(|n| n.starts_with("ssegate_")) {
+        assert!(
+            src.contains(&format!("\"{name}\"")),
+            "{name} is documented but never registered"
+        );
+    }
+
+    // The operating guide's graphs and rules name documented series only,
+    // and its rules are a Prometheus rule file with the five alerts.
+    let operating = read("docs/operating.md");
+    for name in series_in(&operating) {
+        assert!(
+            documented.contains(&name),
+            "docs/operating.md names {name}, which does not exist"
+        );
+    }
+    let rules = operating
+        .split("## Alert rules")
+        .nth(1)
+        .and_then(|r| r.split("```yaml\n").nth(1))
+        .and_then(|r| r.split("```").next())
+        .expect("a yaml block under ## Alert rules");
+    let rules: serde_json::Value = serde_yaml::from_str(rules).expect("the rules are YAML");
+    let alerts: Vec<&str> = rules["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    for want in [
+        "SsegateDeliveryLatencyHigh",
+        "SsegateSlowClientDisconnects",
+        "SsegatePollErrors",
+        "SsegateBrokerDown",
+        "SsegateFileDescriptorsNearLimit",
+    ] {
+        assert!(alerts.contains(&want), "{want} missing: {alerts:?}");
+    }
+}
