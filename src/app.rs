@@ -135,7 +135,7 @@ pub fn run_with(
         threads: worker_threads(),
         // Our drain service exits as soon as streams are closed; pingora's own
         // fixed sleep only applies if that somehow does not happen.
-        grace_period_seconds: Some(grace.as_secs() + 2),
+        grace_period_seconds: Some(grace.as_secs().saturating_add(2)),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
@@ -179,8 +179,8 @@ pub fn run_with(
     server.add_service(background_service(
         "hangup",
         Hangup {
+            gw: gw.clone(),
             certs: certs.clone(),
-            metrics: gw.metrics.clone(),
         },
     ));
     server.add_service(background_service(
@@ -188,6 +188,6 @@ pub fn run_with(
         Housekeeping { gw: gw.clone() },
     ));
     extra(&mut server, &gw);
-    tracing::info!(public = %public_addr, admin = %admin_addr, tls = certs.is_some(), h2c = http2.h2c, routes = gw.site.config.routes.len(), "ssegate listening");
+    tracing::info!(public = %public_addr, admin = %admin_addr, tls = certs.is_some(), h2c = http2.h2c, routes = gw.site().config.routes.len(), "ssegate listening");
     server.run_forever()
 }

@@ -57,6 +57,10 @@ pub struct Metrics {
     pub hub: HubGauges,
     /// The dashboard's charts: sampled once a second.
     pub timeline: std::sync::Arc<Timeline>,
+    /// Config reloads on SIGHUP, by result (ok, error).
+    pub config_reloads: IntCounterVec,
+    /// New streams told to come back later (`limits.stream_rate`).
+    pub streams_deferred: IntCounter,
 }
 
 /// Buckets of the latency histograms, in seconds: 100 µs to 30 s.
@@ -235,6 +239,15 @@ impl Metrics {
             ),
             hub: HubGauges::register(&r),
             timeline: std::sync::Arc::default(),
+            config_reloads: cvec(
+                "ssegate_config_reloads_total",
+                "Config reloads on SIGHUP, by result",
+                &["result"],
+            ),
+            streams_deferred: counter(
+                "ssegate_streams_deferred_total",
+                "New SSE streams over limits.stream_rate, told to retry later",
+            ),
             registry: r,
         }
     }

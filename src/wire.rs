@@ -129,14 +129,40 @@ pub fn expired() -> Bytes {
     Bytes::from_static(b"event: ssegate.expired\ndata: {\"reason\":\"token-expired\"}\n\n")
 }
 
+/// GRIP `http-stream` content as a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GripFrame {
+    pub frame: Bytes,
+    /// Whether the content is whole SSE events a native SSE client can
+    /// take as they are. Anything else (bytes that are not UTF-8, text that
+    /// is not `field: value` lines ending in a blank line, the gateway's own
+    /// `ssegate.*` events) would corrupt such a client's stream: it goes
+    /// only to GRIP holds, whose backends chose the format.
+    pub sse: bool,
+}
+
 /// GRIP `http-stream` content is passed verbatim, as in Pushpin; when it is
 /// SSE without an `id:` line the gateway adds its cursor so resume works.
-pub fn with_cursor(content: &[u8], id: &str) -> Bytes {
-    let Ok(text) = std::str::from_utf8(content) else {
-        return Bytes::copy_from_slice(content);
+pub fn grip_frame(content: &[u8], id: &str) -> GripFrame {
+    let verbatim = |sse| GripFrame {
+        frame: Bytes::copy_from_slice(content),
+        sse,
     };
-    if !looks_like_sse(text) || split_lines(text).any(|l| l == "id" || l.starts_with("id:")) {
-        return Bytes::copy_from_slice(content);
+    let Ok(text) = std::str::from_utf8(content) else {
+        return verbatim(false);
+    };
+    if !looks_like_sse(text) {
+        return verbatim(false);
+    }
+    let own_event = split_lines(text).any(|l| {
+        l.strip_prefix("event:")
+            .is_some_and(|e| e.trim_start_matches(' ').starts_with("ssegate."))
+    });
+    if own_event {
+        return verbatim(false);
+    }
+    if split_lines(text).any(|l| l == "id" || l.starts_with("id:")) {
+        return verbatim(true);
     }
     // Put the id on the last event block: the whole item then shares one cursor.
     let body = text.trim_end_matches(['\r', '\n']);
@@ -149,7 +175,10 @@ pub fn with_cursor(content: &[u8], id: &str) -> Bytes {
     out.put_slice(&content[..start]);
     field(&mut out, "id", id);
     out.put_slice(&content[start..]);
-    out.freeze()
+    GripFrame {
+        frame: out.freeze(),
+        sse: true,
+    }
 }
 
 /// Every non-empty line is `field:value`, `field` or a `:comment`, and the text
@@ -228,18 +257,36 @@ mod tests {
 
     #[test]
     fn grip_content_gets_a_cursor() {
+        let f = |c: &[u8]| {
+            let g = grip_frame(c, "c-9");
+            (s(g.frame), g.sse)
+        };
         assert_eq!(
-            s(with_cursor(b"event: greet\ndata: hi\n\n", "c-9")),
-            "id: c-9\nevent: greet\ndata: hi\n\n"
+            f(b"event: greet\ndata: hi\n\n"),
+            ("id: c-9\nevent: greet\ndata: hi\n\n".into(), true)
         );
         assert_eq!(
-            s(with_cursor(b"data: a\n\ndata: b\n\n", "c-9")),
-            "data: a\n\nid: c-9\ndata: b\n\n"
+            f(b"data: a\n\ndata: b\n\n"),
+            ("data: a\n\nid: c-9\ndata: b\n\n".into(), true)
         );
         assert_eq!(
-            s(with_cursor(b"id: mine\ndata: a\n\n", "c-9")),
-            "id: mine\ndata: a\n\n"
+            f(b"id: mine\ndata: a\n\n"),
+            ("id: mine\ndata: a\n\n".into(), true)
         );
-        assert_eq!(s(with_cursor(b"plain text", "c-9")), "plain text");
+    }
+
+    #[test]
+    fn grip_content_that_is_not_sse_is_for_grip_holds_only() {
+        for bad in [
+            &b"plain text"[..],
+            b"data: partial",
+            b"\xff\xfe\x00bin",
+            b"event: ssegate.reset\ndata: {}\n\n",
+            b"event:ssegate.expired\ndata: x\n\n",
+        ] {
+            let g = grip_frame(bad, "c-9");
+            assert!(!g.sse, "{bad:?}");
+            assert_eq!(&g.frame[..], bad, "verbatim for GRIP holds");
+        }
     }
 }

@@ -97,7 +97,6 @@ async fn publish_items(gw: &Gateway, channel: &str, data: impl Iterator<Item = s
 // 1. One slow Redis call must not leave the instance unready for good.
 
 #[tokio::test]
-#[ignore = "issue 18 #1: fails until fixed"]
 async fn issue18_01_a_redis_stall_does_not_leave_the_instance_unready() {
     let Some((redis, gw)) = on_redis("").await else {
         return;
@@ -136,7 +135,6 @@ fn redis_seq(redis: &VolatileRedis) -> u64 {
 
 /// Heavier: an 8 MB publish of 200,000 items (about 10 s on 2 cores).
 #[tokio::test]
-#[ignore = "issue 18 #1: fails until fixed"]
 async fn issue18_01_a_large_publish_that_commits_is_not_answered_503() {
     let Some((redis, gw)) = on_redis("limits: { max_body: 64MiB }\n").await else {
         return;
@@ -174,7 +172,6 @@ async fn issue18_01_a_large_publish_that_commits_is_not_answered_503() {
 
 /// Heavier: about 10 MB through a stuck socket, and a Redis restart.
 #[tokio::test]
-#[ignore = "issue 18 #2: fails until fixed"]
 async fn issue18_02_after_redis_lost_its_data_a_resumed_client_gets_reset_then_every_event() {
     let Some((mut redis, gw)) = on_redis("limits: { max_body: 16MiB }\n").await else {
         return;
@@ -228,7 +225,6 @@ async fn issue18_02_after_redis_lost_its_data_a_resumed_client_gets_reset_then_e
 // 3. Memory broker: a forgotten channel re-created by another subscriber.
 
 #[tokio::test]
-#[ignore = "issue 18 #3: fails until fixed"]
 async fn issue18_03_resume_on_a_forgotten_then_recreated_channel_gets_a_reset() {
     let mut failures = Vec::new();
     for history in ["{ size: 0 }", "{ size: 100, ttl: 1s }"] {
@@ -263,7 +259,6 @@ async fn issue18_03_resume_on_a_forgotten_then_recreated_channel_gets_a_reset() 
 // 4. Redis: catch-up of quiet channels; unambiguous dedupe keys.
 
 #[tokio::test]
-#[ignore = "issue 18 #4: fails until fixed"]
 async fn issue18_04_catch_up_after_an_outage_covers_channels_that_delivered_nothing_yet() {
     let Some(redis) = VolatileRedis::start() else {
         return;
@@ -299,7 +294,6 @@ async fn issue18_04_catch_up_after_an_outage_covers_channels_that_delivered_noth
 }
 
 #[tokio::test]
-#[ignore = "issue 18 #4: fails until fixed"]
 async fn issue18_04_dedupe_ids_of_different_channels_never_collide() {
     let Some((_redis, gw)) = on_redis("").await else {
         return;
@@ -324,7 +318,6 @@ async fn issue18_04_dedupe_ids_of_different_channels_never_collide() {
 const ABSURD: &str = "300000000000y";
 
 #[test]
-#[ignore = "issue 18 #5: fails until fixed"]
 fn issue18_05_check_refuses_absurd_durations_with_their_position() {
     let mut failures = Vec::new();
     for (text, line) in [
@@ -342,7 +335,6 @@ fn issue18_05_check_refuses_absurd_durations_with_their_position() {
 }
 
 #[test]
-#[ignore = "issue 18 #5: fails until fixed"]
 fn issue18_05_absurd_durations_never_hang_or_panic_at_sigterm() {
     let mut failures = Vec::new();
     for setting in [
@@ -506,7 +498,6 @@ fn lossy(b: &[u8]) -> String {
 }
 
 #[tokio::test]
-#[ignore = "issue 18 #9: fails until fixed"]
 async fn issue18_09_publishers_and_webhooks_cannot_emit_control_events() {
     let gw = Gateway::start(&format!(
         "{SSE_ROUTES}webhooks:\n  - path: /hooks/any\n    channel: \"room:c\"\n    event: \"{{/type}}\"\n"
@@ -539,7 +530,6 @@ async fn issue18_09_publishers_and_webhooks_cannot_emit_control_events() {
 }
 
 #[tokio::test]
-#[ignore = "issue 18 #9: fails until fixed"]
 async fn issue18_09_grip_content_cannot_corrupt_a_native_sse_stream() {
     use base64::Engine;
     let gw = Gateway::start(SSE_ROUTES);
@@ -862,7 +852,6 @@ fn quick_client() -> reqwest::Client {
 }
 
 #[tokio::test]
-#[ignore = "issue 18 #13: fails until fixed"]
 async fn issue18_13_a_hostile_channel_value_is_answered_at_once() {
     let gw = pattern_gateway();
     let c = quick_client();
@@ -881,7 +870,6 @@ async fn issue18_13_a_hostile_channel_value_is_answered_at_once() {
 }
 
 #[tokio::test]
-#[ignore = "issue 18 #13: fails until fixed"]
 async fn issue18_13_two_hostile_requests_do_not_stall_another_client() {
     let gw = pattern_gateway();
     let c = quick_client();
@@ -941,7 +929,6 @@ fn issue18_14_a_config_starting_with_a_utf8_bom_loads() {
 // 15. JSON data is delivered as the publisher sent it, compacted.
 
 #[tokio::test]
-#[ignore = "issue 18 #15: fails until fixed"]
 async fn issue18_15_json_data_keeps_key_order_and_big_integers() {
     let gw = Gateway::start(SSE_ROUTES);
     let mut s = Sse::connect(&gw.url("/events/j")).await;
@@ -1046,7 +1033,6 @@ fn issue18_16_an_http10_client_gets_no_chunked_encoding() {
 }
 
 #[tokio::test]
-#[ignore = "issue 18 #16: fails until fixed"]
 async fn issue18_16_the_admin_token_scheme_is_case_insensitive() {
     let gw = Gateway::start_with_env(
         &format!("admin:\n  token_env: T18_ADMIN_TOKEN\n{SSE_ROUTES}"),
@@ -1083,7 +1069,6 @@ async fn issue18_16_the_admin_token_scheme_is_case_insensitive() {
 // 17. The prelude primes the client with its starting cursor.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 18 #17: fails until fixed"]
 async fn issue18_17_a_client_cut_before_its_first_event_resumes_from_its_prelude() {
     let gw = Gateway::start(&format!(
         "hub:\n  history: {{ size: 100000, ttl: 1h }}\nsse: {{ client_queue: 256 }}\n{SSE_ROUTES}"

@@ -4,7 +4,7 @@
 use bytes::{Buf, BytesMut};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 
@@ -64,9 +64,9 @@ pub struct ResponseHead {
 }
 
 /// Read a response head from `stream` into `buf`; on return `buf` holds any
-/// body bytes already read after the head. `is_head_req` = no body expected.
-pub async fn read_head(
-    stream: &mut TcpStream,
+/// body bytes already read after the head.
+pub async fn read_head<R: AsyncRead + Unpin>(
+    stream: &mut R,
     buf: &mut BytesMut,
     limit: Duration,
 ) -> Result<ResponseHead, String> {

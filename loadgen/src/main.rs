@@ -1,24 +1,32 @@
-//! ssegate-loadgen: fan-out / idle / many-channel load generator for SSE
-//! gateways (ssegate, nchan, pushpin). Loopback targets only.
+//! ssegate-loadgen: fan-out / idle / many-channel / storm load generator
+//! for SSE gateways (ssegate, nchan, pushpin) over HTTP/1.1, TLS and
+//! HTTP/2, across one or several gateway instances and load generator
+//! processes. Loopback targets only.
 
+mod conn;
 mod http;
+#[cfg(test)]
+mod loopback_tests;
+mod multi;
 mod procstat;
 mod publish;
+mod redis;
 mod report;
+mod run;
 mod sse;
 mod sse_client;
+mod storm;
 mod target;
+mod tls;
 
 use clap::{Args, Parser, Subcommand};
-use publish::{Format, PubCfg, PubResult};
-use report::{quantiles_ms, Report, ServerStats};
-use sse_client::{new_histogram, Shared, SubResult, SubSpec};
-use std::net::Ipv4Addr;
+use publish::{Format, PubCfg};
+use report::Report;
+use run::{secs, Server, Want};
+use sse_client::Policy;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinHandle;
 
 #[derive(Parser)]
 #[command(
@@ -39,97 +47,168 @@ enum Cmd {
     Idle(IdleArgs),
     /// N channels (ch-0..ch-N-1) with one subscriber each, E events round-robin.
     Channels(ChannelsArgs),
+    /// N streams, all dropped at once and reconnecting at once (EventSource-like).
+    Storm(storm::StormArgs),
+}
+
+/// When a subscriber counts as streaming.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Ready {
+    /// At the 200 response head.
+    Head,
+    /// At the first thing in the body other than `retry:` (the prelude).
+    Prelude,
 }
 
 #[derive(Args, Clone)]
-struct SubArgs {
-    /// SSE URL; `{i}` = subscriber index, `{ch}` = channel name.
-    #[arg(long)]
-    sse_url: String,
+pub struct SubArgs {
+    /// SSE URL, http:// or https://; `{i}` = subscriber index, `{ch}` =
+    /// channel name. Repeat for several gateway instances: subscriber i
+    /// uses URL number i mod count.
+    #[arg(long, required = true)]
+    pub sse_url: Vec<String>,
     /// Comma separated loopback source IPs, used round-robin.
     #[arg(
         long,
         default_value = "127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7,127.0.0.8"
     )]
-    sources: String,
-    /// Max connections being set up at once.
+    pub sources: String,
+    /// Max connections (or HTTP/2 streams) being set up at once.
     #[arg(long, default_value_t = 256)]
-    connect_concurrency: usize,
-    /// Per-connection TCP connect timeout (s).
+    pub connect_concurrency: usize,
+    /// Per-connection TCP connect (and TLS handshake) timeout (s).
     #[arg(long, default_value_t = 10.0)]
-    connect_timeout: f64,
-    /// Per-connection timeout for the response head (s).
+    pub connect_timeout: f64,
+    /// Per-stream timeout for the response head (s).
     #[arg(long, default_value_t = 10.0)]
-    header_timeout: f64,
+    pub header_timeout: f64,
     /// Overall limit for getting all subscribers streaming (s).
     #[arg(long, default_value_t = 180.0)]
-    connect_deadline: f64,
-    /// Server PID(s) to measure, comma separated (summed), e.g. nginx workers.
+    pub connect_deadline: f64,
+    /// Server PID(s) to measure, comma separated (summed), e.g. nginx workers
+    /// or several gateway instances.
     #[arg(long)]
-    server_pid: Option<String>,
+    pub server_pid: Option<String>,
     /// Print a single JSON object instead of text.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
+    /// HTTP/2: over TLS (ALPN h2) for https:// URLs, h2c with prior
+    /// knowledge for http:// URLs. Streams share connections.
+    #[arg(long)]
+    pub h2: bool,
+    /// HTTP/2 streams per connection.
+    #[arg(long, default_value_t = 100)]
+    pub streams_per_conn: usize,
+    /// HTTP/2 connections: spread the subscribers evenly over this many
+    /// (instead of --streams-per-conn).
+    #[arg(long)]
+    pub conns: Option<usize>,
+    /// PEM file of the CA (or self-signed certificate) that signs the
+    /// server's certificate, for https:// URLs.
+    #[arg(long)]
+    pub ca: Option<String>,
+    /// Accept any server certificate (self-signed test certificates).
+    #[arg(long)]
+    pub insecure: bool,
+    /// HTTP/2 receive window per stream (bytes).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub h2_window: u32,
+    /// HTTP/2 receive window per connection (bytes).
+    #[arg(long, default_value_t = 16 << 20)]
+    pub h2_conn_window: u32,
+    /// When a subscriber counts as streaming (default: head; storm: prelude).
+    #[arg(long, value_enum)]
+    pub ready: Option<Ready>,
+    /// Seed for the randomness (printed in the report; default: from the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
 }
 
 #[derive(Args, Clone)]
-struct PubArgs {
-    /// Publish URL (`{ch}` is substituted, e.g. nchan `/pub?id={ch}`).
+pub struct PubArgs {
+    /// Publish URL, plain http:// (`{ch}` is substituted, e.g. nchan `/pub?id={ch}`).
     #[arg(long)]
-    publish_url: String,
+    pub publish_url: String,
     #[arg(long, value_enum, default_value_t = Format::Ssegate)]
-    publish_format: Format,
+    pub publish_format: Format,
     /// Prefix for channel names in publish bodies (ssegate/pushpin), e.g. `room:`.
     #[arg(long, default_value = "")]
-    channel_prefix: String,
+    pub channel_prefix: String,
     /// Number of events to publish.
     #[arg(long)]
-    events: u64,
+    pub events: u64,
     /// Events per request (ssegate `items` / pushpin `items`).
     #[arg(long, default_value_t = 1)]
-    batch: usize,
+    pub batch: usize,
     /// Approximate size of each event's JSON data.
     #[arg(long, default_value_t = 64)]
-    payload_bytes: usize,
+    pub payload_bytes: usize,
     /// Parallel keep-alive publish connections (requests stay paced to --rate).
     #[arg(long, default_value_t = 1)]
-    publish_concurrency: usize,
+    pub publish_concurrency: usize,
     /// Per publish request timeout (s).
     #[arg(long, default_value_t = 10.0)]
-    request_timeout: f64,
+    pub request_timeout: f64,
     /// Wait after all subscribers stream, before publishing (ms).
     #[arg(long, default_value_t = 500)]
-    settle_ms: u64,
+    pub settle_ms: u64,
     /// Max wait for outstanding deliveries after publishing ends (s).
     #[arg(long, default_value_t = 10.0)]
-    drain_timeout: f64,
+    pub drain_timeout: f64,
+}
+
+/// Redis behind the gateways (cluster mode): its cost per event.
+#[derive(Args, Clone)]
+pub struct RedisArgs {
+    /// Port of redis-server on 127.0.0.1: `redis-cli info commandstats`
+    /// before and after publishing gives commands per event.
+    #[arg(long)]
+    pub redis_port: Option<u16>,
+    /// redis-server PID(s): CPU while publishing (idle: while holding).
+    #[arg(long)]
+    pub redis_pid: Option<String>,
 }
 
 #[derive(Args)]
-struct FanoutArgs {
+pub struct FanoutArgs {
     #[command(flatten)]
-    sub: SubArgs,
+    pub sub: SubArgs,
     #[command(flatten)]
-    publ: PubArgs,
+    pub publ: PubArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
     /// Channel name (substituted for `{ch}`; body channel = prefix + name).
     #[arg(long, default_value = "loadtest")]
-    channel: String,
+    pub channel: String,
+    /// Subscribers in all (over all --sse-url and all --procs).
     #[arg(long)]
-    subscribers: usize,
+    pub subscribers: usize,
     /// Publish rate, events/s (0 = as fast as possible).
     #[arg(long, default_value_t = 100.0)]
-    rate: f64,
+    pub rate: f64,
+    /// Load generator processes holding the subscribers (each process may
+    /// hold about 19,000 sockets here); this one publishes and merges.
+    #[arg(long, default_value_t = 1)]
+    pub procs: usize,
+    /// Internal: run as worker K of --procs (started by the parent).
+    #[arg(long, hide = true)]
+    pub worker_index: Option<usize>,
 }
 
 #[derive(Args)]
 struct IdleArgs {
     #[command(flatten)]
     sub: SubArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
     #[arg(long, default_value = "loadtest")]
     channel: String,
     #[arg(long)]
     subscribers: usize,
-    /// Seconds to hold the connections open after all are streaming.
+    /// Seconds to wait after all are streaming before the hold window starts.
+    #[arg(long, default_value_t = 0.0)]
+    settle: f64,
+    /// Seconds to hold the connections open (the measured window).
     #[arg(long, default_value_t = 10.0)]
     hold: f64,
 }
@@ -140,6 +219,8 @@ struct ChannelsArgs {
     sub: SubArgs,
     #[command(flatten)]
     publ: PubArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
     #[arg(long)]
     channels: usize,
     /// Publish rate, events/s (0 = as fast as possible).
@@ -147,281 +228,7 @@ struct ChannelsArgs {
     rate: f64,
 }
 
-/// Subscribers that have been opened, plus the means to stop them.
-struct Opened {
-    shared: Arc<Shared>,
-    handles: Vec<JoinHandle<SubResult>>,
-    stop: watch::Sender<bool>,
-    all_streaming_s: f64,
-}
-
-/// Server measurement helper (no-op without --server-pid).
-struct Server {
-    pids: Vec<u32>,
-    stats: ServerStats,
-    mark: Option<(Instant, f64)>,
-}
-
-impl Server {
-    fn new(arg: &Option<String>) -> Result<Self, String> {
-        let pids = match arg {
-            Some(s) => procstat::parse_pids(s)?,
-            None => Vec::new(),
-        };
-        if !pids.is_empty() {
-            procstat::cpu_seconds(&pids)?; // validate early
-        }
-        Ok(Server {
-            stats: ServerStats {
-                pids: pids.clone(),
-                ..Default::default()
-            },
-            pids,
-            mark: None,
-        })
-    }
-    fn mem(&self) -> Option<procstat::MemSample> {
-        if self.pids.is_empty() {
-            return None;
-        }
-        procstat::mem(&self.pids).ok()
-    }
-    /// Start a CPU measurement window.
-    fn cpu_start(&mut self) {
-        if !self.pids.is_empty() {
-            self.mark = procstat::cpu_seconds(&self.pids)
-                .ok()
-                .map(|c| (Instant::now(), c));
-        }
-    }
-    /// Close the CPU window under `phase` name.
-    fn cpu_end(&mut self, phase: &str) {
-        if let Some((t0, c0)) = self.mark.take() {
-            if let Ok(c1) = procstat::cpu_seconds(&self.pids) {
-                let wall = t0.elapsed().as_secs_f64().max(1e-9);
-                let used = c1 - c0;
-                self.stats.cpu_seconds.insert(phase.into(), used);
-                self.stats.cpu_pct.insert(phase.into(), used / wall * 100.0);
-            }
-        }
-    }
-    fn after_connect(&mut self, n: usize) {
-        self.stats.after_connect = self.mem();
-        if let (Some(b), Some(a)) = (self.stats.before_connect, self.stats.after_connect) {
-            if n > 0 {
-                let per = |x: u64, y: u64| (x as f64 - y as f64) * 1024.0 / n as f64;
-                self.stats.per_conn_rss_bytes = Some(per(a.rss_kb, b.rss_kb));
-                self.stats.per_conn_pss_bytes = Some(per(a.pss_kb, b.pss_kb));
-            }
-        }
-    }
-    fn after_hold(&mut self, n: usize) {
-        self.stats.after_hold = self.mem();
-        if let (Some(b), Some(a)) = (self.stats.before_connect, self.stats.after_hold) {
-            if n > 0 {
-                self.stats.per_conn_pss_bytes_after_hold =
-                    Some((a.pss_kb as f64 - b.pss_kb as f64) * 1024.0 / n as f64);
-            }
-        }
-    }
-    fn finish(self) -> Option<ServerStats> {
-        (!self.pids.is_empty()).then_some(self.stats)
-    }
-}
-
-fn secs(v: f64) -> Duration {
-    Duration::from_secs_f64(v.clamp(0.0, 86_400.0))
-}
-
-/// Spawn all subscribers and wait (bounded) until each is streaming or failed.
-async fn open_subscribers(
-    args: &SubArgs,
-    events: u64,
-    specs: impl Iterator<Item = (String, u64, u64)>,
-) -> Result<Opened, String> {
-    let sources: Vec<Ipv4Addr> = target::parse_sources(&args.sources)?;
-    let mut list = Vec::new();
-    for (i, (url, stride, offset)) in specs.enumerate() {
-        let t = target::parse_url(&url)?;
-        list.push(SubSpec {
-            index: i,
-            target: t,
-            src: Some(sources[i % sources.len()]),
-            events,
-            stride,
-            offset,
-            connect_timeout: secs(args.connect_timeout),
-            header_timeout: secs(args.header_timeout),
-        });
-    }
-    let n = list.len();
-    let shared = Shared::new(events);
-    let sem = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
-    let (stop, rx) = watch::channel(false);
-    let start = shared.since_base_ns();
-    let handles: Vec<_> = list
-        .into_iter()
-        .map(|spec| {
-            tokio::spawn(sse_client::run_subscriber(
-                spec,
-                shared.clone(),
-                sem.clone(),
-                rx.clone(),
-            ))
-        })
-        .collect();
-    let deadline = Instant::now() + secs(args.connect_deadline);
-    loop {
-        let up = shared.streaming.load(Ordering::Acquire) + shared.failed.load(Ordering::Acquire);
-        if up >= n {
-            break;
-        }
-        if Instant::now() >= deadline {
-            shared.note_error(format!(
-                "connect deadline reached with {up}/{n} subscribers resolved"
-            ));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let last = shared.last_streaming_ns.load(Ordering::Acquire);
-    let all_streaming_s = last.saturating_sub(start) as f64 / 1e9;
-    Ok(Opened {
-        shared,
-        handles,
-        stop,
-        all_streaming_s,
-    })
-}
-
-/// Stop all subscribers and collect their results (bounded).
-async fn close_subscribers(o: &mut Opened) -> Vec<SubResult> {
-    let _ = o.stop.send(true);
-    let mut out = Vec::with_capacity(o.handles.len());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    for h in o.handles.drain(..) {
-        let abort = h.abort_handle();
-        match tokio::time::timeout_at(deadline, h).await {
-            Ok(Ok(r)) => out.push(r),
-            Ok(Err(_)) => out.push(SubResult::default()),
-            Err(_) => {
-                abort.abort();
-                out.push(SubResult::default());
-            }
-        }
-    }
-    out
-}
-
-fn base_report(mode: &str, requested: usize, o: &Opened) -> Report {
-    Report {
-        mode: mode.into(),
-        subscribers_requested: requested,
-        subscribers_streaming: o.shared.streaming.load(Ordering::Acquire),
-        subscribers_failed: o.shared.failed.load(Ordering::Acquire),
-        connect_all_streaming_s: o.all_streaming_s,
-        ..Default::default()
-    }
-}
-
-/// Publish on a dedicated thread (its own runtime) so that pacing is not
-/// disturbed by subscriber work, then wait for deliveries to drain.
-async fn publish_and_drain(
-    o: &Opened,
-    cfg: PubCfg,
-    drain_timeout: f64,
-    server: &mut Server,
-) -> (PubResult, bool, f64) {
-    let base = o.shared.base;
-    server.cpu_start();
-    let (t0, c0) = (Instant::now(), procstat::self_cpu_seconds());
-    let th = std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map(|rt| rt.block_on(publish::run_publisher(cfg, base)))
-            .map_err(|e| e.to_string())
-    });
-    let pr = tokio::task::spawn_blocking(move || th.join())
-        .await
-        .ok()
-        .and_then(|r| r.ok())
-        .unwrap_or_else(|| Err("publisher thread panicked".into()));
-    let pr = pr.unwrap_or_else(|e| PubResult {
-        errors: vec![e],
-        ..Default::default()
-    });
-    let n = o.handles.len();
-    let deadline = Instant::now() + secs(drain_timeout);
-    let mut timed_out = false;
-    while o.shared.done.load(Ordering::Acquire) < n {
-        if Instant::now() >= deadline {
-            timed_out = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    server.cpu_end("publish+drain");
-    let client_pct =
-        (procstat::self_cpu_seconds() - c0) / t0.elapsed().as_secs_f64().max(1e-9) * 100.0;
-    (pr, timed_out, client_pct)
-}
-
-fn fill_delivery_report(
-    r: &mut Report,
-    o: &Opened,
-    results: &[SubResult],
-    pr: &PubResult,
-    requested: u64,
-) {
-    let expected: u64 = results
-        .iter()
-        .filter(|s| s.streaming)
-        .map(|s| s.expected)
-        .sum();
-    let received: u64 = results.iter().map(|s| s.distinct).sum();
-    r.events_requested = Some(requested);
-    r.events_published = Some(pr.published);
-    r.events_publish_failed = Some(pr.failed);
-    r.publish_requests = Some(pr.requests);
-    r.publish_statuses = Some(pr.statuses.clone());
-    if let (Some(a), Some(b)) = (pr.first_send, pr.last_done) {
-        let d = (b - a).as_secs_f64();
-        r.publish_duration_s = Some(d);
-        if d > 0.0 {
-            r.publish_rate_eps = Some((pr.published + pr.failed) as f64 / d);
-        }
-    }
-    r.deliveries_expected = Some(expected);
-    r.deliveries_received = Some(received);
-    r.missing = Some(expected.saturating_sub(received));
-    r.duplicates = Some(results.iter().map(|s| s.dups).sum());
-    r.unexpected = Some(results.iter().map(|s| s.unexpected).sum());
-    r.non_probe_events = Some(results.iter().map(|s| s.other_events).sum());
-    r.subscribers_ended_early = results.iter().filter(|s| s.ended_early).count();
-    let last = o.shared.last_delivery_ns.load(Ordering::Acquire);
-    if let Some(first) = pr.first_send {
-        let w = (last as f64 / 1e9 - first.as_secs_f64()).max(0.0);
-        if received > 0 && w > 0.0 {
-            r.delivery_window_s = Some(w);
-            r.deliveries_per_s = Some(received as f64 / w);
-        }
-    }
-    r.latency_ms = quantiles_ms(&o.shared.merged_latency(), true);
-    let mut last_h = new_histogram();
-    for v in &o.shared.per_seq_max_us {
-        let v = v.load(Ordering::Acquire);
-        if v > 0 {
-            last_h.saturating_record((v - 1).max(1));
-        }
-    }
-    r.last_subscriber_latency_ms = quantiles_ms(&last_h, false);
-    r.errors.extend(pr.errors.iter().cloned());
-    r.errors
-        .extend(o.shared.errors.lock().unwrap().iter().cloned());
-}
-
-fn pub_cfg(p: &PubArgs, channels: Vec<String>, rate: f64) -> PubCfg {
+pub fn pub_cfg(p: &PubArgs, channels: Vec<String>, rate: f64) -> PubCfg {
     PubCfg {
         url_template: p.publish_url.clone(),
         format: p.publish_format,
@@ -436,52 +243,166 @@ fn pub_cfg(p: &PubArgs, channels: Vec<String>, rate: f64) -> PubCfg {
     }
 }
 
-async fn fanout(a: FanoutArgs) -> Result<Report, String> {
-    let cfg = pub_cfg(&a.publ, vec![a.channel.clone()], a.rate);
+/// The seed to use: the one given, or one from the clock.
+pub fn seed(a: &SubArgs) -> u64 {
+    a.seed
+        .unwrap_or_else(|| sse_client::now_unix_nanos() ^ 0x5EED)
+}
+
+/// Policy of the measuring modes: one attempt per subscriber.
+pub fn one_shot(a: &SubArgs) -> Arc<Policy> {
+    Arc::new(Policy {
+        ready_on_prelude: a.ready == Some(Ready::Prelude),
+        seed: seed(a),
+        ..Policy::default()
+    })
+}
+
+pub fn distinct_urls(a: &SubArgs) -> usize {
+    let mut v = a.sse_url.clone();
+    v.sort();
+    v.dedup();
+    v.len()
+}
+
+/// Redis measurement window: commandstats and CPU before/after.
+pub struct RedisWindow {
+    port: Option<u16>,
+    pids: Vec<u32>,
+    before: Option<std::collections::BTreeMap<String, u64>>,
+    cpu0: Option<(Instant, f64)>,
+}
+
+impl RedisWindow {
+    pub async fn start(a: &RedisArgs) -> Result<Self, String> {
+        let pids = match &a.redis_pid {
+            Some(p) => procstat::parse_pids(p)?,
+            None => Vec::new(),
+        };
+        let before = match a.redis_port {
+            Some(p) => Some(redis::commandstats(p).await?),
+            None => None,
+        };
+        let cpu0 = (!pids.is_empty())
+            .then(|| {
+                procstat::cpu_seconds(&pids)
+                    .ok()
+                    .map(|c| (Instant::now(), c))
+            })
+            .flatten();
+        Ok(RedisWindow {
+            port: a.redis_port,
+            pids,
+            before,
+            cpu0,
+        })
+    }
+
+    pub async fn finish(self, events: u64) -> Option<redis::RedisReport> {
+        if self.port.is_none() && self.pids.is_empty() {
+            return None;
+        }
+        let mut r = redis::RedisReport {
+            port: self.port,
+            pids: self.pids.clone(),
+            ..Default::default()
+        };
+        if let Some((t0, c0)) = self.cpu0 {
+            if let Ok(c1) = procstat::cpu_seconds(&self.pids) {
+                r.cpu_seconds = Some(c1 - c0);
+                r.cpu_pct = Some((c1 - c0) / t0.elapsed().as_secs_f64().max(1e-9) * 100.0);
+            }
+        }
+        if let (Some(p), Some(b)) = (self.port, &self.before) {
+            if let Ok(a) = redis::commandstats(p).await {
+                r.commands = redis::delta(b, &a);
+                r.commands_total = r.commands.values().sum();
+                if events > 0 {
+                    r.commands_per_event = Some(r.commands_total as f64 / events as f64);
+                }
+            }
+        }
+        Some(r)
+    }
+}
+
+/// Open `wants`, publish `cfg`, drain, and report (fanout and channels).
+async fn deliver(
+    mode: &str,
+    requested: usize,
+    sub: &SubArgs,
+    publ: &PubArgs,
+    redis: &RedisArgs,
+    cfg: PubCfg,
+    wants: Vec<Want>,
+) -> Result<Report, String> {
     publish::check_url(&cfg)?;
-    let mut server = Server::new(&a.sub.server_pid)?;
-    server.stats.before_connect = server.mem();
-    server.cpu_start();
-    let specs =
-        (0..a.subscribers).map(|i| (target::substitute(&a.sub.sse_url, i, &a.channel), 1, 0));
-    let mut o = open_subscribers(&a.sub, a.publ.events, specs).await?;
-    server.cpu_end("connect");
-    server.after_connect(o.shared.streaming.load(Ordering::Acquire));
-    tokio::time::sleep(Duration::from_millis(a.publ.settle_ms)).await;
+    let mut server = Server::new(&sub.server_pid)?;
+    let policy = one_shot(sub);
+    let mut o = run::connect_measured(sub, &mut server, policy, publ.events, wants).await?;
+    tokio::time::sleep(Duration::from_millis(publ.settle_ms)).await;
+    let rw = RedisWindow::start(redis).await?;
     let (pr, timed_out, client_pct) =
-        publish_and_drain(&o, cfg, a.publ.drain_timeout, &mut server).await;
-    let results = close_subscribers(&mut o).await;
-    let mut r = base_report("fanout", a.subscribers, &o);
-    fill_delivery_report(&mut r, &o, &results, &pr, a.publ.events);
+        run::publish_and_drain(&o, cfg, publ.drain_timeout, &mut server).await;
+    let redis = rw.finish(pr.published).await;
+    let results = run::close_subscribers(&mut o).await;
+    let mut r = run::base_report(mode, requested, &o);
+    let d = run::Deliveries::collect(&o, &results);
+    let first = run::unix_ns_of(&o.shared, pr.first_send);
+    d.fill(&mut r, &pr, publ.events, first);
     r.drain_timed_out = Some(timed_out);
     r.client_cpu_pct = Some(client_pct);
-    r.server = server.finish();
+    r.redis = redis;
+    run::finish_report(&mut r, &o, server, sub);
     Ok(r)
+}
+
+async fn fanout(a: FanoutArgs) -> Result<Report, String> {
+    if a.procs > 1 || a.worker_index.is_some() {
+        return multi::fanout(a).await;
+    }
+    let cfg = pub_cfg(&a.publ, vec![a.channel.clone()], a.rate);
+    let wants = run::on_channel(&a.sub, 0..a.subscribers, &a.channel);
+    deliver(
+        "fanout",
+        a.subscribers,
+        &a.sub,
+        &a.publ,
+        &a.redis,
+        cfg,
+        wants,
+    )
+    .await
 }
 
 async fn idle(a: IdleArgs) -> Result<Report, String> {
     let mut server = Server::new(&a.sub.server_pid)?;
-    server.stats.before_connect = server.mem();
-    server.cpu_start();
-    let specs =
-        (0..a.subscribers).map(|i| (target::substitute(&a.sub.sse_url, i, &a.channel), 1, 0));
-    let mut o = open_subscribers(&a.sub, 0, specs).await?;
-    server.cpu_end("connect");
-    server.after_connect(o.shared.streaming.load(Ordering::Acquire));
+    let wants = run::on_channel(&a.sub, 0..a.subscribers, &a.channel);
+    let mut o = run::connect_measured(&a.sub, &mut server, one_shot(&a.sub), 0, wants).await?;
+    tokio::time::sleep(secs(a.settle)).await;
+    let rw = RedisWindow::start(&a.redis).await?;
+    let frames0 = o.shared.frames.load(Ordering::Acquire);
     server.cpu_start();
     let t0 = Instant::now();
     tokio::time::sleep(secs(a.hold)).await;
     server.cpu_end("hold");
-    server.after_hold(o.shared.streaming.load(Ordering::Acquire));
     let hold = t0.elapsed().as_secs_f64();
+    let frames = o.shared.frames.load(Ordering::Acquire) - frames0;
+    let redis = rw.finish(0).await;
+    server.after_hold(o.shared.streaming());
     let ended = o.shared.ended.load(Ordering::Acquire);
-    let _ = close_subscribers(&mut o).await;
-    let mut r = base_report("idle", a.subscribers, &o);
+    let _ = run::close_subscribers(&mut o).await;
+    let mut r = run::base_report("idle", a.subscribers, &o);
     r.subscribers_ended_early = ended;
     r.hold_s = Some(hold);
-    r.errors
-        .extend(o.shared.errors.lock().unwrap().iter().cloned());
-    r.server = server.finish();
+    let n = o.shared.streaming();
+    if n > 0 {
+        let per = frames as f64 / n as f64;
+        r.hold_frames_per_stream = Some(per);
+        r.heartbeat_interval_s = (per > 0.0).then(|| hold / per);
+    }
+    r.redis = redis;
+    run::finish_report(&mut r, &o, server, &a.sub);
     Ok(r)
 }
 
@@ -491,50 +412,66 @@ async fn channels(a: ChannelsArgs) -> Result<Report, String> {
     }
     let names: Vec<String> = (0..a.channels).map(|i| format!("ch-{i}")).collect();
     let cfg = pub_cfg(&a.publ, names.clone(), a.rate);
-    publish::check_url(&cfg)?;
-    let mut server = Server::new(&a.sub.server_pid)?;
-    server.stats.before_connect = server.mem();
-    server.cpu_start();
     let n = a.channels as u64;
-    let specs = names
+    let wants = names
         .iter()
         .enumerate()
-        .map(|(i, ch)| (target::substitute(&a.sub.sse_url, i, ch), n, i as u64));
-    let mut o = open_subscribers(&a.sub, a.publ.events, specs).await?;
-    server.cpu_end("connect");
-    server.after_connect(o.shared.streaming.load(Ordering::Acquire));
-    tokio::time::sleep(Duration::from_millis(a.publ.settle_ms)).await;
-    let (pr, timed_out, client_pct) =
-        publish_and_drain(&o, cfg, a.publ.drain_timeout, &mut server).await;
-    let results = close_subscribers(&mut o).await;
-    let mut r = base_report("channels", a.channels, &o);
+        .map(|(i, ch)| Want {
+            index: i,
+            url: run::url_for(&a.sub, i, ch),
+            stride: n,
+            offset: i as u64,
+        })
+        .collect();
+    let mut r = deliver(
+        "channels", a.channels, &a.sub, &a.publ, &a.redis, cfg, wants,
+    )
+    .await?;
     r.channels = Some(a.channels);
-    fill_delivery_report(&mut r, &o, &results, &pr, a.publ.events);
-    r.drain_timed_out = Some(timed_out);
-    r.client_cpu_pct = Some(client_pct);
-    r.server = server.finish();
     Ok(r)
 }
 
 fn main() {
     let cli = Cli::parse();
     let nofile = procstat::raise_nofile();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("tokio runtime");
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loadgen: error: tokio runtime: {e}");
+            std::process::exit(2);
+        }
+    };
     let (json, res) = rt.block_on(async {
         match cli.cmd {
-            Cmd::Fanout(a) => (a.sub.json, fanout(a).await),
+            Cmd::Fanout(a) => {
+                let json = a.sub.json || a.worker_index.is_some();
+                (json, fanout(a).await)
+            }
             Cmd::Idle(a) => (a.sub.json, idle(a).await),
             Cmd::Channels(a) => (a.sub.json, channels(a).await),
+            Cmd::Storm(a) => (a.sub.json, storm::run(a).await),
         }
     });
     rt.shutdown_timeout(Duration::from_secs(2));
     match res {
         Ok(mut r) => {
             r.loadgen_nofile = nofile;
-            r.print(json);
+            if r.mode != "worker" {
+                if r.seed != 0 {
+                    eprintln!("loadgen: seed {}", r.seed);
+                }
+                let s5: u64 = r.subscribe_statuses.range(500..600).map(|(_, n)| n).sum();
+                if s5 > 0 {
+                    eprintln!(
+                        "loadgen: LOUD: {s5} subscribe answers with a 5xx status {:?}",
+                        r.subscribe_statuses
+                    );
+                }
+                r.print(json);
+            }
         }
         Err(e) => {
             eprintln!("loadgen: error: {e}");

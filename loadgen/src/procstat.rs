@@ -60,6 +60,98 @@ pub fn cpu_seconds(pids: &[u32]) -> Result<f64, String> {
     Ok(ticks as f64 / tck)
 }
 
+/// Resident set size in kB (VmRSS from /proc/PID/status, cheap to read
+/// many times a second, unlike smaps_rollup), summed over `pids`.
+pub fn rss_kb(pids: &[u32]) -> Result<u64, String> {
+    let mut total = 0;
+    for pid in pids {
+        let path = format!("/proc/{pid}/status");
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+        total += text
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// What a [`Sampler`] saw between its start and its stop.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Samples {
+    pub interval_ms: u64,
+    pub samples: u64,
+    pub rss_start_kb: u64,
+    pub rss_peak_kb: u64,
+    pub rss_end_kb: u64,
+    /// utime+stime over the whole window, % of one core.
+    pub cpu_pct_avg: f64,
+    /// The busiest single interval, % of one core.
+    pub cpu_pct_peak: f64,
+    pub cpu_seconds: f64,
+    pub wall_s: f64,
+}
+
+/// Samples RSS and CPU of `pids` on its own thread every `interval` until
+/// stopped (or until `limit` has passed: it never runs unbounded).
+pub struct Sampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Samples>>,
+}
+
+impl Sampler {
+    pub fn start(
+        pids: Vec<u32>,
+        interval: std::time::Duration,
+        limit: std::time::Duration,
+    ) -> Sampler {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let interval = interval.max(std::time::Duration::from_millis(10));
+            let t0 = std::time::Instant::now();
+            let rss0 = rss_kb(&pids).unwrap_or(0);
+            let c0 = cpu_seconds(&pids).unwrap_or(0.0);
+            let mut s = Samples {
+                interval_ms: interval.as_millis() as u64,
+                rss_start_kb: rss0,
+                rss_peak_kb: rss0,
+                rss_end_kb: rss0,
+                ..Default::default()
+            };
+            let (mut t_prev, mut c_prev) = (t0, c0);
+            while !flag.load(Ordering::Acquire) && t0.elapsed() < limit {
+                std::thread::sleep(interval);
+                let (Ok(rss), Ok(c)) = (rss_kb(&pids), cpu_seconds(&pids)) else {
+                    break; // the process is gone
+                };
+                let now = std::time::Instant::now();
+                s.samples += 1;
+                s.rss_peak_kb = s.rss_peak_kb.max(rss);
+                s.rss_end_kb = rss;
+                let dt = (now - t_prev).as_secs_f64().max(1e-9);
+                s.cpu_pct_peak = s.cpu_pct_peak.max((c - c_prev) / dt * 100.0);
+                (t_prev, c_prev) = (now, c);
+            }
+            s.wall_s = t0.elapsed().as_secs_f64();
+            s.cpu_seconds = (cpu_seconds(&pids).unwrap_or(c_prev) - c0).max(0.0);
+            s.cpu_pct_avg = s.cpu_seconds / s.wall_s.max(1e-9) * 100.0;
+            s
+        });
+        Sampler {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn stop(mut self) -> Option<Samples> {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.thread.take().and_then(|t| t.join().ok())
+    }
+}
+
 /// CPU seconds (user+system) used by this process so far.
 pub fn self_cpu_seconds() -> f64 {
     // SAFETY: getrusage fills the zeroed struct we pass.
@@ -108,5 +200,25 @@ mod tests {
         assert!(m.rss_kb > 0);
         assert!(cpu_seconds(&[me]).unwrap() >= 0.0);
         assert_eq!(parse_pids("1, 2").unwrap(), vec![1, 2]);
+        assert!(rss_kb(&[me]).unwrap() > 0);
+    }
+
+    #[test]
+    fn sampler_sees_this_process() {
+        let s = Sampler::start(
+            vec![std::process::id()],
+            std::time::Duration::from_millis(10),
+            std::time::Duration::from_secs(5),
+        );
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < std::time::Duration::from_millis(100) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        let s = s.stop().unwrap();
+        assert!(x > 0);
+        assert!(s.samples >= 2, "{s:?}");
+        assert!(s.rss_peak_kb >= s.rss_start_kb && s.rss_peak_kb > 0);
+        assert!(s.cpu_pct_avg > 10.0, "{s:?}");
     }
 }

@@ -187,7 +187,9 @@ impl PostClient {
 /// Validate the publish URL template (loopback only) before running.
 pub fn check_url(cfg: &PubCfg) -> Result<(), String> {
     for ch in cfg.channels.iter().take(1) {
-        parse_url(&substitute(&cfg.url_template, 0, ch))?;
+        if parse_url(&substitute(&cfg.url_template, 0, ch))?.tls {
+            return Err("--publish-url must be plain http:// (admin / publish API)".into());
+        }
     }
     if cfg.format == Format::Nchan && cfg.batch > 1 {
         return Err("--batch > 1 is not supported with --publish-format nchan".into());

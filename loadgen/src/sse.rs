@@ -18,9 +18,17 @@ pub struct SseParser {
     at_start: bool,
     data: Vec<u8>,
     event: String,
+    /// The spec's "last event ID buffer".
     last_id: String,
+    /// The spec's "last event ID string" of the event source: set from the
+    /// buffer at every blank line, even one that dispatches no event.
+    last_event_id: Option<String>,
     pub retry: Option<u64>,
     pub comments: u64,
+    /// Blank lines seen: one per event, heartbeat or other frame.
+    pub frames: u64,
+    /// Lines other than `retry:` seen (comments, fields, blank lines).
+    other_lines: u64,
 }
 
 impl SseParser {
@@ -29,6 +37,19 @@ impl SseParser {
             at_start: true,
             ..Default::default()
         }
+    }
+
+    /// The last event ID a reconnecting EventSource would send, if any
+    /// blank line has been seen on this stream.
+    pub fn last_event_id(&self) -> Option<&str> {
+        self.last_event_id.as_deref()
+    }
+
+    /// True once the stream has sent anything but `retry:` lines: a
+    /// gateway's prelude (comment, `id:`) or an event. An answer holding only
+    /// `retry:` (deferred admission) never becomes true.
+    pub fn prelude_seen(&self) -> bool {
+        self.other_lines > 0
     }
 
     /// Feed decoded body bytes; `on_event` is called for each dispatched event.
@@ -82,11 +103,13 @@ impl SseParser {
 
     fn process_line(&mut self, line: &[u8], on_event: &mut impl FnMut(&Event)) {
         if line.is_empty() {
+            self.frames += 1;
             self.dispatch(on_event);
             return;
         }
         if line[0] == b':' {
             self.comments += 1;
+            self.other_lines += 1;
             return;
         }
         let (name, value) = match line.iter().position(|&b| b == b':') {
@@ -96,6 +119,9 @@ impl SseParser {
             }
             None => (line, &b""[..]),
         };
+        if name != b"retry" {
+            self.other_lines += 1;
+        }
         match name {
             b"event" => self.event = String::from_utf8_lossy(value).into_owned(),
             b"data" => {
@@ -115,6 +141,11 @@ impl SseParser {
     }
 
     fn dispatch(&mut self, on_event: &mut impl FnMut(&Event)) {
+        // Step 1 of "dispatch the event": even without data the event
+        // source's last event ID string takes the buffer's value.
+        if self.last_event_id.as_deref() != Some(self.last_id.as_str()) {
+            self.last_event_id = Some(self.last_id.clone());
+        }
         if self.data.is_empty() {
             self.event.clear();
             return;
@@ -185,5 +216,56 @@ mod tests {
         );
         // "data:" with empty value yields an empty-string event
         assert_eq!(parse_all(&[b"data:\n\n"]), vec![ev("", "", "")]);
+    }
+
+    fn parser_after(wire: &[u8]) -> SseParser {
+        let mut p = SseParser::new();
+        p.feed(wire, &mut |_: &Event| {});
+        p
+    }
+
+    #[test]
+    fn last_event_id_is_set_without_data() {
+        // ssegate's prelude: the cursor in an id-only frame.
+        let p = parser_after(b"retry: 3000\n: ok\n\nid: 17\n\n");
+        assert_eq!(p.last_event_id(), Some("17"));
+        assert_eq!(p.retry, Some(3000));
+        assert!(p.prelude_seen());
+        assert_eq!(p.frames, 2);
+        // Not yet: no blank line after the id.
+        assert_eq!(parser_after(b"id: 5\n").last_event_id(), None);
+        // A later event without id keeps the id (the buffer is not reset).
+        let p = parser_after(b"id: 5\ndata: a\n\ndata: b\n\n");
+        assert_eq!(p.last_event_id(), Some("5"));
+        // An explicit empty id clears it.
+        let p = parser_after(b"id: 5\ndata: a\n\nid\ndata: b\n\n");
+        assert_eq!(p.last_event_id(), Some(""));
+        // An id containing NUL is ignored.
+        let p = parser_after(b"id: 5\n\nid: a\0b\n\n");
+        assert_eq!(p.last_event_id(), Some("5"));
+        // nchan: a comment, then events with ids.
+        let p = parser_after(b": hi\n\nid: 1795975096:0\ndata: hello\n\nevent: ping\n\n");
+        assert_eq!(p.last_event_id(), Some("1795975096:0"));
+        assert_eq!(p.frames, 3);
+    }
+
+    #[test]
+    fn retry_only_answer_is_not_a_prelude() {
+        // Deferred admission: 200 with only retry:, then the end.
+        let p = parser_after(b"retry: 7342\n\n");
+        assert!(!p.prelude_seen());
+        assert_eq!(p.retry, Some(7342));
+        // Invalid retry values are ignored, and the last valid one kept.
+        let p = parser_after(b"retry: 100\nretry: 1e3\nretry: -5\nretry:\n\n");
+        assert_eq!(p.retry, Some(100));
+        assert!(!p.prelude_seen());
+        // A retry split over two reads.
+        let mut p = SseParser::new();
+        p.feed(b"ret", &mut |_: &Event| {});
+        p.feed(b"ry: 250\r\n\r\n", &mut |_: &Event| {});
+        assert_eq!(p.retry, Some(250));
+        assert!(!p.prelude_seen());
+        p.feed(b":\n", &mut |_: &Event| {});
+        assert!(p.prelude_seen());
     }
 }

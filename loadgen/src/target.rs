@@ -1,10 +1,14 @@
-//! URL parsing restricted to plain `http://` on loopback addresses.
+//! URL parsing restricted to `http://` and `https://` on loopback addresses.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
-/// A parsed `http://host:port/path?query` URL whose host is in 127.0.0.0/8.
+/// A parsed `http(s)://host:port/path?query` URL whose host is in 127.0.0.0/8.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// `https://`: TLS (ALPN decides HTTP/1.1 or HTTP/2).
+    pub tls: bool,
+    /// Host as written in the URL, without port (the TLS server name).
+    pub host: String,
     pub addr: SocketAddr,
     /// Value for the `Host:` header (as written in the URL, with port).
     pub host_header: String,
@@ -12,12 +16,18 @@ pub struct Target {
     pub path: String,
 }
 
-/// Parse and validate a URL. Only `http://` and loopback IPv4 hosts
-/// (127.0.0.0/8 or `localhost`) are accepted; anything else is refused.
+/// Parse and validate a URL. Only `http://`, `https://` and loopback IPv4
+/// hosts (127.0.0.0/8 or `localhost`) are accepted; anything else is refused.
 pub fn parse_url(url: &str) -> Result<Target, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url}: only plain http:// URLs are supported"))?;
+    let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else {
+        return Err(format!(
+            "{url}: only http:// and https:// URLs are supported"
+        ));
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -32,10 +42,12 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
             p.parse::<u16>()
                 .map_err(|_| format!("{url}: bad port {p:?}"))?,
         ),
-        None => (authority, 80),
+        None => (authority, if tls { 443 } else { 80 }),
     };
     let ip = parse_loopback_host(host).map_err(|e| format!("{url}: {e}"))?;
     Ok(Target {
+        tls,
+        host: host.to_string(),
         addr: SocketAddr::V4(SocketAddrV4::new(ip, port)),
         host_header: authority.to_string(),
         path: path.to_string(),
@@ -92,13 +104,20 @@ mod tests {
         assert_eq!(t.addr.to_string(), "127.0.0.1:80");
         assert_eq!(t.path, "/");
         assert!(parse_url("http://127.9.9.9:1/").is_ok());
+        assert!(!t.tls);
+        let t = parse_url("https://127.0.0.1:8443/events/a").unwrap();
+        assert!(t.tls);
+        assert_eq!(t.host, "127.0.0.1");
+        assert_eq!(t.addr.to_string(), "127.0.0.1:8443");
+        assert_eq!(parse_url("https://localhost/").unwrap().addr.port(), 443);
     }
 
     #[test]
     fn refuses_others() {
         assert!(parse_url("http://10.0.0.1/").is_err());
         assert!(parse_url("http://example.com/").is_err());
-        assert!(parse_url("https://127.0.0.1/").is_err());
+        assert!(parse_url("https://10.0.0.1/").is_err());
+        assert!(parse_url("ftp://127.0.0.1/").is_err());
         assert!(parse_sources("127.0.0.1,192.168.1.1").is_err());
     }
 

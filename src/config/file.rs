@@ -2,10 +2,10 @@
 //! is an error, not a silently ignored setting; values stay as written
 //! (durations and sizes are strings) and are checked once in `validate`.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
@@ -29,7 +29,7 @@ pub struct FileConfig {
 }
 
 /// OpenTelemetry spans exported over OTLP/HTTP.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryFile {
     /// The collector's OTLP/HTTP URL.
@@ -39,14 +39,14 @@ pub struct TelemetryFile {
 }
 
 /// Gateway-wide GRIP settings.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GripFile {
     /// Names the env var holding the key that signs `Grip-Sig`.
     pub key_env: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFile {
     pub cert: String,
@@ -55,21 +55,21 @@ pub struct TlsFile {
 
 /// HTTP/2 on the public listener. With `tls:` it is negotiated by ALPN;
 /// `h2c: true` accepts it in plain text (prior knowledge) instead.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Http2File {
     pub h2c: Option<bool>,
     pub max_concurrent_streams: Option<u32>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminFile {
     pub listen: Option<String>,
     pub token_env: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubFile {
     pub broker: Option<String>,
@@ -77,7 +77,7 @@ pub struct HubFile {
     pub history: Option<HistoryFile>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisFile {
     pub url: Option<String>,
@@ -85,7 +85,7 @@ pub struct RedisFile {
     pub prefix: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryFile {
     pub size: Option<usize>,
@@ -93,7 +93,7 @@ pub struct HistoryFile {
 }
 
 /// `sse:` at the top level (defaults) and the timing part of a route's `sse:`.
-#[derive(Debug, Default, Deserialize, Clone)]
+#[derive(Debug, Default, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct SseFile {
     pub heartbeat: Option<String>,
@@ -101,16 +101,25 @@ pub struct SseFile {
     pub client_queue: Option<usize>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsFile {
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
     pub max_channels_per_client: Option<usize>,
     pub max_body: Option<String>,
+    pub stream_rate: Option<StreamRateFile>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `limits.stream_rate`: new SSE streams admitted per second (token bucket).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamRateFile {
+    pub per_second: f64,
+    pub burst: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
     pub servers: Vec<String>,
@@ -120,7 +129,7 @@ pub struct UpstreamFile {
     pub fail_timeout: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteFile {
     pub path: String,
@@ -134,7 +143,7 @@ pub struct RouteFile {
     pub sse: Option<SseRouteFile>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SseRouteFile {
     #[serde(default)]
@@ -148,14 +157,14 @@ pub struct SseRouteFile {
     pub poll: Option<PollFile>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthFile {
     pub forward: Option<ForwardAuthFile>,
     pub jwt: Option<JwtFile>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardAuthFile {
     pub upstream: String,
@@ -165,7 +174,7 @@ pub struct ForwardAuthFile {
     pub cache_ttl: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtFile {
     pub secret_env: Option<String>,
@@ -179,7 +188,7 @@ pub struct JwtFile {
     pub channels_claim: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PollFile {
     pub upstream: String,
@@ -203,7 +212,7 @@ pub struct PollFile {
 }
 
 /// Event names of `diff: json-items`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PollEventsFile {
     pub created: Option<String>,
@@ -211,7 +220,7 @@ pub struct PollEventsFile {
     pub deleted: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookFile {
     pub path: String,
@@ -225,7 +234,7 @@ pub struct WebhookFile {
 }
 
 /// `channel: "a:{/x}"` or `channel: ["a:{/x}", "all"]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum ChannelsFile {
     One(String),
@@ -242,7 +251,7 @@ impl ChannelsFile {
 }
 
 /// Exactly one scheme must be given; `load` checks that.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyFile {
     pub hmac_sha256: Option<HmacFile>,
@@ -251,7 +260,7 @@ pub struct VerifyFile {
     pub token: Option<TokenFile>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HmacFile {
     pub secret_env: String,
@@ -260,7 +269,7 @@ pub struct HmacFile {
     pub encoding: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StripeFile {
     pub secret_env: String,
@@ -268,14 +277,14 @@ pub struct StripeFile {
     pub tolerance: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StandardWebhooksFile {
     pub secret_env: String,
     pub tolerance: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenFile {
     pub header: String,

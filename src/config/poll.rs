@@ -285,6 +285,11 @@ impl Validator<'_> {
             self.err(at, "an event name must not be empty");
         } else if let Err(e) = check_event_name(name) {
             self.err(at, e.to_string());
+        } else if crate::channel::is_reserved_event(name) {
+            self.err(
+                at,
+                format!("`{name}` is in the gateway's own `ssegate.` event namespace"),
+            );
         }
     }
 }

@@ -36,7 +36,8 @@ impl AdminApp {
     }
 
     fn authorized(&self, session: &Session) -> bool {
-        let Some(token) = &self.gw.site.config.admin.token else {
+        let site = self.gw.site();
+        let Some(token) = &site.config.admin.token else {
             return true;
         };
         let given = session
@@ -83,7 +84,7 @@ impl AdminApp {
             let r = Refusal::new(401, "auth", "missing or wrong bearer token");
             return self.refuse_traced(session, span, r).await;
         }
-        let body = match body::read(session, self.gw.site.config.limits.max_body).await {
+        let body = match body::read(session, self.gw.site().config.limits.max_body).await {
             Ok(b) => b,
             Err(e) => return self.refuse_traced(session, span, e).await,
         };
@@ -137,7 +138,7 @@ impl AdminApp {
             let r = Refusal::method_not_allowed(&hook.methods, "method not allowed");
             return self.refuse(session, r).await;
         }
-        let body = match body::read(session, gw.site.config.limits.max_body).await {
+        let body = match body::read(session, gw.site().config.limits.max_body).await {
             Ok(b) => b,
             Err(e) => {
                 count(match e {
@@ -199,7 +200,8 @@ impl AdminApp {
             let r = Refusal::new(503, "draining", "shutting down");
             return self.refuse(session, r).await;
         }
-        let sse = &gw.site.config.sse;
+        let site = gw.site();
+        let sse = &site.config.sse;
         let sub = Arc::new(Subscriber::new(streams.next_id(), 16));
         let stream = Stream {
             heartbeat: streams.heartbeats.join(sse.heartbeat, &sub),
@@ -218,7 +220,7 @@ impl AdminApp {
         };
         // The first stats at once, not a tick later.
         let first = Replay {
-            frames: vec![crate::hub::Delivery::gateway(dashboard::frame(gw, true))],
+            frames: vec![crate::hub::Delivery::uncounted(dashboard::frame(gw, true))],
             ..Replay::default()
         };
         if let Some(tcp) = detach::take_socket(session) {
@@ -290,7 +292,7 @@ impl ProxyHttp for AdminApp {
                 let r = Refusal::new(405, "method", "method not allowed");
                 self.refuse(session, r).await
             }
-            _ => match webhook::find(&gw.site.config.webhooks, &path) {
+            _ => match webhook::find(&gw.site().config.webhooks, &path) {
                 Some(hook) => self.webhook(hook, session).await,
                 None => {
                     let r = Refusal::new(404, "no_route", format!("no admin endpoint {path}"));

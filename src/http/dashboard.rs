@@ -8,7 +8,7 @@
 //! tick while someone watches, the tail of recent events from a ring the
 //! brokers fill only while someone watches.
 
-use crate::gateway::{Action, Gateway};
+use crate::gateway::{Action, Gateway, Site};
 use crate::wire;
 use prometheus::core::Collector;
 use serde_json::{json, Map, Value};
@@ -26,8 +26,8 @@ const BUSIEST: usize = 10;
 /// What `/stats` shows.
 pub(crate) fn stats(gw: &Gateway) -> Value {
     let m = &gw.metrics;
-    let routes: Map<String, Value> = gw
-        .site
+    let site = gw.site();
+    let routes: Map<String, Value> = site
         .routes()
         .filter(|r| matches!(r.action, Action::Sse(_) | Action::Grip(..)))
         .map(|r| {
@@ -56,17 +56,21 @@ pub(crate) fn stats(gw: &Gateway) -> Value {
         "busiest": gw.hub.busiest(BUSIEST),
         "recent": gw.hub.tail().map(|t| t.recent()).unwrap_or_default(),
         "pollers": gw.pollers.list(),
-        "webhooks": webhook_outcomes(gw),
-        "publish_needs_token": gw.site.config.admin.token.is_some(),
+        "webhooks": webhook_outcomes(gw, &site),
+        "publish_needs_token": site.config.admin.token.is_some(),
         "point": m.timeline.latest(),
         "draining": gw.streams.shutdown.is_draining(),
+        "config": {
+            "source": site.config.source.display().to_string(),
+            "digest": site.config.digest,
+            "loaded_at": humantime::format_rfc3339_seconds(site.loaded).to_string(),
+        },
     })
 }
 
 /// Requests per webhook path and outcome (every configured path, even idle).
-fn webhook_outcomes(gw: &Gateway) -> Map<String, Value> {
-    let mut out: Map<String, Value> = gw
-        .site
+fn webhook_outcomes(gw: &Gateway, site: &Site) -> Map<String, Value> {
+    let mut out: Map<String, Value> = site
         .config
         .webhooks
         .iter()

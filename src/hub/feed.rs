@@ -32,7 +32,7 @@ impl Feed {
 
     /// Offer one frame (no cursor) to every viewer.
     pub fn offer(&self, frame: Bytes, metrics: &Metrics) {
-        let d = Delivery::gateway(frame);
+        let d = Delivery::uncounted(frame);
         let subs: Vec<Arc<Subscriber>> = self.lock().values().cloned().collect();
         offer_all(subs.iter(), &d, metrics);
     }

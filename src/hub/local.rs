@@ -26,7 +26,11 @@ pub(super) struct Local {
 #[derive(Debug)]
 struct LocalChannel {
     subs: HashMap<u64, Arc<Subscriber>>,
+    /// The newest cursor handed to this channel's clients (live or caught up).
     last_seq: u64,
+    /// The cursor before this instance subscribed upstream: after an
+    /// outage, a channel that delivered nothing yet catches up from here.
+    floor: u64,
     confirmed: Confirmed,
     /// When its last frame was handed to local clients.
     last_at: Option<std::time::Instant>,
@@ -55,6 +59,7 @@ impl Local {
                 LocalChannel {
                     subs: HashMap::new(),
                     last_seq: 0,
+                    floor: 0,
                     confirmed: watch::channel(Confirm::Pending).0,
                     last_at: None,
                 }
@@ -70,10 +75,13 @@ impl Local {
         (fresh, waits)
     }
 
-    pub(super) fn confirm(&self, channels: &[String], ok: bool) {
-        let map = self.lock();
+    /// Record the upstream subscription's outcome; `floor` is the cursor
+    /// read before it was made.
+    pub(super) fn confirm(&self, channels: &[String], ok: bool, floor: u64) {
+        let mut map = self.lock();
         for name in channels {
-            if let Some(ch) = map.get(name) {
+            if let Some(ch) = map.get_mut(name) {
+                ch.floor = ch.floor.max(floor);
                 ch.confirmed
                     .send_replace(if ok { Confirm::Ok } else { Confirm::Failed });
             }
@@ -146,8 +154,20 @@ impl Local {
         self.lock().keys().cloned().collect()
     }
 
-    pub(super) fn last_seq(&self, channel: &str) -> u64 {
-        self.lock().get(channel).map_or(0, |c| c.last_seq)
+    /// Where `channel` catches up from after an outage.
+    pub(super) fn caught_up_to(&self, channel: &str) -> u64 {
+        self.lock()
+            .get(channel)
+            .map_or(0, |c| c.last_seq.max(c.floor))
+    }
+
+    /// The broker lost its data and cursors restart: forget every position,
+    /// or the new, smaller cursors would all look like duplicates.
+    pub(super) fn forget_cursors(&self) {
+        for ch in self.lock().values_mut() {
+            ch.last_seq = 0;
+            ch.floor = 0;
+        }
     }
 
     pub(super) fn max_seq(&self) -> u64 {

@@ -216,13 +216,17 @@ impl Broker for MemoryBroker {
             st.seq += 1;
             let seq = st.seq;
             let cursor = cursor::format(self.epoch, seq);
-            let bytes = match &ev.payload {
-                Payload::Message { event, data } => {
+            let (bytes, grip_only) = match &ev.payload {
+                Payload::Message { event, data } => (
                     wire::encode(Some(&cursor), event.as_deref(), data).unwrap_or_else(|_| {
                         wire::encode(Some(&cursor), None, data).unwrap_or_default()
-                    })
+                    }),
+                    false,
+                ),
+                Payload::Raw(content) => {
+                    let g = wire::grip_frame(content, &cursor);
+                    (g.frame, !g.sse)
                 }
-                Payload::Raw(content) => wire::with_cursor(content, &cursor),
                 Payload::Close => continue,
             };
             let delivery = Delivery {
@@ -231,6 +235,7 @@ impl Broker for MemoryBroker {
                 published,
                 ingest_us: super::ingest_us(ev.received, published),
                 source: ev.source,
+                grip_only,
             };
             offer_all(ch.subs.values(), &delivery, &self.metrics);
             ch.last = Some(now);

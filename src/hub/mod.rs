@@ -25,11 +25,22 @@ pub(crate) fn offer_all<'a>(
     metrics: &crate::metrics::Metrics,
 ) {
     let mut dropped = 0;
+    let mut not_sse = 0;
     for sub in subs {
-        if let Offer::Evicted(n) = sub.offer(d) {
-            metrics.slow_disconnects.inc();
-            dropped += n;
+        match sub.offer(d) {
+            Offer::Evicted(n) => {
+                metrics.slow_disconnects.inc();
+                dropped += n;
+            }
+            Offer::NotForThisClient => not_sse += 1,
+            Offer::Queued | Offer::Gone => {}
         }
+    }
+    if not_sse > 0 {
+        metrics
+            .dropped
+            .with_label_values(&["not_sse"])
+            .inc_by(not_sse);
     }
     if dropped > 0 {
         metrics
@@ -157,12 +168,20 @@ pub(crate) fn top<T, K: Ord + Copy>(
 pub enum BrokerError {
     /// The broker cannot be reached: subscriptions get 503.
     Unavailable(String),
+    /// A publish failed part way: what `report` counts was committed (and
+    /// delivered), the rest was not, so a publisher retries only the rest.
+    Interrupted { report: PublishReport, why: String },
 }
 
 impl std::fmt::Display for BrokerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BrokerError::Unavailable(why) => write!(f, "broker unavailable: {why}"),
+            BrokerError::Interrupted { report, why } => write!(
+                f,
+                "broker unavailable after {} events were published ({} duplicates): {why}",
+                report.published, report.duplicates
+            ),
         }
     }
 }

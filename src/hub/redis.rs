@@ -46,7 +46,7 @@ while i <= #ARGV do
   if kind == 'c' then
     redis.call('PUBLISH', p..':n:'..ch, '0 c '..now..'\n')
     table.insert(out, 0)
-  elseif id ~= '' and not redis.call('SET', p..':d:'..ch..':'..id, '1', 'NX', 'PX', ttl) then
+  elseif id ~= '' and not redis.call('SET', p..':d:'..#ch..':'..ch..':'..id, '1', 'NX', 'PX', ttl) then
     table.insert(out, -1)
   else
     local seq = redis.call('INCR', p..':seq')
@@ -82,8 +82,53 @@ pub struct RedisSettings {
 }
 
 enum Command {
-    Subscribe(Vec<String>, oneshot::Sender<Result<(), String>>),
+    /// Subscribe upstream; answered with the cursor read just before.
+    Subscribe(Vec<String>, oneshot::Sender<redis::RedisResult<u64>>),
     Unsubscribe(Vec<String>),
+}
+
+/// Why a connected period ended.
+#[derive(Debug)]
+enum Lost {
+    Redis(redis::RedisError),
+    PubSubClosed,
+    Subscribe(String),
+}
+
+impl From<redis::RedisError> for Lost {
+    fn from(e: redis::RedisError) -> Lost {
+        Lost::Redis(e)
+    }
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lost::Redis(e) => e.fmt(f),
+            Lost::PubSubClosed => f.write_str("pub/sub connection closed"),
+            Lost::Subscribe(e) => write!(f, "subscribe failed: {e}"),
+        }
+    }
+}
+
+/// Events per publish script: each call stays short, so one huge publish
+/// neither blocks Redis nor outlives the response timeout.
+const PUBLISH_CHUNK: usize = 1000;
+/// How long a command may take before it counts as failed. Long enough to
+/// sit out a stall (a fork for BGSAVE, a paused process); readiness does not
+/// wait for it — the health probe below decides that.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a publisher waits for one publish script. A stall longer than
+/// this answers 503 (the outcome is then unknown); a shorter one just waits.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often, and how patiently, the health probe pings.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether an error means the connection is gone (as opposed to a slow
+/// answer, whose outcome is unknown and which the probe judges).
+fn connection_lost(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
 impl std::fmt::Debug for Command {
@@ -266,16 +311,40 @@ impl RedisBroker {
     }
 
     fn set_down(&self, why: String) {
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = why.clone();
+        }
         let was = self.healthy.swap(false, Ordering::AcqRel);
         if was {
             tracing::warn!(error = %why, "redis lost; new subscriptions get 503 until it returns");
             // Open streams stay; tell them why nothing arrives.
-            self.local.broadcast(&Delivery::gateway(Bytes::from_static(
-                b": broker unavailable, catching up when it returns\n\n",
-            )));
+            self.local
+                .broadcast(&Delivery::uncounted(Bytes::from_static(
+                    b": broker unavailable, catching up when it returns\n\n",
+                )));
         }
-        if let Ok(mut e) = self.last_error.lock() {
-            *e = why;
+    }
+
+    fn set_up(&self) {
+        if !self.healthy.swap(true, Ordering::AcqRel) {
+            tracing::info!(url = %self.settings.url, "redis answering");
+        }
+    }
+
+    /// Ping once a second on the command connection while a session is up:
+    /// readiness follows whether Redis answers now, so a stall makes the
+    /// instance unready for as long as it lasts, not for good.
+    async fn probe(&self, mut conn: ConnectionManager) {
+        let mut t = tokio::time::interval(PROBE_EVERY);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            t.tick().await;
+            let ping = redis::cmd("PING");
+            match tokio::time::timeout(PROBE_TIMEOUT, ping.query_async::<String>(&mut conn)).await {
+                Ok(Ok(_)) => self.set_up(),
+                Ok(Err(e)) => self.set_down(e.to_string()),
+                Err(_) => self.set_down("no answer to PING within 2s".into()),
+            }
         }
     }
 
@@ -285,16 +354,19 @@ impl RedisBroker {
 
     fn frame_of(&self, w: &Wire) -> Option<Delivery> {
         let cursor = self.cursor(w.seq);
-        let frame = match w.kind {
+        let (frame, grip_only) = match w.kind {
             Kind::Message => {
                 let mut out = BytesMut::with_capacity(w.body.len() + cursor.len() + 6);
                 out.put_slice(b"id: ");
                 out.put_slice(cursor.as_bytes());
                 out.put_u8(b'\n');
                 out.put_slice(&w.body);
-                out.freeze()
+                (out.freeze(), false)
             }
-            Kind::Raw => wire::with_cursor(&w.body, &cursor),
+            Kind::Raw => {
+                let g = wire::grip_frame(&w.body, &cursor);
+                (g.frame, !g.sse)
+            }
             Kind::Close => return None,
         };
         Some(Delivery {
@@ -303,6 +375,7 @@ impl RedisBroker {
             published: instant_of(w.at_ms),
             ingest_us: w.origin.ingest_us,
             source: w.origin.source,
+            grip_only,
         })
     }
 
@@ -421,6 +494,82 @@ impl RedisBroker {
         })
     }
 
+    /// One publish script for at most `PUBLISH_CHUNK` events.
+    async fn publish_chunk(
+        &self,
+        conn: &mut ConnectionManager,
+        events: &[Event],
+    ) -> Result<PublishReport, BrokerError> {
+        let mut inv = self.script.prepare_invoke();
+        let published = Instant::now();
+        inv.arg(&self.keys)
+            .arg(self.settings.history_size)
+            .arg(self.settings.history_ttl.as_millis().max(1) as u64)
+            .arg(now_ms());
+        for ev in events {
+            let (kind, body): (Kind, Bytes) = match &ev.payload {
+                Payload::Message { event, data } => {
+                    // The frame without its id line: the cursor is known
+                    // only inside the script. Sources check event names; a
+                    // name that still cannot be framed is dropped, as in the
+                    // memory broker.
+                    let body = wire::encode(None, event.as_deref(), data)
+                        .or_else(|_| wire::encode(None, None, data))
+                        .unwrap_or_default();
+                    (Kind::Message, body)
+                }
+                Payload::Raw(content) => (Kind::Raw, content.clone()),
+                Payload::Close => (Kind::Close, Bytes::new()),
+            };
+            inv.arg(&ev.channel)
+                .arg(ev.dedupe_id.as_deref().unwrap_or(""))
+                .arg(kind.as_str())
+                .arg(&body[..])
+                .arg(Origin::of(ev, published).encode());
+        }
+        let answer =
+            tokio::time::timeout(PUBLISH_TIMEOUT, inv.invoke_async::<Vec<i64>>(conn)).await;
+        let seqs = match answer {
+            Ok(Ok(seqs)) => seqs,
+            Ok(Err(e)) => {
+                // A lost connection is down; any other error leaves the
+                // connection up, and the probe judges readiness.
+                if connection_lost(&e) {
+                    self.set_down(e.to_string());
+                }
+                return Err(BrokerError::Unavailable(format!("redis: {e}")));
+            }
+            // Redis may still run the script once it answers again: the
+            // publisher is told so, and a retry with event ids is safe.
+            Err(_) => {
+                return Err(BrokerError::Unavailable(format!(
+                    "redis did not answer within {}s; the events may still be published (retry with ids to stay exactly-once)",
+                    PUBLISH_TIMEOUT.as_secs()
+                )))
+            }
+        };
+        let mut report = PublishReport::default();
+        let mut recent = self.tail.is_watched().then(Vec::new);
+        for (ev, seq) in events.iter().zip(seqs) {
+            match (seq, &ev.payload) {
+                (_, Payload::Close) => report.closed += 1,
+                (s, _) if s < 0 => report.duplicates += 1,
+                (s, _) => {
+                    report.published += 1;
+                    if let Some(r) = &mut recent {
+                        r.push(super::tail::entry(ev, self.cursor(s as u64)));
+                    }
+                }
+            }
+        }
+        if let Some(r) = recent {
+            self.tail.record(r);
+        }
+        self.metrics.published.inc_by(report.published as u64);
+        self.metrics.duplicates.inc_by(report.duplicates as u64);
+        Ok(report)
+    }
+
     /// The cursor of the newest event, for a live subscriber's first `id:`.
     async fn head(&self) -> Result<String, BrokerError> {
         let mut conn = self.connection().await?;
@@ -442,7 +591,7 @@ impl RedisBroker {
         loop {
             match self.session(&mut commands).await {
                 Ok(()) => return,
-                Err(why) => self.set_down(why),
+                Err(why) => self.set_down(why.to_string()),
             }
             let jitter = backoff.mul_f64(rand::random::<f64>());
             tokio::time::sleep(backoff / 2 + jitter / 2).await;
@@ -454,52 +603,41 @@ impl RedisBroker {
     }
 
     /// One connected period; Err when the connection is lost.
-    async fn session(&self, commands: &mut mpsc::UnboundedReceiver<Command>) -> Result<(), String> {
+    async fn session(&self, commands: &mut mpsc::UnboundedReceiver<Command>) -> Result<(), Lost> {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(1);
         let mut conn = self
             .client
             .get_connection_manager_with_config(config)
-            .await
-            .map_err(|e| e.to_string())?;
-        let epoch = self
-            .load_epoch(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
+        let epoch = self.load_epoch(&mut conn).await?;
         let old_epoch = self.epoch.swap(epoch, Ordering::AcqRel);
         if old_epoch != 0 && old_epoch != epoch {
             // Redis came back without its data: cursors restarted. Streams
-            // reconnect and get a reset instead of silently missing events.
+            // reconnect and get a reset instead of silently missing events,
+            // and the positions of the old cursors are forgotten, or every
+            // new (smaller) cursor would look like a duplicate.
             tracing::warn!(
                 "redis lost its data; closing local streams so they resume with a reset"
             );
+            self.local.forget_cursors();
             self.local.close_all();
         }
-        let (mut sink, mut stream) = self
-            .client
-            .get_async_pubsub()
-            .await
-            .map_err(|e| e.to_string())?
-            .split();
+        let (mut sink, mut stream) = self.client.get_async_pubsub().await?.split();
         let subscribed = self.local.channels();
         if !subscribed.is_empty() {
             let names: Vec<String> = subscribed.iter().map(|c| self.notify_key(c)).collect();
-            sink.subscribe(&names).await.map_err(|e| e.to_string())?;
+            sink.subscribe(&names).await?;
         }
         *self.conn.write().await = Some(conn.clone());
-        // Catch up: what was published while we were away.
+        // Catch up: what was published while we were away, from where each
+        // channel was (a channel that delivered nothing yet: from where it
+        // subscribed).
         for ch in &subscribed {
-            let after = self.local.last_seq(ch);
-            if after == 0 {
-                continue;
-            }
-            match self
-                .history(&mut conn, ch, after)
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            let after = self.local.caught_up_to(ch);
+            match self.history(&mut conn, ch, after).await? {
                 Some(wires) => {
                     for w in wires {
                         if let Some(d) = self.frame_of(&w) {
@@ -509,18 +647,19 @@ impl RedisBroker {
                 }
                 None => self.local.deliver(
                     ch,
-                    &Delivery::gateway(wire::reset(&self.cursor(after))),
+                    &Delivery::uncounted(wire::reset(&self.cursor(after))),
                     &self.metrics,
                 ),
             }
         }
-        if !self.healthy.swap(true, Ordering::AcqRel) {
-            tracing::info!(url = %self.settings.url, "redis connected");
-        }
+        self.set_up();
+        let probe = self.probe(conn.clone());
+        tokio::pin!(probe);
         loop {
             tokio::select! {
+                _ = &mut probe => {}
                 msg = stream.next() => {
-                    let Some(msg) = msg else { return Err("pub/sub connection closed".into()) };
+                    let Some(msg) = msg else { return Err(Lost::PubSubClosed) };
                     let Some(channel) = msg.get_channel_name().strip_prefix(&format!("{}:n:", self.keys)) else { continue };
                     let Some(wire) = parse_notification(msg.get_payload_bytes()) else { continue };
                     if wire.kind == Kind::Close {
@@ -533,17 +672,26 @@ impl RedisBroker {
                     let Some(cmd) = cmd else { return Ok(()) };
                     match cmd {
                         Command::Subscribe(chs, done) => {
+                            // The cursor before subscribing: everything after
+                            // it reaches these channels, live or by catch-up.
+                            let floor = redis::cmd("GET")
+                                .arg(format!("{}:seq", self.keys))
+                                .query_async::<Option<u64>>(&mut conn)
+                                .await;
                             let names: Vec<String> = chs.iter().map(|c| self.notify_key(c)).collect();
-                            let r = sink.subscribe(&names).await.map_err(|e| e.to_string());
-                            let failed = r.as_ref().err().cloned();
+                            let r = match floor {
+                                Ok(f) => sink.subscribe(&names).await.map(|_| f.unwrap_or(0)),
+                                Err(e) => Err(e),
+                            };
+                            let lost = r.as_ref().err().filter(|e| connection_lost(e)).map(|e| e.to_string());
                             let _ = done.send(r);
-                            if let Some(e) = failed {
-                                return Err(e);
+                            if let Some(e) = lost {
+                                return Err(Lost::Subscribe(e));
                             }
                         }
                         Command::Unsubscribe(chs) => {
                             let names: Vec<String> = chs.iter().map(|c| self.notify_key(c)).collect();
-                            sink.unsubscribe(&names).await.map_err(|e| e.to_string())?;
+                            sink.unsubscribe(&names).await?;
                         }
                     }
                 }
@@ -598,56 +746,29 @@ impl Leases for RedisBroker {
 #[async_trait]
 impl Broker for RedisBroker {
     async fn publish(&self, events: Vec<Event>) -> Result<PublishReport, BrokerError> {
+        let mut report = PublishReport::default();
         if events.is_empty() {
-            return Ok(PublishReport::default());
+            return Ok(report);
         }
         let mut conn = self.connection().await?;
-        let mut inv = self.script.prepare_invoke();
-        let published = Instant::now();
-        inv.arg(&self.keys)
-            .arg(self.settings.history_size)
-            .arg(self.settings.history_ttl.as_millis().max(1) as u64)
-            .arg(now_ms());
-        for ev in &events {
-            let (kind, body): (Kind, Bytes) = match &ev.payload {
-                Payload::Message { event, data } => {
-                    // The frame without its id line: the cursor is known only inside the script.
-                    let body = wire::encode(None, event.as_deref(), data)
-                        .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-                    (Kind::Message, body)
+        // In chunks: each script is short, and if Redis fails midway the
+        // publisher learns how many events were committed.
+        for chunk in events.chunks(PUBLISH_CHUNK) {
+            match self.publish_chunk(&mut conn, chunk).await {
+                Ok(r) => {
+                    report.published += r.published;
+                    report.duplicates += r.duplicates;
+                    report.closed += r.closed;
                 }
-                Payload::Raw(content) => (Kind::Raw, content.clone()),
-                Payload::Close => (Kind::Close, Bytes::new()),
-            };
-            inv.arg(&ev.channel)
-                .arg(ev.dedupe_id.as_deref().unwrap_or(""))
-                .arg(kind.as_str())
-                .arg(&body[..])
-                .arg(Origin::of(ev, published).encode());
-        }
-        let seqs: Vec<i64> = inv.invoke_async(&mut conn).await.map_err(|e| {
-            self.set_down(e.to_string());
-            self.unavailable()
-        })?;
-        let mut report = PublishReport::default();
-        let mut recent = self.tail.is_watched().then(Vec::new);
-        for (ev, seq) in events.iter().zip(seqs) {
-            match (seq, &ev.payload) {
-                (_, Payload::Close) => report.closed += 1,
-                (s, _) if s < 0 => report.duplicates += 1,
-                (s, _) => {
-                    report.published += 1;
-                    if let Some(r) = &mut recent {
-                        r.push(super::tail::entry(ev, self.cursor(s as u64)));
-                    }
+                Err(e) if report == PublishReport::default() => return Err(e),
+                Err(e) => {
+                    return Err(BrokerError::Interrupted {
+                        report,
+                        why: e.to_string(),
+                    })
                 }
             }
         }
-        if let Some(r) = recent {
-            self.tail.record(r);
-        }
-        self.metrics.published.inc_by(report.published as u64);
-        self.metrics.duplicates.inc_by(report.duplicates as u64);
         Ok(report)
     }
 
@@ -669,12 +790,12 @@ impl Broker for RedisBroker {
                 .is_ok();
         });
         if !fresh.is_empty() {
-            let confirmed = sent
-                && matches!(
-                    tokio::time::timeout(Duration::from_secs(5), rx).await,
-                    Ok(Ok(Ok(())))
-                );
-            self.local.confirm(&fresh, confirmed);
+            let floor = match tokio::time::timeout(Duration::from_secs(5), rx).await {
+                Ok(Ok(Ok(floor))) if sent => Some(floor),
+                _ => None,
+            };
+            let confirmed = floor.is_some();
+            self.local.confirm(&fresh, confirmed, floor.unwrap_or(0));
             if !confirmed {
                 self.unsubscribe(sub, channels);
                 return Err(self.unavailable());

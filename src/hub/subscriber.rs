@@ -24,17 +24,21 @@ pub struct Delivery {
     /// (saturating): the event's age is `published.elapsed()` plus this.
     pub ingest_us: u32,
     pub source: Source,
+    /// GRIP content that is not whole SSE events: only GRIP holds take it.
+    pub grip_only: bool,
 }
 
 impl Delivery {
-    /// A frame the gateway makes itself, now (no cursor, no event age).
-    pub fn gateway(frame: Bytes) -> Delivery {
+    /// A frame that moves no resume point and is no event of any source: a
+    /// comment, a snapshot, a reset, a local feed's update (no event age).
+    pub fn uncounted(frame: Bytes) -> Delivery {
         Delivery {
             seq: 0,
             frame,
             published: Instant::now(),
             ingest_us: 0,
             source: Source::Gateway,
+            grip_only: false,
         }
     }
 }
@@ -71,6 +75,9 @@ pub enum SubState {
     Closed,
     /// Its JWT expired: the stream says so (`ssegate.expired`) and ends.
     Expired,
+    /// Its route changed in a reload: the stream tells the client to come
+    /// back (a jittered `retry:`) and ends.
+    Retired,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -81,17 +88,25 @@ pub enum Offer {
     Evicted(usize),
     /// The client was already gone.
     Gone,
+    /// GRIP content a native SSE client cannot take.
+    NotForThisClient,
 }
 
 const OPEN: u8 = 0;
 const SLOW: u8 = 1;
 const CLOSED: u8 = 2;
 const EXPIRED: u8 = 3;
+const RETIRED: u8 = 4;
 
 #[derive(Debug)]
 pub struct Subscriber {
     id: u64,
     capacity: usize,
+    /// A GRIP hold: takes GRIP content whatever its format.
+    grip: bool,
+    /// The fingerprint of the route it was opened on (0: none), so that a
+    /// reload can end the streams of routes that changed.
+    route: u64,
     state: AtomicU8,
     // A std Mutex: held only to push or swap, never across an await.
     queue: Mutex<VecDeque<Delivery>>,
@@ -103,10 +118,26 @@ impl Subscriber {
         Subscriber {
             id,
             capacity: capacity.max(1),
+            grip: false,
+            route: 0,
             state: AtomicU8::new(OPEN),
             queue: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
         }
+    }
+
+    /// The subscriber of a stream on route `route` (a fingerprint); `grip`
+    /// for a GRIP hold, which takes GRIP content whatever its format.
+    pub fn on_route(id: u64, capacity: usize, route: u64, grip: bool) -> Subscriber {
+        Subscriber {
+            grip,
+            route,
+            ..Subscriber::new(id, capacity)
+        }
+    }
+
+    pub fn route(&self) -> u64 {
+        self.route
     }
 
     pub fn id(&self) -> u64 {
@@ -118,6 +149,7 @@ impl Subscriber {
             OPEN => SubState::Open,
             SLOW => SubState::Slow,
             EXPIRED => SubState::Expired,
+            RETIRED => SubState::Retired,
             _ => SubState::Closed,
         }
     }
@@ -125,6 +157,9 @@ impl Subscriber {
     pub fn offer(&self, d: &Delivery) -> Offer {
         if self.state.load(Ordering::Acquire) != OPEN {
             return Offer::Gone;
+        }
+        if d.grip_only && !self.grip {
+            return Offer::NotForThisClient;
         }
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         if q.len() >= self.capacity {
@@ -146,21 +181,25 @@ impl Subscriber {
 
     /// End the stream (publisher close or shutdown).
     pub fn close(&self) {
-        if self
-            .state
-            .compare_exchange(OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            self.wake.notify_one();
-        }
+        self.end_as(CLOSED);
     }
 
     /// End the stream because its credentials expired; the stream writes
     /// `ssegate.expired` before it closes.
     pub fn expire(&self) {
+        self.end_as(EXPIRED);
+    }
+
+    /// End the stream because its route changed (reload); the stream tells
+    /// the client when to come back before it closes.
+    pub fn retire(&self) {
+        self.end_as(RETIRED);
+    }
+
+    fn end_as(&self, state: u8) {
         if self
             .state
-            .compare_exchange(OPEN, EXPIRED, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(OPEN, state, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
             self.wake.notify_one();
@@ -214,7 +253,7 @@ mod tests {
     fn d(seq: u64) -> Delivery {
         Delivery {
             seq,
-            ..Delivery::gateway(Bytes::from_static(b"x"))
+            ..Delivery::uncounted(Bytes::from_static(b"x"))
         }
     }
 
@@ -233,14 +272,30 @@ mod tests {
             published: Instant::now(),
             ingest_us: 2_000_000,
             source: Source::Webhook,
+            grip_only: false,
         };
-        count_written(&[d, Delivery::gateway(Bytes::new())], &m);
+        count_written(&[d, Delivery::uncounted(Bytes::new())], &m);
         assert_eq!(m.delivered.get(), 2);
         assert_eq!(m.latency.get_sample_count(), 2);
         let age = m.event_age(Source::Webhook).unwrap();
         assert_eq!(age.get_sample_count(), 1);
         assert!(age.get_sample_sum() >= 2.0, "{}", age.get_sample_sum());
         assert!(m.event_age(Source::Gateway).is_none());
+    }
+
+    #[test]
+    fn grip_only_content_reaches_grip_holds_only() {
+        let raw = Delivery {
+            grip_only: true,
+            ..d(1)
+        };
+        let sse = Subscriber::new(1, 4);
+        let hold = Subscriber::on_route(2, 4, 7, true);
+        assert_eq!(sse.offer(&raw), Offer::NotForThisClient);
+        assert_eq!(hold.offer(&raw), Offer::Queued);
+        let mut out = Vec::new();
+        sse.drain_into(&mut out);
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -182,7 +182,7 @@ mod tests {
         m.published.inc_by(3);
         let d = Delivery {
             source: Source::Publish,
-            ..Delivery::gateway(bytes::Bytes::new())
+            ..Delivery::uncounted(bytes::Bytes::new())
         };
         count_written(&[d.clone(), d], &m);
         t.sample(&m, 7);

@@ -20,6 +20,45 @@ pub fn hash(bytes: &[u8]) -> Hash {
     Blake2b::<U16>::digest(bytes).into()
 }
 
+/// A hash of what an item means, not of how it was written: object keys
+/// in sorted order (the parser keeps the order a document has, so that
+/// events carry it as sent; two polls that list the same item's keys in a
+/// different order did not change it).
+fn item_hash(v: &Value) -> Hash {
+    fn feed(v: &Value, h: &mut Blake2b<U16>) {
+        match v {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                h.update(b"{");
+                for k in keys {
+                    // ok to default: a string always serialises.
+                    h.update(serde_json::to_string(k).unwrap_or_default().as_bytes());
+                    h.update(b":");
+                    if let Some(v) = map.get(k) {
+                        feed(v, h);
+                    }
+                    h.update(b",");
+                }
+                h.update(b"}");
+            }
+            Value::Array(items) => {
+                h.update(b"[");
+                for i in items {
+                    feed(i, h);
+                    h.update(b",");
+                }
+                h.update(b"]");
+            }
+            // ok to default: a leaf `Value` always serialises.
+            leaf => h.update(serde_json::to_string(leaf).unwrap_or_default().as_bytes()),
+        }
+    }
+    let mut h = Blake2b::<U16>::new();
+    feed(v, &mut h);
+    h.finalize().into()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// The whole document changed (body, etag, json-patch).
@@ -204,7 +243,7 @@ fn json_items(
             key: key.to_string(),
         })?;
         let text = compact(item);
-        let h = hash(text.as_bytes());
+        let h = item_hash(item);
         if hashes.insert(k.clone(), h).is_some() {
             return Err(DiffError::DuplicateKey(index));
         }

@@ -103,7 +103,7 @@ const CASES: &[Case] = &[
     ("each: /items\nchannel: x", &[], "", r#"{"items":[]}"#, Ok(&[])),
     // Forms: the whole form as a JSON object (first value of a repeated field), or text.
     ("channel: \"ticket:{form.ticket}\"", &[FORM], "", "ticket=12&state=open&state=closed",
-     Ok(&[r#"ticket:12 - - {"state":"open","ticket":"12"}"#])),
+     Ok(&[r#"ticket:12 - - {"ticket":"12","state":"open"}"#])),
     ("channel: \"ticket:{/ticket}\"\ndata: \"{form.state} by {form.who}\"", &[FORM], "", "ticket=12&state=open&who=J%C3%BCrgen+K",
      Ok(&["ticket:12 - - open by Jürgen K"])),
     // curl -d labels JSON as a form: a body that is JSON is read as JSON.

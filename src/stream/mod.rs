@@ -65,7 +65,7 @@ pub(crate) async fn subscribe(
         if *resume == Resume::Live || replay.reset.is_some() {
             if let Some(frame) = snapshot.await {
                 // Cursor 0: it carries no `id:` and moves no resume point.
-                replay.frames.insert(0, Delivery::gateway(frame));
+                replay.frames.insert(0, Delivery::uncounted(frame));
             }
         }
     }
@@ -169,6 +169,8 @@ pub(crate) enum End {
     ClosedByPublisher,
     /// The client's JWT expired (`ssegate.expired` was sent).
     Expired,
+    /// Its route changed in a reload (a jittered `retry:` was sent).
+    Retired,
     Shutdown,
     WriteFailed,
 }
@@ -181,6 +183,7 @@ impl End {
             End::Slow => "slow_client",
             End::ClosedByPublisher => "closed",
             End::Expired => "expired",
+            End::Retired => "retired",
             End::Shutdown => "shutdown",
             End::WriteFailed => "write_failed",
         }
@@ -327,6 +330,7 @@ impl Stream {
                 SubState::Slow => break End::Slow,
                 SubState::Closed => break End::ClosedByPublisher,
                 SubState::Expired => break End::Expired,
+                SubState::Retired => break End::Retired,
             }
             if self.shutdown.is_draining() {
                 break End::Shutdown;
@@ -386,11 +390,11 @@ impl Stream {
     async fn end<S: Sink>(mut self, sink: &mut S, end: End) -> End {
         let sub = &self.subscription.sub;
         let last = match end {
-            End::Shutdown if self.grip.is_none() => {
+            End::Shutdown | End::Retired if self.grip.is_none() => {
                 Some(wire::retry_only(jittered(self.retry).as_millis()))
             }
             End::Expired => Some(wire::expired()),
-            End::Shutdown | End::ClosedByPublisher => Some(Bytes::new()),
+            End::Shutdown | End::Retired | End::ClosedByPublisher => Some(Bytes::new()),
             End::ClientGone | End::Slow | End::WriteFailed => None,
         };
         let last_len = last.as_ref().map_or(0, Bytes::len);
@@ -426,6 +430,7 @@ fn join(batch: &[Delivery]) -> Bytes {
 /// The retry sent on drain: spread over [retry, retry + max(2×retry, 5s)) so
 /// that clients do not all reconnect in the same instant.
 pub(crate) fn jittered(retry: Duration) -> Duration {
-    let spread = (retry * 2).max(Duration::from_secs(5));
-    retry + spread.mul_f64(rand::rng().random::<f64>())
+    // Saturating: config bounds the retry, this keeps a bad value from panicking.
+    let spread = retry.saturating_mul(2).max(Duration::from_secs(5));
+    retry.saturating_add(spread.mul_f64(rand::rng().random::<f64>()))
 }
