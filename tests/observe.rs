@@ -405,3 +405,23 @@ async fn every_series_is_documented_and_the_operating_docs_name_real_ones() {
         assert!(alerts.contains(&want), "{want} missing: {alerts:?}");
     }
 }
+
+#[tokio::test]
+async fn the_served_certificate_s_expiry_is_a_metric() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = support::tls::TestCa::new("expiry");
+    let (cert, key) = ca.issue(dir.path(), "server");
+    let gw = Gateway::start(&format!(
+        "tls: {{ cert: \"{}\", key: \"{}\" }}\nroutes:\n  - path: /e/{{n}}\n    sse: {{ channels: [\"c:{{n}}\"] }}\n",
+        cert.display(),
+        key.display()
+    ));
+    let expiry = gw
+        .metric("ssegate_tls_certificate_expiry_timestamp_seconds ")
+        .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as f64;
+    assert!(expiry > now + 86400.0, "{expiry} is not after tomorrow");
+}
