@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::chromium::{chromium, launch};
+use support::chromium::{chromium_or_skip, launch};
 use support::tls::TestCa;
 use support::*;
 
@@ -117,8 +117,7 @@ async fn report(
 
 #[tokio::test]
 async fn chromium_opens_twenty_event_sources_on_one_origin_over_h2() {
-    let Some(bin) = chromium() else {
-        missing_tool("chromium", "apt-get install -y chromium");
+    let Some(bin) = chromium_or_skip() else {
         return;
     };
     let reports = Arc::new(Mutex::new(Vec::new()));

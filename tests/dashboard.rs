@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::chromium::{chromium, launch, Browser};
+use support::chromium::{chromium_or_skip, launch, Browser};
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -142,8 +142,7 @@ async fn publish(gw: &Gateway, channel: &str, data: Value) {
 
 #[tokio::test]
 async fn the_dashboard_draws_live_charts_lists_the_hub_and_publishes() {
-    let Some(bin) = chromium() else {
-        missing_tool("chromium", "apt-get install -y chromium");
+    let Some(bin) = chromium_or_skip() else {
         return;
     };
     // A legacy endpoint that changes on each poll, for the pollers table.

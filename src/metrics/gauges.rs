@@ -75,7 +75,7 @@ impl HubGauges {
 
 /// The git revision the binary was built from, when the build knew it.
 pub fn revision() -> &'static str {
-    option_env!("SSEGATE_GIT_REVISION")
+    option_env!("SSEGATE_GIT_REV")
         .filter(|r| !r.is_empty())
         .unwrap_or("unknown")
 }

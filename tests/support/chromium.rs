@@ -19,6 +19,21 @@ pub fn chromium() -> Option<String> {
         })
 }
 
+/// The browser to test with; None (after saying so) when none is installed
+/// on a developer's machine. Under `scripts/test` (`SSEGATE_REQUIRE_CHROMIUM`)
+/// or in CI a missing browser fails the test.
+pub fn chromium_or_skip() -> Option<String> {
+    let found = chromium();
+    if found.is_none() {
+        assert!(
+            std::env::var_os("SSEGATE_REQUIRE_CHROMIUM").is_none(),
+            "chromium is missing and SSEGATE_REQUIRE_CHROMIUM is set (apt-get install -y chromium)"
+        );
+        super::missing_tool("chromium", "apt-get install -y chromium");
+    }
+    found
+}
+
 pub struct Browser {
     child: Child,
     pub profile: tempfile::TempDir,
