@@ -1,7 +1,8 @@
 //! Build the pingora server from a validated config and run it: the public
 //! listener (TLS with ALPN h2/http1.1, or plain text with optional h2c), the
-//! admin listener, and background services for drain, SIGHUP reload and
-//! housekeeping (broker upkeep, JWT expiry, the dashboard's feed).
+//! admin listener, and background services for drain (and the live
+//! upgrade's handoff), SIGHUP reload and housekeeping (broker and records
+//! upkeep, JWT expiry, the dashboard's feed).
 
 use crate::config::{Config, Http2};
 use crate::gateway::{BuildError, Gateway};
@@ -9,17 +10,17 @@ use crate::hangup::{self, Hangup};
 use crate::http::admin::AdminApp;
 use crate::http::dashboard;
 use crate::http::public::PublicProxy;
-use crate::shutdown::DrainOnSignal;
 use crate::tls::{self, CertStore};
+use crate::upgrade::{self, Adopter, Drain};
 use async_trait::async_trait;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::protocols::http::v2::server::default_h2_options;
-use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Why the gateway did not start.
 #[derive(Debug)]
@@ -34,6 +35,8 @@ pub enum StartError {
     Tls(tls::Problem),
     Build(BuildError),
     Signals(std::io::Error),
+    /// `--upgrade`: the socket the streams move on cannot be made.
+    Upgrade(std::io::Error),
     Server(Box<pingora_error::Error>),
 }
 
@@ -46,6 +49,7 @@ impl fmt::Display for StartError {
             StartError::Tls(p) => p.fmt(f),
             StartError::Build(e) => e.fmt(f),
             StartError::Signals(e) => write!(f, "cannot handle SIGHUP: {e}"),
+            StartError::Upgrade(e) => write!(f, "cannot take over from the running process: {e}"),
             StartError::Server(e) => write!(f, "server: {e}"),
         }
     }
@@ -53,7 +57,7 @@ impl fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// Broker upkeep, the JWT expiry sweep and the dashboard's feed.
+/// Broker and records upkeep, the JWT expiry sweep and the dashboard's feed.
 #[derive(Debug)]
 struct Housekeeping {
     gw: Arc<Gateway>,
@@ -64,6 +68,7 @@ impl BackgroundService for Housekeeping {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         tokio::select! {
             _ = self.gw.hub.clone().run() => {}
+            _ = self.gw.records.clone().run() => {}
             _ = self.gw.streams.expiries.run() => {}
             _ = dashboard::feed(&self.gw) => {}
             _ = shutdown.changed() => {}
@@ -98,14 +103,24 @@ where
     proxy.h2_options = Some(h2);
 }
 
-/// Run until SIGTERM/SIGINT; returns only on a startup error.
-pub fn run(config: Config) -> Result<(), StartError> {
-    run_with(config, |_, _| {})
+/// How to start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Start {
+    /// `run --upgrade`: take the listeners and streams over from the
+    /// running process (which is sent SIGQUIT).
+    pub upgrade: bool,
+}
+
+/// Run until SIGTERM/SIGINT (or SIGQUIT, handing over to a new process);
+/// returns only on a startup error.
+pub fn run(config: Config, start: Start) -> Result<(), StartError> {
+    run_with(config, start, |_, _| {})
 }
 
 /// `run`, letting the caller add services of its own (the demo's backend).
 pub fn run_with(
     config: Config,
+    start: Start,
     extra: impl FnOnce(&mut Server, &Arc<Gateway>),
 ) -> Result<(), StartError> {
     // Every stream is a socket: use the whole hard limit, as nginx's
@@ -113,12 +128,20 @@ pub fn run_with(
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!("could not raise the open-file limit: {e}");
     }
-    check_bindable(config.listen, "listen")?;
-    check_bindable(config.admin.listen, "admin.listen")?;
+    // A free public address means there is nothing to take over.
+    let upgrading = start.upgrade && TcpListener::bind(config.listen).is_err();
+    if start.upgrade && !upgrading {
+        tracing::warn!(listen = %config.listen, "--upgrade: no running gateway on this address; starting afresh");
+    }
+    if !upgrading {
+        check_bindable(config.listen, "listen")?;
+        check_bindable(config.admin.listen, "admin.listen")?;
+    }
     let grace = config.shutdown_grace;
     let public_addr = config.listen.to_string();
     let admin_addr = config.admin.listen.to_string();
     let http2 = config.http2.clone();
+    let upgrade_socket = config.upgrade_socket.clone();
     // Checked by `config::load` already; read again here because the files
     // may have changed since, and a listener without a certificate is useless.
     let certs = match &config.tls {
@@ -130,6 +153,24 @@ pub fn run_with(
     if let Some(store) = &certs {
         gw.metrics.tls_expiry.set(store.not_after().unwrap_or(0));
     }
+    // Bound before the running process is told to go, so that its streams
+    // find this process whenever it gets there.
+    let streams_listener = if upgrading {
+        let l = upgrade::listen(&upgrade_socket).map_err(StartError::Upgrade)?;
+        match upgrade::signal_running(&upgrade_socket) {
+            Ok(Some(pid)) => tracing::info!(pid, "upgrade: sent SIGQUIT to the running gateway"),
+            Ok(None) => tracing::info!(
+                socket = %upgrade_socket.display(),
+                "upgrade: waiting for the running gateway's sockets (send it SIGQUIT)"
+            ),
+            Err(e) => tracing::warn!(
+                "upgrade: could not signal the running gateway ({e}); send it SIGQUIT"
+            ),
+        }
+        Some(l)
+    } else {
+        None
+    };
 
     let conf = ServerConf {
         threads: worker_threads(),
@@ -137,9 +178,15 @@ pub fn run_with(
         // fixed sleep only applies if that somehow does not happen.
         grace_period_seconds: Some(grace.as_secs().saturating_add(2)),
         graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: upgrade_socket.to_string_lossy().into_owned(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = Opt {
+        upgrade: upgrading,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    let phases = server.watch_execution_phase();
     server.bootstrap();
 
     let mut public = pingora_proxy::http_proxy_service_with_name(
@@ -165,15 +212,29 @@ pub fn run_with(
     admin.threads = Some(1);
     admin.add_tcp(&admin_addr);
 
-    server.add_service(public);
-    server.add_service(admin);
-    let woken = gw.clone();
+    let public = server.add_service(public);
+    let admin = server.add_service(admin);
+    if let Some(listener) = streams_listener {
+        // One process at a time hands out cursors: the listeners accept
+        // only once the streams (and the memory hub) are here.
+        let adopter = server.add_service(background_service(
+            "upgrade",
+            Adopter {
+                gw: gw.clone(),
+                listener: Mutex::new(Some(listener)),
+                path: upgrade::streams_socket(&upgrade_socket),
+            },
+        ));
+        public.add_dependency(&adopter);
+        admin.add_dependency(&adopter);
+    }
     server.add_service(background_service(
         "drain",
-        DrainOnSignal {
-            shutdown: gw.streams.shutdown.clone(),
+        Drain {
+            gw: gw.clone(),
             grace,
-            wake_streams: Box::new(move || woken.streams.heartbeats.wake_all()),
+            socket: upgrade_socket.clone(),
+            phases: Mutex::new(Some(phases)),
         },
     ));
     server.add_service(background_service(
@@ -188,6 +249,9 @@ pub fn run_with(
         Housekeeping { gw: gw.clone() },
     ));
     extra(&mut server, &gw);
-    tracing::info!(public = %public_addr, admin = %admin_addr, tls = certs.is_some(), h2c = http2.h2c, routes = gw.site().config.routes.len(), "ssegate listening");
+    if let Err(e) = upgrade::write_pid(&upgrade_socket) {
+        tracing::warn!("upgrade: cannot write the pid file next to {} ({e}); `run --upgrade` will wait for a manual SIGQUIT", upgrade_socket.display());
+    }
+    tracing::info!(public = %public_addr, admin = %admin_addr, tls = certs.is_some(), h2c = http2.h2c, routes = gw.site().config.routes.len(), upgraded = upgrading, "ssegate listening");
     server.run_forever()
 }

@@ -5,8 +5,10 @@
 
 use crate::auth::expiry::Expiries;
 use crate::auth::Guard;
-use crate::config::{BrokerKind, Config, GripRoute, Route, RouteKind, SseRoute};
+use crate::config::{BrokerKind, Config, GripRoute, RecordRoute, Route, RouteKind, SseRoute};
 use crate::hub::memory::MemoryBroker;
+use crate::hub::record::memory::MemoryRecords;
+use crate::hub::record::Records;
 use crate::hub::redis::{RedisBroker, RedisSettings};
 use crate::hub::{Broker, Feed};
 use crate::metrics::Metrics;
@@ -51,6 +53,8 @@ pub struct Gateway {
     /// finishes on the one it took.
     site: ArcSwap<Site>,
     pub hub: Arc<dyn Broker>,
+    /// Recorded backend replies (`record:` routes), kept where the hub is.
+    pub records: Arc<dyn Records>,
     pub pollers: Arc<Pollers>,
     pub client: Arc<Client>,
     pub streams: Streams,
@@ -70,6 +74,8 @@ pub struct Streams {
     pub shutdown: Shutdown,
     /// JWT streams, closed when their token expires.
     pub expiries: Arc<Expiries>,
+    /// Where detached streams go in a live upgrade.
+    pub(crate) handoff: crate::stream::handoff::Handoff,
     next_id: AtomicU64,
 }
 
@@ -104,6 +110,8 @@ pub struct RouteEntry {
 pub enum Action {
     Proxy(Arc<Pool>),
     Grip(Arc<Pool>, GripRoute),
+    /// A proxy route whose SSE replies are recorded for resume.
+    Record(Arc<Pool>, RecordRoute),
     Sse(Box<SseEntry>),
 }
 
@@ -144,11 +152,18 @@ impl Site {
                 RouteKind::Proxy {
                     upstream,
                     grip: None,
+                    record: None,
                 } => Action::Proxy(pool(upstream)?),
                 RouteKind::Proxy {
                     upstream,
                     grip: Some(g),
+                    ..
                 } => Action::Grip(pool(upstream)?, g.clone()),
+                RouteKind::Proxy {
+                    upstream,
+                    grip: None,
+                    record: Some(r),
+                } => Action::Record(pool(upstream)?, r.clone()),
                 RouteKind::Sse(s) => {
                     let forward = match &s.auth.forward {
                         Some(f) => Some(pool(&f.upstream)?),
@@ -212,22 +227,29 @@ impl Gateway {
 
     pub fn new(config: Config) -> Result<Arc<Gateway>, BuildError> {
         let metrics = Arc::new(Metrics::new());
-        let hub: Arc<dyn Broker> = match &config.hub.broker {
-            BrokerKind::Memory => Arc::new(MemoryBroker::new(
-                config.hub.history_size,
-                config.hub.history_ttl,
-                metrics.clone(),
-            )),
-            BrokerKind::Redis { url, prefix } => RedisBroker::new(
-                RedisSettings {
-                    url: url.clone(),
-                    prefix: prefix.clone(),
-                    history_size: config.hub.history_size,
-                    history_ttl: config.hub.history_ttl,
-                },
-                metrics.clone(),
-            )
-            .map_err(BuildError::Redis)?,
+        let (hub, records): (Arc<dyn Broker>, Arc<dyn Records>) = match &config.hub.broker {
+            BrokerKind::Memory => (
+                Arc::new(MemoryBroker::new(
+                    config.hub.history_size,
+                    config.hub.history_ttl,
+                    metrics.clone(),
+                )),
+                Arc::new(MemoryRecords::new(metrics.clone())),
+            ),
+            BrokerKind::Redis { url, prefix, ca } => {
+                let redis = RedisBroker::new(
+                    RedisSettings {
+                        url: url.clone(),
+                        ca: ca.clone(),
+                        prefix: prefix.clone(),
+                        history_size: config.hub.history_size,
+                        history_ttl: config.hub.history_ttl,
+                    },
+                    metrics.clone(),
+                )
+                .map_err(BuildError::Redis)?;
+                (redis.clone(), redis)
+            }
         };
         let client = Arc::new(Client::new());
         let telemetry = match &config.telemetry {
@@ -247,12 +269,14 @@ impl Gateway {
             ),
             site: ArcSwap::from_pointee(Site::new(config)?),
             hub,
+            records,
             client,
             streams: Streams {
                 limiter,
                 heartbeats: Heartbeats::new(),
                 shutdown: Shutdown::new(),
                 expiries: Arc::default(),
+                handoff: Default::default(),
                 next_id: AtomicU64::new(1),
             },
             metrics,

@@ -101,6 +101,10 @@ fn keep_running(running: &Config, new: &mut Config) -> Vec<&'static str> {
         changed.push("hub");
         new.hub = running.hub.clone();
     }
+    if new.upgrade_socket != running.upgrade_socket {
+        changed.push("upgrade_socket");
+        new.upgrade_socket = running.upgrade_socket.clone();
+    }
     if new.shutdown_grace != running.shutdown_grace {
         changed.push("shutdown_grace");
         new.shutdown_grace = running.shutdown_grace;

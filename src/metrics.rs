@@ -57,10 +57,25 @@ pub struct Metrics {
     pub hub: HubGauges,
     /// The dashboard's charts: sampled once a second.
     pub timeline: std::sync::Arc<Timeline>,
+    /// Backend SSE replies recorded, per route.
+    pub records_started: IntCounterVec,
+    /// Events read from backends into records.
+    pub record_events: IntCounter,
+    /// Records ended, by reason (complete, backend-error, max-events, ttl, …).
+    pub record_ends: IntCounterVec,
+    /// Requests answered from a record, by result (stream, no_content).
+    pub record_resumes: IntCounterVec,
+    /// Records dropped to keep their route within `max_total`.
+    pub record_evictions: IntCounter,
+    /// Records held in this process, and their frames' bytes (memory store).
+    pub records_held: IntGauge,
+    pub record_bytes: IntGauge,
     /// Config reloads on SIGHUP, by result (ok, error).
     pub config_reloads: IntCounterVec,
     /// New streams told to come back later (`limits.stream_rate`).
     pub streams_deferred: IntCounter,
+    /// Streams this process took over from the one it replaced (live upgrade).
+    pub streams_adopted: IntCounter,
 }
 
 /// Buckets of the latency histograms, in seconds: 100 µs to 30 s.
@@ -239,6 +254,41 @@ impl Metrics {
             ),
             hub: HubGauges::register(&r),
             timeline: std::sync::Arc::default(),
+            records_started: cvec(
+                "ssegate_records_started_total",
+                "Backend SSE replies recorded, per route",
+                &["route"],
+            ),
+            record_events: counter(
+                "ssegate_record_events_total",
+                "Events read from backends into records",
+            ),
+            record_ends: cvec(
+                "ssegate_records_ended_total",
+                "Records ended, by reason",
+                &["reason"],
+            ),
+            record_resumes: cvec(
+                "ssegate_record_resumes_total",
+                "Requests answered from a record, by result",
+                &["result"],
+            ),
+            record_evictions: counter(
+                "ssegate_records_evicted_total",
+                "Records dropped to keep their route within max_total",
+            ),
+            records_held: reg(
+                &r,
+                IntGauge::new("ssegate_records", "Records held in this process").expect("metric"), // ok: static name
+            ),
+            record_bytes: reg(
+                &r,
+                IntGauge::new(
+                    "ssegate_record_bytes",
+                    "Bytes of the records held in this process",
+                )
+                .expect("metric"), // ok: static name
+            ),
             config_reloads: cvec(
                 "ssegate_config_reloads_total",
                 "Config reloads on SIGHUP, by result",
@@ -247,6 +297,10 @@ impl Metrics {
             streams_deferred: counter(
                 "ssegate_streams_deferred_total",
                 "New SSE streams over limits.stream_rate, told to retry later",
+            ),
+            streams_adopted: counter(
+                "ssegate_streams_adopted_total",
+                "SSE streams taken over, connection and all, from the process this one replaced",
             ),
             registry: r,
         }

@@ -25,17 +25,19 @@ const LAYERS: &[&str] = &[
     "metrics",
     "shutdown",
     "logging",
-    // the hub and the outbound client
+    // the hub and the outbound client, and telemetry (which exports through it)
     "hub",
     "outbound",
     "telemetry", // capabilities
     "auth",
     "grip",
+    "record",
     "sources",
     "stream",
     // the handles every handler shares, then HTTP at the edge
     "gateway",
     "http",
+    "upgrade",
     "hangup",
     "app",
     "demo",

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::chromium::{chromium_or_skip, launch, Browser};
+use support::browser::{chromium_or_skip, launch, Browser};
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 

@@ -1,7 +1,8 @@
 //! The access log (`access_log: true`): one line per request on the public
-//! listener — passed through, answered by a GRIP backend, or refused — and,
-//! for a request that became an SSE stream or a GRIP hold, one line when
-//! that ends, reported by the stream engine itself (`stream::Report`) with
+//! listener — passed through, answered by a GRIP or recorded route's
+//! backend, or refused — and, for a request that became a stream (SSE, a
+//! GRIP hold, a record reader), one line when that ends, reported by the
+//! stream engine itself (`stream::Report`, given in `streams::run`) with
 //! what it wrote and why it ended.
 //!
 //! Lines are INFO events of target `ssegate::access`, so they come out in
@@ -11,10 +12,14 @@
 //!
 //! Each such request has an `X-Request-Id`: the client's when it sent a
 //! usable one, else a new one. It is set on the request (so it goes to the
-//! upstream with it) and returned on proxied and GRIP responses.
+//! upstream with it) and returned on the answers of upstreams. Also here:
+//! the server span of a request the gateway answers itself (`span`).
 
-use crate::stream::{End, Report};
+use crate::gateway::Gateway;
+use crate::stream::{End, Opening, Report};
+use crate::telemetry;
 use http::HeaderValue;
+use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use std::net::IpAddr;
 use std::time::Instant;
@@ -34,7 +39,9 @@ pub(crate) struct Request {
 
 impl Request {
     /// The request's line data; its `X-Request-Id` is made sure of here.
-    pub(crate) fn of(session: &mut Session, started: Instant) -> Request {
+    /// `client` is the client as the gateway established it (the peer, or
+    /// what a trusted proxy says it saw).
+    pub(crate) fn of(session: &mut Session, started: Instant, client: Option<IpAddr>) -> Request {
         let id = request_id(session.req_header().headers.get(REQUEST_ID));
         // ok to ignore: an id is a valid header value (checked or generated).
         let _ = session
@@ -45,10 +52,7 @@ impl Request {
             id,
             method: req.method.clone(),
             path: req.uri.path().to_string(),
-            client: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
+            client,
             started,
         }
     }
@@ -56,6 +60,24 @@ impl Request {
     fn client(&self) -> String {
         self.client.map_or_else(|| "-".into(), |ip| ip.to_string())
     }
+}
+
+/// The response head with the request's id, when it has one.
+pub(crate) fn tagged(mut head: ResponseHeader, request_id: Option<&str>) -> ResponseHeader {
+    if let Some(id) = request_id {
+        // ok to ignore: an id is a valid header value.
+        let _ = head.insert_header(REQUEST_ID, id);
+    }
+    head
+}
+
+/// A server span for a request the gateway answers itself, when tracing is on.
+pub(crate) fn span(gw: &Gateway, session: &Session, name: &'static str) -> Option<telemetry::Span> {
+    let t = gw.telemetry.as_ref()?;
+    let req = session.req_header();
+    let mut span = t.request_span(name, telemetry::Kind::Server, &req.headers);
+    span.set("url.path", req.uri.path().to_string());
+    Some(span)
 }
 
 /// The client's id when it is usable (1 to 128 visible ASCII characters),
@@ -99,16 +121,41 @@ pub(crate) fn request(
     );
 }
 
-/// A stream's or a GRIP hold's line, written when the stream ends.
+/// The report (a `StreamLine`) of a stream on route `label` that opens
+/// with `opening` (None: the SSE opening). A given opening is a GRIP
+/// hold's, or a recorded reply's (the one whose body is an event stream).
+pub(crate) fn stream_report(
+    req: Request,
+    label: &str,
+    opening: Option<&Opening>,
+) -> Box<Box<dyn Report>> {
+    let (kind, status) = match opening {
+        None => ("stream", 200),
+        Some(o) if o.event_stream => ("record", o.head.status.as_u16()),
+        Some(o) => ("hold", o.head.status.as_u16()),
+    };
+    Box::new(Box::new(StreamLine {
+        req,
+        route: label.to_string(),
+        kind,
+        status,
+        events: 0,
+        bytes: 0,
+    }))
+}
+
+/// A stream's, a GRIP hold's or a record reader's line, written when the
+/// stream ends.
 #[derive(Debug)]
-pub(crate) struct StreamLine {
-    pub req: Request,
-    pub route: String,
-    /// "stream" (an SSE route) or "hold" (a GRIP hold).
-    pub kind: &'static str,
-    pub status: u16,
-    pub events: u64,
-    pub bytes: u64,
+struct StreamLine {
+    req: Request,
+    route: String,
+    /// "stream" (an SSE route), "hold" (a GRIP hold) or "record" (a
+    /// recorded reply's reader).
+    kind: &'static str,
+    status: u16,
+    events: u64,
+    bytes: u64,
 }
 
 impl Report for StreamLine {

@@ -8,7 +8,7 @@ use super::detach;
 use super::held::SessionSink;
 use super::refuse::{Refusal, Style};
 use super::respond;
-use crate::config::{Webhook, ADMIN_PATHS};
+use crate::config::{Listener, ADMIN_PATHS};
 use crate::gateway::Gateway;
 use crate::hub::{Replay, Subscriber};
 use crate::sources::{publish, webhook};
@@ -22,7 +22,7 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_proxy::{ProxyHttp, Session};
 use serde_json::json;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 #[derive(Debug)]
@@ -54,15 +54,6 @@ impl AdminApp {
         bool::from(given.as_bytes().ct_eq(token.as_bytes()))
     }
 
-    /// A span for a request of this listener, when tracing is on.
-    fn span(&self, session: &Session, name: &'static str) -> Option<telemetry::Span> {
-        let t = self.gw.telemetry.as_ref()?;
-        let req = session.req_header();
-        let mut span = t.request_span(name, telemetry::Kind::Server, &req.headers);
-        span.set("url.path", req.uri.path().to_string());
-        Some(span)
-    }
-
     /// Refuse, marking the request's span failed with the refusal's label.
     async fn refuse_traced(
         &self,
@@ -79,7 +70,7 @@ impl AdminApp {
     }
 
     async fn publish(&self, session: &mut Session) -> Result<bool> {
-        let mut span = self.span(session, "publish");
+        let mut span = super::access::span(&self.gw, session, "publish");
         if !self.authorized(session) {
             let r = Refusal::new(401, "auth", "missing or wrong bearer token");
             return self.refuse_traced(session, span, r).await;
@@ -116,81 +107,6 @@ impl AdminApp {
         }
     }
 
-    /// One request to a webhook's path.
-    async fn webhook(&self, hook: &Webhook, session: &mut Session) -> Result<bool> {
-        let gw = &self.gw;
-        let span = std::sync::Mutex::new(self.span(session, "webhook"));
-        let count = |outcome: &'static str| {
-            gw.metrics
-                .webhooks
-                .with_label_values(&[hook.path.as_str(), outcome])
-                .inc();
-            if let Some(s) = span.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-                s.set("http.route", hook.path.clone());
-                s.set("ssegate.outcome", outcome);
-                if !matches!(outcome, "accepted" | "duplicate") {
-                    s.fail(outcome);
-                }
-            }
-        };
-        if !hook.methods.contains(&session.req_header().method) {
-            count("bad_method");
-            let r = Refusal::method_not_allowed(&hook.methods, "method not allowed");
-            return self.refuse(session, r).await;
-        }
-        let body = match body::read(session, gw.site().config.limits.max_body).await {
-            Ok(b) => b,
-            Err(e) => {
-                count(match e {
-                    body::BodyError::TooLarge(_) => "too_large",
-                    body::BodyError::Read => "bad_request",
-                });
-                return self.refuse(session, e).await;
-            }
-        };
-        let head = session.req_header();
-        let req = webhook::Inbound {
-            headers: &head.headers,
-            query: head.uri.query().unwrap_or(""),
-            body: &body,
-        };
-        let events = match webhook::check(hook, &req, SystemTime::now()) {
-            Ok(events) => events,
-            Err(e) => {
-                tracing::debug!(path = %hook.path, reason = %e, "webhook refused");
-                count(e.outcome());
-                return self.refuse(session, e).await;
-            }
-        };
-        let mut channels: Vec<&str> = Vec::new();
-        for e in &events {
-            if !channels.contains(&e.channel.as_str()) {
-                channels.push(&e.channel);
-            }
-        }
-        let channels: Vec<String> = channels.into_iter().map(str::to_string).collect();
-        let total = events.len();
-        match gw.hub.publish(events).await {
-            Ok(r) if total > 0 && r.duplicates == total => {
-                count("duplicate");
-                respond::json(session, 200, &json!({ "duplicate": true })).await?;
-            }
-            Ok(r) => {
-                count("accepted");
-                let mut out = json!({ "published": r.published, "channels": channels });
-                if r.duplicates > 0 {
-                    out["duplicates"] = r.duplicates.into();
-                }
-                respond::json(session, 202, &out).await?;
-            }
-            Err(e) => {
-                count("unavailable");
-                return self.refuse(session, e).await;
-            }
-        }
-        Ok(true)
-    }
-
     /// The dashboard's feed: the stats object as an SSE event every tick,
     /// on the same stream engine as every client stream.
     async fn stats_stream(&self, session: &mut Session) -> Result<bool> {
@@ -214,8 +130,10 @@ impl AdminApp {
                 _active: streams.shutdown.track(),
                 gauge: None,
                 keep: None,
+                expiry: None,
             },
-            grip: None,
+            opening: None,
+            handoff: streams.handoff.clone(),
             report: None,
         };
         // The first stats at once, not a tick later.
@@ -224,10 +142,12 @@ impl AdminApp {
             ..Replay::default()
         };
         if let Some(tcp) = detach::take_socket(session) {
-            tokio::spawn(stream.run(SocketSink::new(tcp), first));
+            tokio::spawn(stream.run(SocketSink::new(tcp), first, Vec::new()));
             return Ok(true);
         }
-        stream.run(SessionSink::new(session), first).await;
+        stream
+            .run(SessionSink::new(session), first, Vec::new())
+            .await;
         Ok(true)
     }
 }
@@ -292,8 +212,8 @@ impl ProxyHttp for AdminApp {
                 let r = Refusal::new(405, "method", "method not allowed");
                 self.refuse(session, r).await
             }
-            _ => match webhook::find(&gw.site().config.webhooks, &path) {
-                Some(hook) => self.webhook(hook, session).await,
+            _ => match webhook::find(&gw.site().config.webhooks, Listener::Admin, &path) {
+                Some(hook) => super::webhook::serve(gw, hook, session).await,
                 None => {
                     let r = Refusal::new(404, "no_route", format!("no admin endpoint {path}"));
                     self.refuse(session, r).await

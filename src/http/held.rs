@@ -3,7 +3,7 @@
 //! write through `write_response_body` and notice a gone client through
 //! `read_body_or_idle` (on HTTP/2, the client's `RST_STREAM`).
 
-use crate::hub::{SubState, Subscriber};
+use crate::hub::Subscriber;
 use crate::stream::{Head, Sink, Wake, WRITE_TIMEOUT};
 use crate::wire;
 use bytes::Bytes;
@@ -42,7 +42,7 @@ impl<'s> SessionSink<'s> {
             tokio::select! {
                 r = &mut w => return r.map(|_| true).map_err(io::Error::other),
                 _ = sub.woken() => {
-                    if sub.state() != SubState::Open {
+                    if sub.is_cut() {
                         return Ok(false);
                     }
                 }
@@ -53,10 +53,16 @@ impl<'s> SessionSink<'s> {
 
 /// The SSE response head (chunked on HTTP/1.1: without a length pingora
 /// would close-delimit the body and lose keep-alive).
-pub(crate) fn sse_head(is_h2: bool) -> pingora_error::Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(200, Some(4))?;
+pub(crate) fn sse_head(
+    is_h2: bool,
+    extra: &[(http::HeaderName, http::HeaderValue)],
+) -> pingora_error::Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(200, Some(4 + extra.len()))?;
     for (k, v) in wire::SSE_HEADERS {
         resp.insert_header(k, v)?;
+    }
+    for (k, v) in extra {
+        resp.append_header(k, v)?;
     }
     if !is_h2 {
         resp.insert_header("transfer-encoding", "chunked")?;
@@ -68,8 +74,8 @@ impl Sink for SessionSink<'_> {
     async fn open(&mut self, sub: &Subscriber, head: Head<'_>, body: Bytes) -> io::Result<bool> {
         let is_h2 = self.is_h2();
         let head = match head {
-            Head::Sse => sse_head(is_h2),
-            Head::Grip(h) => {
+            Head::Sse(extra) => sse_head(is_h2, extra),
+            Head::Given(h) => {
                 let mut h = h.clone();
                 match is_h2 {
                     true => Ok(h),
@@ -87,6 +93,12 @@ impl Sink for SessionSink<'_> {
 
     async fn write(&mut self, sub: &Subscriber, bytes: &Bytes) -> io::Result<bool> {
         self.write_bytes(sub, bytes.clone()).await
+    }
+
+    async fn resume(&mut self, sub: &Subscriber, tail: Bytes, body: Bytes) -> io::Result<bool> {
+        // Held streams are never handed over (TLS and HTTP/2 sessions stay
+        // in the process that holds them); writing in order is still right.
+        Ok(self.write_bytes(sub, tail).await? && self.write_bytes(sub, body).await?)
     }
 
     async fn idle(&mut self, sub: &Subscriber) -> Wake {
@@ -111,5 +123,9 @@ impl Sink for SessionSink<'_> {
                 .set_write_timeout(Some(Duration::from_millis(1))),
         }
         self.session.downstream_session.set_keepalive(None);
+    }
+
+    fn surrender(self) -> Option<(tokio::net::TcpStream, Bytes)> {
+        None
     }
 }

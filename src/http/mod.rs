@@ -7,19 +7,30 @@
 //!   stats, dashboard.
 //! - `dashboard`: what `/stats` and the dashboard's feed show, and the page.
 //! - `refuse`: every typed error → status, one-line reason, metric label.
+//! - `cors`: a stream's CORS headers and the answer to a preflight.
+//! - `upstream`: a route's request to its backend made by the gateway
+//!   itself (GRIP and recorded routes), and an ordinary response back.
 //! - `grip`: a GRIP route's request to its backend and the response back.
+//! - `record`: a recorded route: a new reply recorded, or one resumed.
+//! - `streams`: admitting a stream (drain, limits) and running it.
 //! - `held`, `detach`: the two ways a stream's bytes reach a client
 //!   (held in pingora's session; a plain socket taken out of it).
+//! - `webhook`: one webhook request, on whichever listener serves it.
 //! - `body`, `respond`: bounded request bodies, short whole responses.
-//! - `access`: the access log and request ids.
+//! - `access`: the access log, request ids, spans of requests answered here.
 
 mod access;
 pub(crate) mod admin;
 pub(crate) mod body;
+mod cors;
 pub(crate) mod dashboard;
 mod detach;
 mod grip;
 mod held;
 pub(crate) mod public;
+mod record;
 pub(crate) mod refuse;
 pub(crate) mod respond;
+mod streams;
+mod upstream;
+mod webhook;

@@ -2,19 +2,20 @@
 //! holds itself (after the route's auth), to a GRIP route whose backend may
 //! hold the client, or passed through to an upstream pool by pingora.
 
-use super::access::{self, StreamLine};
-use super::detach;
+use super::access;
+use super::cors;
 use super::grip::{self, HoldStart};
-use super::held::SessionSink;
+use super::record;
 use super::refuse::{Refusal, Style};
+use super::streams;
+use super::upstream::{forwarded, host_of};
 use crate::gateway::{Action, Gateway, RouteEntry, Site, SseEntry};
 use crate::hub::{Resume, Subscriber};
 use crate::outbound::{Forwarded, Pool};
 use crate::routing::{host_only, Matched, Miss};
 use crate::shutdown::Active;
 use crate::stream::request::{self, Offer};
-use crate::stream::socket::SocketSink;
-use crate::stream::{self, GripOpening, Guards, Stream};
+use crate::stream::{self, Keep, Opening};
 use crate::telemetry;
 use crate::values::RequestValues;
 use async_trait::async_trait;
@@ -33,7 +34,7 @@ pub(crate) struct PublicProxy {
 #[derive(Debug)]
 pub(crate) struct Ctx {
     pool: Option<Arc<Pool>>,
-    tried: Vec<usize>,
+    tried: Vec<std::net::SocketAddr>,
     _active: Option<Active>,
     /// When the request head was read.
     started: Instant,
@@ -45,26 +46,13 @@ pub(crate) struct Ctx {
     span: Option<telemetry::Span>,
 }
 
-/// The request's authority: the Host header, else the absolute URI's.
-fn host_of(req: &RequestHeader) -> Option<&str> {
-    req.headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.host())
-}
-
-/// Who the client is, as this listener saw it.
-fn forwarded(session: &Session, ctx: &Ctx) -> Forwarded {
-    Forwarded {
-        client_ip: session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip()),
-        tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
-        host: host_of(session.req_header()).map(str::to_string),
-        request_id: ctx.access.as_ref().map(|a| a.id.clone()),
-        traceparent: ctx.span.as_ref().map(telemetry::Span::traceparent),
-    }
+/// Who the client is (the peer, or what a trusted proxy says it saw), with
+/// this request's id and span for the upstream.
+fn forwarded_for(session: &Session, ctx: &Ctx, trusted_proxies: &[ipnet::IpNet]) -> Forwarded {
+    let mut who = forwarded(session, trusted_proxies);
+    who.request_id = ctx.access.as_ref().map(|a| a.id.clone());
+    who.traceparent = ctx.span.as_ref().map(telemetry::Span::traceparent);
+    who
 }
 
 /// What a stream subscribes to and how it behaves.
@@ -75,13 +63,15 @@ struct StreamSpec {
     client_queue: usize,
     /// The tick for heartbeats (SSE) or keep-alives (GRIP).
     heartbeat: Duration,
-    grip: Option<Box<GripOpening>>,
+    grip: Option<Box<Opening>>,
     /// A poll route's latest snapshot, for a subscriber that needs one.
     snapshot: Option<stream::Snapshot>,
-    /// What must live as long as the stream (poll lease, JWT expiry).
-    keep: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// The poller the stream keeps alive (poll routes).
+    poll: Option<crate::sources::poll::Lease>,
     /// Unix seconds at which the stream is closed with `ssegate.expired`.
     expires: Option<u64>,
+    /// Added to the SSE head (CORS).
+    headers: stream::ExtraHeaders,
 }
 
 impl PublicProxy {
@@ -98,6 +88,10 @@ impl PublicProxy {
         entry: &SseEntry,
     ) -> Result<bool> {
         let gw = &self.gw;
+        let cors = entry.sse.settings.cors.as_deref();
+        if let Some(cors) = cors.filter(|_| cors::is_preflight(session.req_header())) {
+            return cors::preflight(session, cors).await;
+        }
         let method = &session.req_header().method;
         if method != http::Method::GET && method != http::Method::HEAD {
             let r = Refusal::method_not_allowed(&[http::Method::GET], "sse routes answer GET only");
@@ -161,8 +155,9 @@ impl PublicProxy {
             heartbeat: entry.sse.settings.heartbeat,
             grip: None,
             snapshot,
-            keep: lease.map(|l| Box::new(l) as Box<dyn std::any::Any + Send + Sync>),
+            poll: lease,
             expires,
+            headers: cors.map_or_else(Vec::new, |c| cors::headers(c, session.req_header())),
         };
         self.hold_stream(session, ctx, &m.value.route, spec).await
     }
@@ -179,7 +174,7 @@ impl PublicProxy {
     ) -> Result<bool> {
         let gw = &self.gw;
         let limits = &site.config.limits;
-        let who = forwarded(session, ctx);
+        let who = forwarded_for(session, ctx, &site.config.trusted_proxies);
         let outcome = grip::forward(
             &gw.client,
             session,
@@ -204,13 +199,20 @@ impl PublicProxy {
             }
             Ok(grip::Outcome::Hold(start)) => start,
             Err(r) => {
-                tracing::debug!(upstream = %pool.name, status = r.status, reason = %r.reason, "grip route refused");
+                tracing::debug!(upstream = %pool.name, client = ?who.client_ip(), status = r.status, reason = %r.reason, "grip route refused");
                 return self.refuse(session, r).await;
             }
         };
-        let HoldStart { hold, head, body } = *start;
+        let HoldStart {
+            hold,
+            mut head,
+            body,
+        } = *start;
         if let Some(mut span) = ctx.span.take() {
             span.set("http.response.status_code", i64::from(head.status.as_u16()));
+        }
+        if let Some(cors) = &site.config.sse.cors {
+            cors::apply(cors, session.req_header(), &mut head);
         }
         // Without Grip-Keep-Alive nothing is sent idle, but the stream still
         // joins a tick so that a drain on shutdown wakes it.
@@ -225,14 +227,16 @@ impl PublicProxy {
             retry: sse.retry,
             client_queue: sse.client_queue,
             heartbeat,
-            grip: Some(Box::new(GripOpening {
+            grip: Some(Box::new(Opening {
                 head,
                 body,
                 keep_alive,
+                event_stream: false,
             })),
             snapshot: None,
-            keep: None,
+            poll: None,
             expires: None,
+            headers: Vec::new(),
         };
         self.hold_stream(session, ctx, &entry.route, spec).await
     }
@@ -248,8 +252,7 @@ impl PublicProxy {
         Ok(true)
     }
 
-    /// Subscribe and hold the client: detached from pingora on plain
-    /// HTTP/1.1, held in its session otherwise.
+    /// Admit, subscribe and run the stream.
     async fn hold_stream(
         &self,
         session: &mut Session,
@@ -260,18 +263,9 @@ impl PublicProxy {
         let gw = &self.gw;
         let streams = &gw.streams;
         let label = route.path.as_str();
-        if streams.shutdown.is_draining() {
-            return self
-                .refuse(session, Refusal::new(503, "draining", "shutting down"))
-                .await;
-        }
-        let ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let slot = match streams.limiter.acquire(ip) {
+        let slot = match streams::admit(gw, session) {
             Ok(s) => s,
-            Err(e) => return self.refuse(session, e).await,
+            Err(r) => return self.refuse(session, r).await,
         };
         let id = streams.next_id();
         let sub = Arc::new(Subscriber::on_route(
@@ -292,55 +286,21 @@ impl PublicProxy {
             Ok(o) => o,
             Err(e) => return self.refuse(session, e).await,
         };
-        let expiry = spec.expires.map(|at| streams.expiries.register(at, &sub));
-        let keep: Option<Box<dyn std::any::Any + Send + Sync>> = match (spec.keep, expiry) {
-            (None, None) => None,
-            (keep, expiry) => Some(Box::new((keep, expiry))),
-        };
-        let gauge = gw.metrics.connections.with_label_values(&[label]);
-        gauge.inc();
-        gw.metrics
-            .connections_opened
-            .with_label_values(&[label])
-            .inc();
-        // From here the stream writes the request's access line, when it ends.
-        let report = ctx.access.take().map(|req| {
-            let (kind, status) = match &spec.grip {
-                Some(g) => ("hold", g.head.status.as_u16()),
-                None => ("stream", 200),
-            };
-            Box::new(StreamLine {
-                req,
-                route: label.to_string(),
-                kind,
-                status,
-                events: 0,
-                bytes: 0,
-            }) as Box<dyn stream::Report>
-        });
-        let stream = Stream {
-            heartbeat: streams.heartbeats.join(spec.heartbeat, &sub),
+        let expiry = spec
+            .expires
+            .map(|at| Box::new(streams.expiries.register(at, &sub)));
+        let ready = streams::Ready {
             subscription,
+            replay,
+            slot: Some(slot),
             retry: spec.retry,
-            shutdown: streams.shutdown.clone(),
-            metrics: gw.metrics.clone(),
-            guards: Guards {
-                slot: Some(slot),
-                _active: streams.shutdown.track(),
-                gauge: Some(gauge),
-                keep,
-            },
-            grip: spec.grip,
-            report,
+            heartbeat: spec.heartbeat,
+            opening: spec.grip,
+            keep: spec.poll.map(Keep::Poll),
+            expiry,
+            headers: spec.headers,
         };
-        if let Some(tcp) = detach::take_socket(session) {
-            // The stream's own future is the task: nothing wraps it, so an
-            // idle stream costs what the size probe in `stream::socket` measures.
-            tokio::spawn(stream.run(SocketSink::new(tcp), replay));
-            return Ok(true);
-        }
-        let end = stream.run(SessionSink::new(session), replay).await;
-        tracing::debug!(route = label, ?end, "stream ended");
+        streams::run(gw, session, label, ready, ctx.access.take()).await;
         Ok(true)
     }
 }
@@ -364,9 +324,18 @@ impl ProxyHttp for PublicProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let site = self.gw.site();
         if site.config.access_log {
-            ctx.access = Some(access::Request::of(session, ctx.started));
+            let client = forwarded(session, &site.config.trusted_proxies).client_ip();
+            ctx.access = Some(access::Request::of(session, ctx.started, client));
         }
         let req = session.req_header();
+        let public_hook = crate::sources::webhook::find(
+            &site.config.webhooks,
+            crate::config::Listener::Public,
+            req.uri.path(),
+        );
+        if let Some(hook) = public_hook {
+            return super::webhook::serve(&self.gw, hook, session).await;
+        }
         let host = host_of(req).map(host_only);
         let found = site
             .router
@@ -380,6 +349,21 @@ impl ProxyHttp for PublicProxy {
                     .await;
             }
             Err(Miss::MethodNotAllowed(allowed)) => {
+                // A preflight for an sse route narrowed to `methods: [GET]`.
+                let cors = cors::is_preflight(req)
+                    .then(|| {
+                        let m =
+                            site.router
+                                .lookup(&http::Method::GET, host.as_deref(), req.uri.path());
+                        match &m.ok()?.value.action {
+                            Action::Sse(sse) => sse.sse.settings.cors.clone(),
+                            _ => None,
+                        }
+                    })
+                    .flatten();
+                if let Some(c) = cors {
+                    return cors::preflight(session, &c).await;
+                }
                 let r = Refusal::method_not_allowed(&allowed, "method not allowed on this route");
                 return self.refuse(session, r).await;
             }
@@ -403,6 +387,13 @@ impl ProxyHttp for PublicProxy {
                 ctx._active = Some(self.gw.streams.shutdown.track());
                 self.grip(session, ctx, &site, &entry, pool, g).await
             }
+            Action::Record(pool, r) => {
+                ctx._active = Some(self.gw.streams.shutdown.track());
+                match record::serve(&self.gw, &site, session, &m, pool, r, &mut ctx.access).await {
+                    Ok(()) => Ok(true),
+                    Err(refusal) => self.refuse(session, refusal).await,
+                }
+            }
             Action::Proxy(pool) => {
                 ctx.pool = Some(pool.clone());
                 ctx._active = Some(self.gw.streams.shutdown.track());
@@ -411,16 +402,21 @@ impl ProxyHttp for PublicProxy {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let pool = ctx
             .pool
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "route has no upstream"))?;
-        let (index, addr) = pool.pick(&ctx.tried).ok_or_else(|| {
+        let target = pool.pick(&ctx.tried).ok_or_else(|| {
             Error::explain(ErrorType::ConnectError, "no upstream server left to try")
         })?;
-        ctx.tried.push(index);
-        Ok(Box::new(pool.peer(addr)))
+        ctx.tried.push(target.addr);
+        let mut peer = pool.peer(&target);
+        if session.is_upgrade_req() {
+            // An upgraded connection (WebSocket) is HTTP/1.1 only.
+            peer.options.alpn = pingora_core::protocols::ALPN::H1;
+        }
+        Ok(Box::new(peer))
     }
 
     fn fail_to_connect(
@@ -445,7 +441,7 @@ impl ProxyHttp for PublicProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        forwarded(session, ctx).apply(upstream_request)
+        forwarded_for(session, ctx, &self.gw.site().config.trusted_proxies).apply(upstream_request)
     }
 
     async fn response_filter(
@@ -475,7 +471,7 @@ impl ProxyHttp for PublicProxy {
         }
         if let Some(req) = &ctx.access {
             let upstream = ctx.route.as_ref().and_then(|r| match &r.action {
-                Action::Proxy(p) | Action::Grip(p, _) => Some(&*p.name),
+                Action::Proxy(p) | Action::Grip(p, _) | Action::Record(p, _) => Some(&*p.name),
                 Action::Sse(_) => None,
             });
             access::request(

@@ -7,6 +7,7 @@ use super::body::BodyError;
 use super::respond;
 use crate::auth::AuthError;
 use crate::grip::InstructionError;
+use crate::hub::record::RecordError;
 use crate::hub::BrokerError;
 use crate::metrics::Metrics;
 use crate::outbound::{OutboundError, OutboundErrorKind};
@@ -111,6 +112,7 @@ impl From<AuthError> for Refusal {
                 Refusal::new(502, "auth_backend", e.to_string())
             }
             AuthError::BadPathValue(_) => Refusal::new(400, "bad_value", e.to_string()),
+            AuthError::Keys(_) => Refusal::new(503, "auth_keys", "signing keys unavailable"),
         }
     }
 }
@@ -124,6 +126,17 @@ impl From<LimitError> for Refusal {
 impl From<BrokerError> for Refusal {
     fn from(e: BrokerError) -> Refusal {
         Refusal::new(503, "broker", e.to_string())
+    }
+}
+
+impl From<RecordError> for Refusal {
+    fn from(e: RecordError) -> Refusal {
+        let (status, label) = match e {
+            RecordError::Unknown => (404, "record_unknown"),
+            RecordError::Forbidden => (403, "record_forbidden"),
+            RecordError::Unavailable(_) => (503, "records"),
+        };
+        Refusal::new(status, label, e.to_string())
     }
 }
 
@@ -213,5 +226,7 @@ mod tests {
             Refusal::from(BrokerError::Unavailable("redis: down".into())).status,
             503
         );
+        assert_eq!(Refusal::from(RecordError::Unknown).status, 404);
+        assert_eq!(Refusal::from(RecordError::Forbidden).status, 403);
     }
 }

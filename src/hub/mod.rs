@@ -1,12 +1,15 @@
 //! The hub: every source publishes `Event`s here; the broker gives each a
 //! cursor, keeps it in bounded per-channel history, encodes its SSE frame once
 //! and offers those shared bytes to every subscriber's bounded queue.
+//! `record` keeps a backend's own SSE replies the same way, for resume.
 
 pub mod cursor;
 mod feed;
 mod local;
 pub mod memory;
+pub mod record;
 pub mod redis;
+mod redis_client;
 mod subscriber;
 mod tail;
 
@@ -186,6 +189,8 @@ impl std::fmt::Display for BrokerError {
     }
 }
 
+impl std::error::Error for BrokerError {}
+
 /// The hub's contract; `memory` is the embedded default, a Redis broker
 /// implements the same for cluster mode.
 #[async_trait]
@@ -229,6 +234,53 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     fn tail(&self) -> Option<&Tail> {
         None
     }
+
+    /// A cursor of this broker (`id:` of the event with sequence `seq`).
+    fn cursor(&self, seq: u64) -> String;
+
+    /// Which broker this is, for a live upgrade: streams move only between
+    /// processes on equal brokers. Holds no secret.
+    fn identity(&self) -> String;
+
+    /// A live upgrade is handing over: publishes are refused from now on
+    /// (they go to the new process), so the state handed over is final.
+    fn seal(&self) {}
+
+    /// The whole state of a broker that lives in this process (memory), to
+    /// hand over in a live upgrade; None for a shared broker.
+    fn state(&self) -> Option<HubState> {
+        None
+    }
+
+    /// Take over the state a previous process handed over.
+    fn restore(&self, _state: HubState) {}
+}
+
+/// The memory broker's state: cursor, history and dedupe ids, as a live
+/// upgrade moves it to the new process.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct HubState {
+    pub epoch: u64,
+    pub seq: u64,
+    pub forgotten: u64,
+    pub channels: Vec<ChannelState>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ChannelState {
+    pub name: String,
+    pub evicted: u64,
+    pub events: Vec<EventState>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct EventState {
+    pub seq: u64,
+    /// How long ago it was published (history expires by age).
+    pub age_ms: u64,
+    pub dedupe_id: Option<String>,
+    pub frame: Bytes,
+    pub grip_only: bool,
 }
 
 /// One instance at a time polls a given key; the others serve the leader's

@@ -63,6 +63,25 @@ impl ConnLimiter {
         self.total.load(Ordering::Acquire)
     }
 
+    /// A slot that is never refused: for a stream that already exists (one
+    /// adopted in a live upgrade), over a cap or not.
+    pub fn acquire_forced(self: &Arc<Self>, ip: Option<IpAddr>) -> ConnSlot {
+        self.total.fetch_add(1, Ordering::AcqRel);
+        let ip = if self.max_per_ip.load(Ordering::Acquire) > 0 {
+            ip
+        } else {
+            None
+        };
+        if let Some(ip) = ip {
+            let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            *map.entry(ip).or_insert(0) += 1;
+        }
+        ConnSlot {
+            limiter: self.clone(),
+            ip,
+        }
+    }
+
     /// A slot, or the reason for a 429.
     pub fn acquire(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<ConnSlot, LimitError> {
         let prev = self.total.fetch_add(1, Ordering::AcqRel);
@@ -87,6 +106,13 @@ impl ConnLimiter {
             limiter: self.clone(),
             ip,
         })
+    }
+}
+
+impl ConnSlot {
+    /// The client address it counts against, when per-IP limits are on.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.ip
     }
 }
 

@@ -9,7 +9,7 @@
 //! is one small task and this socket.
 
 use super::{Head, Sink, Wake, WRITE_TIMEOUT};
-use crate::hub::{SubState, Subscriber};
+use crate::hub::Subscriber;
 use crate::wire;
 use bytes::{Bytes, BytesMut};
 use std::future::Future;
@@ -32,31 +32,78 @@ static SSE_HEAD: LazyLock<Bytes> = LazyLock::new(|| {
 #[derive(Debug)]
 pub(crate) struct SocketSink {
     tcp: TcpStream,
+    /// The unwritten rest of a write that was given up (boxed: it exists
+    /// only for a stream cut short, and every idle stream carries the field).
+    tail: Option<Box<Bytes>>,
 }
 
 impl SocketSink {
     pub(crate) fn new(tcp: TcpStream) -> SocketSink {
-        SocketSink { tcp }
+        SocketSink { tcp, tail: None }
     }
+
+    /// Write all of `parts`, keeping the rest if the write is given up.
+    async fn send(&mut self, sub: &Subscriber, parts: &[&[u8]]) -> io::Result<bool> {
+        let sent = send(&self.tcp, sub, parts).await?;
+        Ok(self.keep_rest(sent, parts))
+    }
+
+    /// True if all was sent; else keeps what was not.
+    fn keep_rest(&mut self, sent: Sent, parts: &[&[u8]]) -> bool {
+        match sent {
+            Sent::All => true,
+            Sent::Cut(done) => {
+                self.tail = Some(Box::new(rest(parts, done)));
+                false
+            }
+        }
+    }
+}
+
+/// The bytes of `parts` after the first `done`.
+fn rest(parts: &[&[u8]], mut done: usize) -> Bytes {
+    let mut out = BytesMut::new();
+    for p in parts {
+        if done >= p.len() {
+            done -= p.len();
+            continue;
+        }
+        out.extend_from_slice(&p[done..]);
+        done = 0;
+    }
+    out.freeze()
 }
 
 impl Sink for SocketSink {
     async fn open(&mut self, sub: &Subscriber, head: Head<'_>, body: Bytes) -> io::Result<bool> {
-        let grip_head;
+        let built;
         let head: &[u8] = match head {
-            Head::Sse => &SSE_HEAD,
-            Head::Grip(h) => {
-                grip_head = h1_head(h);
-                &grip_head
+            Head::Sse([]) => &SSE_HEAD,
+            Head::Sse(extra) => {
+                built = sse_head_with(extra);
+                &built
+            }
+            Head::Given(h) => {
+                built = h1_head(h);
+                &built
             }
         };
         if body.is_empty() {
             // An empty chunk would end the body before it started.
-            return send(&self.tcp, sub, &[head]).await;
+            return self.send(sub, &[head]).await;
         }
         let mut size = [0u8; 18];
         let size = chunk_head(body.len(), &mut size);
-        send(&self.tcp, sub, &[head, size, &body, b"\r\n"]).await
+        self.send(sub, &[head, size, &body, b"\r\n"]).await
+    }
+
+    async fn resume(&mut self, sub: &Subscriber, tail: Bytes, body: Bytes) -> io::Result<bool> {
+        if body.is_empty() {
+            return self.send(sub, &[&tail]).await;
+        }
+        let mut size = [0u8; 18];
+        let size = chunk_head(body.len(), &mut size);
+        self.send(sub, &[&tail, size, &body, b"\r\n"]).await
     }
 
     async fn write(&mut self, sub: &Subscriber, bytes: &Bytes) -> io::Result<bool> {
@@ -66,7 +113,10 @@ impl Sink for SocketSink {
         }
         let mut size = [0u8; 18];
         let size = chunk_head(bytes.len(), &mut size);
-        send(&self.tcp, sub, &[size, bytes, b"\r\n"]).await
+        // `send` inlined: this is the write every idle stream's future has room for.
+        let parts: [&[u8]; 3] = [size, bytes, b"\r\n"];
+        let sent = send(&self.tcp, sub, &parts).await?;
+        Ok(self.keep_rest(sent, &parts))
     }
 
     async fn idle(&mut self, sub: &Subscriber) -> Wake {
@@ -98,17 +148,45 @@ impl Sink for SocketSink {
             return;
         };
         if last.is_empty() {
-            let _ = send(&self.tcp, sub, &[b"0\r\n\r\n"]).await;
+            let _ = self.send(sub, &[b"0\r\n\r\n"]).await;
             return;
         }
         let mut size = [0u8; 18];
         let size = chunk_head(last.len(), &mut size);
-        let _ = send(&self.tcp, sub, &[size, &last, b"\r\n0\r\n\r\n"]).await;
+        let _ = self.send(sub, &[size, &last, b"\r\n0\r\n\r\n"]).await;
+    }
+
+    fn surrender(self) -> Option<(TcpStream, Bytes)> {
+        Some((self.tcp, self.tail.map(|t| *t).unwrap_or_default()))
     }
 }
 
-/// A GRIP hold's response head as HTTP/1.1 bytes: the backend's status and
-/// headers, chunked because the stream has no end we know of.
+/// `SSE_HEAD` with `extra` headers before its blank line.
+fn sse_head_with(extra: &[(http::HeaderName, http::HeaderValue)]) -> Bytes {
+    let head = &SSE_HEAD[..SSE_HEAD.len() - 2];
+    let mut out = BytesMut::with_capacity(SSE_HEAD.len() + 64 * extra.len());
+    out.extend_from_slice(head);
+    header_lines(&mut out, extra.iter().map(|(k, v)| (k, v)));
+    out.extend_from_slice(b"\r\n");
+    out.freeze()
+}
+
+/// `name: value` lines.
+fn header_lines<'h>(
+    out: &mut BytesMut,
+    headers: impl Iterator<Item = (&'h http::HeaderName, &'h http::HeaderValue)>,
+) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// A stream's own response head (a GRIP hold's, a recorded reply's) as
+/// HTTP/1.1 bytes: its status and headers, chunked because the stream has
+/// no end we know of.
 fn h1_head(head: &pingora_http::ResponseHeader) -> Bytes {
     let status = head.status;
     let mut out = BytesMut::with_capacity(256);
@@ -120,12 +198,7 @@ fn h1_head(head: &pingora_http::ResponseHeader) -> Bytes {
         )
         .as_bytes(),
     );
-    for (name, value) in head.headers.iter() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    header_lines(&mut out, head.headers.iter());
     out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
     out.freeze()
 }
@@ -193,13 +266,21 @@ fn write_now(tcp: &TcpStream, parts: &[&[u8]], mut done: usize) -> io::Result<us
     Ok(done)
 }
 
-/// Write all of `parts`; Ok(false) when the client is evicted as slow while
-/// its socket is full.
-async fn send(tcp: &TcpStream, sub: &Subscriber, parts: &[&[u8]]) -> io::Result<bool> {
+/// How a write ended.
+enum Sent {
+    All,
+    /// Given up after `done` bytes: the subscriber stopped being open while
+    /// the socket was full.
+    Cut(usize),
+}
+
+/// Write all of `parts`, unless the subscriber stops being open while its
+/// socket is full.
+async fn send(tcp: &TcpStream, sub: &Subscriber, parts: &[&[u8]]) -> io::Result<Sent> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let done = write_now(tcp, parts, 0)?;
     if done == total {
-        return Ok(true);
+        return Ok(Sent::All);
     }
     // Boxed: only a stream whose socket is full pays for waiting.
     Box::pin(send_rest(tcp, sub, parts, done, total)).await
@@ -211,15 +292,15 @@ async fn send_rest(
     parts: &[&[u8]],
     mut done: usize,
     total: usize,
-) -> io::Result<bool> {
+) -> io::Result<Sent> {
     let deadline = tokio::time::sleep(WRITE_TIMEOUT);
     tokio::pin!(deadline);
     while done < total {
         tokio::select! {
             r = tcp.writable() => r?,
             _ = sub.woken() => {
-                if sub.state() != SubState::Open {
-                    return Ok(false);
+                if sub.is_cut() {
+                    return Ok(Sent::Cut(done));
                 }
                 continue;
             }
@@ -227,7 +308,7 @@ async fn send_rest(
         }
         done = write_now(tcp, parts, done)?;
     }
-    Ok(true)
+    Ok(Sent::All)
 }
 
 #[cfg(test)]
@@ -277,11 +358,13 @@ mod tests {
                 _active: shutdown.track(),
                 gauge: None,
                 keep: None,
+                expiry: None,
             },
-            grip: None,
+            opening: None,
+            handoff: Default::default(),
             report: None,
         };
-        let fut = stream.run(SocketSink::new(tcp), Replay::default());
+        let fut = stream.run(SocketSink::new(tcp), Replay::default(), Vec::new());
         let size = std::mem::size_of_val(&fut);
         println!("idle detached stream future: {size} bytes");
         assert!(

@@ -61,11 +61,10 @@ async fn pool(endpoint: &OtlpEndpoint) -> Result<Pool, HttpError> {
             .await?
             .collect();
     Ok(Pool::new(Upstream {
-        name: "otlp".into(),
-        servers,
         connect_timeout: Duration::from_secs(2),
         read_timeout: TIMEOUT,
         fail_timeout: Duration::from_secs(1),
+        ..Upstream::fixed("otlp", servers)
     }))
 }
 

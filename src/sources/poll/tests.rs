@@ -24,11 +24,10 @@ fn poll_route(port: u16) -> Arc<PollRoute> {
         error_event: None,
     };
     let pool = Pool::new(Upstream {
-        name: "app".into(),
-        servers: vec![([127, 0, 0, 1], port).into()],
         connect_timeout: Duration::from_secs(1),
         read_timeout: Duration::from_secs(1),
         fail_timeout: Duration::from_millis(10),
+        ..Upstream::fixed("app", vec![([127, 0, 0, 1], port).into()])
     });
     Arc::new(PollRoute {
         label: "/p".into(),

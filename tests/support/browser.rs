@@ -34,6 +34,8 @@ pub fn chromium_or_skip() -> Option<String> {
     found
 }
 
+/// The browser, killed on drop; its helper processes (zygote, renderers,
+/// crashpad) exit by themselves once the browser process is gone.
 pub struct Browser {
     child: Child,
     pub profile: tempfile::TempDir,
@@ -54,6 +56,7 @@ pub fn launch(bin: &str, url: &str, extra: &[&str]) -> Browser {
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
+            "--ignore-certificate-errors",
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
