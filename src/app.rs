@@ -9,15 +9,19 @@ use crate::gateway::{BuildError, Gateway};
 use crate::hangup::{self, Hangup};
 use crate::http::admin::AdminApp;
 use crate::http::dashboard;
+use crate::http::gate::HeadGate;
+use crate::http::listener::PlainListener;
 use crate::http::public::PublicProxy;
+use crate::stream::limits::FdBudget;
 use crate::tls::{self, CertStore};
-use crate::upgrade::{self, Adopter, Drain};
+use crate::upgrade::{self, systemd, Adopter, Drain, Reexec};
 use async_trait::async_trait;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::protocols::http::v2::server::default_h2_options;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::listening::Service;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
@@ -123,6 +127,8 @@ pub fn run_with(
     start: Start,
     extra: impl FnOnce(&mut Server, &Arc<Gateway>),
 ) -> Result<(), StartError> {
+    // Before anything could replace the binary: SIGUSR2 starts this path.
+    let reexec = Reexec::of_this_process().map_err(StartError::Upgrade)?;
     // Every stream is a socket: use the whole hard limit, as nginx's
     // worker_rlimit_nofile would.
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
@@ -139,6 +145,7 @@ pub fn run_with(
     }
     let grace = config.shutdown_grace;
     let public_addr = config.listen.to_string();
+    let config_listen = config.listen;
     let admin_addr = config.admin.listen.to_string();
     let http2 = config.http2.clone();
     let upgrade_socket = config.upgrade_socket.clone();
@@ -157,6 +164,10 @@ pub fn run_with(
     // find this process whenever it gets there.
     let streams_listener = if upgrading {
         let l = upgrade::listen(&upgrade_socket).map_err(StartError::Upgrade)?;
+        // systemd must know the new main process before the old one exits.
+        if let Err(e) = systemd::notify(&format!("MAINPID={}", std::process::id())) {
+            tracing::warn!("systemd notify (MAINPID): {e}");
+        }
         match upgrade::signal_running(&upgrade_socket) {
             Ok(Some(pid)) => tracing::info!(pid, "upgrade: sent SIGQUIT to the running gateway"),
             Ok(None) => tracing::info!(
@@ -189,21 +200,30 @@ pub fn run_with(
     let phases = server.watch_execution_phase();
     server.bootstrap();
 
-    let mut public = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        PublicProxy { gw: gw.clone() },
-        "public",
+    let mut proxy =
+        pingora_proxy::http_proxy(&server.configuration, PublicProxy { gw: gw.clone() });
+    apply_http2(&mut proxy, &http2);
+    let limits_of = gw.clone();
+    let gate = HeadGate::new(
+        proxy,
+        Box::new(move || limits_of.site().config.limits.header_timeout),
+        FdBudget::current().waiting,
+        gw.metrics.clone(),
     );
-    if let Some(proxy) = public.app_logic_mut() {
-        apply_http2(proxy, &http2);
-    }
-    match &certs {
+    let public = match &certs {
         Some(store) => {
             let settings = store.settings().map_err(StartError::Server)?;
-            public.add_tls_with_settings(&public_addr, None, settings)
+            let mut public = Service::new("public".to_string(), gate);
+            public.add_tls_with_settings(&public_addr, None, settings);
+            server.add_service(public)
         }
-        None => public.add_tcp(&public_addr),
-    }
+        None => server.add_service(PlainListener::new(
+            "public",
+            config_listen,
+            gate,
+            gw.metrics.clone(),
+        )),
+    };
     let mut admin = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         AdminApp { gw: gw.clone() },
@@ -212,7 +232,6 @@ pub fn run_with(
     admin.threads = Some(1);
     admin.add_tcp(&admin_addr);
 
-    let public = server.add_service(public);
     let admin = server.add_service(admin);
     if let Some(listener) = streams_listener {
         // One process at a time hands out cursors: the listeners accept
@@ -237,6 +256,10 @@ pub fn run_with(
             phases: Mutex::new(Some(phases)),
         },
     ));
+    let ready = server.add_service(background_service("systemd", systemd::Ready));
+    ready.add_dependency(&public);
+    ready.add_dependency(&admin);
+    server.add_service(background_service("reexec", reexec));
     server.add_service(background_service(
         "hangup",
         Hangup {

@@ -5,7 +5,9 @@
 
 use crate::auth::expiry::Expiries;
 use crate::auth::Guard;
-use crate::config::{BrokerKind, Config, GripRoute, RecordRoute, Route, RouteKind, SseRoute};
+use crate::config::{
+    BrokerKind, Config, GripRoute, Limits, RecordRoute, Route, RouteKind, SseRoute,
+};
 use crate::hub::memory::MemoryBroker;
 use crate::hub::record::memory::MemoryRecords;
 use crate::hub::record::Records;
@@ -18,7 +20,7 @@ use crate::shutdown::Shutdown;
 use crate::sources::poll::{PollRoute, Pollers};
 use crate::stream::heartbeat::Heartbeats;
 use crate::stream::limits::Admission;
-use crate::stream::limits::ConnLimiter;
+use crate::stream::limits::{ConnLimiter, FdBudget};
 use crate::telemetry::Tracing;
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
@@ -210,6 +212,13 @@ impl Site {
     }
 }
 
+/// `limits.max_connections`, or what the open-file limit allows when unset.
+fn max_connections(limits: &Limits) -> usize {
+    limits
+        .max_connections
+        .unwrap_or_else(|| FdBudget::current().streams)
+}
+
 impl Gateway {
     /// The config in force now.
     pub fn site(&self) -> Arc<Site> {
@@ -221,7 +230,8 @@ impl Gateway {
         let limits = &site.config.limits;
         self.streams
             .limiter
-            .set_limits(limits.max_connections, limits.max_connections_per_ip);
+            .set_limits(max_connections(limits), limits.max_connections_per_ip);
+        self.pollers.set_max(limits.max_pollers);
         self.site.store(Arc::new(site));
     }
 
@@ -256,16 +266,22 @@ impl Gateway {
             Some(t) => Some(Arc::new(Tracing::start(t).map_err(BuildError::Telemetry)?)),
             None => None,
         };
-        let limiter = ConnLimiter::new(
-            config.limits.max_connections,
-            config.limits.max_connections_per_ip,
-        );
+        let max_connections = max_connections(&config.limits);
+        if config.limits.max_connections.is_none() {
+            tracing::info!(
+                files = FdBudget::current().files,
+                max_connections,
+                "limits.max_connections derived from the open-file limit"
+            );
+        }
+        let limiter = ConnLimiter::new(max_connections, config.limits.max_connections_per_ip);
         Ok(Arc::new(Gateway {
             pollers: Pollers::new(
                 hub.clone(),
                 metrics.clone(),
                 client.clone(),
                 telemetry.clone(),
+                config.limits.max_pollers,
             ),
             site: ArcSwap::from_pointee(Site::new(config)?),
             hub,

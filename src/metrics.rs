@@ -70,6 +70,10 @@ pub struct Metrics {
     /// Records held in this process, and their frames' bytes (memory store).
     pub records_held: IntGauge,
     pub record_bytes: IntGauge,
+    /// Public connections waiting for a request head (`http::gate`).
+    pub waiting: IntGauge,
+    /// Connections closed before a request, by reason.
+    pub turned_away: IntCounterVec,
     /// Config reloads on SIGHUP, by result (ok, error).
     pub config_reloads: IntCounterVec,
     /// New streams told to come back later (`limits.stream_rate`).
@@ -288,6 +292,19 @@ impl Metrics {
                     "Bytes of the records held in this process",
                 )
                 .expect("metric"), // ok: static name
+            ),
+            waiting: reg(
+                &r,
+                IntGauge::new(
+                    "ssegate_connections_waiting",
+                    "Public connections waiting for a request head",
+                )
+                .expect("metric"), // ok: static, distinct metric names
+            ),
+            turned_away: cvec(
+                "ssegate_connections_turned_away_total",
+                "Public connections closed before a request (header_timeout, idle_timeout, head_too_large, evicted)",
+                &["reason"],
             ),
             config_reloads: cvec(
                 "ssegate_config_reloads_total",

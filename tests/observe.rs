@@ -265,6 +265,46 @@ routes:
     assert!(bytes > 20, "the prelude and two frames: {line}");
 }
 
+/// A stream a live upgrade moves ends in the old process as `handed_off`
+/// (not as a client gone: the client saw nothing), and goes on in the new
+/// one, which writes no line for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_a_live_upgrade_moves_ends_its_line_as_handed_off() {
+    let gw = Gateway::start(
+        "
+access_log: true
+upgrade_socket: up.sock
+routes:
+  - path: /events/{name}
+    sse: { channels: [\"room:{name}\"] }
+",
+    );
+    let mut s = Sse::connect_with(&gw.url("/events/a"), &[("x-request-id", "moved-1")]).await;
+    gw.publish_ok("room:a", json!("one")).await;
+    assert_eq!(s.take(1).await.len(), 1);
+    let mut old = gw;
+    let new = old.upgrade(&[]);
+    assert_eq!(
+        old.wait_exit(std::time::Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        old.log()
+    );
+    let line = access_lines(&old)
+        .into_iter()
+        .find(|l| l.contains("moved-1"))
+        .unwrap_or_else(|| panic!("no line for the moved stream; old log:\n{}", old.log()));
+    for part in ["kind=stream", "events=1", "end=handed_off"] {
+        assert!(line.contains(part), "`{part}` missing from: {line}");
+    }
+    new.publish_ok("room:a", json!("two")).await;
+    assert_eq!(s.next().await.data, "two", "the same connection goes on");
+    assert!(
+        access_lines(&new).iter().all(|l| !l.contains("moved-1")),
+        "the new process writes no line for an adopted stream"
+    );
+}
+
 #[tokio::test]
 async fn access_lines_follow_the_json_log_format() {
     let gw = Gateway::start_with_args(

@@ -482,3 +482,83 @@ async fn a_stream_stopped_in_the_middle_of_a_write_goes_on_in_the_new_process_by
         assert_eq!(ev.data, format!("{n} {filler}"), "event {n}");
     }
 }
+
+/// Stops a process by pid when dropped (one this test did not spawn itself).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_starts_the_successor_itself_and_tells_systemd_who_the_main_process_is() {
+    use std::os::unix::net::UnixDatagram;
+    let notify_dir = tempfile::tempdir().unwrap();
+    let notify_path = notify_dir.path().join("notify");
+    let systemd = UnixDatagram::bind(&notify_path).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let recv = |what: &str| {
+        let mut buf = [0u8; 256];
+        let n = systemd
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no {what} from the gateway: {e}"));
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let notify = notify_path.to_str().unwrap();
+    let mut old = Gateway::start_with_env(&config(""), &[("NOTIFY_SOCKET", notify)]);
+    assert_eq!(recv("READY=1"), "READY=1");
+    let clients = subscribe(&old, 20).await;
+    let publisher = Publisher::start(old.admin(""));
+    eventually(WAIT, "first events", || {
+        (publisher.count.load(Ordering::Acquire) > 20).then_some(())
+    })
+    .await;
+    // What `systemctl kill -s USR2 ssegate` does.
+    old.signal("-USR2");
+    let mainpid = recv("MAINPID");
+    let new_pid: u32 = mainpid
+        .strip_prefix("MAINPID=")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{mainpid:?}"));
+    let _new = KillOnDrop(new_pid);
+    assert_ne!(new_pid, old.pid());
+    assert_eq!(recv("READY=1 of the new process"), "READY=1");
+    assert_eq!(
+        old.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        old.log()
+    );
+    let at_exit = publisher.count.load(Ordering::Acquire);
+    eventually(WAIT, "events after the upgrade", || {
+        (publisher.count.load(Ordering::Acquire) > at_exit + 20).then_some(())
+    })
+    .await;
+    let published = publisher.stop().await;
+    check_exactly_once(&clients, published).await;
+    // The new process wrote the pid file and answers on the same ports.
+    let pid_file = old.dir.path().join("up.sock.pid");
+    assert_eq!(
+        std::fs::read_to_string(pid_file).unwrap().trim(),
+        new_pid.to_string()
+    );
+    let adopted = client()
+        .get(old.admin("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        adopted.contains("ssegate_streams_adopted_total 20"),
+        "{}",
+        old.log()
+    );
+}

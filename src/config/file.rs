@@ -126,6 +126,8 @@ pub struct LimitsFile {
     pub max_connections_per_ip: Option<usize>,
     pub max_channels_per_client: Option<usize>,
     pub max_body: Option<String>,
+    pub max_pollers: Option<usize>,
+    pub header_timeout: Option<String>,
     pub stream_rate: Option<StreamRateFile>,
 }
 
@@ -293,6 +295,7 @@ pub struct PollFile {
     pub max_body: Option<String>,
     pub events: Option<PollEventsFile>,
     pub error_event: Option<String>,
+    pub max_pollers: Option<usize>,
 }
 
 /// Event names of `diff: json-items`.

@@ -78,6 +78,19 @@ pub fn load_str(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
     let file_name = source.display().to_string();
+    // Editors on Windows start UTF-8 files with a byte order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let pos = Positions::index(text).map_err(|at| {
+        ConfigErrors(vec![ConfigError {
+            file: file_name.clone(),
+            line: at.line,
+            col: at.col,
+            message: format!(
+                "collections nested deeper than {} levels",
+                super::positions::MAX_DEPTH
+            ),
+        }])
+    })?;
     let parsed: FileConfig = if text.trim().is_empty() {
         FileConfig::default()
     } else {
@@ -85,7 +98,7 @@ pub fn load_str(
     };
     let mut v = Validator {
         file: file_name,
-        pos: Positions::index(text),
+        pos,
         errors: Vec::new(),
         env,
         // Key files are named relative to the config file.
@@ -543,6 +556,14 @@ impl Validator<'_> {
         if max_channels_per_client == 0 {
             self.err("limits.max_channels_per_client", "must be at least 1");
         }
+        let header_timeout = self.duration(
+            "limits.header_timeout",
+            l.header_timeout.as_ref(),
+            Duration::from_secs(10),
+        );
+        if header_timeout < Duration::from_millis(100) {
+            self.err("limits.header_timeout", "header_timeout below 100ms");
+        }
         let stream_rate = l.stream_rate.and_then(|r| {
             let burst = r.burst.unwrap_or(r.per_second.max(1.0));
             if !(r.per_second.is_finite() && r.per_second > 0.0) {
@@ -562,10 +583,12 @@ impl Validator<'_> {
             })
         });
         Limits {
-            max_connections: l.max_connections.unwrap_or(100_000),
+            max_connections: l.max_connections,
             max_connections_per_ip: l.max_connections_per_ip.unwrap_or(0),
             max_channels_per_client,
             max_body,
+            max_pollers: l.max_pollers.unwrap_or(1000),
+            header_timeout,
             stream_rate,
         }
     }

@@ -144,12 +144,17 @@ pub enum CorsOrigins {
 
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// 0 = unlimited.
-    pub max_connections: usize,
+    /// 0 = unlimited; None = derived from the open-file limit at start
+    /// (`stream::limits::FdBudget`).
+    pub max_connections: Option<usize>,
     /// 0 = unlimited.
     pub max_connections_per_ip: usize,
     pub max_channels_per_client: usize,
     pub max_body: usize,
+    /// Pollers running at once, all routes together. 0 = unlimited.
+    pub max_pollers: usize,
+    /// A public connection's request head must arrive within this.
+    pub header_timeout: Duration,
     /// New SSE streams over this rate are deferred: told to retry later.
     pub stream_rate: Option<StreamRate>,
 }
@@ -327,6 +332,9 @@ pub struct Poll {
     pub initial: bool,
     /// Tell subscribers when polling starts failing and when it recovers.
     pub error_event: Option<String>,
+    /// At most this many pollers of this route at once (None: only
+    /// `limits.max_pollers` applies).
+    pub max_pollers: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,7 +12,6 @@ use crate::config::{Listener, ADMIN_PATHS};
 use crate::gateway::Gateway;
 use crate::hub::{Replay, Subscriber};
 use crate::sources::{publish, webhook};
-use crate::stream::socket::SocketSink;
 use crate::stream::{Guards, Stream, Subscription};
 use crate::telemetry;
 use async_trait::async_trait;
@@ -141,8 +140,8 @@ impl AdminApp {
             frames: vec![crate::hub::Delivery::uncounted(dashboard::frame(gw, true))],
             ..Replay::default()
         };
-        if let Some(tcp) = detach::take_socket(session) {
-            tokio::spawn(stream.run(SocketSink::new(tcp), first, Vec::new()));
+        if let Some(sink) = detach::take_sink(session) {
+            tokio::spawn(stream.run(sink, first, Vec::new()));
             return Ok(true);
         }
         stream

@@ -25,10 +25,6 @@ impl<'s> SessionSink<'s> {
         SessionSink { session }
     }
 
-    fn is_h2(&self) -> bool {
-        self.session.as_downstream().is_http2()
-    }
-
     /// Write, unless the subscriber stops being open meanwhile (its socket
     /// is full, so the write would otherwise wait for the timeout).
     async fn write_bytes(&mut self, sub: &Subscriber, bytes: Bytes) -> io::Result<bool> {
@@ -51,10 +47,41 @@ impl<'s> SessionSink<'s> {
     }
 }
 
-/// The SSE response head (chunked on HTTP/1.1: without a length pingora
-/// would close-delimit the body and lose keep-alive).
+/// How a held stream's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delimit {
+    /// HTTP/2 frames its own body.
+    Frames,
+    /// HTTP/1.1: chunked (without a length pingora would close-delimit the
+    /// body and lose keep-alive).
+    Chunked,
+    /// HTTP/1.0 has no chunked encoding: the body ends with the connection.
+    Close,
+}
+
+impl Delimit {
+    pub(crate) fn of(session: &Session) -> Delimit {
+        if session.as_downstream().is_http2() {
+            return Delimit::Frames;
+        }
+        match session.req_header().version {
+            http::Version::HTTP_09 | http::Version::HTTP_10 => Delimit::Close,
+            _ => Delimit::Chunked,
+        }
+    }
+
+    fn apply(self, head: &mut ResponseHeader) -> pingora_error::Result<()> {
+        match self {
+            Delimit::Frames => Ok(()),
+            Delimit::Chunked => head.insert_header("transfer-encoding", "chunked"),
+            Delimit::Close => head.insert_header("connection", "close"),
+        }
+    }
+}
+
+/// The SSE response head with `extra` headers (CORS), without any body
+/// delimiting (as a HEAD answer is sent).
 pub(crate) fn sse_head(
-    is_h2: bool,
     extra: &[(http::HeaderName, http::HeaderValue)],
 ) -> pingora_error::Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(200, Some(4 + extra.len()))?;
@@ -64,26 +91,18 @@ pub(crate) fn sse_head(
     for (k, v) in extra {
         resp.append_header(k, v)?;
     }
-    if !is_h2 {
-        resp.insert_header("transfer-encoding", "chunked")?;
-    }
     Ok(resp)
 }
 
 impl Sink for SessionSink<'_> {
     async fn open(&mut self, sub: &Subscriber, head: Head<'_>, body: Bytes) -> io::Result<bool> {
-        let is_h2 = self.is_h2();
-        let head = match head {
-            Head::Sse(extra) => sse_head(is_h2, extra),
-            Head::Given(h) => {
-                let mut h = h.clone();
-                match is_h2 {
-                    true => Ok(h),
-                    false => h.insert_header("transfer-encoding", "chunked").map(|_| h),
-                }
-            }
-        }
-        .map_err(io::Error::other)?;
+        let mut head = match head {
+            Head::Sse(extra) => sse_head(extra).map_err(io::Error::other)?,
+            Head::Given(h) => h.clone(),
+        };
+        Delimit::of(self.session)
+            .apply(&mut head)
+            .map_err(io::Error::other)?;
         self.session
             .write_response_header(Box::new(head), false)
             .await

@@ -15,6 +15,10 @@
 //! - `streams`: admitting a stream (drain, limits) and running it.
 //! - `held`, `detach`: the two ways a stream's bytes reach a client
 //!   (held in pingora's session; a plain socket taken out of it).
+//! - `gate`, `listener`: a public connection reaches pingora once its
+//!   request head is in, within `limits.header_timeout` (plain text through
+//!   an accept loop of our own).
+//! - `canonical`: a public request's head made unambiguous before routing.
 //! - `webhook`: one webhook request, on whichever listener serves it.
 //! - `body`, `respond`: bounded request bodies, short whole responses.
 //! - `access`: the access log, request ids, spans of requests answered here.
@@ -22,11 +26,14 @@
 mod access;
 pub(crate) mod admin;
 pub(crate) mod body;
+mod canonical;
 mod cors;
 pub(crate) mod dashboard;
 mod detach;
+pub(crate) mod gate;
 mod grip;
 mod held;
+pub(crate) mod listener;
 pub(crate) mod public;
 mod record;
 pub(crate) mod refuse;

@@ -3,16 +3,17 @@
 //! hold the client, or passed through to an upstream pool by pingora.
 
 use super::access;
+use super::canonical;
 use super::cors;
 use super::grip::{self, HoldStart};
 use super::record;
 use super::refuse::{Refusal, Style};
 use super::streams;
-use super::upstream::{forwarded, host_of};
+use super::upstream::forwarded;
 use crate::gateway::{Action, Gateway, RouteEntry, Site, SseEntry};
 use crate::hub::{Resume, Subscriber};
 use crate::outbound::{Forwarded, Pool};
-use crate::routing::{host_only, Matched, Miss};
+use crate::routing::{Matched, Miss};
 use crate::shutdown::Active;
 use crate::stream::request::{self, Offer};
 use crate::stream::{self, Keep, Opening};
@@ -118,6 +119,15 @@ impl PublicProxy {
             Ok(w) => w,
             Err(e) => return self.refuse(session, e).await,
         };
+        if session.req_header().method == http::Method::HEAD {
+            // The head a GET would get, and nothing more: no subscription,
+            // no connection slot, no poller.
+            drop(values);
+            let extra = cors.map_or_else(Vec::new, |c| cors::headers(c, session.req_header()));
+            let head = super::held::sse_head(&extra)?;
+            session.write_response_header(Box::new(head), true).await?;
+            return Ok(true);
+        }
         // Counted before anything is awaited; released with the stream
         // however it ends.
         let lease = match &entry.poll {
@@ -248,6 +258,9 @@ impl PublicProxy {
         self.gw.metrics.streams_deferred.inc();
         let wait = retry.mul_f64(1.0 + 3.0 * rand::random::<f64>());
         let body = crate::wire::retry_only(wait.as_millis());
+        // Closed after: a deferred client's next try is a new connection,
+        // spread out like the streams (EventSource reconnects either way).
+        session.set_keepalive(None);
         super::respond::send(session, 200, crate::wire::SSE_HEADERS[0].1, body, &[]).await?;
         Ok(true)
     }
@@ -324,9 +337,15 @@ impl ProxyHttp for PublicProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let site = self.gw.site();
         if site.config.access_log {
+            // The request as the client sent it (before canonicalization).
             let client = forwarded(session, &site.config.trusted_proxies).client_ip();
             ctx.access = Some(access::Request::of(session, ctx.started, client));
         }
+        // Routed as the upstream will see it: one path, one host, one length.
+        let host = match canonical::canonicalize(session.req_header_mut()) {
+            Ok(h) => h,
+            Err(e) => return self.refuse(session, e).await,
+        };
         let req = session.req_header();
         let public_hook = crate::sources::webhook::find(
             &site.config.webhooks,
@@ -336,7 +355,6 @@ impl ProxyHttp for PublicProxy {
         if let Some(hook) = public_hook {
             return super::webhook::serve(&self.gw, hook, session).await;
         }
-        let host = host_of(req).map(host_only);
         let found = site
             .router
             .lookup(&req.method, host.as_deref(), req.uri.path());

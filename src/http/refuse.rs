@@ -4,6 +4,7 @@
 //! through `Refusal::send`, so each is counted and answered the same way.
 
 use super::body::BodyError;
+use super::canonical::CanonicalError;
 use super::respond;
 use crate::auth::AuthError;
 use crate::grip::InstructionError;
@@ -101,6 +102,12 @@ impl From<SubscribeError> for Refusal {
     }
 }
 
+impl From<CanonicalError> for Refusal {
+    fn from(e: CanonicalError) -> Refusal {
+        Refusal::new(400, "bad_request", e.to_string())
+    }
+}
+
 impl From<AuthError> for Refusal {
     fn from(e: AuthError) -> Refusal {
         match &e {
@@ -145,6 +152,7 @@ impl From<PollError> for Refusal {
         match e {
             PollError::Target(t) => t.into(),
             PollError::Collision => Refusal::new(503, "poll", e.to_string()),
+            PollError::Full(_) => Refusal::new(503, "poll_limit", e.to_string()),
         }
     }
 }

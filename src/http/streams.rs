@@ -13,7 +13,7 @@ use crate::auth::expiry::ExpiryGuard;
 use crate::gateway::Gateway;
 use crate::hub::Replay;
 use crate::stream::limits::ConnSlot;
-use crate::stream::socket::SocketSink;
+use crate::stream::socket::Framing;
 use crate::stream::{Counted, ExtraHeaders, Guards, Keep, Opening, Stream, Subscription};
 use pingora_proxy::Session;
 use std::time::Duration;
@@ -90,13 +90,15 @@ pub(super) async fn run(
         let client = forwarded(session, &gw.site().config.trusted_proxies).client_ip();
         tracing::debug!(route = label, client = ?client, "stream opened");
     }
-    if let Some(tcp) = detach::take_socket(session) {
-        if movable {
+    if let Some(sink) = detach::take_sink(session) {
+        // A close-delimited (HTTP/1.0) stream is not movable: a new process
+        // would write it chunked.
+        if movable && sink.framing() == Framing::Chunked {
             sub.set_movable();
         }
         // The stream's own future is the task: nothing wraps it, so an
         // idle stream costs what the size probe in `stream::socket` measures.
-        tokio::spawn(stream.run(SocketSink::new(tcp), r.replay, r.headers));
+        tokio::spawn(stream.run(sink, r.replay, r.headers));
         return;
     }
     let end = stream

@@ -12,14 +12,6 @@ use bytes::Bytes;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 
-/// The request's authority: the Host header, else the absolute URI's.
-pub(super) fn host_of(req: &RequestHeader) -> Option<&str> {
-    req.headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.host())
-}
-
 /// Who the client is: the peer, or what a trusted proxy says it saw.
 pub(crate) fn forwarded(session: &Session, trusted_proxies: &[ipnet::IpNet]) -> Forwarded {
     let req = session.req_header();
@@ -29,7 +21,7 @@ pub(crate) fn forwarded(session: &Session, trusted_proxies: &[ipnet::IpNet]) -> 
             .and_then(|a| a.as_inet())
             .map(|a| a.ip()),
         session.digest().is_some_and(|d| d.ssl_digest.is_some()),
-        host_of(req).map(str::to_string),
+        super::canonical::authority(req).map(str::to_string),
         &req.headers,
         trusted_proxies,
     )

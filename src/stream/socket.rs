@@ -18,28 +18,81 @@ use std::sync::LazyLock;
 use std::task::Poll;
 use tokio::net::TcpStream;
 
-/// `200` with the SSE headers, chunked, kept alive.
-static SSE_HEAD: LazyLock<Bytes> = LazyLock::new(|| {
+/// How a detached stream's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Framing {
+    /// HTTP/1.1: chunked, so the connection could outlive the stream.
+    #[default]
+    Chunked,
+    /// HTTP/1.0 has no chunked encoding: the body is every byte until the
+    /// connection closes (`connection: close`).
+    UntilClose,
+}
+
+impl Framing {
+    /// What ends the response head: the framing's headers and the blank line.
+    fn head_end(self) -> &'static [u8] {
+        match self {
+            Framing::Chunked => b"transfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n",
+            Framing::UntilClose => b"connection: close\r\n\r\n",
+        }
+    }
+}
+
+/// `200` with the SSE headers, then `framing`'s.
+fn sse_head(framing: Framing) -> Bytes {
     let mut out = BytesMut::from(&b"HTTP/1.1 200 OK\r\n"[..]);
     for (k, v) in wire::SSE_HEADERS {
         out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
     }
-    out.extend_from_slice(b"transfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n");
+    out.extend_from_slice(framing.head_end());
     out.freeze()
-});
+}
+
+static SSE_HEAD_CHUNKED: LazyLock<Bytes> = LazyLock::new(|| sse_head(Framing::Chunked));
+static SSE_HEAD_UNTIL_CLOSE: LazyLock<Bytes> = LazyLock::new(|| sse_head(Framing::UntilClose));
 
 /// The socket of one detached stream.
 #[derive(Debug)]
 pub(crate) struct SocketSink {
     tcp: TcpStream,
-    /// The unwritten rest of a write that was given up (boxed: it exists
-    /// only for a stream cut short, and every idle stream carries the field).
-    tail: Option<Box<Bytes>>,
+    /// None: chunked, nothing left unwritten — every idle stream carries
+    /// this field, so the rare rest is boxed.
+    rare: Option<Box<Rare>>,
+}
+
+/// What few detached streams need.
+#[derive(Debug, Default)]
+struct Rare {
+    framing: Framing,
+    /// The unwritten rest of a write that was given up.
+    tail: Bytes,
+}
+
+impl Framing {
+    /// What goes before and after `len` body bytes: a chunk's size line and
+    /// end, or nothing.
+    fn around(self, len: usize, size: &mut [u8; 18]) -> (&[u8], &'static [u8]) {
+        match self {
+            Framing::Chunked => (chunk_head(len, size), b"\r\n"),
+            Framing::UntilClose => (b"", b""),
+        }
+    }
 }
 
 impl SocketSink {
-    pub(crate) fn new(tcp: TcpStream) -> SocketSink {
-        SocketSink { tcp, tail: None }
+    pub(crate) fn new(tcp: TcpStream, framing: Framing) -> SocketSink {
+        let rare = (framing != Framing::Chunked).then(|| {
+            Box::new(Rare {
+                framing,
+                ..Rare::default()
+            })
+        });
+        SocketSink { tcp, rare }
+    }
+
+    pub(crate) fn framing(&self) -> Framing {
+        self.rare.as_ref().map_or(Framing::Chunked, |r| r.framing)
     }
 
     /// Write all of `parts`, keeping the rest if the write is given up.
@@ -53,7 +106,7 @@ impl SocketSink {
         match sent {
             Sent::All => true,
             Sent::Cut(done) => {
-                self.tail = Some(Box::new(rest(parts, done)));
+                self.rare.get_or_insert_default().tail = rest(parts, done);
                 false
             }
         }
@@ -77,14 +130,19 @@ fn rest(parts: &[&[u8]], mut done: usize) -> Bytes {
 impl Sink for SocketSink {
     async fn open(&mut self, sub: &Subscriber, head: Head<'_>, body: Bytes) -> io::Result<bool> {
         let built;
+        let framing = self.framing();
+        let base: &Bytes = match framing {
+            Framing::Chunked => &SSE_HEAD_CHUNKED,
+            Framing::UntilClose => &SSE_HEAD_UNTIL_CLOSE,
+        };
         let head: &[u8] = match head {
-            Head::Sse([]) => &SSE_HEAD,
+            Head::Sse([]) => base,
             Head::Sse(extra) => {
-                built = sse_head_with(extra);
+                built = sse_head_with(base, extra);
                 &built
             }
             Head::Given(h) => {
-                built = h1_head(h);
+                built = h1_head(h, framing);
                 &built
             }
         };
@@ -93,8 +151,8 @@ impl Sink for SocketSink {
             return self.send(sub, &[head]).await;
         }
         let mut size = [0u8; 18];
-        let size = chunk_head(body.len(), &mut size);
-        self.send(sub, &[head, size, &body, b"\r\n"]).await
+        let (before, after) = self.framing().around(body.len(), &mut size);
+        self.send(sub, &[head, before, &body, after]).await
     }
 
     async fn resume(&mut self, sub: &Subscriber, tail: Bytes, body: Bytes) -> io::Result<bool> {
@@ -102,8 +160,8 @@ impl Sink for SocketSink {
             return self.send(sub, &[&tail]).await;
         }
         let mut size = [0u8; 18];
-        let size = chunk_head(body.len(), &mut size);
-        self.send(sub, &[&tail, size, &body, b"\r\n"]).await
+        let (before, after) = self.framing().around(body.len(), &mut size);
+        self.send(sub, &[&tail, before, &body, after]).await
     }
 
     async fn write(&mut self, sub: &Subscriber, bytes: &Bytes) -> io::Result<bool> {
@@ -112,9 +170,11 @@ impl Sink for SocketSink {
             return Ok(true);
         }
         let mut size = [0u8; 18];
-        let size = chunk_head(bytes.len(), &mut size);
         // `send` inlined: this is the write every idle stream's future has room for.
-        let parts: [&[u8]; 3] = [size, bytes, b"\r\n"];
+        let parts: [&[u8]; 3] = {
+            let (before, after) = self.framing().around(bytes.len(), &mut size);
+            [before, bytes, after]
+        };
         let sent = send(&self.tcp, sub, &parts).await?;
         Ok(self.keep_rest(sent, &parts))
     }
@@ -147,24 +207,28 @@ impl Sink for SocketSink {
         let Some(last) = last else {
             return;
         };
-        if last.is_empty() {
-            let _ = self.send(sub, &[b"0\r\n\r\n"]).await;
-            return;
-        }
+        // Until-close: dropping the socket ends the body.
+        let end: &[u8] = match self.framing() {
+            Framing::Chunked => b"0\r\n\r\n",
+            Framing::UntilClose => b"",
+        };
         let mut size = [0u8; 18];
-        let size = chunk_head(last.len(), &mut size);
-        let _ = self.send(sub, &[size, &last, b"\r\n0\r\n\r\n"]).await;
+        let (before, after) = match last.is_empty() {
+            true => (&b""[..], &b""[..]),
+            false => self.framing().around(last.len(), &mut size),
+        };
+        let _ = self.send(sub, &[before, &last, after, end]).await;
     }
 
     fn surrender(self) -> Option<(TcpStream, Bytes)> {
-        Some((self.tcp, self.tail.map(|t| *t).unwrap_or_default()))
+        Some((self.tcp, self.rare.map(|r| r.tail).unwrap_or_default()))
     }
 }
 
-/// `SSE_HEAD` with `extra` headers before its blank line.
-fn sse_head_with(extra: &[(http::HeaderName, http::HeaderValue)]) -> Bytes {
-    let head = &SSE_HEAD[..SSE_HEAD.len() - 2];
-    let mut out = BytesMut::with_capacity(SSE_HEAD.len() + 64 * extra.len());
+/// An SSE head (`base`) with `extra` headers before its blank line.
+fn sse_head_with(base: &Bytes, extra: &[(http::HeaderName, http::HeaderValue)]) -> Bytes {
+    let head = &base[..base.len() - 2];
+    let mut out = BytesMut::with_capacity(base.len() + 64 * extra.len());
     out.extend_from_slice(head);
     header_lines(&mut out, extra.iter().map(|(k, v)| (k, v)));
     out.extend_from_slice(b"\r\n");
@@ -185,9 +249,9 @@ fn header_lines<'h>(
 }
 
 /// A stream's own response head (a GRIP hold's, a recorded reply's) as
-/// HTTP/1.1 bytes: its status and headers, chunked because the stream has
-/// no end we know of.
-fn h1_head(head: &pingora_http::ResponseHeader) -> Bytes {
+/// HTTP/1.1 bytes: its status and headers, then `framing`'s (the stream
+/// has no end we know of).
+fn h1_head(head: &pingora_http::ResponseHeader, framing: Framing) -> Bytes {
     let status = head.status;
     let mut out = BytesMut::with_capacity(256);
     out.extend_from_slice(
@@ -199,7 +263,10 @@ fn h1_head(head: &pingora_http::ResponseHeader) -> Bytes {
         .as_bytes(),
     );
     header_lines(&mut out, head.headers.iter());
-    out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+    out.extend_from_slice(match framing {
+        Framing::Chunked => b"transfer-encoding: chunked\r\n\r\n",
+        Framing::UntilClose => framing.head_end(),
+    });
     out.freeze()
 }
 
@@ -236,7 +303,8 @@ fn chunk_head(len: usize, buf: &mut [u8; 18]) -> &[u8] {
     &buf[..n + 2]
 }
 
-/// Slices at most per write: a chunk head, two parts and the chunk's end.
+/// Slices at most per write: a response head, a chunk head, the bytes and
+/// the chunk's end.
 const MAX_PARTS: usize = 4;
 
 /// Write as much of `parts` as the socket takes now; the number of bytes
@@ -364,7 +432,11 @@ mod tests {
             handoff: Default::default(),
             report: None,
         };
-        let fut = stream.run(SocketSink::new(tcp), Replay::default(), Vec::new());
+        let fut = stream.run(
+            SocketSink::new(tcp, Framing::Chunked),
+            Replay::default(),
+            Vec::new(),
+        );
         let size = std::mem::size_of_val(&fut);
         println!("idle detached stream future: {size} bytes");
         assert!(

@@ -22,14 +22,17 @@
 //! from another.
 
 mod pidfile;
+mod reexec;
+pub(crate) mod systemd;
 pub(crate) mod wire;
 
 pub(crate) use pidfile::{signal_running, write as write_pid};
+pub(crate) use reexec::Reexec;
 
 use crate::gateway::{Action, Gateway};
 use crate::hub::{Delivery, HubState, Resume};
 use crate::stream::handoff::{self, Frozen, Handed};
-use crate::stream::socket::SocketSink;
+use crate::stream::socket::{Framing, SocketSink};
 use crate::stream::{Counted, Guards, Stream, Subscription};
 use async_trait::async_trait;
 use pingora_core::server::{ExecutionPhase, ShutdownWatch};
@@ -503,7 +506,7 @@ impl Adopter {
             keeps_route,
             task: Box::pin(handoff::adopt(
                 stream,
-                SocketSink::new(tcp),
+                SocketSink::new(tcp, Framing::Chunked),
                 rec.tail,
                 rec.last_seq,
                 queued,

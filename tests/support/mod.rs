@@ -554,6 +554,18 @@ impl Raw {
         }
     }
 
+    /// The server closes the connection within `timeout` (whatever else it sends).
+    pub fn closes_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut chunk = [0u8; 65536];
+        while Instant::now() < deadline {
+            if !self.read_some(&mut chunk, "the close") {
+                return true;
+            }
+        }
+        false
+    }
+
     /// One read into `buf`; false at EOF. A read timeout is no error.
     fn read_some(&mut self, chunk: &mut [u8], what: &str) -> bool {
         match self.stream.read(chunk) {

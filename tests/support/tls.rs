@@ -91,13 +91,22 @@ impl TestCa {
         &self,
         port: u16,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        self.connect_alpn(port, &[b"h2"]).await
+    }
+
+    /// A TLS connection to 127.0.0.1:port offering `alpn` (none: HTTP/1).
+    pub async fn connect_alpn(
+        &self,
+        port: u16,
+        alpn: &[&[u8]],
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(self.roots())
             .with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
         let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
         tokio_rustls::TlsConnector::from(Arc::new(config))

@@ -11,10 +11,12 @@
 //! Changes go through the hub like any other event (so history and resume
 //! apply); the snapshot goes straight to each new client, encoded once.
 
+mod caps;
 mod fetch;
 mod status;
 pub(crate) mod target;
 
+pub(crate) use caps::Cap;
 pub(crate) use target::{resolve as target, Target, TargetError};
 
 use crate::config::{Poll, PollDiff};
@@ -30,6 +32,7 @@ use futures_util::future::BoxFuture;
 use rand::Rng;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -55,6 +58,8 @@ pub enum PollError {
     /// hashes do not collide in practice — but refusing beats showing one
     /// client another's data).
     Collision,
+    /// A new poller would exceed a cap, and every running one has subscribers.
+    Full(Cap),
 }
 
 impl fmt::Display for PollError {
@@ -62,6 +67,7 @@ impl fmt::Display for PollError {
         match self {
             PollError::Target(e) => e.fmt(f),
             PollError::Collision => f.write_str("poll key collision"),
+            PollError::Full(cap) => cap.fmt(f),
         }
     }
 }
@@ -127,6 +133,8 @@ struct Shared {
 struct Entry {
     target: Arc<Target>,
     subscribers: usize,
+    /// When the poller started: how long it served decides its linger.
+    started: Instant,
     idle_since: Option<Instant>,
     shared: Arc<Shared>,
 }
@@ -140,6 +148,8 @@ pub struct Pollers {
     client: Arc<Client>,
     /// A span per poll cycle, when tracing is on.
     telemetry: Option<Arc<Tracing>>,
+    /// `limits.max_pollers` (0 = unlimited), as reloaded.
+    max_total: AtomicUsize,
 }
 
 impl std::fmt::Debug for Pollers {
@@ -215,6 +225,7 @@ impl Pollers {
         metrics: Arc<Metrics>,
         client: Arc<Client>,
         telemetry: Option<Arc<Tracing>>,
+        max_total: usize,
     ) -> Arc<Pollers> {
         Arc::new(Pollers {
             entries: Mutex::new(HashMap::new()),
@@ -222,7 +233,13 @@ impl Pollers {
             metrics,
             client,
             telemetry,
+            max_total: AtomicUsize::new(max_total),
         })
+    }
+
+    /// A new `limits.max_pollers` (a reload); running pollers go on.
+    pub fn set_max(&self, max_total: usize) {
+        self.max_total.store(max_total, Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
@@ -253,6 +270,12 @@ impl Pollers {
                 shared: e.shared.clone(),
             });
         }
+        caps::make_room(
+            &mut entries,
+            self.max_total.load(Ordering::Relaxed),
+            target.route,
+            route.poll.max_pollers,
+        )?;
         let shared = Arc::new(Shared {
             pollers: self.clone(),
             label: route.label.clone(),
@@ -267,6 +290,7 @@ impl Pollers {
             Entry {
                 target: target.clone(),
                 subscribers: 1,
+                started: Instant::now(),
                 idle_since: None,
                 shared: shared.clone(),
             },
@@ -330,7 +354,7 @@ impl Poller {
             if !self.lead(poll).await {
                 self.shared.polled(status::State::Following, 0);
                 first = false;
-                if !self.wait(started + poll.interval, poll.linger).await {
+                if !self.wait(started + poll.interval, poll).await {
                     return;
                 }
                 continue;
@@ -370,7 +394,7 @@ impl Poller {
                 self.shared.snapshot.send_replace(Snapshot::Missing);
             }
             first = false;
-            if !self.wait(started + delay, poll.linger).await {
+            if !self.wait(started + delay, poll).await {
                 tracing::debug!(route = label, channel = %self.target.channel, "poller stopped: no subscriber");
                 return;
             }
@@ -378,9 +402,10 @@ impl Poller {
     }
 
     /// Sleep until `due`; false when the poller should stop because nobody
-    /// listened for `linger` (the entry is removed under the lock, so a new
-    /// subscriber either kept it alive or starts a new poller).
-    async fn wait(&self, due: Instant, linger: Duration) -> bool {
+    /// listened for its linger (the entry is removed under the lock, so a
+    /// new subscriber either kept it alive or starts a new poller), or a cap
+    /// made another poller take its place.
+    async fn wait(&self, due: Instant, poll: &Poll) -> bool {
         loop {
             let stop_at = {
                 let mut entries = self.pollers.lock();
@@ -390,6 +415,7 @@ impl Poller {
                 else {
                     return false;
                 };
+                let linger = e.linger(poll.linger, poll.interval);
                 match e.idle_since {
                     Some(since) if since + linger <= Instant::now() => {
                         entries.remove(&self.target.channel);

@@ -1,11 +1,17 @@
-//! Pollers: one per key, linger, backoff (on tokio's paused clock).
+//! The registry's life cycle on tokio's paused clock: a crowd shares one
+//! poller, linger, caps, backoff.
+
 use super::*;
 use crate::config::{PollEvents, PollScope, Upstream};
 use crate::hub::memory::MemoryBroker;
 use crate::template::Template;
 
 fn poll_route(port: u16) -> Arc<PollRoute> {
-    let poll = Poll {
+    poll_route_with(port, |_| {})
+}
+
+fn poll_route_with(port: u16, change: impl FnOnce(&mut Poll)) -> Arc<PollRoute> {
+    let mut poll = Poll {
         upstream: "app".into(),
         path: Template::parse("/p").unwrap(),
         catch_all: None,
@@ -22,7 +28,9 @@ fn poll_route(port: u16) -> Arc<PollRoute> {
         forward_headers: vec![],
         initial: true,
         error_event: None,
+        max_pollers: None,
     };
+    change(&mut poll);
     let pool = Pool::new(Upstream {
         connect_timeout: Duration::from_secs(1),
         read_timeout: Duration::from_secs(1),
@@ -47,6 +55,10 @@ fn closed_port() -> u16 {
 }
 
 fn pollers() -> (Arc<Pollers>, Arc<Metrics>) {
+    pollers_capped(0)
+}
+
+fn pollers_capped(max_total: usize) -> (Arc<Pollers>, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
     let hub = Arc::new(MemoryBroker::new(
         10,
@@ -54,7 +66,13 @@ fn pollers() -> (Arc<Pollers>, Arc<Metrics>) {
         metrics.clone(),
     ));
     (
-        Pollers::new(hub, metrics.clone(), Arc::new(Client::new()), None),
+        Pollers::new(
+            hub,
+            metrics.clone(),
+            Arc::new(Client::new()),
+            None,
+            max_total,
+        ),
         metrics,
     )
 }
@@ -81,6 +99,8 @@ async fn a_crowd_starts_one_poller_that_stops_after_linger() {
     assert!(leases.iter().all(|l| l.channel() == leases[0].channel()));
     // The first poll fails: a waiting subscriber gets no snapshot, and does not hang.
     assert!(leases[0].snapshot(Duration::from_secs(5)).await.is_none());
+    // Subscribed for longer than `linger`: the whole linger is earned.
+    tokio::time::sleep(Duration::from_millis(150)).await;
     drop(leases);
     tokio::time::sleep(Duration::from_millis(60)).await;
     assert_eq!(pollers.active(), 1, "lingers");
@@ -89,6 +109,67 @@ async fn a_crowd_starts_one_poller_that_stops_after_linger() {
     tokio::task::yield_now().await;
     assert_eq!(metrics.pollers.get(), 0);
     assert!(metrics.poll_errors.with_label_values(&["/p"]).get() >= 1);
+}
+
+/// The target of a route whose poll path is `/p/{query.k}`.
+fn keyed(route: &PollRoute, k: &str) -> Target {
+    let headers = http::HeaderMap::new();
+    let query = format!("k={k}");
+    target(
+        &crate::values::RequestValues::new(&[], Some(&query), &headers),
+        0,
+        &route.poll,
+    )
+    .unwrap()
+}
+
+fn keyed_route(change: impl FnOnce(&mut Poll)) -> Arc<PollRoute> {
+    poll_route_with(closed_port(), |p| {
+        p.path = Template::parse("/p/{query.k}").unwrap();
+        change(p);
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscriber_that_leaves_at_once_does_not_buy_the_whole_linger() {
+    let route = poll_route_with(closed_port(), |p| p.linger = Duration::from_secs(30));
+    let (pollers, _) = pollers();
+    drop(pollers.acquire(target_of(&route), &route).unwrap());
+    let left = Instant::now();
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    assert_eq!(pollers.active(), 1, "lingers one interval (50ms)");
+    while pollers.active() > 0 {
+        assert!(left.elapsed() < Duration::from_secs(1), "lingers on");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn over_a_cap_a_lingering_poller_makes_room_else_a_new_one_is_refused() {
+    let route = keyed_route(|_| {});
+    let (pollers, _) = pollers_capped(2);
+    let a = pollers.acquire(keyed(&route, "a"), &route).unwrap();
+    let b = pollers.acquire(keyed(&route, "b"), &route).unwrap();
+    assert_eq!(
+        pollers.acquire(keyed(&route, "c"), &route).unwrap_err(),
+        PollError::Full(Cap::Total(2))
+    );
+    // Joining a running poller is never refused.
+    let _b2 = pollers.acquire(keyed(&route, "b"), &route).unwrap();
+    drop(a);
+    let c = pollers.acquire(keyed(&route, "c"), &route).unwrap();
+    assert_eq!(pollers.active(), 2);
+    let channels: Vec<String> = pollers.lock().keys().cloned().collect();
+    assert!(channels.contains(&c.channel().to_string()));
+    assert!(channels.contains(&b.channel().to_string()));
+
+    let capped = keyed_route(|p| p.max_pollers = Some(1));
+    let (pollers, _) = pollers_capped(0);
+    let _x = pollers.acquire(keyed(&capped, "x"), &capped).unwrap();
+    assert_eq!(
+        pollers.acquire(keyed(&capped, "y"), &capped).unwrap_err(),
+        PollError::Full(Cap::Route(1))
+    );
 }
 
 #[tokio::test(start_paused = true)]
