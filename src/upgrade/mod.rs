@@ -26,7 +26,7 @@ mod reexec;
 pub(crate) mod systemd;
 pub(crate) mod wire;
 
-pub(crate) use pidfile::{signal_running, write as write_pid};
+pub(crate) use pidfile::{signal_when_listening, write as write_pid};
 pub(crate) use reexec::Reexec;
 
 use crate::gateway::{Action, Gateway};
