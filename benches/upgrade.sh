@@ -38,7 +38,7 @@ conf="$BENCH_TMP/run-ssegate.yaml"
 for run in $(seq "$RUNS"); do
   for mode in steady upgrade; do
     rm -f "$BENCH_TMP/new.pid"
-    start_ssegate benches/conf/ssegate.yaml || exit 1
+    SSEGATE_RUST_LOG=info,pingora_core=warn,pingora_proxy=warn start_ssegate benches/conf/ssegate.yaml || exit 1
     [ "$mode" = upgrade ] && upgrade_when_publishing "$conf" &
     watcher=$!
     out=$("$LOADGEN" fanout --sse-url 'http://127.0.0.1:8080/events/{ch}' \
@@ -48,8 +48,12 @@ for run in $(seq "$RUNS"); do
     if [ "$mode" = upgrade ]; then
       NEW_PID=$(cat "$BENCH_TMP/new.pid" 2>/dev/null)
       wait "$SSEGATE_PID"; old_exit=$?
-      adopted=$(grep -o 'streams adopted.*' "$BENCH_TMP/upgraded.log" | head -1)
-      echo "ssegate $mode $run {\"old_exit\":\"$old_exit\",\"log\":\"${adopted//\"/}\"} $out"
+      # The handoff window: the old process sealed its hub and froze its
+      # streams (no write after this) until the new one has adopted them all.
+      frozen=$(grep -m1 'hub sealed' "$BENCH_TMP/ssegate.log" | cut -d' ' -f1)
+      adopted=$(grep -m1 'streams adopted' "$BENCH_TMP/upgraded.log")
+      window=$(python3 -c 'import sys,datetime as d; f=lambda s: d.datetime.fromisoformat(s.rstrip("Z")); print(round((f(sys.argv[2])-f(sys.argv[1])).total_seconds()*1000,1))' "$frozen" "${adopted%% *}" 2>/dev/null || echo null)
+      echo "ssegate $mode $run {\"old_exit\":\"$old_exit\",\"sealed_to_adopted_ms\":$window,\"adopted\":\"$(grep -o 'streams=[0-9]*' <<<"$adopted")\"} $out"
       stop_pid "$NEW_PID"; NEW_PID=""; SSEGATE_PID=""
     else
       echo "ssegate $mode $run {} $out"

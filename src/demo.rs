@@ -8,7 +8,7 @@ use crate::app::{self, StartError};
 use crate::config::{load_str, ConfigErrors};
 use crate::gateway::Gateway;
 use crate::http::{body, respond};
-use crate::hub::{Event, Payload};
+use crate::hub::{Event, Payload, Source};
 use async_trait::async_trait;
 use http::Method;
 use pingora_core::server::{Server, ShutdownWatch};
@@ -114,14 +114,15 @@ async fn publish(
     data: String,
 ) -> Result<crate::hub::PublishReport, crate::hub::BrokerError> {
     gw.hub
-        .publish(vec![Event {
-            channel: "room:demo".into(),
-            dedupe_id: None,
-            payload: Payload::Message {
+        .publish(vec![Event::new(
+            "room:demo".into(),
+            None,
+            Payload::Message {
                 event: Some(event.into()),
                 data,
             },
-        }])
+            Source::Publish,
+        )])
         .await
 }
 

@@ -5,6 +5,7 @@
 //! plain socket, an HTTP/2 stream's send half, a TLS HTTP/1.1 connection
 //! from our front), held in its session otherwise.
 
+use super::access;
 use super::held::{sse_head, SessionSink};
 use super::refuse::Refusal;
 use super::upstream::forwarded;
@@ -50,8 +51,16 @@ pub(super) struct Ready {
     pub headers: ExtraHeaders,
 }
 
-/// Run the stream to its end, counted under the route's `label`.
-pub(super) async fn run(gw: &Gateway, session: &mut Session, label: &str, r: Ready) {
+/// Run the stream to its end, counted under the route's `label`. With the
+/// access log on, `access` is its request's line: the stream writes it
+/// when it ends.
+pub(super) async fn run(
+    gw: &Gateway,
+    session: &mut Session,
+    label: &str,
+    r: Ready,
+    access: Option<access::Request>,
+) {
     let streams = &gw.streams;
     let sub = r.subscription.sub.clone();
     // A plain SSE stream can move to a new process in a live upgrade; GRIP
@@ -76,6 +85,7 @@ pub(super) async fn run(gw: &Gateway, session: &mut Session, label: &str, r: Rea
             keep: r.keep,
             expiry: r.expiry,
         },
+        report: access.map(|req| access::stream_report(req, label, r.opening.as_deref())),
         opening: r.opening,
         handoff: streams.handoff.clone(),
     };

@@ -168,11 +168,11 @@ impl History {
         for e in self.index.range(start..) {
             let frame = self.frame_at(offset, e.len());
             offset += e.len();
+            // Replayed frames go out in the opening, not counted by source.
             out.push(Delivery {
                 seq: e.seq,
-                frame,
-                published: std::time::Instant::now(),
                 grip_only: e.len_flags & GRIP_ONLY != 0,
+                ..Delivery::uncounted(frame)
             });
         }
     }

@@ -36,6 +36,7 @@ pub struct MemoryBroker {
     /// The history's clock starts here (`clock`).
     born: Instant,
     metrics: Arc<Metrics>,
+    tail: super::Tail,
 }
 
 #[derive(Debug, Default)]
@@ -53,6 +54,8 @@ struct Channel {
     history: History,
     /// Highest cursor evicted from this channel's history.
     evicted: u64,
+    /// When its last event was published, on the broker's `clock` (0: never).
+    last: u32,
 }
 
 impl Channel {
@@ -87,6 +90,7 @@ impl MemoryBroker {
             history_ttl,
             born: Instant::now(),
             metrics,
+            tail: super::Tail::default(),
         }
     }
 
@@ -202,6 +206,7 @@ impl Broker for MemoryBroker {
         let mut report = PublishReport::default();
         let now = self.clock();
         let published = std::time::Instant::now();
+        let mut recent = self.tail.is_watched().then(Vec::new);
         let mut guard = self.lock();
         let st = &mut *guard;
         for ev in events {
@@ -243,9 +248,15 @@ impl Broker for MemoryBroker {
                 seq,
                 frame: bytes,
                 published,
+                ingest_us: super::ingest_us(ev.received, published),
+                source: ev.source,
                 grip_only,
             };
             offer_all(ch.subs.values(), &delivery, &self.metrics);
+            ch.last = now.max(1);
+            if let Some(r) = &mut recent {
+                r.push(super::tail::entry(&ev, cursor));
+            }
             if self.history_size > 0 {
                 ch.history.push(
                     seq,
@@ -262,6 +273,9 @@ impl Broker for MemoryBroker {
             report.published += 1;
         }
         drop(guard);
+        if let Some(r) = recent {
+            self.tail.record(r);
+        }
         self.metrics.published.inc_by(report.published as u64);
         self.metrics.duplicates.inc_by(report.duplicates as u64);
         Ok(report)
@@ -314,6 +328,26 @@ impl Broker for MemoryBroker {
             t.tick().await;
             self.sweep();
         }
+    }
+
+    fn busiest(&self, n: usize) -> Vec<super::ChannelStat> {
+        let now = self.clock();
+        let st = self.lock();
+        let kept = super::top(st.channels.iter(), n, |(_, ch)| {
+            (ch.subs.len(), ch.history.len())
+        });
+        kept.into_iter()
+            .map(|(name, ch)| super::ChannelStat {
+                name: name.to_string(),
+                subscribers: ch.subs.len(),
+                history: Some(ch.history.len()),
+                idle_ms: (ch.last != 0).then(|| u64::from(now.wrapping_sub(ch.last))),
+            })
+            .collect()
+    }
+
+    fn tail(&self) -> Option<&super::Tail> {
+        Some(&self.tail)
     }
 
     fn cursor(&self, seq: u64) -> String {
@@ -406,14 +440,15 @@ mod tests {
     }
 
     fn msg(ch: &str, data: &str, id: Option<&str>) -> Event {
-        Event {
-            channel: ch.into(),
-            dedupe_id: id.map(String::from),
-            payload: Payload::Message {
+        Event::new(
+            ch.into(),
+            id.map(String::from),
+            Payload::Message {
                 event: None,
                 data: data.into(),
             },
-        }
+            super::super::Source::Publish,
+        )
     }
 
     fn drained(s: &Subscriber) -> Vec<String> {
@@ -499,6 +534,38 @@ mod tests {
         assert!(r.reset.is_some());
         let r = b.replay(&["a".into()], &b.cursor(4));
         assert!(r.reset.is_none() && r.frames.len() == 1);
+    }
+
+    #[tokio::test]
+    async fn busiest_channels_come_first_and_the_tail_records_while_watched() {
+        let b = broker(10);
+        let subs: Vec<_> = (0..3).map(|i| Arc::new(Subscriber::new(i, 8))).collect();
+        b.subscribe(&subs[0], &["quiet".into()], &Resume::Live)
+            .await
+            .unwrap();
+        for s in &subs {
+            b.subscribe(s, &["busy".into()], &Resume::Live)
+                .await
+                .unwrap();
+        }
+        b.publish(vec![msg("busy", "1", None)]).await.unwrap();
+        b.tail.watch(true);
+        b.publish(vec![msg("history-only", "1", None), msg("busy", "2", None)])
+            .await
+            .unwrap();
+        let top = b.busiest(2);
+        let names: Vec<&str> = top.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["busy", "quiet"]);
+        assert_eq!((top[0].subscribers, top[0].history), (3, Some(2)));
+        assert!(top[0].idle_ms.is_some() && top[1].idle_ms.is_none());
+        let tail = b.tail.recent();
+        let channels: Vec<&str> = tail.iter().map(|r| r.channel.as_str()).collect();
+        assert_eq!(
+            channels,
+            ["busy", "history-only"],
+            "newest first, only while watched"
+        );
+        assert_eq!(tail[0].source, "publish");
     }
 
     #[tokio::test]

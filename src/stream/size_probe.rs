@@ -39,6 +39,7 @@ pub(super) fn idle_stream() -> Stream {
         },
         opening: None,
         handoff: Default::default(),
+        report: None,
     }
 }
 

@@ -1,8 +1,10 @@
-//! A headless Chromium for browser tests: found on the PATH (or
-//! `SSEGATE_CHROMIUM`), started on a page, killed when dropped.
+//! Headless Chromium for the browser tests: where the binary is, and one
+//! browser process on a fresh profile, killed on drop (its helper processes
+//! exit with it). Install with `apt-get install -y chromium`.
 
 use std::process::{Child, Command, Stdio};
 
+/// `SSEGATE_CHROMIUM`, else the first of the usual names on the PATH.
 pub fn chromium() -> Option<String> {
     if let Ok(p) = std::env::var("SSEGATE_CHROMIUM") {
         return Some(p);
@@ -17,11 +19,26 @@ pub fn chromium() -> Option<String> {
         })
 }
 
+/// The browser to test with; None (after saying so) when none is installed
+/// on a developer's machine. Under `scripts/test` (`SSEGATE_REQUIRE_CHROMIUM`)
+/// or in CI a missing browser fails the test.
+pub fn chromium_or_skip() -> Option<String> {
+    let found = chromium();
+    if found.is_none() {
+        assert!(
+            std::env::var_os("SSEGATE_REQUIRE_CHROMIUM").is_none(),
+            "chromium is missing and SSEGATE_REQUIRE_CHROMIUM is set (apt-get install -y chromium)"
+        );
+        super::missing_tool("chromium", "apt-get install -y chromium");
+    }
+    found
+}
+
 /// The browser, killed on drop; its helper processes (zygote, renderers,
 /// crashpad) exit by themselves once the browser process is gone.
 pub struct Browser {
     child: Child,
-    _profile: tempfile::TempDir,
+    pub profile: tempfile::TempDir,
 }
 
 impl Drop for Browser {
@@ -31,7 +48,8 @@ impl Drop for Browser {
     }
 }
 
-pub fn launch(bin: &str, url: &str) -> Browser {
+/// Open `url` in a headless browser, with `extra` flags.
+pub fn launch(bin: &str, url: &str, extra: &[&str]) -> Browser {
     let profile = tempfile::tempdir().unwrap();
     let child = Command::new(bin)
         .args([
@@ -45,6 +63,7 @@ pub fn launch(bin: &str, url: &str) -> Browser {
             "--no-first-run",
             "--disable-dev-shm-usage",
         ])
+        .args(extra)
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(url)
         .stdin(Stdio::null())
@@ -52,8 +71,5 @@ pub fn launch(bin: &str, url: &str) -> Browser {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    Browser {
-        child,
-        _profile: profile,
-    }
+    Browser { child, profile }
 }
