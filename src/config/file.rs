@@ -2,10 +2,11 @@
 //! is an error, not a silently ignored setting; values stay as written
 //! (durations and sizes are strings) and are checked once in `validate`.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
@@ -31,14 +32,14 @@ pub struct FileConfig {
 }
 
 /// Gateway-wide GRIP settings.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GripFile {
     /// Names the env var holding the key that signs `Grip-Sig`.
     pub key_env: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFile {
     pub cert: String,
@@ -47,21 +48,21 @@ pub struct TlsFile {
 
 /// HTTP/2 on the public listener. With `tls:` it is negotiated by ALPN;
 /// `h2c: true` accepts it in plain text (prior knowledge) instead.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Http2File {
     pub h2c: Option<bool>,
     pub max_concurrent_streams: Option<u32>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminFile {
     pub listen: Option<String>,
     pub token_env: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HubFile {
     pub broker: Option<String>,
@@ -69,7 +70,7 @@ pub struct HubFile {
     pub history: Option<HistoryFile>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisFile {
     pub url: Option<String>,
@@ -79,7 +80,7 @@ pub struct RedisFile {
     pub prefix: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryFile {
     pub size: Option<usize>,
@@ -87,7 +88,7 @@ pub struct HistoryFile {
 }
 
 /// `sse:` at the top level (defaults) and the timing part of a route's `sse:`.
-#[derive(Debug, Default, Deserialize, Serialize, Clone)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct SseFile {
     pub heartbeat: Option<String>,
@@ -97,7 +98,7 @@ pub struct SseFile {
 }
 
 /// `cors:` of `sse` (defaults, and GRIP holds) or of one sse route.
-#[derive(Debug, Default, Deserialize, Serialize, Clone)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct CorsFile {
     #[serde(default)]
@@ -106,7 +107,7 @@ pub struct CorsFile {
     pub max_age: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsFile {
     pub max_connections: Option<usize>,
@@ -119,14 +120,14 @@ pub struct LimitsFile {
 }
 
 /// `limits.stream_rate`: new SSE streams admitted per second (token bucket).
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamRateFile {
     pub per_second: f64,
     pub burst: Option<f64>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
     pub servers: Vec<String>,
@@ -141,14 +142,14 @@ pub struct UpstreamFile {
 }
 
 /// `tls: true | false | { … }` of an upstream.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum UpstreamTlsFile {
     Enabled(bool),
     Options(UpstreamTlsOptions),
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsOptions {
     pub sni: Option<String>,
@@ -184,7 +185,7 @@ impl<'de> Deserialize<'de> for UpstreamTlsFile {
     }
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteFile {
     pub path: String,
@@ -200,7 +201,7 @@ pub struct RouteFile {
 }
 
 /// `record:` on a proxy route: the backend's SSE replies are kept for resume.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecordFile {
     pub ttl: Option<String>,
@@ -209,7 +210,7 @@ pub struct RecordFile {
     pub credentials: Option<Vec<String>>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SseRouteFile {
     #[serde(default)]
@@ -224,14 +225,14 @@ pub struct SseRouteFile {
     pub poll: Option<PollFile>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthFile {
     pub forward: Option<ForwardAuthFile>,
     pub jwt: Option<JwtFile>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardAuthFile {
     pub upstream: String,
@@ -241,7 +242,7 @@ pub struct ForwardAuthFile {
     pub cache_ttl: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwtFile {
     pub secret_env: Option<String>,
@@ -261,7 +262,7 @@ pub struct JwtFile {
     pub channels_claim: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PollFile {
     pub upstream: String,
@@ -286,7 +287,7 @@ pub struct PollFile {
 }
 
 /// Event names of `diff: json-items`.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PollEventsFile {
     pub created: Option<String>,
@@ -294,7 +295,7 @@ pub struct PollEventsFile {
     pub deleted: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookFile {
     pub path: String,
@@ -310,7 +311,7 @@ pub struct WebhookFile {
 }
 
 /// `channel: "a:{/x}"` or `channel: ["a:{/x}", "all"]`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum ChannelsFile {
     One(String),
@@ -327,7 +328,7 @@ impl ChannelsFile {
 }
 
 /// Exactly one scheme must be given; `load` checks that.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyFile {
     pub hmac_sha256: Option<HmacFile>,
@@ -336,7 +337,7 @@ pub struct VerifyFile {
     pub token: Option<TokenFile>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HmacFile {
     pub secret_env: String,
@@ -345,7 +346,7 @@ pub struct HmacFile {
     pub encoding: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StripeFile {
     pub secret_env: String,
@@ -353,14 +354,14 @@ pub struct StripeFile {
     pub tolerance: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StandardWebhooksFile {
     pub secret_env: String,
     pub tolerance: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenFile {
     pub header: String,
