@@ -7,6 +7,8 @@ set -euo pipefail
 EXAMPLE=$(cd "$(dirname "${BASH_SOURCE[1]}")" && pwd)
 ROOT=$(cd "$EXAMPLE/../.." && pwd)
 CLIENT=(python3 "$ROOT/examples/lib/client.py")
+# No __pycache__ left beside the examples.
+export PYTHONDONTWRITEBYTECODE=1
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ssegate-example.XXXXXX")
 PIDS=()
 declare -A SUBSCRIBERS=()
