@@ -7,7 +7,8 @@
 use crate::config::{Config, Http2};
 use crate::gateway::{BuildError, Gateway};
 use crate::hangup::{self, Hangup};
-use crate::http::admin::{self, AdminApp};
+use crate::http::admin::AdminApp;
+use crate::http::dashboard;
 use crate::http::gate::HeadGate;
 use crate::http::listener::PlainListener;
 use crate::http::public::PublicProxy;
@@ -73,7 +74,7 @@ impl BackgroundService for Housekeeping {
             _ = self.gw.hub.clone().run() => {}
             _ = self.gw.records.clone().run() => {}
             _ = self.gw.streams.expiries.run() => {}
-            _ = admin::feed_dashboard(&self.gw) => {}
+            _ = dashboard::feed(&self.gw) => {}
             _ = shutdown.changed() => {}
         }
     }
@@ -156,6 +157,9 @@ pub fn run_with(
     };
     hangup::ignore_early().map_err(StartError::Signals)?;
     let gw = Gateway::new(config).map_err(StartError::Build)?;
+    if let Some(store) = &certs {
+        gw.metrics.tls_expiry.set(store.not_after().unwrap_or(0));
+    }
     // Bound before the running process is told to go, so that its streams
     // find this process whenever it gets there.
     let streams_listener = if upgrading {
@@ -164,16 +168,7 @@ pub fn run_with(
         if let Err(e) = systemd::notify(&format!("MAINPID={}", std::process::id())) {
             tracing::warn!("systemd notify (MAINPID): {e}");
         }
-        match upgrade::signal_running(&upgrade_socket) {
-            Ok(Some(pid)) => tracing::info!(pid, "upgrade: sent SIGQUIT to the running gateway"),
-            Ok(None) => tracing::info!(
-                socket = %upgrade_socket.display(),
-                "upgrade: waiting for the running gateway's sockets (send it SIGQUIT)"
-            ),
-            Err(e) => tracing::warn!(
-                "upgrade: could not signal the running gateway ({e}); send it SIGQUIT"
-            ),
-        }
+        upgrade::signal_when_listening(upgrade_socket.clone());
         Some(l)
     } else {
         None

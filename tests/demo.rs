@@ -95,20 +95,24 @@ async fn demo_prints_urls_serves_the_page_and_streams_live_events() {
 /// connection resumes with the missed ticks replayed. Leaves a screenshot.
 #[tokio::test]
 async fn chromium_clicks_through_webhook_poll_two_users_and_replay() {
-    let Some(bin) = support::browser::chromium() else {
-        missing_tool("chromium", "apt-get install -y chromium");
+    let Some(bin) = support::browser::chromium_or_skip() else {
         return;
     };
     let (demo, page) = start_demo().await;
-    let mut b = support::browser::devtools(&bin, &page, 1280, 1500).await;
+    let browser = support::browser::launch(
+        &bin,
+        &page,
+        &["--remote-debugging-port=0", "--window-size=1280,1400"],
+    );
+    let mut b = support::browser::Page::attach(&browser).await;
     let t = std::time::Duration::from_secs(15);
-    b.wait_for(t, "all three streams live", "document.querySelector('#state.live') && document.querySelector('#state-alice.live') && document.querySelector('#state-bob.live') && window.demo.pushes >= 1").await;
+    b.until("all three streams live", "!!(document.querySelector('#state.live') && document.querySelector('#state-alice.live') && document.querySelector('#state-bob.live')) && window.demo.pushes >= 1", t).await;
 
     b.eval("document.getElementById('pay').click()").await;
-    b.wait_for(
-        t,
+    b.until(
         "the webhook's order as an event",
-        "window.demo.orders >= 1 && document.querySelector('#log li.order-paid')",
+        "window.demo.orders >= 1 && !!document.querySelector('#log li.order-paid')",
+        t,
     )
     .await;
     let order = b
@@ -124,26 +128,26 @@ async fn chromium_clicks_through_webhook_poll_two_users_and_replay() {
 
     let pushes = b.eval("window.demo.pushes").await.as_u64().unwrap();
     b.eval("document.getElementById('change').click()").await;
-    b.wait_for(
-        t,
+    b.until(
         "a pushed price change",
         &format!("window.demo.pushes > {pushes}"),
+        t,
     )
     .await;
     // Polled once a second, pushed only on change: more polls than pushes.
-    b.wait_for(
-        t,
+    b.until(
         "polls outnumber pushes",
         "window.demo.polls > window.demo.pushes + 1",
+        t,
     )
     .await;
 
     b.eval("document.getElementById('note-alice').click()")
         .await;
-    b.wait_for(t, "alice's note", "window.demo.notes.alice.length === 1")
+    b.until("alice's note", "window.demo.notes.alice.length === 1", t)
         .await;
     b.eval("document.getElementById('note-bob').click()").await;
-    b.wait_for(t, "bob's note", "window.demo.notes.bob.length === 1")
+    b.until("bob's note", "window.demo.notes.bob.length === 1", t)
         .await;
     let notes = b.eval("window.demo.notes").await;
     assert!(
@@ -159,13 +163,13 @@ async fn chromium_clicks_through_webhook_poll_two_users_and_replay() {
     );
 
     b.eval("document.getElementById('drop').click()").await;
-    b.wait_for(
-        t,
+    b.until(
         "dropped",
         "document.getElementById('state').textContent === 'dropped'",
+        t,
     )
     .await;
-    b.wait_for(t, "missed ticks replayed on resume", "window.demo.replayed.length >= 2 && document.getElementById('state').textContent === 'live (resumed)'").await;
+    b.until("missed ticks replayed on resume", "window.demo.replayed.length >= 2 && document.getElementById('state').textContent === 'live (resumed)'", t).await;
     let demo_state = b.eval("window.demo").await;
     assert_eq!(demo_state["gap"], false, "{demo_state}");
     assert!(
@@ -194,5 +198,6 @@ async fn chromium_clicks_through_webhook_poll_two_users_and_replay() {
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
     println!("screenshot of the demo page: {}", shot.display());
     drop(b);
+    drop(browser);
     drop(demo);
 }

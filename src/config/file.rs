@@ -26,9 +26,22 @@ pub struct FileConfig {
     #[serde(default)]
     pub webhooks: Vec<WebhookFile>,
     pub grip: Option<GripFile>,
+    /// One log line per request on the public listener and per ended stream.
+    pub access_log: Option<bool>,
+    pub telemetry: Option<TelemetryFile>,
     /// Proxies (CIDRs) whose `X-Forwarded-For` names the client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+}
+
+/// OpenTelemetry spans exported over OTLP/HTTP.
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryFile {
+    /// The collector's OTLP/HTTP URL.
+    pub otlp: Option<String>,
+    /// Share of traces started here that are recorded (0.0 to 1.0).
+    pub sample: Option<f64>,
 }
 
 /// Gateway-wide GRIP settings.

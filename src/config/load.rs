@@ -19,6 +19,7 @@ use std::time::Duration;
 mod auth;
 mod edges;
 mod record;
+mod telemetry;
 mod tls;
 mod webhooks;
 
@@ -309,6 +310,7 @@ impl Validator<'_> {
         let grip_key = self.grip_key(f.grip);
         let routes = self.routes(f.routes, &upstreams, &sse, grip_key.as_ref());
         let webhooks = self.webhooks(f.webhooks);
+        let telemetry = f.telemetry.and_then(|t| self.telemetry(t));
         let trusted_proxies = self.trusted_proxies(&f.trusted_proxies);
         let router = match Router::build(routes.iter().enumerate().map(|(pos, r)| {
             let key = RouteKey {
@@ -346,6 +348,8 @@ impl Validator<'_> {
             router,
             routes,
             webhooks,
+            access_log: f.access_log.unwrap_or(false),
+            telemetry,
             trusted_proxies,
         })
     }

@@ -6,7 +6,7 @@
 
 use crate::gateway::Gateway;
 use crate::http::{body, respond};
-use crate::hub::{Event, Payload};
+use crate::hub::{Event, Payload, Source};
 use crate::outbound::{Body, Client, Pool};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -65,14 +65,15 @@ pub(super) async fn publish(
     data: String,
 ) -> Result<crate::hub::PublishReport, crate::hub::BrokerError> {
     gw.hub
-        .publish(vec![Event {
-            channel: channel.into(),
-            dedupe_id: None,
-            payload: Payload::Message {
+        .publish(vec![Event::new(
+            channel.into(),
+            None,
+            Payload::Message {
                 event: Some(event.into()),
                 data,
             },
-        }])
+            Source::Publish,
+        )])
         .await
 }
 

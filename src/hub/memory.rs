@@ -32,6 +32,7 @@ pub struct MemoryBroker {
     history_size: usize,
     history_ttl: Duration,
     metrics: Arc<Metrics>,
+    tail: super::Tail,
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +51,8 @@ struct Channel {
     ids: HashSet<Arc<str>>,
     /// Highest cursor evicted from this channel's history.
     evicted: u64,
+    /// When its last event was published.
+    last: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -92,6 +95,7 @@ impl MemoryBroker {
             history_size,
             history_ttl,
             metrics,
+            tail: super::Tail::default(),
         }
     }
 
@@ -198,6 +202,7 @@ impl Broker for MemoryBroker {
         let mut report = PublishReport::default();
         let now = Instant::now();
         let published = std::time::Instant::now();
+        let mut recent = self.tail.is_watched().then(Vec::new);
         let mut guard = self.lock();
         let st = &mut *guard;
         for ev in events {
@@ -239,9 +244,15 @@ impl Broker for MemoryBroker {
                 seq,
                 frame: bytes,
                 published,
+                ingest_us: super::ingest_us(ev.received, published),
+                source: ev.source,
                 grip_only,
             };
             offer_all(ch.subs.values(), &delivery, &self.metrics);
+            ch.last = Some(now);
+            if let Some(r) = &mut recent {
+                r.push(super::tail::entry(&ev, cursor));
+            }
             if self.history_size > 0 {
                 if let Some(id) = &dedupe_id {
                     ch.ids.insert(id.clone());
@@ -258,6 +269,9 @@ impl Broker for MemoryBroker {
             report.published += 1;
         }
         drop(guard);
+        if let Some(r) = recent {
+            self.tail.record(r);
+        }
         self.metrics.published.inc_by(report.published as u64);
         self.metrics.duplicates.inc_by(report.duplicates as u64);
         Ok(report)
@@ -310,6 +324,28 @@ impl Broker for MemoryBroker {
             t.tick().await;
             self.sweep();
         }
+    }
+
+    fn busiest(&self, n: usize) -> Vec<super::ChannelStat> {
+        let now = Instant::now();
+        let st = self.lock();
+        let kept = super::top(st.channels.iter(), n, |(_, ch)| {
+            (ch.subs.len(), ch.history.len())
+        });
+        kept.into_iter()
+            .map(|(name, ch)| super::ChannelStat {
+                name: name.to_string(),
+                subscribers: ch.subs.len(),
+                history: Some(ch.history.len()),
+                idle_ms: ch
+                    .last
+                    .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+            })
+            .collect()
+    }
+
+    fn tail(&self) -> Option<&super::Tail> {
+        Some(&self.tail)
     }
 
     fn cursor(&self, seq: u64) -> String {
@@ -375,11 +411,11 @@ impl Broker for MemoryBroker {
                     .checked_sub(Duration::from_millis(e.age_ms))
                     .unwrap_or(now);
                 ch.history.push_back(Stored {
+                    // Its source is not handed over: replayed, it is not counted.
                     delivery: Delivery {
                         seq: e.seq,
-                        frame: e.frame,
-                        published: std::time::Instant::now(),
                         grip_only: e.grip_only,
+                        ..Delivery::uncounted(e.frame)
                     },
                     at,
                     dedupe_id,
@@ -408,14 +444,15 @@ mod tests {
     }
 
     fn msg(ch: &str, data: &str, id: Option<&str>) -> Event {
-        Event {
-            channel: ch.into(),
-            dedupe_id: id.map(String::from),
-            payload: Payload::Message {
+        Event::new(
+            ch.into(),
+            id.map(String::from),
+            Payload::Message {
                 event: None,
                 data: data.into(),
             },
-        }
+            super::super::Source::Publish,
+        )
     }
 
     fn drained(s: &Subscriber) -> Vec<String> {
@@ -501,6 +538,38 @@ mod tests {
         assert!(r.reset.is_some());
         let r = b.replay(&["a".into()], &b.cursor(4));
         assert!(r.reset.is_none() && r.frames.len() == 1);
+    }
+
+    #[tokio::test]
+    async fn busiest_channels_come_first_and_the_tail_records_while_watched() {
+        let b = broker(10);
+        let subs: Vec<_> = (0..3).map(|i| Arc::new(Subscriber::new(i, 8))).collect();
+        b.subscribe(&subs[0], &["quiet".into()], &Resume::Live)
+            .await
+            .unwrap();
+        for s in &subs {
+            b.subscribe(s, &["busy".into()], &Resume::Live)
+                .await
+                .unwrap();
+        }
+        b.publish(vec![msg("busy", "1", None)]).await.unwrap();
+        b.tail.watch(true);
+        b.publish(vec![msg("history-only", "1", None), msg("busy", "2", None)])
+            .await
+            .unwrap();
+        let top = b.busiest(2);
+        let names: Vec<&str> = top.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["busy", "quiet"]);
+        assert_eq!((top[0].subscribers, top[0].history), (3, Some(2)));
+        assert!(top[0].idle_ms.is_some() && top[1].idle_ms.is_none());
+        let tail = b.tail.recent();
+        let channels: Vec<&str> = tail.iter().map(|r| r.channel.as_str()).collect();
+        assert_eq!(
+            channels,
+            ["busy", "history-only"],
+            "newest first, only while watched"
+        );
+        assert_eq!(tail[0].source, "publish");
     }
 
     #[tokio::test]

@@ -26,7 +26,7 @@ mod reexec;
 pub(crate) mod systemd;
 pub(crate) mod wire;
 
-pub(crate) use pidfile::{signal_running, write as write_pid};
+pub(crate) use pidfile::{signal_when_listening, write as write_pid};
 pub(crate) use reexec::Reexec;
 
 use crate::gateway::{Action, Gateway};
@@ -124,6 +124,8 @@ pub(crate) async fn hand_over(gw: &Gateway, socket: &Path) -> Result<usize, Hand
         .await
         .map_err(|e| HandoffError::Io(io::Error::other(e)))??;
     gw.hub.seal();
+    // From here on no stream writes here: the start of a client's pause.
+    tracing::info!("upgrade: hub sealed, freezing streams");
     let frozen = freeze_all(gw).await;
     let mid_chunk = frozen.iter().filter(|f| !f.tail.is_empty()).count();
     tracing::info!(streams = frozen.len(), mid_chunk, "upgrade: streams frozen");
@@ -498,6 +500,8 @@ impl Adopter {
             },
             opening: None,
             handoff: streams.handoff.clone(),
+            // Its access line was written by the process that handed it over.
+            report: None,
         };
         Ok(Staged {
             sub,

@@ -1,8 +1,15 @@
-//! A headless Chromium for browser tests: found on the PATH (or
-//! `SSEGATE_CHROMIUM`), started on a page, killed when dropped.
+//! Headless Chromium for the browser tests: where the binary is, and one
+//! browser process on a fresh profile, killed on drop (its helper processes
+//! exit with it). Install with `apt-get install -y chromium`.
 
+use super::{client, eventually, WAIT};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
 
+/// `SSEGATE_CHROMIUM`, else the first of the usual names on the PATH.
 pub fn chromium() -> Option<String> {
     if let Ok(p) = std::env::var("SSEGATE_CHROMIUM") {
         return Some(p);
@@ -17,11 +24,26 @@ pub fn chromium() -> Option<String> {
         })
 }
 
+/// The browser to test with; None (after saying so) when none is installed
+/// on a developer's machine. Under `scripts/test` (`SSEGATE_REQUIRE_CHROMIUM`)
+/// or in CI a missing browser fails the test.
+pub fn chromium_or_skip() -> Option<String> {
+    let found = chromium();
+    if found.is_none() {
+        assert!(
+            std::env::var_os("SSEGATE_REQUIRE_CHROMIUM").is_none(),
+            "chromium is missing and SSEGATE_REQUIRE_CHROMIUM is set (apt-get install -y chromium)"
+        );
+        super::missing_tool("chromium", "apt-get install -y chromium");
+    }
+    found
+}
+
 /// The browser, killed on drop; its helper processes (zygote, renderers,
 /// crashpad) exit by themselves once the browser process is gone.
 pub struct Browser {
     child: Child,
-    _profile: tempfile::TempDir,
+    pub profile: tempfile::TempDir,
 }
 
 impl Drop for Browser {
@@ -31,175 +53,153 @@ impl Drop for Browser {
     }
 }
 
-/// Headless Chromium with a fresh profile, quiet; the caller adds flags and the URL.
-fn headless(bin: &str, profile: &tempfile::TempDir) -> Command {
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--ignore-certificate-errors",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-dev-shm-usage",
-    ])
-    .arg(format!("--user-data-dir={}", profile.path().display()))
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    cmd
-}
-
-pub fn launch(bin: &str, url: &str) -> Browser {
+/// Open `url` in a headless browser, with `extra` flags.
+pub fn launch(bin: &str, url: &str, extra: &[&str]) -> Browser {
     let profile = tempfile::tempdir().unwrap();
-    let child = headless(bin, &profile).arg(url).spawn().unwrap();
-    Browser {
-        child,
-        _profile: profile,
-    }
-}
-
-/// A headless Chromium driven over the DevTools protocol: evaluate
-/// JavaScript in the page (clicks, reading state) and take screenshots.
-pub struct DevTools {
-    _browser: Browser,
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    next_id: u64,
-}
-
-/// Chromium on `url` with a DevTools port, connected to the page's target.
-pub async fn devtools(bin: &str, url: &str, width: u32, height: u32) -> DevTools {
-    use std::time::{Duration, Instant};
-    let profile = tempfile::tempdir().unwrap();
-    let child = headless(bin, &profile)
+    let child = Command::new(bin)
         .args([
-            "--hide-scrollbars",
-            "--remote-debugging-address=127.0.0.1",
-            "--remote-debugging-port=0",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--ignore-certificate-errors",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
         ])
-        .arg(format!("--window-size={width},{height}"))
+        .args(extra)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let browser = Browser {
-        child,
-        _profile: profile,
-    };
-    // Chromium writes the port it took into the profile once it listens.
-    let active = browser._profile.path().join("DevToolsActivePort");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let port: u16 = loop {
-        if let Some(p) = std::fs::read_to_string(&active)
-            .ok()
-            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
-        {
-            break p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Chromium wrote no DevToolsActivePort"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let ws_url = loop {
-        let targets: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/json/list"))
-            .await
-            .unwrap()
-            .json()
+    Browser { child, profile }
+}
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// One page, over the DevTools protocol.
+pub struct Page {
+    ws: Ws,
+    next: u64,
+}
+
+impl Page {
+    /// The page the browser opened (its DevTools port is in the profile).
+    pub async fn attach(browser: &Browser) -> Page {
+        let file = browser.profile.path().join("DevToolsActivePort");
+        let port: u16 = eventually(Duration::from_secs(60), "DevToolsActivePort", || {
+            std::fs::read_to_string(&file)
+                .ok()?
+                .lines()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let ws_url = loop {
+            let targets: Value = match client()
+                .get(format!("http://127.0.0.1:{port}/json/list"))
+                .send()
+                .await
+            {
+                Ok(r) => r.json().await.unwrap_or(Value::Null),
+                Err(_) => Value::Null,
+            };
+            let page = targets.as_array().and_then(|ts| {
+                ts.iter()
+                    .find(|t| t["type"] == "page")
+                    .and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_string))
+            });
+            if let Some(url) = page {
+                break url;
+            }
+            assert!(Instant::now() < deadline, "no page target: {targets}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let (ws, _) = tokio_tungstenite::connect_async(ws_url.as_str())
             .await
             .unwrap();
-        let page = targets.as_array().and_then(|ts| {
-            ts.iter()
-                .find(|t| t["type"] == "page" && t["url"].as_str() == Some(url))
-        });
-        if let Some(ws) = page.and_then(|t| t["webSocketDebuggerUrl"].as_str()) {
-            break ws.to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no page target for {url}: {targets}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let (ws, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+        Page { ws, next: 1 }
+    }
+
+    pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next;
+        self.next += 1;
+        let msg = json!({"id": id, "method": method, "params": params}).to_string();
+        self.ws.send(Message::Text(msg.into())).await.unwrap();
+        let reply = tokio::time::timeout(WAIT, async {
+            while let Some(m) = self.ws.next().await {
+                if let Ok(Message::Text(t)) = m {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if v["id"] == id {
+                        return v;
+                    }
+                }
+            }
+            panic!("DevTools connection closed")
+        })
         .await
-        .unwrap();
-    DevTools {
-        _browser: browser,
-        ws,
-        next_id: 0,
+        .unwrap_or_else(|_| panic!("no answer to {method}"));
+        assert!(reply.get("error").is_none(), "{method}: {reply}");
+        reply["result"].clone()
+    }
+
+    /// The value of a JavaScript expression in the page; Err with the
+    /// exception it threw.
+    pub async fn try_eval(&mut self, expr: &str) -> Result<Value, Value> {
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
+            )
+            .await;
+        match r.get("exceptionDetails") {
+            Some(e) => Err(e.clone()),
+            None => Ok(r["result"]["value"].clone()),
+        }
+    }
+
+    pub async fn eval(&mut self, expr: &str) -> Value {
+        self.try_eval(expr)
+            .await
+            .unwrap_or_else(|e| panic!("{expr}: {e}"))
+    }
+
+    /// Wait until `expr` is true in the page (an expression that throws,
+    /// as it does while the page is still loading, is not true yet).
+    pub async fn until(&mut self, what: &str, expr: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.try_eval(expr).await == Ok(json!(true)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the page never showed {what} ({expr}); it shows: {:?}",
+                self.try_eval("document.body.innerText").await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
-impl DevTools {
-    /// One DevTools command; its `result`. Events in between are skipped.
-    pub async fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
-        use futures_util::{SinkExt, StreamExt};
-        use tokio_tungstenite::tungstenite::Message;
-        self.next_id += 1;
-        let id = self.next_id;
-        let msg = serde_json::json!({ "id": id, "method": method, "params": params });
-        self.ws.send(Message::text(msg.to_string())).await.unwrap();
-        let answer = async {
-            loop {
-                let Some(Ok(Message::Text(text))) = self.ws.next().await else {
-                    panic!("DevTools connection closed during {method}");
-                };
-                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-                if v["id"] == id {
-                    assert!(v.get("error").is_none(), "{method}: {v}");
-                    return v["result"].clone();
-                }
-            }
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(10), answer)
-            .await
-            .unwrap_or_else(|_| panic!("DevTools {method} unanswered in 10s"))
-    }
-
-    /// The value of a JavaScript expression in the page (promises awaited).
-    pub async fn eval(&mut self, expression: &str) -> serde_json::Value {
-        let params = serde_json::json!({
-            "expression": expression, "returnByValue": true, "awaitPromise": true
-        });
-        let r = self.call("Runtime.evaluate", params).await;
-        assert!(
-            r.get("exceptionDetails").is_none(),
-            "{expression}: {}",
-            r["exceptionDetails"]
-        );
-        r["result"]["value"].clone()
-    }
-
-    /// Waits until `expression` is truthy (at most `timeout`), naming `what`.
-    pub async fn wait_for(&mut self, timeout: std::time::Duration, what: &str, expression: &str) {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let v = self.eval(&format!("!!({expression})")).await;
-            if v == serde_json::Value::Bool(true) {
-                return;
-            }
-            let state = self.eval("JSON.stringify(window.demo ?? null)").await;
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{what}: not within {timeout:?} ({expression}); page state: {state}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    }
-
-    /// A PNG of the whole page, written to `path`.
+impl Page {
+    /// A PNG of the page, written to `path`.
     pub async fn screenshot(&mut self, path: &std::path::Path) {
         use base64::Engine;
-        let params = serde_json::json!({ "format": "png", "captureBeyondViewport": true });
-        let r = self.call("Page.captureScreenshot", params).await;
+        let shot = self
+            .call("Page.captureScreenshot", json!({"format": "png"}))
+            .await;
         let png = base64::engine::general_purpose::STANDARD
-            .decode(r["data"].as_str().unwrap())
+            .decode(shot["data"].as_str().unwrap())
             .unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
         std::fs::write(path, png).unwrap();
     }
 }

@@ -1,5 +1,6 @@
 //! The registry's life cycle on tokio's paused clock: a crowd shares one
 //! poller, linger, caps, backoff.
+//! Compiled only under `#[cfg(test)]` (see `mod tests` in the parent).
 
 use super::*;
 use crate::config::{PollEvents, PollScope, Upstream};
@@ -66,7 +67,13 @@ fn pollers_capped(max_total: usize) -> (Arc<Pollers>, Arc<Metrics>) {
         metrics.clone(),
     ));
     (
-        Pollers::new(hub, metrics.clone(), Arc::new(Client::new()), max_total),
+        Pollers::new(
+            hub,
+            metrics.clone(),
+            Arc::new(Client::new()),
+            None,
+            max_total,
+        ),
         metrics,
     )
 }
