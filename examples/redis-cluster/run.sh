@@ -12,8 +12,12 @@ require_free 27379 27380 27390 27381 27391
 step "start redis-server (:27379) and two ssegate instances (A :27380, B :27381)"
 start redis redis-server --port 27379 --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK"
 wait_port 27379 redis-server
-start ssegate-a "$SSEGATE" run -c "$EXAMPLE/ssegate.yaml"
-SSEGATE_LISTEN=127.0.0.1:27381 SSEGATE_ADMIN_LISTEN=127.0.0.1:27391 \
+# Each in its own runtime directory, as systemd's RuntimeDirectory= gives each
+# unit: the default upgrade socket (live upgrade) is named after the file's
+# listen port, which the two share.
+mkdir -p "$WORK/run-a" "$WORK/run-b"
+RUNTIME_DIRECTORY=$WORK/run-a start ssegate-a "$SSEGATE" run -c "$EXAMPLE/ssegate.yaml"
+RUNTIME_DIRECTORY=$WORK/run-b SSEGATE_LISTEN=127.0.0.1:27381 SSEGATE_ADMIN_LISTEN=127.0.0.1:27391 \
   start ssegate-b "$SSEGATE" run -c "$EXAMPLE/ssegate.yaml"
 for port in 27380 27390 27381 27391; do wait_port "$port" ssegate; done
 
