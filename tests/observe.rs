@@ -415,11 +415,11 @@ async fn every_series_is_documented_and_the_operating_docs_name_real_ones() {
 
     // The operating guide's graphs and rules name documented series only,
     // and its rules are a Prometheus rule file with the five alerts.
-    let operating = read("docs/operating.md");
+    let operating = read("docs/monitoring.md");
     for name in series_in(&operating) {
         assert!(
             documented.contains(&name),
-            "docs/operating.md names {name}, which does not exist"
+            "docs/monitoring.md names {name}, which does not exist"
         );
     }
     let rules = operating
