@@ -1,6 +1,7 @@
 //! The `ssegate` command line: parse arguments, load the config, run.
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -104,6 +105,9 @@ enum Command {
         #[arg(short, long, env = "SSEGATE_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Print the JSON Schema of the config file (for editors:
+    /// `ssegate schema > ssegate.schema.json`).
+    Schema,
     /// Write the manual pages (ssegate.1, ssegate-run.1, ...) into DIR: the
     /// Debian package's man pages come from the same definitions as --help.
     #[command(hide = true)]
@@ -202,6 +206,18 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Schema => {
+            // Written, not println!-ed: `ssegate schema | head` must not panic.
+            let mut out = std::io::stdout().lock();
+            match writeln!(out, "{:#}", ssegate::config::schema()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ssegate: cannot write the schema: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Man { dir } => match write_man_pages(&dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
