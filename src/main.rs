@@ -155,6 +155,13 @@ fn write_man_pages(dir: &std::path::Path) -> std::io::Result<()> {
 fn apply_listen_env(config: &mut ssegate::config::Config) -> Result<(), String> {
     if let Some(addr) = env_addr(ENV_LISTEN)? {
         tracing::info!("listen address {addr} from {ENV_LISTEN}");
+        // The default upgrade socket is named after the public port: follow
+        // the moved port, or two instances of one file would share it.
+        let runtime = || std::env::var("RUNTIME_DIRECTORY").ok();
+        let by_default = ssegate::config::default_upgrade_socket(runtime(), config.listen.port());
+        if config.upgrade_socket == by_default {
+            config.upgrade_socket = ssegate::config::default_upgrade_socket(runtime(), addr.port());
+        }
         config.listen = addr;
     }
     if let Some(addr) = env_addr(ENV_ADMIN_LISTEN)? {
