@@ -2,7 +2,7 @@
 # Pass-through cost in user-space instructions per proxied request, under
 # callgrind (deterministic: unlike req/s, it does not depend on what else
 # runs on this shared 2-core machine): nginx proxy_pass (one worker, no
-# master), pingora's minimal proxy (examples/bare_pingora.rs) and ssegate,
+# master), pingora's minimal proxy (benches/tools/bare_pingora.rs) and ssegate,
 # each proxying GET /api/x to the same 100-byte nginx origin over upstream
 # keep-alive; N keep-alive requests on 4 connections after a warm-up, the
 # counters zeroed in between.

@@ -9,7 +9,7 @@
 # Prints one JSON line per run to stdout, prefixed with "system scenario run".
 # nchan pings every $HEARTBEAT s like ssegate's heartbeat (NCHAN_PING=0: nchan's default, none).
 # SSEGATE=path picks another gateway binary (e.g. /work/baseline/ssegate-before).
-# proxy: also pingora's bare proxy on :8092 (examples/bare_pingora.rs) when
+# proxy: also pingora's bare proxy on :8092 (benches/tools/bare_pingora.rs) when
 #   BARE (default target/release/examples/bare_pingora) is built.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
