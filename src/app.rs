@@ -164,12 +164,17 @@ pub fn run_with(
     server.add_service(public);
     server.add_service(admin);
     let woken = gw.clone();
+    let hub = gw.hub.clone();
     server.add_service(background_service(
         "drain",
         DrainOnSignal {
             shutdown: gw.streams.shutdown.clone(),
             grace,
             wake_streams: Box::new(move || woken.streams.heartbeats.wake_all()),
+            before_exit: Box::new(move || {
+                let hub = hub.clone();
+                Box::pin(async move { hub.stop().await })
+            }),
         },
     ));
     server.add_service(background_service(

@@ -24,6 +24,7 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub enum BuildError {
     Redis(redis::RedisError),
+    Persist(crate::hub::persist::PersistError),
     /// A route names an upstream the config does not define (`config::load`
     /// refuses such a file, so only a config built some other way gets here).
     UnknownUpstream(String),
@@ -33,6 +34,7 @@ impl std::fmt::Display for BuildError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BuildError::Redis(e) => write!(f, "bad redis url: {e}"),
+            BuildError::Persist(e) => e.fmt(f),
             BuildError::UnknownUpstream(u) => write!(f, "unknown upstream `{u}`"),
         }
     }
@@ -181,11 +183,22 @@ impl Gateway {
     pub fn new(config: Config) -> Result<Arc<Gateway>, BuildError> {
         let metrics = Arc::new(Metrics::new());
         let hub: Arc<dyn Broker> = match &config.hub.broker {
-            BrokerKind::Memory => Arc::new(MemoryBroker::new(
-                config.hub.history_size,
-                config.hub.history_ttl,
-                metrics.clone(),
-            )),
+            BrokerKind::Memory => match &config.hub.persist {
+                None => Arc::new(MemoryBroker::new(
+                    config.hub.history_size,
+                    config.hub.history_ttl,
+                    metrics.clone(),
+                )),
+                Some(p) => Arc::new(
+                    MemoryBroker::persistent(
+                        config.hub.history_size,
+                        config.hub.history_ttl,
+                        metrics.clone(),
+                        p,
+                    )
+                    .map_err(BuildError::Persist)?,
+                ),
+            },
             BrokerKind::Redis { url, prefix } => RedisBroker::new(
                 RedisSettings {
                     url: url.clone(),

@@ -86,6 +86,9 @@ pub(crate) struct DrainOnSignal {
     pub grace: Duration,
     /// Wakes every stream, so that each looks at the drain flag.
     pub wake_streams: Box<dyn Fn() + Send + Sync>,
+    /// Awaited after the drain, right before the exit: state that must
+    /// outlive the process is saved here (`hub.persist`).
+    pub before_exit: Box<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>,
 }
 
 impl std::fmt::Debug for DrainOnSignal {
@@ -105,6 +108,7 @@ impl BackgroundService for DrainOnSignal {
         self.shutdown.begin();
         (self.wake_streams)();
         let clean = self.shutdown.drained(self.grace).await;
+        (self.before_exit)().await;
         tracing::info!(clean, left = self.shutdown.active(), "shutdown: exiting");
         std::process::exit(0);
     }

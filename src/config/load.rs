@@ -16,6 +16,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 mod auth;
+mod persist;
 mod tls;
 mod webhooks;
 
@@ -335,7 +336,9 @@ impl Validator<'_> {
                 "history size above 1,000,000 per channel",
             );
         }
+        let persist = self.persist(h.persist, &broker);
         Hub {
+            persist,
             broker,
             history_size,
             history_ttl: self.duration(

@@ -6,6 +6,7 @@ pub mod cursor;
 mod feed;
 mod local;
 pub mod memory;
+pub mod persist;
 pub mod redis;
 mod subscriber;
 
@@ -154,6 +155,22 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     /// The broker's own upkeep (history sweeps, connections), run by the
     /// gateway for the life of the process.
     async fn run(self: std::sync::Arc<Self>);
+
+    /// Called once when the process stops on its own terms (after the
+    /// SIGTERM drain, just before it exits): a broker that keeps state on
+    /// disk saves it here and takes no publish after.
+    async fn stop(&self) {}
+
+    /// The hook for other state saved with the hub (`persist::Section`):
+    /// false when this broker keeps nothing on disk.
+    fn add_section(&self, _section: std::sync::Arc<dyn persist::Section>) -> bool {
+        false
+    }
+
+    /// What a section's key held in the files at start.
+    fn restored_section(&self, _key: &str) -> Option<Bytes> {
+        None
+    }
 
     /// Poll leadership, when several instances share this broker.
     fn leases(&self) -> Option<&dyn Leases> {

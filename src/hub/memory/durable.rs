@@ -1,0 +1,516 @@
+//! `hub.persist` for the memory broker: the state loaded at start, the
+//! journal the publish path feeds (shared frames, no copies), and the saver
+//! that writes it every `interval` and at stop.
+//!
+//! Under the hub lock a save only swaps the journal's `Vec` out; encoding,
+//! writing, fsync and compaction run on a blocking thread. The hub never
+//! gives out a cursor above the last reservation on disk, so a crash can
+//! lose recent events but never gives one id to two events.
+
+use super::{Channel, MemoryBroker, State, Stored};
+use crate::config::Persist;
+use crate::hub::persist::{
+    self, Image, Kept, PersistError, Saved, Section, Start, Store, Trim, RESERVE,
+};
+use crate::hub::Delivery;
+use crate::metrics::Metrics;
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// How long a start waits for the previous process to let go of the files.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// Unsaved events (or bytes of them) past which the journal gives up and the
+/// next save writes the whole history from memory instead (a disk that
+/// stalled for a long time).
+const MAX_PENDING: usize = 1 << 20;
+const MAX_PENDING_BYTES: usize = 256 << 20;
+
+/// What the publish path records for the saver (inside the hub's `State`).
+#[derive(Debug)]
+pub(super) struct Journal {
+    pending: Vec<(Arc<str>, Saved)>,
+    bytes: usize,
+    /// `pending` overflowed and was dropped: the next save writes everything.
+    overflowed: bool,
+    /// The last reservation on disk: no cursor above it may be handed out.
+    reserved: u64,
+    /// The final save has run: nothing more can be saved.
+    sealed: bool,
+    /// How far each save reserves (`RESERVE`; smaller in tests).
+    reserve: u64,
+}
+
+impl Journal {
+    /// Why the event after `seq` may not be published now.
+    pub(super) fn refuse(&self, seq: u64) -> Option<&'static str> {
+        if self.sealed {
+            Some("shutting down: history is saved")
+        } else if seq >= self.reserved {
+            Some("history persistence is behind (disk stalled?)")
+        } else {
+            None
+        }
+    }
+
+    /// Note a published event; true when the reservation runs low and the
+    /// saver should run now rather than at the next tick.
+    pub(super) fn record(
+        &mut self,
+        channel: &Arc<str>,
+        d: &Delivery,
+        dedupe: &Option<Arc<str>>,
+        at_ms: u64,
+    ) -> bool {
+        if !self.overflowed {
+            self.bytes += d.frame.len();
+            self.pending.push((
+                channel.clone(),
+                Saved {
+                    seq: d.seq,
+                    at_ms,
+                    dedupe: dedupe.clone(),
+                    grip_only: d.grip_only,
+                    frame: d.frame.clone(),
+                },
+            ));
+            if self.pending.len() > MAX_PENDING || self.bytes > MAX_PENDING_BYTES {
+                self.pending = Vec::new();
+                self.bytes = 0;
+                self.overflowed = true;
+            }
+        }
+        d.seq.saturating_add(self.reserve / 2) > self.reserved
+    }
+}
+
+/// The saver's side.
+pub(super) struct Durable {
+    interval: Duration,
+    store: Arc<Mutex<Store>>,
+    /// One save at a time (interval, poke or stop).
+    saving: tokio::sync::Mutex<()>,
+    pub(super) poke: Notify,
+    stopping: Arc<AtomicBool>,
+    sections: Mutex<Vec<Arc<dyn Section>>>,
+    restored: BTreeMap<String, Bytes>,
+    trim: Trim,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Durable")
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+enum Job {
+    Delta(Vec<(Arc<str>, Saved)>),
+    /// Everything, from memory: after an overflow or a failed append.
+    Rewrite(Box<Image>),
+}
+
+impl Stored {
+    fn saved(&self, now: Instant, now_ms: u64) -> Saved {
+        let age = now.saturating_duration_since(self.at).as_millis() as u64;
+        Saved {
+            seq: self.delivery.seq,
+            at_ms: now_ms.saturating_sub(age),
+            dedupe: self.dedupe_id.clone(),
+            grip_only: self.delivery.grip_only,
+            frame: self.delivery.frame.clone(),
+        }
+    }
+
+    fn restored(s: Saved, now: Instant, now_ms: u64, published: std::time::Instant) -> Stored {
+        let age = Duration::from_millis(now_ms.saturating_sub(s.at_ms));
+        Stored {
+            delivery: Delivery {
+                seq: s.seq,
+                frame: s.frame,
+                published,
+                grip_only: s.grip_only,
+            },
+            at: now.checked_sub(age).unwrap_or(now),
+            dedupe_id: s.dedupe,
+        }
+    }
+}
+
+impl MemoryBroker {
+    /// A memory broker whose state survives restarts (`hub.persist`).
+    pub fn persistent(
+        history_size: usize,
+        history_ttl: Duration,
+        metrics: Arc<Metrics>,
+        settings: &Persist,
+    ) -> Result<MemoryBroker, PersistError> {
+        Self::persistent_with(history_size, history_ttl, metrics, settings, RESERVE)
+    }
+
+    pub(super) fn persistent_with(
+        history_size: usize,
+        history_ttl: Duration,
+        metrics: Arc<Metrics>,
+        settings: &Persist,
+        reserve: u64,
+    ) -> Result<MemoryBroker, PersistError> {
+        let trim = Trim {
+            size: history_size,
+            ttl: history_ttl,
+        };
+        let took = std::time::Instant::now();
+        let opened = Store::open(&settings.path, trim, LOCK_WAIT)?;
+        let (mut image, mut store) = (opened.image, opened.store);
+        let (channels, events) = (image.channels.len(), image.events());
+        let path = settings.path.display().to_string();
+        let mut lost = None;
+        let (state_label, seq) = match &opened.start {
+            Start::Fresh { damage: None } => {
+                tracing::info!(
+                    path,
+                    "hub.persist: nothing saved yet, starting with empty history"
+                );
+                ("fresh", image.seq)
+            }
+            Start::Fresh { damage: Some(why) } => {
+                tracing::warn!(path, "hub.persist: {why}; starting with empty history and a new epoch (the unreadable files are kept as {path}.corrupt and {path}.log.corrupt)");
+                ("corrupt", image.seq)
+            }
+            Start::Clean => ("clean", image.seq),
+            Start::Unclean { saved, reserved } => {
+                tracing::warn!(path, saved, reserved, "hub.persist: the last stop was not clean: events published after cursor {saved} were not saved; cursors up to {reserved} are never given out again and a resume from one of them gets ssegate.reset");
+                lost = Some((*saved, *reserved));
+                ("unclean", (*reserved).max(*saved))
+            }
+        };
+        metrics
+            .persist_starts
+            .with_label_values(&[state_label])
+            .inc();
+        metrics.persist_saved.set(seq as i64);
+        if let Some((n, why)) = &opened.cut {
+            tracing::warn!(
+                path,
+                bytes = n,
+                "hub.persist: dropped the last save, cut short by the stop ({why})"
+            );
+        }
+        let reserved = seq + reserve;
+        let batch = persist::Batch {
+            seq,
+            reserved,
+            forgotten: image.forgotten,
+            events: &[],
+            lost,
+            sections: Vec::new(),
+            clean: false,
+        };
+        store.save(&batch).map_err(|error| PersistError::Io {
+            path: settings.path.clone(),
+            what: "write",
+            error,
+        })?;
+        let mut state = state_of(&mut image, seq);
+        if let Some((from, to)) = lost {
+            if to > from {
+                state.lost.push((from, to));
+            }
+        }
+        state.journal = Some(Journal {
+            pending: Vec::new(),
+            bytes: 0,
+            overflowed: false,
+            reserved,
+            sealed: false,
+            reserve,
+        });
+        tracing::info!(
+            path,
+            start = state_label,
+            channels,
+            events,
+            bytes = opened.read,
+            cursor = %crate::hub::cursor::format(image.epoch, seq),
+            ms = took.elapsed().as_millis() as u64,
+            "hub.persist: history loaded"
+        );
+        let durable = Durable {
+            interval: settings.interval,
+            store: Arc::new(Mutex::new(store)),
+            saving: tokio::sync::Mutex::new(()),
+            poke: Notify::new(),
+            stopping: Arc::default(),
+            sections: Mutex::default(),
+            restored: image.sections,
+            trim,
+            metrics: metrics.clone(),
+        };
+        let mut b = MemoryBroker::with_epoch(image.epoch, history_size, history_ttl, metrics);
+        b.state = Mutex::new(state);
+        b.durable = Some(durable);
+        Ok(b)
+    }
+
+    /// The whole history as it is now, for a save from memory.
+    fn image_of(&self, st: &State, reserved: u64) -> Image {
+        let (now, now_ms) = (Instant::now(), persist::now_ms());
+        let mut img = Image::empty(self.epoch);
+        img.seq = st.seq;
+        img.reserved = reserved;
+        img.forgotten = st.forgotten;
+        img.lost = st.lost.clone();
+        img.channels = st
+            .channels
+            .values()
+            .map(|ch| {
+                let events = ch.history.iter().map(|s| s.saved(now, now_ms)).collect();
+                (
+                    ch.name.clone(),
+                    Kept {
+                        evicted: ch.evicted,
+                        events,
+                    },
+                )
+            })
+            .collect();
+        img
+    }
+
+    /// Save what was published since the last save (and, at stop, seal the
+    /// hub and mark the stop clean). Never holds the hub lock while writing.
+    pub(super) async fn save(&self, stopping: bool) {
+        let Some(d) = &self.durable else { return };
+        let _one = d.saving.lock().await;
+        let sections: Vec<(&'static str, Bytes)> = locked(&d.sections)
+            .iter()
+            .filter_map(|s| s.snapshot().map(|b| (s.key(), b)))
+            .collect();
+        let broken = locked(&d.store).broken();
+        let (job, seq, reserved, forgotten) = {
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            let (seq, forgotten) = (st.seq, st.forgotten);
+            let Some(j) = st.journal.as_mut() else { return };
+            if j.sealed {
+                return;
+            }
+            j.sealed = stopping;
+            let reserved = (seq + j.reserve).max(j.reserved);
+            let fresh = seq.saturating_add(j.reserve / 2) <= j.reserved;
+            let idle = j.pending.is_empty() && !j.overflowed && sections.is_empty();
+            if idle && fresh && !stopping && !broken {
+                return;
+            }
+            let job = if j.overflowed || broken {
+                j.pending = Vec::new();
+                j.bytes = 0;
+                j.overflowed = false;
+                Job::Rewrite(Box::new(self.image_of(st, reserved)))
+            } else {
+                j.bytes = 0;
+                Job::Delta(std::mem::take(&mut j.pending))
+            };
+            (job, seq, reserved, forgotten)
+        };
+        let kind = match &job {
+            Job::Delta(_) => "delta",
+            Job::Rewrite(_) => "checkpoint",
+        };
+        let store = d.store.clone();
+        let trim = d.trim;
+        let written = tokio::task::spawn_blocking(move || {
+            let mut s = locked(&store);
+            let took = std::time::Instant::now();
+            let mut batch = persist::Batch {
+                seq,
+                reserved,
+                forgotten,
+                events: &[],
+                lost: None,
+                sections,
+                clean: stopping,
+            };
+            let bytes = match job {
+                Job::Delta(events) => {
+                    batch.events = &events;
+                    s.save(&batch)?
+                }
+                Job::Rewrite(mut image) => {
+                    image.trim(trim, persist::now_ms());
+                    s.rewrite(&image, &AtomicBool::new(false))? + s.save(&batch)?
+                }
+            };
+            Ok::<_, std::io::Error>((bytes, took.elapsed()))
+        })
+        .await;
+        match written {
+            Ok(Ok((bytes, took))) => {
+                if let Some(j) = self.lock().journal.as_mut() {
+                    j.reserved = j.reserved.max(reserved);
+                }
+                d.metrics
+                    .persist_saves
+                    .with_label_values(&[kind, "ok"])
+                    .inc();
+                d.metrics.persist_saved.set(seq as i64);
+                d.metrics
+                    .persist_seconds
+                    .with_label_values(&[kind])
+                    .observe(took.as_secs_f64());
+                if kind == "checkpoint" {
+                    tracing::info!(
+                        bytes,
+                        ms = took.as_millis() as u64,
+                        "hub.persist: wrote the whole history"
+                    );
+                }
+            }
+            Ok(Err(e)) => {
+                d.metrics
+                    .persist_saves
+                    .with_label_values(&[kind, "error"])
+                    .inc();
+                tracing::error!(
+                    "hub.persist: save failed, the next one writes the whole history: {e}"
+                );
+            }
+            Err(e) => tracing::error!("hub.persist: save task failed: {e}"),
+        }
+        if !stopping {
+            self.compact_if_due(d).await;
+        }
+    }
+
+    async fn compact_if_due(&self, d: &Durable) {
+        let store = d.store.clone();
+        let (trim, stop) = (d.trim, d.stopping.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            let mut s = locked(&store);
+            if !s.wants_compaction() {
+                return None;
+            }
+            let took = std::time::Instant::now();
+            let before = s.sizes();
+            Some((s.compact(trim, &stop), before, took.elapsed()))
+        })
+        .await;
+        match done {
+            Ok(Some((Ok(0), _, _))) => {}
+            Ok(Some((Ok(bytes), (checkpoint, log), took))) => {
+                d.metrics
+                    .persist_saves
+                    .with_label_values(&["checkpoint", "ok"])
+                    .inc();
+                d.metrics
+                    .persist_seconds
+                    .with_label_values(&["checkpoint"])
+                    .observe(took.as_secs_f64());
+                tracing::info!(
+                    bytes,
+                    folded_checkpoint = checkpoint,
+                    folded_log = log,
+                    ms = took.as_millis() as u64,
+                    "hub.persist: log folded into a new checkpoint"
+                );
+            }
+            Ok(Some((Err(e), _, _))) => {
+                d.metrics
+                    .persist_saves
+                    .with_label_values(&["checkpoint", "error"])
+                    .inc();
+                tracing::error!("hub.persist: folding the log into a new checkpoint failed (the log stays, and grows): {e}");
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!("hub.persist: compaction task failed: {e}"),
+        }
+    }
+
+    /// Every `interval`, or sooner when the reservation runs low.
+    pub(super) async fn save_every(self: Arc<Self>) {
+        let Some(d) = &self.durable else { return };
+        let mut tick = tokio::time::interval(d.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = d.poke.notified() => {}
+            }
+            if d.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            self.save(false).await;
+        }
+    }
+
+    /// The final save: publishes are refused from here on.
+    pub(super) async fn save_at_stop(&self) {
+        let Some(d) = &self.durable else { return };
+        d.stopping.store(true, Ordering::Release);
+        let took = std::time::Instant::now();
+        self.save(true).await;
+        tracing::info!(
+            ms = took.elapsed().as_millis() as u64,
+            "hub.persist: saved at stop"
+        );
+    }
+
+    pub(super) fn add_persisted_section(&self, s: Arc<dyn Section>) -> bool {
+        match &self.durable {
+            Some(d) => {
+                locked(&d.sections).push(s);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn persisted_section(&self, key: &str) -> Option<Bytes> {
+        self.durable.as_ref()?.restored.get(key).cloned()
+    }
+}
+
+/// The hub's state rebuilt from a loaded image (its channels moved out),
+/// cursor at `seq`.
+fn state_of(image: &mut Image, seq: u64) -> State {
+    let (now, now_ms, published) = (Instant::now(), persist::now_ms(), std::time::Instant::now());
+    let mut channels = HashMap::with_capacity(image.channels.len());
+    for (name, kept) in std::mem::take(&mut image.channels) {
+        let history: std::collections::VecDeque<Stored> = kept
+            .events
+            .into_iter()
+            .map(|s| Stored::restored(s, now, now_ms, published))
+            .collect();
+        let ids = history.iter().filter_map(|s| s.dedupe_id.clone()).collect();
+        let key: Box<str> = Box::from(&*name);
+        let ch = Channel {
+            name,
+            subs: HashMap::new(),
+            history,
+            ids,
+            evicted: kept.evicted,
+        };
+        channels.insert(key, ch);
+    }
+    State {
+        seq,
+        channels,
+        forgotten: image.forgotten,
+        lost: std::mem::take(&mut image.lost),
+        journal: None,
+    }
+}
+
+#[cfg(test)]
+mod tests;
