@@ -180,8 +180,8 @@ pub fn run_with(
     server.add_service(background_service(
         "hangup",
         Hangup {
+            gw: gw.clone(),
             certs: certs.clone(),
-            metrics: gw.metrics.clone(),
         },
     ));
     server.add_service(background_service(
@@ -189,6 +189,6 @@ pub fn run_with(
         Housekeeping { gw: gw.clone() },
     ));
     extra(&mut server, &gw);
-    tracing::info!(public = %public_addr, admin = %admin_addr, tls = certs.is_some(), h2c = http2.h2c, routes = gw.site.config.routes.len(), "ssegate listening");
+    tracing::info!(public = %public_addr, admin = %admin_addr, tls = certs.is_some(), h2c = http2.h2c, routes = gw.site().config.routes.len(), "ssegate listening");
     server.run_forever()
 }

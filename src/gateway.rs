@@ -15,7 +15,9 @@ use crate::routing::Router;
 use crate::shutdown::Shutdown;
 use crate::sources::poll::{PollRoute, Pollers};
 use crate::stream::heartbeat::Heartbeats;
+use crate::stream::limits::Admission;
 use crate::stream::limits::ConnLimiter;
+use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -44,7 +46,9 @@ impl std::error::Error for BuildError {}
 
 #[derive(Debug)]
 pub struct Gateway {
-    pub site: Arc<Site>,
+    /// Swapped whole by a reload; a request takes it once (`site()`) and
+    /// finishes on the one it took.
+    site: ArcSwap<Site>,
     pub hub: Arc<dyn Broker>,
     pub pollers: Arc<Pollers>,
     pub client: Arc<Client>,
@@ -80,6 +84,10 @@ pub struct Site {
     pub config: Arc<Config>,
     pub router: Router<Arc<RouteEntry>>,
     pub pools: BTreeMap<String, Arc<Pool>>,
+    /// `limits.stream_rate`: admission of new streams.
+    pub admission: Option<Admission>,
+    /// When this config was loaded (shown by /stats and the dashboard).
+    pub loaded: std::time::SystemTime,
 }
 
 /// A route ready to serve.
@@ -167,9 +175,14 @@ impl Site {
         // The table `config::load` built and checked, bound to these entries.
         let router = config.router.map(|i| entries[*i].clone());
         Ok(Site {
+            admission: config
+                .limits
+                .stream_rate
+                .map(|r| Admission::new(r.per_second, r.burst)),
             config: Arc::new(config),
             router,
             pools,
+            loaded: std::time::SystemTime::now(),
         })
     }
 
@@ -180,6 +193,20 @@ impl Site {
 }
 
 impl Gateway {
+    /// The config in force now.
+    pub fn site(&self) -> Arc<Site> {
+        self.site.load_full()
+    }
+
+    /// Put `site` in force for every request from now on.
+    pub fn swap_site(&self, site: Site) {
+        let limits = &site.config.limits;
+        self.streams
+            .limiter
+            .set_limits(limits.max_connections, limits.max_connections_per_ip);
+        self.site.store(Arc::new(site));
+    }
+
     pub fn new(config: Config) -> Result<Arc<Gateway>, BuildError> {
         let metrics = Arc::new(Metrics::new());
         let hub: Arc<dyn Broker> = match &config.hub.broker {
@@ -217,7 +244,7 @@ impl Gateway {
         );
         Ok(Arc::new(Gateway {
             pollers: Pollers::new(hub.clone(), metrics.clone(), client.clone()),
-            site: Arc::new(Site::new(config)?),
+            site: ArcSwap::from_pointee(Site::new(config)?),
             hub,
             client,
             streams: Streams {

@@ -39,6 +39,10 @@ pub struct Metrics {
     /// The newest cursor (its sequence number) on disk: how far behind the
     /// hub it is says what an unclean stop would lose.
     pub persist_saved: IntGauge,
+    /// Config reloads on SIGHUP, by result (ok, error).
+    pub config_reloads: IntCounterVec,
+    /// New streams told to come back later (`limits.stream_rate`).
+    pub streams_deferred: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -196,6 +200,15 @@ impl Metrics {
                     "Sequence number of the newest cursor hub.persist has on disk",
                 )
                 .expect("metric"), // ok: static name
+            ),
+            config_reloads: cvec(
+                "ssegate_config_reloads_total",
+                "Config reloads on SIGHUP, by result",
+                &["result"],
+            ),
+            streams_deferred: counter(
+                "ssegate_streams_deferred_total",
+                "New SSE streams over limits.stream_rate, told to retry later",
             ),
             registry: r,
         }

@@ -14,7 +14,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -135,8 +135,6 @@ fn check_validity(der: &CertificateDer<'_>) -> Result<(), String> {
 /// The certificate the listener presents, swappable while it serves.
 #[derive(Debug)]
 pub(crate) struct CertStore {
-    cert: PathBuf,
-    key: PathBuf,
     current: ArcSwap<CertifiedKey>,
 }
 
@@ -144,17 +142,16 @@ impl CertStore {
     pub(crate) fn open(cert: &Path, key: &Path) -> Result<Arc<CertStore>, Problem> {
         let certified = load(cert, key)?;
         Ok(Arc::new(CertStore {
-            cert: cert.to_path_buf(),
-            key: key.to_path_buf(),
             current: ArcSwap::from_pointee(certified),
         }))
     }
 
-    /// Re-read both files. On any problem the certificate in use stays: a
-    /// half-written file during a renewal must not take the listener down.
-    pub(crate) fn reload(&self) -> Result<(), Problem> {
-        let key = load(&self.cert, &self.key)?;
-        self.current.store(Arc::new(key));
+    /// Read `cert` and `key` (the same files, or new ones a reloaded config
+    /// names). On any problem the certificate in use stays: a half-written
+    /// file during a renewal must not take the listener down.
+    pub(crate) fn reload_from(&self, cert: &Path, key: &Path) -> Result<(), Problem> {
+        let certified = load(cert, key)?;
+        self.current.store(Arc::new(certified));
         Ok(())
     }
 
@@ -179,7 +176,7 @@ impl ResolvesServerCert for CertStore {
 mod tests {
     use super::*;
 
-    fn pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    fn pair(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         let cert = dir.join(format!("{name}.crt"));
         let key = dir.join(format!("{name}.key"));
@@ -221,12 +218,12 @@ mod tests {
         let store = CertStore::open(&c, &k).unwrap();
         let before = store.current.load_full();
         std::fs::write(&c, "garbage").unwrap();
-        assert!(store.reload().is_err());
+        assert!(store.reload_from(&c, &k).is_err());
         assert!(Arc::ptr_eq(&before, &store.current.load_full()));
         let (c2, k2) = pair(dir.path(), "b");
         std::fs::rename(c2, &c).unwrap();
         std::fs::rename(k2, &k).unwrap();
-        store.reload().unwrap();
+        store.reload_from(&c, &k).unwrap();
         assert!(!Arc::ptr_eq(&before, &store.current.load_full()));
     }
 }

@@ -7,7 +7,8 @@
 //! The page reports back by POSTing to the backend through the gateway, so
 //! the test needs no DevTools protocol and no virtual time: it waits (with a
 //! timeout) for the page's reports and publishes in between. Skipped only
-//! when no Chromium binary is installed (`apt-get install -y chromium`).
+//! when no Chromium binary is installed (`apt-get install -y chromium`), and
+//! failed instead under `scripts/test` (which installs it) and in CI.
 
 mod support;
 

@@ -2,10 +2,10 @@
 //! is an error, not a silently ignored setting; values stay as written
 //! (durations and sizes are strings) and are checked once in `validate`.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
@@ -26,14 +26,14 @@ pub struct FileConfig {
 }
 
 /// Gateway-wide GRIP settings.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GripFile {
     /// Names the env var holding the key that signs `Grip-Sig`.
     pub key_env: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFile {
     pub cert: String,
@@ -42,21 +42,21 @@ pub struct TlsFile {
 
 /// HTTP/2 on the public listener. With `tls:` it is negotiated by ALPN;
 /// `h2c: true` accepts it in plain text (prior knowledge) instead.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Http2File {
     pub h2c: Option<bool>,
     pub max_concurrent_streams: Option<u32>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminFile {
     pub listen: Option<String>,
     pub token_env: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubFile {
     pub broker: Option<String>,
@@ -65,14 +65,14 @@ pub struct HubFile {
     pub persist: Option<PersistFile>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PersistFile {
     pub path: Option<String>,
     pub interval: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisFile {
     pub url: Option<String>,
@@ -80,7 +80,7 @@ pub struct RedisFile {
     pub prefix: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryFile {
     pub size: Option<usize>,
@@ -88,7 +88,7 @@ pub struct HistoryFile {
 }
 
 /// `sse:` at the top level (defaults) and the timing part of a route's `sse:`.
-#[derive(Debug, Default, Deserialize, Clone)]
+#[derive(Debug, Default, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct SseFile {
     pub heartbeat: Option<String>,
@@ -96,16 +96,25 @@ pub struct SseFile {
     pub client_queue: Option<usize>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsFile {
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
     pub max_channels_per_client: Option<usize>,
     pub max_body: Option<String>,
+    pub stream_rate: Option<StreamRateFile>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `limits.stream_rate`: new SSE streams admitted per second (token bucket).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamRateFile {
+    pub per_second: f64,
+    pub burst: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
     pub servers: Vec<String>,
@@ -115,7 +124,7 @@ pub struct UpstreamFile {
     pub fail_timeout: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteFile {
     pub path: String,
@@ -129,7 +138,7 @@ pub struct RouteFile {
     pub sse: Option<SseRouteFile>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SseRouteFile {
     #[serde(default)]
@@ -143,14 +152,14 @@ pub struct SseRouteFile {
     pub poll: Option<PollFile>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthFile {
     pub forward: Option<ForwardAuthFile>,
     pub jwt: Option<JwtFile>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardAuthFile {
     pub upstream: String,
@@ -160,7 +169,7 @@ pub struct ForwardAuthFile {
     pub cache_ttl: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtFile {
     pub secret_env: Option<String>,
@@ -174,7 +183,7 @@ pub struct JwtFile {
     pub channels_claim: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PollFile {
     pub upstream: String,
@@ -198,7 +207,7 @@ pub struct PollFile {
 }
 
 /// Event names of `diff: json-items`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PollEventsFile {
     pub created: Option<String>,
@@ -206,7 +215,7 @@ pub struct PollEventsFile {
     pub deleted: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookFile {
     pub path: String,
@@ -220,7 +229,7 @@ pub struct WebhookFile {
 }
 
 /// `channel: "a:{/x}"` or `channel: ["a:{/x}", "all"]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum ChannelsFile {
     One(String),
@@ -237,7 +246,7 @@ impl ChannelsFile {
 }
 
 /// Exactly one scheme must be given; `load` checks that.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyFile {
     pub hmac_sha256: Option<HmacFile>,
@@ -246,7 +255,7 @@ pub struct VerifyFile {
     pub token: Option<TokenFile>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HmacFile {
     pub secret_env: String,
@@ -255,7 +264,7 @@ pub struct HmacFile {
     pub encoding: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StripeFile {
     pub secret_env: String,
@@ -263,14 +272,14 @@ pub struct StripeFile {
     pub tolerance: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StandardWebhooksFile {
     pub secret_env: String,
     pub tolerance: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenFile {
     pub header: String,

@@ -8,6 +8,7 @@ use super::runtime::*;
 use crate::channel::{is_channel_char, ChannelPattern, POLL_PREFIX};
 use crate::routing::{self, RouteKey, Router};
 use crate::template::{Template, Var};
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -85,8 +86,12 @@ pub fn load_str(
         env,
         // Key files are named relative to the config file.
         dir: source.parent().map(Path::to_path_buf).unwrap_or_default(),
+        material: Vec::new(),
     };
-    let cfg = v.config(parsed, source.to_path_buf());
+    let cfg = v.config(parsed, source.to_path_buf()).map(|mut c| {
+        c.digest = hex::encode(Sha256::digest(text.as_bytes()));
+        c
+    });
     if v.errors.is_empty() {
         if let Some(cfg) = cfg {
             return Ok(cfg);
@@ -138,6 +143,9 @@ pub(super) struct Validator<'e> {
     errors: Vec<ConfigError>,
     env: &'e dyn Fn(&str) -> Option<String>,
     dir: PathBuf,
+    /// Secrets and key files read for the route being validated: part of
+    /// its fingerprint, so a rotated secret counts as a changed route.
+    material: Vec<u8>,
 }
 
 /// The longest value a duration setting may take: anything longer is a
@@ -212,7 +220,10 @@ impl Validator<'_> {
 
     fn secret(&mut self, path: &str, var: &str) -> Option<String> {
         match (self.env)(var) {
-            Some(v) if !v.is_empty() => Some(v),
+            Some(v) if !v.is_empty() => {
+                self.remember(v.as_bytes());
+                Some(v)
+            }
             _ => {
                 self.err(path, format!("environment variable `{var}` is not set"));
                 None
@@ -269,6 +280,7 @@ impl Validator<'_> {
         };
         Some(Config {
             source,
+            digest: String::new(),
             listen,
             shutdown_grace,
             tls,
@@ -475,11 +487,30 @@ impl Validator<'_> {
         if max_channels_per_client == 0 {
             self.err("limits.max_channels_per_client", "must be at least 1");
         }
+        let stream_rate = l.stream_rate.and_then(|r| {
+            let burst = r.burst.unwrap_or(r.per_second.max(1.0));
+            if !(r.per_second.is_finite() && r.per_second > 0.0) {
+                self.err(
+                    "limits.stream_rate.per_second",
+                    "per_second must be a number above 0",
+                );
+                return None;
+            }
+            if !(burst.is_finite() && burst >= 1.0) {
+                self.err("limits.stream_rate.burst", "burst must be at least 1");
+                return None;
+            }
+            Some(StreamRate {
+                per_second: r.per_second,
+                burst,
+            })
+        });
         Limits {
             max_connections: l.max_connections.unwrap_or(100_000),
             max_connections_per_ip: l.max_connections_per_ip.unwrap_or(0),
             max_channels_per_client,
             max_body,
+            stream_rate,
         }
     }
 
@@ -546,6 +577,9 @@ impl Validator<'_> {
         let mut out = Vec::new();
         for (index, r) in routes.into_iter().enumerate() {
             let base = format!("routes.{index}");
+            self.material.clear();
+            // ok to default: file structs always serialise.
+            let written = serde_json::to_vec(&r).unwrap_or_default();
             if !r.path.starts_with('/') {
                 self.err(
                     &format!("{base}.path"),
@@ -589,8 +623,10 @@ impl Validator<'_> {
                     RouteKind::Sse(Box::new(self.sse_route(&base, &r.path, s, sse, upstreams)))
                 }
             };
+            let fingerprint = self.fingerprint(&written, &kind, sse, upstreams);
             out.push(Route {
                 index,
+                fingerprint,
                 path: r.path,
                 methods,
                 host,
@@ -598,6 +634,48 @@ impl Validator<'_> {
             });
         }
         out
+    }
+
+    /// Hash of everything that decides how a route's streams behave.
+    fn fingerprint(
+        &self,
+        written: &[u8],
+        kind: &RouteKind,
+        sse: &SseSettings,
+        upstreams: &BTreeMap<String, Upstream>,
+    ) -> u64 {
+        let mut h = Sha256::new();
+        let mut part = |b: &[u8]| {
+            h.update((b.len() as u64).to_le_bytes());
+            h.update(b);
+        };
+        part(written);
+        part(format!("{sse:?}").as_bytes());
+        let named = match kind {
+            RouteKind::Proxy { upstream, .. } => vec![upstream.as_str()],
+            RouteKind::Sse(s) => s
+                .auth
+                .forward
+                .iter()
+                .map(|f| f.upstream.as_str())
+                .chain(s.poll.iter().map(|p| p.upstream.as_str()))
+                .collect(),
+        };
+        for name in named {
+            part(format!("{:?}", upstreams.get(name)).as_bytes());
+        }
+        part(&self.material);
+        let digest = h.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_le_bytes(first)
+    }
+
+    /// Remember secret or key material read for the route being validated.
+    pub(super) fn remember(&mut self, bytes: &[u8]) {
+        self.material
+            .extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        self.material.extend_from_slice(bytes);
     }
 
     fn sse_route(

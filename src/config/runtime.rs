@@ -14,6 +14,8 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub source: PathBuf,
+    /// SHA-256 of the file text, hex: which config is running.
+    pub digest: String,
     pub listen: SocketAddr,
     pub shutdown_grace: Duration,
     pub tls: Option<Tls>,
@@ -100,6 +102,15 @@ pub struct Limits {
     pub max_connections_per_ip: usize,
     pub max_channels_per_client: usize,
     pub max_body: usize,
+    /// New SSE streams over this rate are deferred: told to retry later.
+    pub stream_rate: Option<StreamRate>,
+}
+
+/// A token bucket: `per_second` refill, at most `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StreamRate {
+    pub per_second: f64,
+    pub burst: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +126,11 @@ pub struct Upstream {
 pub struct Route {
     /// Index in the file, for error messages and metrics.
     pub index: usize,
+    /// What the route is, as a number: equal iff everything that decides how
+    /// its streams behave is equal (its YAML, the `sse` defaults, the
+    /// upstreams it names, the secrets and key files it reads). A reload
+    /// keeps the open streams of routes whose fingerprint did not change.
+    pub fingerprint: u64,
     pub path: String,
     /// None = any method.
     pub methods: Option<Vec<Method>>,

@@ -40,7 +40,8 @@ impl AdminApp {
     }
 
     fn authorized(&self, session: &Session) -> bool {
-        let Some(token) = &self.gw.site.config.admin.token else {
+        let site = self.gw.site();
+        let Some(token) = &site.config.admin.token else {
             return true;
         };
         let given = session
@@ -62,7 +63,7 @@ impl AdminApp {
             let r = Refusal::new(401, "auth", "missing or wrong bearer token");
             return self.refuse(session, r).await;
         }
-        let body = match body::read(session, self.gw.site.config.limits.max_body).await {
+        let body = match body::read(session, self.gw.site().config.limits.max_body).await {
             Ok(b) => b,
             Err(e) => return self.refuse(session, e).await,
         };
@@ -100,7 +101,7 @@ impl AdminApp {
             let r = Refusal::method_not_allowed(&hook.methods, "method not allowed");
             return self.refuse(session, r).await;
         }
-        let body = match body::read(session, gw.site.config.limits.max_body).await {
+        let body = match body::read(session, gw.site().config.limits.max_body).await {
             Ok(b) => b,
             Err(e) => {
                 count(match e {
@@ -162,7 +163,8 @@ impl AdminApp {
             let r = Refusal::new(503, "draining", "shutting down");
             return self.refuse(session, r).await;
         }
-        let sse = &gw.site.config.sse;
+        let site = gw.site();
+        let sse = &site.config.sse;
         let sub = Arc::new(Subscriber::new(streams.next_id(), 16));
         let stream = Stream {
             heartbeat: streams.heartbeats.join(sse.heartbeat, &sub),
@@ -195,8 +197,8 @@ impl AdminApp {
 /// What `/stats` shows, and the dashboard draws.
 pub(crate) fn stats(gw: &Gateway) -> serde_json::Value {
     let m = &gw.metrics;
-    let routes: serde_json::Map<String, serde_json::Value> = gw
-        .site
+    let site = gw.site();
+    let routes: serde_json::Map<String, serde_json::Value> = site
         .routes()
         .filter(|r| r.is_sse())
         .map(|r| {
@@ -218,6 +220,11 @@ pub(crate) fn stats(gw: &Gateway) -> serde_json::Value {
             "slow_client_disconnects": m.slow_disconnects.get(),
         },
         "draining": gw.streams.shutdown.is_draining(),
+        "config": {
+            "source": site.config.source.display().to_string(),
+            "digest": site.config.digest,
+            "loaded_at": humantime::format_rfc3339_seconds(site.loaded).to_string(),
+        },
     })
 }
 
@@ -288,7 +295,7 @@ impl ProxyHttp for AdminApp {
                 let r = Refusal::new(405, "method", "method not allowed");
                 self.refuse(session, r).await
             }
-            _ => match webhook::find(&gw.site.config.webhooks, &path) {
+            _ => match webhook::find(&gw.site().config.webhooks, &path) {
                 Some(hook) => self.webhook(hook, session).await,
                 None => {
                     let r = Refusal::new(404, "no_route", format!("no admin endpoint {path}"));

@@ -6,7 +6,7 @@ use super::detach;
 use super::grip::{self, HoldStart};
 use super::held::SessionSink;
 use super::refuse::{Refusal, Style};
-use crate::gateway::{Action, Gateway, RouteEntry, SseEntry};
+use crate::gateway::{Action, Gateway, RouteEntry, Site, SseEntry};
 use crate::hub::{Resume, Subscriber};
 use crate::outbound::{Forwarded, Pool};
 use crate::routing::{host_only, Matched, Miss};
@@ -80,6 +80,7 @@ impl PublicProxy {
     async fn open_stream(
         &self,
         session: &mut Session,
+        site: &Site,
         m: &Matched<'_, Arc<RouteEntry>>,
         entry: &SseEntry,
     ) -> Result<bool> {
@@ -89,7 +90,12 @@ impl PublicProxy {
             let r = Refusal::method_not_allowed(&[http::Method::GET], "sse routes answer GET only");
             return self.refuse(session, r).await;
         }
-        let max_channels = gw.site.config.limits.max_channels_per_client;
+        // Over the rate, before any work (auth included): a reconnect storm
+        // spreads itself out instead of reaching the backends at once.
+        if site.admission.as_ref().is_some_and(|a| !a.admit()) {
+            return self.defer(session, entry.sse.settings.retry).await;
+        }
+        let max_channels = site.config.limits.max_channels_per_client;
         let req = session.req_header();
         let mut values = RequestValues::new(&m.params, req.uri.query(), &req.headers);
         if let Err(e) = entry.auth.check(&gw.client, &mut values).await {
@@ -109,13 +115,15 @@ impl PublicProxy {
         // however it ends.
         let lease = match &entry.poll {
             None => None,
-            Some(p) => match crate::sources::poll::target(&values, m.value.route.index, &p.poll)
-                .map_err(crate::sources::poll::PollError::Target)
-                .and_then(|t| gw.pollers.acquire(t, p))
-            {
-                Ok(l) => Some(l),
-                Err(e) => return self.refuse(session, e).await,
-            },
+            Some(p) => {
+                match crate::sources::poll::target(&values, m.value.route.fingerprint, &p.poll)
+                    .map_err(crate::sources::poll::PollError::Target)
+                    .and_then(|t| gw.pollers.acquire(t, p))
+                {
+                    Ok(l) => Some(l),
+                    Err(e) => return self.refuse(session, e).await,
+                }
+            }
         };
         // Closed at `exp` (plus the leeway validation allowed).
         let expires = entry.auth.jwt().and_then(|jwt| {
@@ -143,19 +151,20 @@ impl PublicProxy {
             keep: lease.map(|l| Box::new(l) as Box<dyn std::any::Any + Send + Sync>),
             expires,
         };
-        self.hold_stream(session, m.value.label(), spec).await
+        self.hold_stream(session, &m.value.route, spec).await
     }
 
     /// A GRIP route: the backend answers, and may hold the client.
     async fn grip(
         &self,
         session: &mut Session,
+        site: &Site,
         entry: &RouteEntry,
         pool: &Pool,
         route: &crate::config::GripRoute,
     ) -> Result<bool> {
         let gw = &self.gw;
-        let limits = &gw.site.config.limits;
+        let limits = &site.config.limits;
         let who = forwarded(session);
         let outcome = grip::forward(
             &gw.client,
@@ -178,7 +187,7 @@ impl PublicProxy {
         let HoldStart { hold, head, body } = *start;
         // Without Grip-Keep-Alive nothing is sent idle, but the stream still
         // joins a tick so that a drain on shutdown wakes it.
-        let sse = &gw.site.config.sse;
+        let sse = &site.config.sse;
         let (heartbeat, keep_alive) = match hold.keep_alive {
             Some(k) => (k.timeout, Some(k.content)),
             None => (sse.heartbeat, None),
@@ -198,7 +207,18 @@ impl PublicProxy {
             keep: None,
             expires: None,
         };
-        self.hold_stream(session, entry.label(), spec).await
+        self.hold_stream(session, &entry.route, spec).await
+    }
+
+    /// Over `limits.stream_rate`: `200 text/event-stream` with only a
+    /// `retry:` drawn from [retry, 4×retry], then the end. EventSource comes
+    /// back after that delay; a 5xx would make it give up for good.
+    async fn defer(&self, session: &mut Session, retry: Duration) -> Result<bool> {
+        self.gw.metrics.streams_deferred.inc();
+        let wait = retry.mul_f64(1.0 + 3.0 * rand::random::<f64>());
+        let body = crate::wire::retry_only(wait.as_millis());
+        super::respond::send(session, 200, crate::wire::SSE_HEADERS[0].1, body, &[]).await?;
+        Ok(true)
     }
 
     /// Subscribe and hold the client: detached from pingora on plain
@@ -206,11 +226,12 @@ impl PublicProxy {
     async fn hold_stream(
         &self,
         session: &mut Session,
-        label: &str,
+        route: &crate::config::Route,
         spec: StreamSpec,
     ) -> Result<bool> {
         let gw = &self.gw;
         let streams = &gw.streams;
+        let label = route.path.as_str();
         if streams.shutdown.is_draining() {
             return self
                 .refuse(session, Refusal::new(503, "draining", "shutting down"))
@@ -225,10 +246,12 @@ impl PublicProxy {
             Err(e) => return self.refuse(session, e).await,
         };
         let id = streams.next_id();
-        let sub = Arc::new(match spec.grip {
-            Some(_) => Subscriber::grip_hold(id, spec.client_queue),
-            None => Subscriber::new(id, spec.client_queue),
-        });
+        let sub = Arc::new(Subscriber::on_route(
+            id,
+            spec.client_queue,
+            route.fingerprint,
+            spec.grip.is_some(),
+        ));
         let opened = stream::subscribe(
             &gw.hub,
             sub.clone(),
@@ -287,7 +310,7 @@ impl ProxyHttp for PublicProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let site = self.gw.site.clone();
+        let site = self.gw.site();
         let req = session.req_header();
         let host = host_of(req).map(host_only);
         let found = site
@@ -308,10 +331,10 @@ impl ProxyHttp for PublicProxy {
         };
         let entry = m.value.clone();
         match &entry.action {
-            Action::Sse(sse) => self.open_stream(session, &m, sse).await,
+            Action::Sse(sse) => self.open_stream(session, &site, &m, sse).await,
             Action::Grip(pool, g) => {
                 ctx._active = Some(self.gw.streams.shutdown.track());
-                self.grip(session, &entry, pool, g).await
+                self.grip(session, &site, &entry, pool, g).await
             }
             Action::Proxy(pool) => {
                 ctx.pool = Some(pool.clone());

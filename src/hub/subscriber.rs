@@ -43,6 +43,9 @@ pub enum SubState {
     Closed,
     /// Its JWT expired: the stream says so (`ssegate.expired`) and ends.
     Expired,
+    /// Its route changed in a reload: the stream tells the client to come
+    /// back (a jittered `retry:`) and ends.
+    Retired,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -61,6 +64,7 @@ const OPEN: u8 = 0;
 const SLOW: u8 = 1;
 const CLOSED: u8 = 2;
 const EXPIRED: u8 = 3;
+const RETIRED: u8 = 4;
 
 #[derive(Debug)]
 pub struct Subscriber {
@@ -68,6 +72,9 @@ pub struct Subscriber {
     capacity: usize,
     /// A GRIP hold: takes GRIP content whatever its format.
     grip: bool,
+    /// The fingerprint of the route it was opened on (0: none), so that a
+    /// reload can end the streams of routes that changed.
+    route: u64,
     state: AtomicU8,
     // A std Mutex: held only to push or swap, never across an await.
     queue: Mutex<VecDeque<Delivery>>,
@@ -80,18 +87,25 @@ impl Subscriber {
             id,
             capacity: capacity.max(1),
             grip: false,
+            route: 0,
             state: AtomicU8::new(OPEN),
             queue: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
         }
     }
 
-    /// The subscriber of a GRIP hold.
-    pub fn grip_hold(id: u64, capacity: usize) -> Subscriber {
+    /// The subscriber of a stream on route `route` (a fingerprint); `grip`
+    /// for a GRIP hold, which takes GRIP content whatever its format.
+    pub fn on_route(id: u64, capacity: usize, route: u64, grip: bool) -> Subscriber {
         Subscriber {
-            grip: true,
+            grip,
+            route,
             ..Subscriber::new(id, capacity)
         }
+    }
+
+    pub fn route(&self) -> u64 {
+        self.route
     }
 
     pub fn id(&self) -> u64 {
@@ -103,6 +117,7 @@ impl Subscriber {
             OPEN => SubState::Open,
             SLOW => SubState::Slow,
             EXPIRED => SubState::Expired,
+            RETIRED => SubState::Retired,
             _ => SubState::Closed,
         }
     }
@@ -134,21 +149,25 @@ impl Subscriber {
 
     /// End the stream (publisher close or shutdown).
     pub fn close(&self) {
-        if self
-            .state
-            .compare_exchange(OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            self.wake.notify_one();
-        }
+        self.end_as(CLOSED);
     }
 
     /// End the stream because its credentials expired; the stream writes
     /// `ssegate.expired` before it closes.
     pub fn expire(&self) {
+        self.end_as(EXPIRED);
+    }
+
+    /// End the stream because its route changed (reload); the stream tells
+    /// the client when to come back before it closes.
+    pub fn retire(&self) {
+        self.end_as(RETIRED);
+    }
+
+    fn end_as(&self, state: u8) {
         if self
             .state
-            .compare_exchange(OPEN, EXPIRED, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(OPEN, state, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
             self.wake.notify_one();
@@ -213,7 +232,7 @@ mod tests {
             ..d(1)
         };
         let sse = Subscriber::new(1, 4);
-        let hold = Subscriber::grip_hold(2, 4);
+        let hold = Subscriber::on_route(2, 4, 7, true);
         assert_eq!(sse.offer(&raw), Offer::NotForThisClient);
         assert_eq!(hold.offer(&raw), Offer::Queued);
         let mut out = Vec::new();

@@ -129,6 +129,20 @@ impl Heartbeats {
         Some(Membership { beat, id: sub.id() })
     }
 
+    /// Every open stream's subscriber (every stream joins a tick).
+    pub(crate) fn members(&self) -> Vec<Arc<Subscriber>> {
+        let beats: Vec<Arc<Beat>> = {
+            let beats = self.beats.lock().unwrap_or_else(|p| p.into_inner());
+            beats.values().cloned().collect()
+        };
+        let mut out = Vec::new();
+        for beat in beats {
+            let m = beat.members.lock().unwrap_or_else(|p| p.into_inner());
+            out.extend(m.values().filter_map(Weak::upgrade));
+        }
+        out
+    }
+
     /// Wake every stream now (shutdown: they look at the drain flag).
     pub fn wake_all(&self) {
         let beats: Vec<Arc<Beat>> = {

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Default)]
 pub struct ConnLimiter {
-    max_total: usize,
-    max_per_ip: usize,
+    // Atomics: a reload changes them while streams come and go.
+    max_total: AtomicUsize,
+    max_per_ip: AtomicUsize,
     total: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -46,10 +47,16 @@ impl ConnLimiter {
     /// 0 means unlimited.
     pub fn new(max_total: usize, max_per_ip: usize) -> Arc<ConnLimiter> {
         Arc::new(ConnLimiter {
-            max_total,
-            max_per_ip,
+            max_total: AtomicUsize::new(max_total),
+            max_per_ip: AtomicUsize::new(max_per_ip),
             ..Default::default()
         })
+    }
+
+    /// New caps (a reload); open streams keep their slots.
+    pub fn set_limits(&self, max_total: usize, max_per_ip: usize) {
+        self.max_total.store(max_total, Ordering::Release);
+        self.max_per_ip.store(max_per_ip, Ordering::Release);
     }
 
     pub fn open(&self) -> usize {
@@ -59,15 +66,17 @@ impl ConnLimiter {
     /// A slot, or the reason for a 429.
     pub fn acquire(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<ConnSlot, LimitError> {
         let prev = self.total.fetch_add(1, Ordering::AcqRel);
-        if self.max_total > 0 && prev >= self.max_total {
+        let max_total = self.max_total.load(Ordering::Acquire);
+        if max_total > 0 && prev >= max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(LimitError::Total);
         }
-        let ip = if self.max_per_ip > 0 { ip } else { None };
+        let max_per_ip = self.max_per_ip.load(Ordering::Acquire);
+        let ip = if max_per_ip > 0 { ip } else { None };
         if let Some(ip) = ip {
             let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
             let n = map.entry(ip).or_insert(0);
-            if *n >= self.max_per_ip {
+            if *n >= max_per_ip {
                 drop(map);
                 self.total.fetch_sub(1, Ordering::AcqRel);
                 return Err(LimitError::PerIp);
@@ -100,9 +109,60 @@ impl Drop for ConnSlot {
     }
 }
 
+/// Admission of new streams at a bounded rate (`limits.stream_rate`): a
+/// token bucket on tokio's clock. A reconnect storm is spread out by
+/// deferring what is over the rate, not refused.
+#[derive(Debug)]
+pub struct Admission {
+    per_second: f64,
+    burst: f64,
+    // A std Mutex: held for a few arithmetic operations, never across an await.
+    bucket: Mutex<(f64, tokio::time::Instant)>,
+}
+
+impl Admission {
+    pub fn new(per_second: f64, burst: f64) -> Admission {
+        Admission {
+            per_second,
+            burst,
+            bucket: Mutex::new((burst, tokio::time::Instant::now())),
+        }
+    }
+
+    /// Whether one more stream may start now.
+    pub fn admit(&self) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, at) = *b;
+        let refilled =
+            (tokens + now.duration_since(at).as_secs_f64() * self.per_second).min(self.burst);
+        if refilled >= 1.0 {
+            *b = (refilled - 1.0, now);
+            true
+        } else {
+            *b = (refilled, now);
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn admission_allows_the_burst_then_the_rate() {
+        let a = Admission::new(10.0, 5.0);
+        assert_eq!((0..8).filter(|_| a.admit()).count(), 5, "the burst");
+        tokio::time::advance(std::time::Duration::from_millis(300)).await;
+        assert_eq!((0..8).filter(|_| a.admit()).count(), 3, "10/s for 0.3 s");
+        tokio::time::advance(std::time::Duration::from_secs(60)).await;
+        assert_eq!(
+            (0..8).filter(|_| a.admit()).count(),
+            5,
+            "never above the burst"
+        );
+    }
 
     #[test]
     fn caps_and_releases() {

@@ -169,6 +169,8 @@ pub(crate) enum End {
     ClosedByPublisher,
     /// The client's JWT expired (`ssegate.expired` was sent).
     Expired,
+    /// Its route changed in a reload (a jittered `retry:` was sent).
+    Retired,
     Shutdown,
     WriteFailed,
 }
@@ -306,6 +308,7 @@ impl Stream {
                 SubState::Slow => break End::Slow,
                 SubState::Closed => break End::ClosedByPublisher,
                 SubState::Expired => break End::Expired,
+                SubState::Retired => break End::Retired,
             }
             if self.shutdown.is_draining() {
                 break End::Shutdown;
@@ -357,11 +360,11 @@ impl Stream {
     async fn end<S: Sink>(self, sink: &mut S, end: End) -> End {
         let sub = &self.subscription.sub;
         let last = match end {
-            End::Shutdown if self.grip.is_none() => {
+            End::Shutdown | End::Retired if self.grip.is_none() => {
                 Some(wire::retry_only(jittered(self.retry).as_millis()))
             }
             End::Expired => Some(wire::expired()),
-            End::Shutdown | End::ClosedByPublisher => Some(Bytes::new()),
+            End::Shutdown | End::Retired | End::ClosedByPublisher => Some(Bytes::new()),
             End::ClientGone | End::Slow | End::WriteFailed => None,
         };
         sink.finish(sub, last).await;

@@ -73,6 +73,21 @@ pub async fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() ->
     }
 }
 
+/// A config body with the gateway's listen addresses added.
+fn config_text(body: &str, port: u16, admin_port: u16) -> String {
+    let has_admin = body.lines().any(|l| l.starts_with("admin:"));
+    let mut text = format!("listen: 127.0.0.1:{port}\n");
+    if has_admin {
+        text.push_str(&body.replace(
+            "admin:\n",
+            &format!("admin:\n  listen: 127.0.0.1:{admin_port}\n"),
+        ));
+    } else {
+        text.push_str(&format!("admin:\n  listen: 127.0.0.1:{admin_port}\n{body}"));
+    }
+    text
+}
+
 /// One `ssegate run` process; stopped (SIGKILL) when dropped.
 pub struct Gateway {
     pub port: u16,
@@ -110,16 +125,7 @@ impl Gateway {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let admin_port = free_port();
-        let has_admin = body.lines().any(|l| l.starts_with("admin:"));
-        let mut text = format!("listen: 127.0.0.1:{port}\n");
-        if has_admin {
-            text.push_str(&body.replace(
-                "admin:\n",
-                &format!("admin:\n  listen: 127.0.0.1:{admin_port}\n"),
-            ));
-        } else {
-            text.push_str(&format!("admin:\n  listen: 127.0.0.1:{admin_port}\n{body}"));
-        }
+        let text = config_text(body, port, admin_port);
         let config_path = dir.path().join("ssegate.yaml");
         std::fs::write(&config_path, &text).unwrap();
         let log_path = dir.path().join("ssegate.log");
@@ -159,6 +165,36 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(gw)
+    }
+
+    /// Write `body` (as for `start`) over the config file, send SIGHUP and
+    /// wait until the gateway counted the reload; true if it was accepted.
+    pub async fn reload(&self, body: &str) -> bool {
+        std::fs::write(
+            &self.config_path,
+            config_text(body, self.port, self.admin_port),
+        )
+        .unwrap();
+        let ok = r#"ssegate_config_reloads_total{result="ok"}"#;
+        let err = r#"ssegate_config_reloads_total{result="error"}"#;
+        let before = (self.metric(ok).await, self.metric(err).await);
+        self.signal("-HUP");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let now = (self.metric(ok).await, self.metric(err).await);
+            if now.0 > before.0 {
+                return true;
+            }
+            if now.1 > before.1 {
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no reload counted within {WAIT:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -173,7 +173,10 @@ impl Validator<'_> {
     fn read_key_file(&mut self, at: &str, path: &str) -> Option<Vec<u8>> {
         let full = self.dir.join(path);
         match std::fs::read(&full) {
-            Ok(b) => Some(b),
+            Ok(b) => {
+                self.remember(&b);
+                Some(b)
+            }
             Err(e) => {
                 self.err(at, format!("cannot read `{}`: {e}", full.display()));
                 None

@@ -52,7 +52,8 @@ const SEGMENTS: &AsciiSet = &SEGMENT.remove(b'/');
 /// One resolved poll request: two requests share a poller iff they are equal.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Target {
-    pub route: usize,
+    /// The route's fingerprint: a changed route gets new pollers.
+    pub route: u64,
     pub upstream: String,
     pub method: Method,
     /// Path and query, percent-encoded.
@@ -79,7 +80,7 @@ impl fmt::Debug for Target {
 /// The poll request `values` needs on route `route` (its index).
 pub(crate) fn resolve(
     values: &RequestValues<'_>,
-    route: usize,
+    route: u64,
     poll: &Poll,
 ) -> Result<Target, TargetError> {
     let mut rendered: Vec<(&Var, String)> = Vec::new();
@@ -139,7 +140,7 @@ pub(crate) fn resolve(
 
 /// Length-prefixed fields, so no two different requests hash the same input.
 fn channel(
-    route: usize,
+    route: u64,
     upstream: &str,
     method: &Method,
     path: &str,
@@ -159,7 +160,7 @@ fn channel(
     }
     let h = hash(&input);
     let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{POLL_PREFIX}{route}:{hex}")
+    format!("{POLL_PREFIX}{route:016x}:{hex}")
 }
 
 #[cfg(test)]
@@ -217,7 +218,7 @@ mod tests {
     /// `super::resolve` with the request's values built as the edge would.
     fn resolve(
         r: &Req,
-        route: usize,
+        route: u64,
         poll: &Poll,
         params: &[(String, String)],
     ) -> Result<Target, TargetError> {
@@ -241,7 +242,7 @@ mod tests {
         .unwrap();
         assert_eq!(t.path, "/api/a%20b?s=a%26b%3Dc&h=t%2F1");
         assert!(
-            t.channel.starts_with("poll:2:") && channel::check(&t.channel).is_ok(),
+            t.channel.starts_with("poll:0000000000000002:") && channel::check(&t.channel).is_ok(),
             "{}",
             t.channel
         );
