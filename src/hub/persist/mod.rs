@@ -85,8 +85,8 @@ impl std::error::Error for PersistError {}
 
 /// The hook for other state that should survive restarts in the hub's files
 /// (issue 15's recorded backend replies, for instance). Register one with
-/// `MemoryBroker::add_section` once it exists; take what the files held at
-/// start with `MemoryBroker::restored(key)` before that.
+/// `Broker::add_section` once it exists; take what the files held at
+/// start with `Broker::restored_section(key)` before that.
 ///
 /// A section is saved whole, as opaque bytes, whenever it says it changed:
 /// `snapshot` is called at every save (every `interval` and at stop), off
