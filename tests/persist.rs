@@ -41,8 +41,18 @@ fn stop(gw: &mut Gateway) {
 
 fn kill(gw: &mut Gateway) {
     gw.signal("-KILL");
-    // SIGKILL cannot be caught: the wait is for the kernel to reap it.
-    let status = gw.child.as_mut().unwrap().wait().unwrap();
+    let child = gw.child.as_mut().unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running after SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(!status.success(), "{status}");
 }
 

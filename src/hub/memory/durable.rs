@@ -174,26 +174,7 @@ impl MemoryBroker {
         let (mut image, mut store) = (opened.image, opened.store);
         let (channels, events) = (image.channels.len(), image.events());
         let path = settings.path.display().to_string();
-        let mut lost = None;
-        let (state_label, seq) = match &opened.start {
-            Start::Fresh { damage: None } => {
-                tracing::info!(
-                    path,
-                    "hub.persist: nothing saved yet, starting with empty history"
-                );
-                ("fresh", image.seq)
-            }
-            Start::Fresh { damage: Some(why) } => {
-                tracing::warn!(path, "hub.persist: {why}; starting with empty history and a new epoch (the unreadable files are kept as {path}.corrupt and {path}.log.corrupt)");
-                ("corrupt", image.seq)
-            }
-            Start::Clean => ("clean", image.seq),
-            Start::Unclean { saved, reserved } => {
-                tracing::warn!(path, saved, reserved, "hub.persist: the last stop was not clean: events published after cursor {saved} were not saved; cursors up to {reserved} are never given out again and a resume from one of them gets ssegate.reset");
-                lost = Some((*saved, *reserved));
-                ("unclean", (*reserved).max(*saved))
-            }
-        };
+        let (state_label, seq, lost) = announce(&opened.start, image.seq, &path);
         metrics
             .persist_starts
             .with_label_values(&[state_label])
@@ -377,6 +358,11 @@ impl MemoryBroker {
                 }
             }
             Ok(Err(e)) => {
+                if let (Some(j), "checkpoint") = (self.lock().journal.as_mut(), kind) {
+                    // What it was to write is in no file: the next save
+                    // tries the whole history again.
+                    j.overflowed = true;
+                }
                 d.metrics
                     .persist_saves
                     .with_label_values(&[kind, "error"])
@@ -395,19 +381,19 @@ impl MemoryBroker {
     async fn compact_if_due(&self, d: &Durable) {
         let store = d.store.clone();
         let (trim, stop) = (d.trim, d.stopping.clone());
-        let done = tokio::task::spawn_blocking(move || {
+        if !locked(&store).wants_compaction() {
+            return;
+        }
+        let done = persist::in_background(move || {
             let mut s = locked(&store);
-            if !s.wants_compaction() {
-                return None;
-            }
             let took = std::time::Instant::now();
             let before = s.sizes();
-            Some((s.compact(trim, &stop), before, took.elapsed()))
+            (s.compact(trim, &stop), before, took.elapsed())
         })
         .await;
         match done {
-            Ok(Some((Ok(0), _, _))) => {}
-            Ok(Some((Ok(bytes), (checkpoint, log), took))) => {
+            Some((Ok(0), _, _)) => {}
+            Some((Ok(bytes), (checkpoint, log), took)) => {
                 d.metrics
                     .persist_saves
                     .with_label_values(&["checkpoint", "ok"])
@@ -424,15 +410,14 @@ impl MemoryBroker {
                     "hub.persist: log folded into a new checkpoint"
                 );
             }
-            Ok(Some((Err(e), _, _))) => {
+            Some((Err(e), _, _)) => {
                 d.metrics
                     .persist_saves
                     .with_label_values(&["checkpoint", "error"])
                     .inc();
                 tracing::error!("hub.persist: folding the log into a new checkpoint failed (the log stays, and grows): {e}");
             }
-            Ok(None) => {}
-            Err(e) => tracing::error!("hub.persist: compaction task failed: {e}"),
+            None => tracing::error!("hub.persist: the thread folding the log failed"),
         }
     }
 
@@ -478,6 +463,33 @@ impl MemoryBroker {
 
     pub(super) fn persisted_section(&self, key: &str) -> Option<Bytes> {
         self.durable.as_ref()?.restored.get(key).cloned()
+    }
+}
+
+/// Log how the files were found; the label for the metric, the cursor to
+/// continue from, and the range an unclean stop lost.
+fn announce(start: &Start, saved_seq: u64, path: &str) -> (&'static str, u64, Option<(u64, u64)>) {
+    match start {
+        Start::Fresh { damage: None } => {
+            tracing::info!(
+                path,
+                "hub.persist: nothing saved yet, starting with empty history"
+            );
+            ("fresh", saved_seq, None)
+        }
+        Start::Fresh { damage: Some(why) } => {
+            tracing::warn!(path, "hub.persist: {why}; starting with empty history and a new epoch (the unreadable files are kept as {path}.corrupt and {path}.log.corrupt)");
+            ("corrupt", saved_seq, None)
+        }
+        Start::Clean => ("clean", saved_seq, None),
+        Start::Unclean { saved, reserved } => {
+            tracing::warn!(path, saved, reserved, "hub.persist: the last stop was not clean: events published after cursor {saved} were not saved; cursors up to {reserved} are never given out again and a resume from one of them gets ssegate.reset");
+            (
+                "unclean",
+                (*reserved).max(*saved),
+                Some((*saved, *reserved)),
+            )
+        }
     }
 }
 

@@ -79,6 +79,18 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// A new file only the gateway's user can read: history holds what was
+/// published, which may be private.
+fn create_private(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
 fn sync_dir(path: &Path) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -97,12 +109,16 @@ fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> P
 
 fn take_lock(path: &Path, wait: Duration) -> Result<File, PersistError> {
     let lock_path = sibling(path, ".lock");
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io_err(&lock_path, "open"))?;
+    let f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+    }
+    .map_err(io_err(&lock_path, "open"))?;
     let deadline = Instant::now() + wait;
     loop {
         match f.try_lock() {
@@ -132,7 +148,7 @@ fn write_checkpoint(
 ) -> io::Result<u64> {
     let tmp = sibling(path, ".tmp");
     let written = (|| {
-        let mut w = BufWriter::with_capacity(FLUSH, File::create(&tmp)?);
+        let mut w = BufWriter::with_capacity(FLUSH, create_private(&tmp)?);
         let mut buf = format::preamble();
         let head = Head {
             kind: Kind::Checkpoint,
@@ -205,7 +221,7 @@ fn new_log(log_path: &Path, generation: u64, epoch: u64) -> io::Result<(File, u6
         created_ms: now_ms(),
     };
     format::frame(&Record::Head(head), &mut buf);
-    let mut f = File::create(&tmp)?;
+    let mut f = create_private(&tmp)?;
     f.write_all(&buf)?;
     f.sync_all()?;
     drop(f);
@@ -417,10 +433,10 @@ impl Store {
     /// which the next load recognizes as stale.
     pub fn rewrite(&mut self, image: &Image, stop: &AtomicBool) -> io::Result<u64> {
         let generation = self.generation + 1;
-        // Until the new generation is whole, appending to the old log could
-        // skip what only the new checkpoint would have held.
-        self.broken = true;
         let len = write_checkpoint(&self.path, image, &self.sections, generation, stop)?;
+        // The new checkpoint is in place: the old log is stale now, and
+        // appending to it would write saves the next load skips.
+        self.broken = true;
         let (log, log_len) = new_log(&self.log_path, generation, image.epoch)?;
         self.log = log;
         self.log_len = log_len;
@@ -441,7 +457,14 @@ impl Store {
         let log = read_file(&self.log_path)
             .map_err(io::Error::other)?
             .ok_or_else(missing)?;
+        let stopping = || stop.load(Ordering::Acquire);
+        if stopping() {
+            return Ok(0);
+        }
         let (mut image, generation) = read_checkpoint(&checkpoint, trim.size).map_err(bad)?;
+        if stopping() {
+            return Ok(0);
+        }
         if generation != self.generation {
             return Err(io::Error::other("the checkpoint changed under us"));
         }
@@ -531,6 +554,38 @@ mod tests {
         drop(o);
         // The stale log was replaced by the checkpoint's own.
         assert!(matches!(open(&path).start, Start::Unclean { saved: 3, .. }));
+    }
+
+    #[test]
+    fn a_fold_abandoned_at_stop_leaves_the_files_as_they_were() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.bin");
+        let mut o = open(&path);
+        save(&mut o.store, 1..=3);
+        let before = (fs::read(&path).unwrap(), o.store.sizes());
+        assert_eq!(o.store.compact(TRIM, &AtomicBool::new(true)).unwrap(), 0);
+        assert!(!o.store.broken(), "the old generation is intact");
+        assert_eq!((fs::read(&path).unwrap(), o.store.sizes()), before);
+        assert!(!sibling(&path, ".tmp").exists());
+        save(&mut o.store, 4..=4);
+        drop(o);
+        assert_eq!(seqs(&open(&path).image), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.bin");
+        let _o = open(&path);
+        for p in [
+            path.clone(),
+            sibling(&path, ".log"),
+            sibling(&path, ".lock"),
+        ] {
+            let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", p.display());
+        }
     }
 
     #[test]

@@ -100,6 +100,27 @@ pub trait Section: Send + Sync + fmt::Debug {
     fn snapshot(&self) -> Option<Bytes>;
 }
 
+/// Run `work` on a thread of its own at a lower CPU priority (nice 10):
+/// folding a large history is a second or more of one core, and on a busy
+/// machine it must yield to the threads that publish and deliver. `None`
+/// if the thread could not be started or panicked.
+pub async fn in_background<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("ssegate-persist".into())
+        .spawn(move || {
+            // Best effort: at the default priority it only competes more.
+            let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10);
+            let _ = tx.send(work());
+        });
+    match spawned {
+        Ok(_) => rx.await.ok(),
+        Err(_) => None,
+    }
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
