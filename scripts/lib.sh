@@ -62,5 +62,7 @@ ensure_test_deps() {
   # tests/grip.rs and tests/publish.rs run Pushpin's Python library from a venv
   python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
   type -P kill >/dev/null || need+=(procps)                     # /bin/kill signals the gateway
+  command -v node >/dev/null || need+=(nodejs)                   # tests/record.rs: Node's eventsource
+  command -v npm >/dev/null || need+=(npm)
   apt_install "for the integration tests" "${need[@]}"
 }

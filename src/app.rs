@@ -1,24 +1,29 @@
 //! Build the pingora server from a validated config and run it: the public
 //! listener (TLS with ALPN h2/http1.1, or plain text with optional h2c), the
-//! admin listener, and background services for drain, SIGHUP reload and
-//! housekeeping (broker upkeep, JWT expiry, the dashboard's feed).
+//! admin listener, and background services for drain (and the live
+//! upgrade's handoff), SIGHUP reload and housekeeping (broker and records
+//! upkeep, JWT expiry, the dashboard's feed).
 
 use crate::config::{Config, Http2};
 use crate::gateway::{BuildError, Gateway};
 use crate::hangup::{self, Hangup};
 use crate::http::admin::{self, AdminApp};
+use crate::http::gate::HeadGate;
+use crate::http::listener::PlainListener;
 use crate::http::public::PublicProxy;
-use crate::shutdown::DrainOnSignal;
+use crate::stream::limits::FdBudget;
 use crate::tls::{self, CertStore};
+use crate::upgrade::{self, systemd, Adopter, Drain, Reexec};
 use async_trait::async_trait;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::protocols::http::v2::server::default_h2_options;
-use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::listening::Service;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Why the gateway did not start.
 #[derive(Debug)]
@@ -33,6 +38,8 @@ pub enum StartError {
     Tls(tls::Problem),
     Build(BuildError),
     Signals(std::io::Error),
+    /// `--upgrade`: the socket the streams move on cannot be made.
+    Upgrade(std::io::Error),
     Server(Box<pingora_error::Error>),
 }
 
@@ -45,6 +52,7 @@ impl fmt::Display for StartError {
             StartError::Tls(p) => p.fmt(f),
             StartError::Build(e) => e.fmt(f),
             StartError::Signals(e) => write!(f, "cannot handle SIGHUP: {e}"),
+            StartError::Upgrade(e) => write!(f, "cannot take over from the running process: {e}"),
             StartError::Server(e) => write!(f, "server: {e}"),
         }
     }
@@ -52,7 +60,7 @@ impl fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// Broker upkeep, the JWT expiry sweep and the dashboard's feed.
+/// Broker and records upkeep, the JWT expiry sweep and the dashboard's feed.
 #[derive(Debug)]
 struct Housekeeping {
     gw: Arc<Gateway>,
@@ -63,6 +71,7 @@ impl BackgroundService for Housekeeping {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         tokio::select! {
             _ = self.gw.hub.clone().run() => {}
+            _ = self.gw.records.clone().run() => {}
             _ = self.gw.streams.expiries.run() => {}
             _ = admin::feed_dashboard(&self.gw) => {}
             _ = shutdown.changed() => {}
@@ -97,27 +106,48 @@ where
     proxy.h2_options = Some(h2);
 }
 
-/// Run until SIGTERM/SIGINT; returns only on a startup error.
-pub fn run(config: Config) -> Result<(), StartError> {
-    run_with(config, |_, _| {})
+/// How to start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Start {
+    /// `run --upgrade`: take the listeners and streams over from the
+    /// running process (which is sent SIGQUIT).
+    pub upgrade: bool,
+}
+
+/// Run until SIGTERM/SIGINT (or SIGQUIT, handing over to a new process);
+/// returns only on a startup error.
+pub fn run(config: Config, start: Start) -> Result<(), StartError> {
+    run_with(config, start, |_, _| {})
 }
 
 /// `run`, letting the caller add services of its own (the demo's backend).
 pub fn run_with(
     config: Config,
+    start: Start,
     extra: impl FnOnce(&mut Server, &Arc<Gateway>),
 ) -> Result<(), StartError> {
+    // Before anything could replace the binary: SIGUSR2 starts this path.
+    let reexec = Reexec::of_this_process().map_err(StartError::Upgrade)?;
     // Every stream is a socket: use the whole hard limit, as nginx's
     // worker_rlimit_nofile would.
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!("could not raise the open-file limit: {e}");
     }
-    check_bindable(config.listen, "listen")?;
-    check_bindable(config.admin.listen, "admin.listen")?;
+    // A free public address means there is nothing to take over.
+    let upgrading = start.upgrade && TcpListener::bind(config.listen).is_err();
+    if start.upgrade && !upgrading {
+        tracing::warn!(listen = %config.listen, "--upgrade: no running gateway on this address; starting afresh");
+    }
+    if !upgrading {
+        check_bindable(config.listen, "listen")?;
+        check_bindable(config.admin.listen, "admin.listen")?;
+    }
     let grace = config.shutdown_grace;
     let public_addr = config.listen.to_string();
+    let config_listen = config.listen;
     let admin_addr = config.admin.listen.to_string();
     let http2 = config.http2.clone();
+    let upgrade_socket = config.upgrade_socket.clone();
     // Checked by `config::load` already; read again here because the files
     // may have changed since, and a listener without a certificate is useless.
     let certs = match &config.tls {
@@ -125,7 +155,34 @@ pub fn run_with(
         None => None,
     };
     hangup::ignore_early().map_err(StartError::Signals)?;
-    let gw = Gateway::new(config).map_err(StartError::Build)?;
+    let gw = if upgrading {
+        Gateway::taking_over(config)
+    } else {
+        Gateway::new(config)
+    }
+    .map_err(StartError::Build)?;
+    // Bound before the running process is told to go, so that its streams
+    // find this process whenever it gets there.
+    let streams_listener = if upgrading {
+        let l = upgrade::listen(&upgrade_socket).map_err(StartError::Upgrade)?;
+        // systemd must know the new main process before the old one exits.
+        if let Err(e) = systemd::notify(&format!("MAINPID={}", std::process::id())) {
+            tracing::warn!("systemd notify (MAINPID): {e}");
+        }
+        match upgrade::signal_running(&upgrade_socket) {
+            Ok(Some(pid)) => tracing::info!(pid, "upgrade: sent SIGQUIT to the running gateway"),
+            Ok(None) => tracing::info!(
+                socket = %upgrade_socket.display(),
+                "upgrade: waiting for the running gateway's sockets (send it SIGQUIT)"
+            ),
+            Err(e) => tracing::warn!(
+                "upgrade: could not signal the running gateway ({e}); send it SIGQUIT"
+            ),
+        }
+        Some(l)
+    } else {
+        None
+    };
 
     let conf = ServerConf {
         threads: worker_threads(),
@@ -133,26 +190,41 @@ pub fn run_with(
         // fixed sleep only applies if that somehow does not happen.
         grace_period_seconds: Some(grace.as_secs().saturating_add(2)),
         graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: upgrade_socket.to_string_lossy().into_owned(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = Opt {
+        upgrade: upgrading,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    let phases = server.watch_execution_phase();
     server.bootstrap();
 
-    let mut public = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        PublicProxy { gw: gw.clone() },
-        "public",
+    let mut proxy =
+        pingora_proxy::http_proxy(&server.configuration, PublicProxy { gw: gw.clone() });
+    apply_http2(&mut proxy, &http2);
+    let limits_of = gw.clone();
+    let gate = HeadGate::new(
+        proxy,
+        Box::new(move || limits_of.site().config.limits.header_timeout),
+        FdBudget::current().waiting,
+        gw.metrics.clone(),
     );
-    if let Some(proxy) = public.app_logic_mut() {
-        apply_http2(proxy, &http2);
-    }
-    match &certs {
+    let public = match &certs {
         Some(store) => {
             let settings = store.settings().map_err(StartError::Server)?;
-            public.add_tls_with_settings(&public_addr, None, settings)
+            let mut public = Service::new("public".to_string(), gate);
+            public.add_tls_with_settings(&public_addr, None, settings);
+            server.add_service(public)
         }
-        None => public.add_tcp(&public_addr),
-    }
+        None => server.add_service(PlainListener::new(
+            "public",
+            config_listen,
+            gate,
+            gw.metrics.clone(),
+        )),
+    };
     let mut admin = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         AdminApp { gw: gw.clone() },
@@ -161,22 +233,34 @@ pub fn run_with(
     admin.threads = Some(1);
     admin.add_tcp(&admin_addr);
 
-    server.add_service(public);
-    server.add_service(admin);
-    let woken = gw.clone();
-    let hub = gw.hub.clone();
+    let admin = server.add_service(admin);
+    if let Some(listener) = streams_listener {
+        // One process at a time hands out cursors: the listeners accept
+        // only once the streams (and the memory hub) are here.
+        let adopter = server.add_service(background_service(
+            "upgrade",
+            Adopter {
+                gw: gw.clone(),
+                listener: Mutex::new(Some(listener)),
+                path: upgrade::streams_socket(&upgrade_socket),
+            },
+        ));
+        public.add_dependency(&adopter);
+        admin.add_dependency(&adopter);
+    }
     server.add_service(background_service(
         "drain",
-        DrainOnSignal {
-            shutdown: gw.streams.shutdown.clone(),
+        Drain {
+            gw: gw.clone(),
             grace,
-            wake_streams: Box::new(move || woken.streams.heartbeats.wake_all()),
-            before_exit: Box::new(move || {
-                let hub = hub.clone();
-                Box::pin(async move { hub.stop().await })
-            }),
+            socket: upgrade_socket.clone(),
+            phases: Mutex::new(Some(phases)),
         },
     ));
+    let ready = server.add_service(background_service("systemd", systemd::Ready));
+    ready.add_dependency(&public);
+    ready.add_dependency(&admin);
+    server.add_service(background_service("reexec", reexec));
     server.add_service(background_service(
         "hangup",
         Hangup {
@@ -189,6 +273,9 @@ pub fn run_with(
         Housekeeping { gw: gw.clone() },
     ));
     extra(&mut server, &gw);
-    tracing::info!(public = %public_addr, admin = %admin_addr, tls = certs.is_some(), h2c = http2.h2c, routes = gw.site().config.routes.len(), "ssegate listening");
+    if let Err(e) = upgrade::write_pid(&upgrade_socket) {
+        tracing::warn!("upgrade: cannot write the pid file next to {} ({e}); `run --upgrade` will wait for a manual SIGQUIT", upgrade_socket.display());
+    }
+    tracing::info!(public = %public_addr, admin = %admin_addr, tls = certs.is_some(), h2c = http2.h2c, routes = gw.site().config.routes.len(), upgraded = upgrading, "ssegate listening");
     server.run_forever()
 }

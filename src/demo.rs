@@ -89,17 +89,21 @@ pub fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), DemoError> {
     );
     let _ = out.flush();
     drop(out);
-    app::run_with(config, |server: &mut Server, gw: &Arc<Gateway>| {
-        let mut svc = pingora_proxy::http_proxy_service_with_name(
-            &server.configuration,
-            DemoBackend { gw: gw.clone() },
-            "demo backend",
-        );
-        svc.threads = Some(1);
-        svc.add_tcp(&backend.to_string());
-        server.add_service(svc);
-        server.add_service(background_service("demo clock", Clock { gw: gw.clone() }));
-    })
+    app::run_with(
+        config,
+        app::Start::default(),
+        |server: &mut Server, gw: &Arc<Gateway>| {
+            let mut svc = pingora_proxy::http_proxy_service_with_name(
+                &server.configuration,
+                DemoBackend { gw: gw.clone() },
+                "demo backend",
+            );
+            svc.threads = Some(1);
+            svc.add_tcp(&backend.to_string());
+            server.add_service(svc);
+            server.add_service(background_service("demo clock", Clock { gw: gw.clone() }));
+        },
+    )
     .map_err(DemoError::Start)
 }
 

@@ -5,8 +5,12 @@
 
 use crate::auth::expiry::Expiries;
 use crate::auth::Guard;
-use crate::config::{BrokerKind, Config, GripRoute, Route, RouteKind, SseRoute};
+use crate::config::{
+    BrokerKind, Config, GripRoute, Limits, RecordRoute, Route, RouteKind, SseRoute,
+};
 use crate::hub::memory::MemoryBroker;
+use crate::hub::record::memory::MemoryRecords;
+use crate::hub::record::Records;
 use crate::hub::redis::{RedisBroker, RedisSettings};
 use crate::hub::{Broker, Feed};
 use crate::metrics::Metrics;
@@ -16,7 +20,7 @@ use crate::shutdown::Shutdown;
 use crate::sources::poll::{PollRoute, Pollers};
 use crate::stream::heartbeat::Heartbeats;
 use crate::stream::limits::Admission;
-use crate::stream::limits::ConnLimiter;
+use crate::stream::limits::{ConnLimiter, FdBudget};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,6 +54,8 @@ pub struct Gateway {
     /// finishes on the one it took.
     site: ArcSwap<Site>,
     pub hub: Arc<dyn Broker>,
+    /// Recorded backend replies (`record:` routes), kept where the hub is.
+    pub records: Arc<dyn Records>,
     pub pollers: Arc<Pollers>,
     pub client: Arc<Client>,
     pub streams: Streams,
@@ -67,6 +73,8 @@ pub struct Streams {
     pub shutdown: Shutdown,
     /// JWT streams, closed when their token expires.
     pub expiries: Arc<Expiries>,
+    /// Where detached streams go in a live upgrade.
+    pub(crate) handoff: crate::stream::handoff::Handoff,
     next_id: AtomicU64,
 }
 
@@ -101,6 +109,8 @@ pub struct RouteEntry {
 pub enum Action {
     Proxy(Arc<Pool>),
     Grip(Arc<Pool>, GripRoute),
+    /// A proxy route whose SSE replies are recorded for resume.
+    Record(Arc<Pool>, RecordRoute),
     Sse(Box<SseEntry>),
 }
 
@@ -141,11 +151,18 @@ impl Site {
                 RouteKind::Proxy {
                     upstream,
                     grip: None,
+                    record: None,
                 } => Action::Proxy(pool(upstream)?),
                 RouteKind::Proxy {
                     upstream,
                     grip: Some(g),
+                    ..
                 } => Action::Grip(pool(upstream)?, g.clone()),
+                RouteKind::Proxy {
+                    upstream,
+                    grip: None,
+                    record: Some(r),
+                } => Action::Record(pool(upstream)?, r.clone()),
                 RouteKind::Sse(s) => {
                     let forward = match &s.auth.forward {
                         Some(f) => Some(pool(&f.upstream)?),
@@ -192,6 +209,13 @@ impl Site {
     }
 }
 
+/// `limits.max_connections`, or what the open-file limit allows when unset.
+fn max_connections(limits: &Limits) -> usize {
+    limits
+        .max_connections
+        .unwrap_or_else(|| FdBudget::current().streams)
+}
+
 impl Gateway {
     /// The config in force now.
     pub fn site(&self) -> Arc<Site> {
@@ -203,55 +227,91 @@ impl Gateway {
         let limits = &site.config.limits;
         self.streams
             .limiter
-            .set_limits(limits.max_connections, limits.max_connections_per_ip);
+            .set_limits(max_connections(limits), limits.max_connections_per_ip);
+        self.pollers.set_max(limits.max_pollers);
         self.site.store(Arc::new(site));
     }
 
     pub fn new(config: Config) -> Result<Arc<Gateway>, BuildError> {
+        Self::build(config, false)
+    }
+
+    /// `run --upgrade`: the hub's files (`hub.persist`) are opened only
+    /// once the previous process has handed over (`Broker::open_after_handoff`).
+    pub fn taking_over(config: Config) -> Result<Arc<Gateway>, BuildError> {
+        Self::build(config, true)
+    }
+
+    fn build(config: Config, upgrading: bool) -> Result<Arc<Gateway>, BuildError> {
         let metrics = Arc::new(Metrics::new());
-        let hub: Arc<dyn Broker> = match &config.hub.broker {
-            BrokerKind::Memory => match &config.hub.persist {
-                None => Arc::new(MemoryBroker::new(
-                    config.hub.history_size,
-                    config.hub.history_ttl,
-                    metrics.clone(),
-                )),
-                Some(p) => Arc::new(
-                    MemoryBroker::persistent(
+        let (hub, records): (Arc<dyn Broker>, Arc<dyn Records>) = match &config.hub.broker {
+            BrokerKind::Memory => {
+                let hub: Arc<dyn Broker> = match &config.hub.persist {
+                    None => Arc::new(MemoryBroker::new(
+                        config.hub.history_size,
+                        config.hub.history_ttl,
+                        metrics.clone(),
+                    )),
+                    Some(p) if upgrading => Arc::new(MemoryBroker::persistent_later(
                         config.hub.history_size,
                         config.hub.history_ttl,
                         metrics.clone(),
                         p,
-                    )
-                    .map_err(BuildError::Persist)?,
-                ),
-            },
-            BrokerKind::Redis { url, prefix } => RedisBroker::new(
-                RedisSettings {
-                    url: url.clone(),
-                    prefix: prefix.clone(),
-                    history_size: config.hub.history_size,
-                    history_ttl: config.hub.history_ttl,
-                },
-                metrics.clone(),
-            )
-            .map_err(BuildError::Redis)?,
+                    )),
+                    Some(p) => Arc::new(
+                        MemoryBroker::persistent(
+                            config.hub.history_size,
+                            config.hub.history_ttl,
+                            metrics.clone(),
+                            p,
+                        )
+                        .map_err(BuildError::Persist)?,
+                    ),
+                };
+                (hub, Arc::new(MemoryRecords::new(metrics.clone())))
+            }
+            BrokerKind::Redis { url, prefix, ca } => {
+                let redis = RedisBroker::new(
+                    RedisSettings {
+                        url: url.clone(),
+                        ca: ca.clone(),
+                        prefix: prefix.clone(),
+                        history_size: config.hub.history_size,
+                        history_ttl: config.hub.history_ttl,
+                    },
+                    metrics.clone(),
+                )
+                .map_err(BuildError::Redis)?;
+                (redis.clone(), redis)
+            }
         };
         let client = Arc::new(Client::new());
-        let limiter = ConnLimiter::new(
-            config.limits.max_connections,
-            config.limits.max_connections_per_ip,
-        );
+        let max_connections = max_connections(&config.limits);
+        if config.limits.max_connections.is_none() {
+            tracing::info!(
+                files = FdBudget::current().files,
+                max_connections,
+                "limits.max_connections derived from the open-file limit"
+            );
+        }
+        let limiter = ConnLimiter::new(max_connections, config.limits.max_connections_per_ip);
         Ok(Arc::new(Gateway {
-            pollers: Pollers::new(hub.clone(), metrics.clone(), client.clone()),
+            pollers: Pollers::new(
+                hub.clone(),
+                metrics.clone(),
+                client.clone(),
+                config.limits.max_pollers,
+            ),
             site: ArcSwap::from_pointee(Site::new(config)?),
             hub,
+            records,
             client,
             streams: Streams {
                 limiter,
                 heartbeats: Heartbeats::new(),
                 shutdown: Shutdown::new(),
                 expiries: Arc::default(),
+                handoff: Default::default(),
                 next_id: AtomicU64::new(1),
             },
             metrics,

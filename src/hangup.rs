@@ -28,15 +28,25 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 
-/// Replace SIGHUP's default action (terminate) before the server starts, so
-/// that a reload sent during startup is ignored instead of fatal. tokio keeps
-/// its handler installed for the life of the process once registered, even
-/// after this short-lived runtime is gone.
+/// Replace the default actions of SIGHUP (terminate), SIGUSR2 (terminate)
+/// and SIGQUIT (core dump) before the server starts, so that a reload, a
+/// self-upgrade or an upgrade signal sent during startup is ignored instead
+/// of fatal. tokio keeps its handler installed for the life of the process
+/// once registered, even after this short-lived runtime is gone.
 pub(crate) fn ignore_early() -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async { signal(SignalKind::hangup()).map(drop) })
+    rt.block_on(async {
+        for kind in [
+            SignalKind::hangup(),
+            SignalKind::user_defined2(),
+            SignalKind::quit(),
+        ] {
+            drop(signal(kind)?);
+        }
+        Ok(())
+    })
 }
 
 #[derive(Debug)]
@@ -101,6 +111,10 @@ fn keep_running(running: &Config, new: &mut Config) -> Vec<&'static str> {
     {
         changed.push("hub");
         new.hub = running.hub.clone();
+    }
+    if new.upgrade_socket != running.upgrade_socket {
+        changed.push("upgrade_socket");
+        new.upgrade_socket = running.upgrade_socket.clone();
     }
     if new.shutdown_grace != running.shutdown_grace {
         changed.push("shutdown_grace");

@@ -10,13 +10,15 @@
 //! - `config`: the YAML file → validated runtime config (errors name FILE:LINE:COL).
 //! - `metrics`, `tls` (certificates), `shutdown`, `logging`.
 //! - `hub`: the `Broker` trait, cursors, history, subscriber queues; the
-//!   memory and Redis brokers.
+//!   memory and Redis brokers; the `Records` of recorded backend replies.
 //! - `outbound`: the one HTTP client for requests the gateway makes itself,
 //!   upstream pools, X-Forwarded-*.
-//! - `auth`, `grip` (instructions), `sources` (publish, webhooks, pollers).
+//! - `auth`, `grip` (instructions), `record` (resumable backend streams),
+//!   `sources` (publish, webhooks, pollers).
 //! - `stream`: one SSE stream's life, whatever carries it.
 //! - `gateway`: the capability handles every handler shares.
 //! - `http`: the two listeners; every typed error becomes a status there.
+//! - `upgrade`: hands streams and the hub to a new process (live upgrade).
 //! - `app` (the pingora server), `hangup` (SIGHUP), `demo`; `main.rs` is the CLI.
 
 pub mod channel;
@@ -36,11 +38,13 @@ pub(crate) mod outbound;
 
 pub(crate) mod auth;
 pub(crate) mod grip;
+pub(crate) mod record;
 pub mod sources;
 pub(crate) mod stream;
 
 pub(crate) mod gateway;
 pub(crate) mod http;
+pub(crate) mod upgrade;
 
 pub mod app;
 pub mod demo;

@@ -50,6 +50,9 @@ fn is_handshake_noise(record: &log::Record<'_>) -> bool {
         "Downstream handshake timeout",
         "H2 handshake error",
         "TLS shutdown failed",
+        // A new process waiting for the running one's sockets (`--upgrade`)
+        // says so once a second; ours says it once, at INFO.
+        "No incoming socket transfer",
     ]
     .iter()
     .any(|p| text.starts_with(p))

@@ -82,6 +82,11 @@ enum Command {
         /// Config file; when it is the default and absent, the built-in default config.
         #[arg(short, long, env = "SSEGATE_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Live upgrade: take the listening sockets and the open plain
+        /// HTTP/1.1 streams over from the gateway running on the same
+        /// `upgrade_socket`, which is sent SIGQUIT (see docs/operations.md).
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Run the gateway in front of a built-in demo app, with a live page.
     Demo {
@@ -214,7 +219,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config } => {
+        Command::Run { config, upgrade } => {
             let loaded = if config == std::path::Path::new(DEFAULT_CONFIG) && !config.exists() {
                 // One binary that runs out of the box: the default config is built in.
                 tracing::info!("{DEFAULT_CONFIG} not found; using the built-in default config");
@@ -233,7 +238,7 @@ fn main() -> ExitCode {
                 eprintln!("ssegate: {e}");
                 return ExitCode::from(2);
             }
-            match ssegate::app::run(cfg) {
+            match ssegate::app::run(cfg, ssegate::app::Start { upgrade }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("ssegate: {e}");

@@ -39,10 +39,29 @@ pub struct Metrics {
     /// The newest cursor (its sequence number) on disk: how far behind the
     /// hub it is says what an unclean stop would lose.
     pub persist_saved: IntGauge,
+    /// Backend SSE replies recorded, per route.
+    pub records_started: IntCounterVec,
+    /// Events read from backends into records.
+    pub record_events: IntCounter,
+    /// Records ended, by reason (complete, backend-error, max-events, ttl, …).
+    pub record_ends: IntCounterVec,
+    /// Requests answered from a record, by result (stream, no_content).
+    pub record_resumes: IntCounterVec,
+    /// Records dropped to keep their route within `max_total`.
+    pub record_evictions: IntCounter,
+    /// Records held in this process, and their frames' bytes (memory store).
+    pub records_held: IntGauge,
+    pub record_bytes: IntGauge,
+    /// Public connections waiting for a request head (`http::gate`).
+    pub waiting: IntGauge,
+    /// Connections closed before a request, by reason.
+    pub turned_away: IntCounterVec,
     /// Config reloads on SIGHUP, by result (ok, error).
     pub config_reloads: IntCounterVec,
     /// New streams told to come back later (`limits.stream_rate`).
     pub streams_deferred: IntCounter,
+    /// Streams this process took over from the one it replaced (live upgrade).
+    pub streams_adopted: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -201,6 +220,54 @@ impl Metrics {
                 )
                 .expect("metric"), // ok: static name
             ),
+            records_started: cvec(
+                "ssegate_records_started_total",
+                "Backend SSE replies recorded, per route",
+                &["route"],
+            ),
+            record_events: counter(
+                "ssegate_record_events_total",
+                "Events read from backends into records",
+            ),
+            record_ends: cvec(
+                "ssegate_records_ended_total",
+                "Records ended, by reason",
+                &["reason"],
+            ),
+            record_resumes: cvec(
+                "ssegate_record_resumes_total",
+                "Requests answered from a record, by result",
+                &["result"],
+            ),
+            record_evictions: counter(
+                "ssegate_records_evicted_total",
+                "Records dropped to keep their route within max_total",
+            ),
+            records_held: reg(
+                &r,
+                IntGauge::new("ssegate_records", "Records held in this process").expect("metric"), // ok: static name
+            ),
+            record_bytes: reg(
+                &r,
+                IntGauge::new(
+                    "ssegate_record_bytes",
+                    "Bytes of the records held in this process",
+                )
+                .expect("metric"), // ok: static name
+            ),
+            waiting: reg(
+                &r,
+                IntGauge::new(
+                    "ssegate_connections_waiting",
+                    "Public connections waiting for a request head",
+                )
+                .expect("metric"), // ok: static, distinct metric names
+            ),
+            turned_away: cvec(
+                "ssegate_connections_turned_away_total",
+                "Public connections closed before a request (header_timeout, idle_timeout, head_too_large, evicted)",
+                &["reason"],
+            ),
             config_reloads: cvec(
                 "ssegate_config_reloads_total",
                 "Config reloads on SIGHUP, by result",
@@ -209,6 +276,10 @@ impl Metrics {
             streams_deferred: counter(
                 "ssegate_streams_deferred_total",
                 "New SSE streams over limits.stream_rate, told to retry later",
+            ),
+            streams_adopted: counter(
+                "ssegate_streams_adopted_total",
+                "SSE streams taken over, connection and all, from the process this one replaced",
             ),
             registry: r,
         }

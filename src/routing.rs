@@ -128,6 +128,13 @@ impl<T> Router<T> {
         }
     }
 
+    /// Every route whose path pattern matches `path`, whatever its host and
+    /// methods.
+    pub fn at_path(&self, path: &str) -> impl Iterator<Item = &T> {
+        let group = self.paths.at(path).ok().map(|m| &self.groups[*m.value]);
+        group.into_iter().flatten().map(|e| &e.value)
+    }
+
     /// `host` is the request's authority, already without port and lower-cased.
     pub fn lookup(
         &self,

@@ -1,12 +1,9 @@
-//! Drain on SIGTERM. pingora's handlers never see the signal, so a background
-//! service relays pingora's `ShutdownWatch` into our own flag, wakes every
-//! stream (through the heartbeat ticks' wake-up) so that each sees it, then
-//! waits for streams and proxied requests to end, or for `shutdown_grace`,
-//! and exits — instead of pingora's fixed sleep.
+//! The drain flag and the count of open requests and streams. pingora's
+//! handlers never see SIGTERM; `upgrade::Drain` relays pingora's
+//! `ShutdownWatch` into this flag, wakes every stream so that each sees it,
+//! then waits here for streams and proxied requests to end, or for
+//! `shutdown_grace`, and exits — instead of pingora's fixed sleep.
 
-use async_trait::async_trait;
-use pingora_core::server::ShutdownWatch;
-use pingora_core::services::background::BackgroundService;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,40 +74,6 @@ impl Shutdown {
             // to know the count reached zero.
             tokio::time::sleep(DRAIN_POLL).await;
         }
-    }
-}
-
-/// The background service that turns SIGTERM into a drain and an exit.
-pub(crate) struct DrainOnSignal {
-    pub shutdown: Shutdown,
-    pub grace: Duration,
-    /// Wakes every stream, so that each looks at the drain flag.
-    pub wake_streams: Box<dyn Fn() + Send + Sync>,
-    /// Awaited after the drain, right before the exit: state that must
-    /// outlive the process is saved here (`hub.persist`).
-    pub before_exit: Box<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>,
-}
-
-impl std::fmt::Debug for DrainOnSignal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DrainOnSignal")
-            .field("grace", &self.grace)
-            .finish()
-    }
-}
-
-#[async_trait]
-impl BackgroundService for DrainOnSignal {
-    async fn start(&self, mut signal: ShutdownWatch) {
-        let _ = signal.changed().await;
-        let open = self.shutdown.active();
-        tracing::info!(open, grace = ?self.grace, "shutdown: draining");
-        self.shutdown.begin();
-        (self.wake_streams)();
-        let clean = self.shutdown.drained(self.grace).await;
-        (self.before_exit)().await;
-        tracing::info!(clean, left = self.shutdown.active(), "shutdown: exiting");
-        std::process::exit(0);
     }
 }
 

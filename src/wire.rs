@@ -1,5 +1,10 @@
 //! Event → SSE bytes, per the WHATWG HTML "server-sent events" section.
 //! Pure functions; each event is encoded once and the bytes shared.
+//! `parse` is the way back, for a backend's own event stream.
+
+mod parse;
+
+pub use parse::{EventParser, ParseError, Parsed};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -129,6 +134,24 @@ pub fn expired() -> Bytes {
     Bytes::from_static(b"event: ssegate.expired\ndata: {\"reason\":\"token-expired\"}\n\n")
 }
 
+/// The last event of a recorded reply that did not end as its backend
+/// ended it (`reason`: why), numbered as the record's next event.
+pub fn incomplete(id: &str, reason: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(id.len() + 64);
+    out.put_slice(b"id: ");
+    out.put_slice(id.as_bytes());
+    out.put_slice(&incomplete_tail(reason));
+    out.freeze()
+}
+
+/// `incomplete` after its id: a Redis script builds the marker of a record
+/// it evicts from this.
+pub fn incomplete_tail(reason: &str) -> Bytes {
+    Bytes::from(format!(
+        "\nevent: ssegate.incomplete\ndata: {{\"reason\":\"{reason}\"}}\n\n"
+    ))
+}
+
 /// GRIP `http-stream` content as a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GripFrame {
@@ -250,6 +273,19 @@ mod tests {
                 None,
                 Some("ssegate.expired"),
                 r#"{"reason":"token-expired"}"#
+            )
+            .unwrap()
+        );
+    }
+
+    #[test]
+    fn incomplete_is_a_valid_frame() {
+        assert_eq!(
+            incomplete("ab.3", "max-events"),
+            encode(
+                Some("ab.3"),
+                Some("ssegate.incomplete"),
+                r#"{"reason":"max-events"}"#
             )
             .unwrap()
         );

@@ -18,9 +18,9 @@ const LAYERS: &[&str] = &[
     "tls", "config", "metrics", "shutdown", "logging",
     // the hub and the outbound client
     "hub", "outbound", // capabilities
-    "auth", "grip", "sources", "stream",
+    "auth", "grip", "record", "sources", "stream",
     // the handles every handler shares, then HTTP at the edge
-    "gateway", "http", "hangup", "app", "demo",
+    "gateway", "http", "upgrade", "hangup", "app", "demo",
 ];
 
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -419,9 +419,12 @@ async fn injection_attempts_are_refused_everywhere() {
     ];
     for v in evil {
         if !v.is_empty() {
+            // `/p/..` is resolved to `/` before routing (RFC 3986), which no
+            // route serves.
+            let refused = if v == ".." { 404 } else { 400 };
             assert_eq!(
                 raw_status(gw.port, &format!("/p/{v}"), &[]),
-                400,
+                refused,
                 "path {v:?}"
             );
         }
@@ -448,9 +451,10 @@ async fn injection_attempts_are_refused_everywhere() {
     let t = hs(json!({"sub": ["a", "b"], "aud": "app", "iss": "issuer1", "exp": now() + 600}));
     let (s, _, _) = get(&gw.url("/me"), &[("authorization", &format!("Bearer {t}"))]).await;
     assert_eq!(s, 401);
-    // A path value cannot walk the auth backend's path.
+    // A path value cannot walk the auth backend's path: `%2E%2E` is a
+    // dot-segment, resolved before routing (to `/`, which no route serves).
     let good = [("authorization", "Bearer good")];
-    assert_eq!(raw_status(gw.port, "/orders/%2E%2E", &good), 400);
+    assert_eq!(raw_status(gw.port, "/orders/%2E%2E", &good), 404);
     assert_eq!(
         raw_status(gw.port, "/orders/a%2F..%2Fb", &good),
         400,

@@ -46,7 +46,7 @@ async fn round(gw: &Gateway, channels: usize, round: usize) {
         let items: Vec<_> = (start..(start + 2000).min(channels))
             .map(|ch| {
                 let mut item = json!({"channel": format!("c:{ch:06}"), "data": pad});
-                if (ch + round) % 2 == 0 {
+                if (ch + round).is_multiple_of(2) {
                     item["id"] = json!(format!("r{round}-{ch}"));
                 }
                 item

@@ -4,7 +4,8 @@
 //! other 14 would wait; over HTTP/2 all 20 share one connection and all 20
 //! must open and then receive an event published after they opened.
 //!
-//! The page reports back by POSTing to the backend through the gateway, so
+//! The page (served by the test backend `support::chat`) reports back by
+//! POSTing to the backend through the gateway, so
 //! the test needs no DevTools protocol and no virtual time: it waits (with a
 //! timeout) for the page's reports and publishes in between. Skipped only
 //! when no Chromium binary is installed (`apt-get install -y chromium`), and
@@ -14,9 +15,10 @@ mod support;
 
 use axum::routing::{get, post};
 use serde_json::json;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::browser::{chromium, launch};
+use support::chat::Chat;
 use support::tls::TestCa;
 use support::*;
 
@@ -51,123 +53,33 @@ for (let i = 0; i < N; i++) {
 </script>
 "#;
 
-fn chromium() -> Option<String> {
-    if let Ok(p) = std::env::var("SSEGATE_CHROMIUM") {
-        return Some(p);
-    }
-    ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find_map(|name| {
-            let out = Command::new("which").arg(name).output().ok()?;
-            out.status
-                .success()
-                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-        })
-}
-
-/// The browser, killed on drop; its helper processes (zygote, renderers,
-/// crashpad) exit by themselves once the browser process is gone.
-struct Browser {
-    child: Child,
-    _profile: tempfile::TempDir,
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn launch(bin: &str, url: &str) -> Browser {
-    let profile = tempfile::tempdir().unwrap();
-    let child = Command::new(bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--ignore-certificate-errors",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--disable-dev-shm-usage",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Browser {
-        child,
-        _profile: profile,
-    }
-}
-
-/// Serves the page and collects the page's reports.
-fn page_backend(reports: Arc<Mutex<Vec<serde_json::Value>>>) -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let page = PAGE.replace("__N__", &STREAMS.to_string());
-            let app = axum::Router::new()
-                .route(
-                    "/app/page",
-                    get(move || {
-                        let page = page.clone();
-                        async move { ([("content-type", "text/html; charset=utf-8")], page) }
-                    }),
-                )
-                .route(
-                    "/app/report",
-                    post(move |body: String| {
-                        let reports = reports.clone();
-                        async move {
-                            if let Ok(v) = serde_json::from_str(&body) {
-                                reports.lock().unwrap().push(v);
-                            }
-                            "ok"
-                        }
-                    }),
-                );
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let _ = axum::serve(listener, app).await;
-        });
-    });
-    addr
-}
-
-async fn report(
-    reports: &Arc<Mutex<Vec<serde_json::Value>>>,
-    kind: &str,
-    timeout: Duration,
-) -> serde_json::Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = reports
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|v| v["kind"] == kind)
-            .cloned()
-        {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no `{kind}` report from the page within {timeout:?}; reports so far: {:?}",
-            reports.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// A page at `page_path`, and the reports it POSTs to `report_path`.
+fn page_app(
+    page_path: &str,
+    page: String,
+    report_path: &str,
+    reports: Arc<Mutex<Vec<serde_json::Value>>>,
+) -> axum::Router {
+    axum::Router::new()
+        .route(
+            page_path,
+            get(move || {
+                let page = page.clone();
+                async move { ([("content-type", "text/html; charset=utf-8")], page) }
+            }),
+        )
+        .route(
+            report_path,
+            post(move |body: String| {
+                let reports = reports.clone();
+                async move {
+                    if let Ok(v) = serde_json::from_str(&body) {
+                        reports.lock().unwrap().push(v);
+                    }
+                    "ok"
+                }
+            }),
+        )
 }
 
 #[tokio::test]
@@ -176,8 +88,8 @@ async fn chromium_opens_twenty_event_sources_on_one_origin_over_h2() {
         missing_tool("chromium", "apt-get install -y chromium");
         return;
     };
-    let reports = Arc::new(Mutex::new(Vec::new()));
-    let backend = page_backend(reports.clone());
+    let pages = Chat::start(&PAGE.replace("__N__", &STREAMS.to_string()));
+    let backend = pages.addr;
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("browser");
     let (cert, key) = ca.issue(dir.path(), "server");
@@ -198,7 +110,7 @@ routes:
     let _browser = launch(&bin, &format!("https://127.0.0.1:{}/app/page", gw.port));
 
     // A cold browser start on two busy cores can take a while.
-    let open = report(&reports, "open", Duration::from_secs(60)).await;
+    let open = pages.log.report("open", Duration::from_secs(60)).await;
     assert_eq!(open["opened"], STREAMS, "{open}");
     assert_eq!(open["proto"], "h2", "the page itself came over h2: {open}");
     assert_eq!(gw.metric("ssegate_connections{").await, STREAMS as f64);
@@ -207,8 +119,160 @@ routes:
         gw.publish_ok(&format!("room:b{i}"), json!(format!("hello {i}")))
             .await;
     }
-    let all = report(&reports, "all", Duration::from_secs(20)).await;
+    let all = pages.log.report("all", Duration::from_secs(20)).await;
     let data: Vec<String> = (0..STREAMS).map(|i| format!("hello {i}")).collect();
     assert_eq!(all["data"], json!(data), "{all}");
     assert_eq!(all["errors"], 0, "{all}");
+}
+
+/// A page on one origin and its reports, for the CORS test.
+const CORS_PAGE: &str = r#"<!doctype html>
+<meta charset="utf-8"><title>ssegate cors test</title>
+<body><pre id="log"></pre>
+<script>
+const GW = '__GW__';
+function report(body) {
+  document.getElementById('log').textContent += JSON.stringify(body) + '\n';
+  fetch('/report', {method: 'POST', headers: {'content-type': 'application/json'},
+    body: JSON.stringify(body)});
+}
+// [name, path, withCredentials]
+const cases = [
+  ['open', '/open/open', false],
+  ['open-cred', '/open/open-cred', true],
+  ['cred', '/cred/cred', true],
+  ['cred-plain', '/cred/cred-plain', false],
+  ['other', '/other/other', false],
+  ['none', '/none/none', false],
+  ['any', '/any/any', false],
+  ['any-cred', '/any/any-cred', true],
+];
+for (const [name, path, withCredentials] of cases) {
+  const es = new EventSource(GW + path, {withCredentials});
+  let done = false;
+  es.onopen = () => report({name, kind: 'open'});
+  es.onmessage = (e) => { report({name, kind: 'message', data: e.data}); es.close(); };
+  es.onerror = () => {
+    if (!done && es.readyState === EventSource.CLOSED) { done = true; report({name, kind: 'closed'}); }
+  };
+}
+// Last-Event-ID is no CORS-safelisted header: these fetches are preflighted.
+for (const [name, path] of [['preflight-open', '/open/pf'], ['preflight-none', '/none/pf']]) {
+  const ctl = new AbortController();
+  fetch(GW + path, {headers: {'Last-Event-ID': 'x'}, signal: ctl.signal})
+    .then(r => { report({name, kind: 'fetched', status: r.status}); ctl.abort(); })
+    .catch(e => report({name, kind: 'refused'}));
+}
+</script>
+"#;
+
+/// Serves the CORS page on an origin of its own, and collects reports.
+fn cors_page_backend(
+    port: u16,
+    gw_origin: String,
+    reports: Arc<Mutex<Vec<serde_json::Value>>>,
+) -> tokio::sync::oneshot::Sender<()> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let page = CORS_PAGE.replace("__GW__", &gw_origin);
+    let (stop, _thread) = serve_in_thread(listener, move || {
+        page_app("/page", page, "/report", reports)
+    });
+    stop
+}
+
+fn kinds_of(reports: &Arc<Mutex<Vec<serde_json::Value>>>, name: &str) -> Vec<String> {
+    reports
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r["name"] == name)
+        .map(|r| r["kind"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// A page on another origin receives events only from routes whose `cors:`
+/// lists its origin — with `withCredentials` only where credentials are
+/// allowed (and never from `"*"`); a preflighted request passes only where
+/// CORS is configured.
+#[tokio::test]
+async fn chromium_reads_cross_origin_streams_only_where_cors_allows() {
+    let Some(bin) = chromium() else {
+        missing_tool("chromium", "apt-get install -y chromium");
+        return;
+    };
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    // Another port is another origin.
+    let page_port = free_port();
+    let page_origin = format!("http://127.0.0.1:{page_port}");
+    let gw = Gateway::start(&format!(
+        r#"
+sse: {{ heartbeat: 2s }}
+routes:
+  - path: /open/{{ch}}
+    sse: {{ channels: ["{{ch}}"], cors: {{ origins: ["{page_origin}"] }} }}
+  - path: /cred/{{ch}}
+    sse: {{ channels: ["{{ch}}"], cors: {{ origins: ["{page_origin}"], credentials: true }} }}
+  - path: /other/{{ch}}
+    sse: {{ channels: ["{{ch}}"], cors: {{ origins: ["http://elsewhere.example"] }} }}
+  - path: /none/{{ch}}
+    sse: {{ channels: ["{{ch}}"] }}
+  - path: /any/{{ch}}
+    sse: {{ channels: ["{{ch}}"], cors: {{ origins: ["*"] }} }}
+"#
+    ));
+    let _page = cors_page_backend(
+        page_port,
+        format!("http://127.0.0.1:{}", gw.port),
+        reports.clone(),
+    );
+    let _browser = launch(&bin, &format!("{page_origin}/page"));
+
+    let allowed = ["open", "cred", "cred-plain", "any"];
+    let refused = ["open-cred", "other", "none", "any-cred"];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let opened = allowed
+            .iter()
+            .all(|n| kinds_of(&reports, n).contains(&"open".into()));
+        let closed = refused
+            .iter()
+            .all(|n| kinds_of(&reports, n).contains(&"closed".into()));
+        let fetched = ["preflight-open", "preflight-none"]
+            .iter()
+            .all(|n| !kinds_of(&reports, n).is_empty());
+        if opened && closed && fetched {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page did not settle; reports: {:?}",
+            reports.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for name in allowed.iter().chain(&refused) {
+        gw.publish_ok(name, json!(format!("to {name}"))).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !allowed
+        .iter()
+        .all(|n| kinds_of(&reports, n).contains(&"message".into()))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "allowed streams got no event; reports: {:?}",
+            reports.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for name in refused {
+        let kinds = kinds_of(&reports, name);
+        assert_eq!(
+            kinds,
+            ["closed"],
+            "{name}: the browser refused it: {kinds:?}"
+        );
+    }
+    assert_eq!(kinds_of(&reports, "preflight-open"), ["fetched"]);
+    assert_eq!(kinds_of(&reports, "preflight-none"), ["refused"]);
 }

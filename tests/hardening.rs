@@ -381,7 +381,6 @@ fn two_backends(names: [&'static str; 2], routes: &str) -> (RawBackend, RawBacke
 }
 
 #[test]
-#[ignore = "issue 18 #6: fails until fixed"]
 fn issue18_06_duplicate_content_length_reaches_the_backend_once_or_is_refused() {
     let backend = RawBackend::start("app");
     let gw = Gateway::start(&proxy_config(
@@ -420,7 +419,6 @@ fn issue18_06_duplicate_content_length_reaches_the_backend_once_or_is_refused() 
 }
 
 #[test]
-#[ignore = "issue 18 #7: fails until fixed"]
 fn issue18_07_dot_segments_never_take_a_request_outside_its_prefix_route() {
     let (api, grip, gw) = two_backends(
         ["api", "grip"],
@@ -459,8 +457,39 @@ fn issue18_07_dot_segments_never_take_a_request_outside_its_prefix_route() {
     );
 }
 
+/// What was routed is what is sent: the resolved path, on both kinds of route.
 #[test]
-#[ignore = "issue 18 #8: fails until fixed"]
+fn issue18_07_a_dot_segment_path_is_routed_and_sent_resolved() {
+    let (api, grip, gw) = two_backends(
+        ["api", "grip"],
+        "  - { path: \"/api/{*rest}\", proxy: api }\n  - { path: \"/grip/{*rest}\", proxy: grip, grip: true }\n",
+    );
+    for (target, backend, sent) in [
+        ("/api/a/./b/../c?q=1", &api, "/api/a/c?q=1"),
+        ("/grip/x/%2e%2e/y", &grip, "/grip/y"),
+    ] {
+        let req = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        let resp = exchange(gw.port, req.as_bytes(), WAIT);
+        assert_eq!(resp.status(), 200, "{target}");
+        let got: Vec<String> = backend
+            .requests()
+            .iter()
+            .map(|r| r.target().to_string())
+            .collect();
+        assert!(
+            got.iter().any(|t| t == sent),
+            "{target}: the backend got {got:?}, not {sent}"
+        );
+    }
+    let r = exchange(
+        gw.port,
+        b"GET /api/..%2finternal HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        WAIT,
+    );
+    assert_eq!(r.status(), 400, "an encoded slash beside a dot-segment");
+}
+
+#[test]
 fn issue18_08_host_routes_match_the_effective_authority() {
     let (_example, b, gw) = two_backends(
         ["example", "default"],
@@ -488,6 +517,21 @@ fn issue18_08_host_routes_match_the_effective_authority() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    // The host route's upstream gets the origin-form target and that host.
+    let (example, _default, gw) = two_backends(
+        ["example", "default"],
+        "  - { path: /h, proxy: example, host: example.com }\n  - { path: /h, proxy: default }\n",
+    );
+    let resp = exchange(
+        gw.port,
+        b"GET http://example.com/h HTTP/1.1\r\nConnection: close\r\n\r\n",
+        WAIT,
+    );
+    assert_eq!(resp.status(), 200);
+    let seen = example.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].target(), "/h");
+    assert_eq!(seen[0].headers("host"), ["example.com"]);
 }
 
 // ---------------------------------------------------------------------------
@@ -581,19 +625,26 @@ async fn issue18_09_grip_content_cannot_corrupt_a_native_sse_stream() {
 /// The gateway with at most 256 open files (soft and hard), with its
 /// default `limits`; None (skipped) without `prlimit` outside CI.
 fn under_file_limit() -> Option<Gateway> {
+    under_file_limit_with("")
+}
+
+fn under_file_limit_with(extra: &str) -> Option<Gateway> {
     tool_available("prlimit").then(|| {
-        launch(SSE_ROUTES, &["prlimit", "--nofile=256:256"]).expect("ssegate under prlimit")
+        launch(
+            &format!("{extra}{SSE_ROUTES}"),
+            &["prlimit", "--nofile=256:256"],
+        )
+        .expect("ssegate under prlimit")
     })
 }
 
-#[test]
-#[ignore = "issue 18 #10: fails until fixed"]
-fn issue18_10_at_the_file_limit_new_clients_are_refused_at_once_never_hung_or_dropped() {
-    let Some(gw) = under_file_limit() else {
-        return;
-    };
+/// 400 SSE clients one after another: each is answered within 3 s, 200 or
+/// refused (429, 503), never left hanging or dropped. The open streams.
+fn four_hundred_clients(
+    gw: &Gateway,
+    refused: &mut std::collections::BTreeMap<u16, usize>,
+) -> Vec<TcpStream> {
     let mut open: Vec<TcpStream> = Vec::new();
-    let mut refused = 0;
     for i in 0..400 {
         let mut s = connect(gw.port);
         s.write_all(
@@ -605,7 +656,7 @@ fn issue18_10_at_the_file_limit_new_clients_are_refused_at_once_never_hung_or_dr
         match r.status() {
             200 => open.push(s),
             // 429 (limits.max_connections derived from the file limit) or 503 (at the limit).
-            429 | 503 => refused += 1,
+            status @ (429 | 503) => *refused.entry(status).or_default() += 1,
             status => panic!(
                 "client #{i} with {} streams open under a 256-file limit: {} after {:?} (status {status})\n{}",
                 open.len(),
@@ -615,18 +666,18 @@ fn issue18_10_at_the_file_limit_new_clients_are_refused_at_once_never_hung_or_dr
             ),
         }
     }
-    eprintln!("{} streams open, {refused} refused", open.len());
-    assert!(
-        refused > 0,
-        "400 streams under a 256-file limit, none refused"
-    );
-    // None of the accepted ones was dropped silently: each gets the next event.
+    eprintln!("{} streams open, refused {refused:?}", open.len());
+    open
+}
+
+/// None of the accepted streams was dropped silently: each gets the next event.
+fn each_gets_the_next_event(gw: &Gateway, open: &mut [TcpStream]) {
     assert_eq!(
-        publish_blocking(&gw, r#"{"channel":"room:fd","data":"still here"}"#),
+        publish_blocking(gw, r#"{"channel":"room:fd","data":"still here"}"#),
         200
     );
     let mut silent = 0;
-    for s in &mut open {
+    for s in open.iter_mut() {
         let mut buf = Vec::new();
         read_while(s, &mut buf, Duration::from_secs(5), |b| {
             find(b, b"still here").is_some()
@@ -644,30 +695,74 @@ fn issue18_10_at_the_file_limit_new_clients_are_refused_at_once_never_hung_or_dr
 }
 
 #[test]
-#[ignore = "issue 18 #11: fails until fixed"]
+fn issue18_10_at_the_file_limit_new_clients_are_refused_at_once_never_hung_or_dropped() {
+    let Some(gw) = under_file_limit() else {
+        return;
+    };
+    let mut refused = Default::default();
+    let mut open = four_hundred_clients(&gw, &mut refused);
+    assert!(
+        refused.get(&429) > Some(&0),
+        "400 streams under a 256-file limit: {refused:?}"
+    );
+    each_gets_the_next_event(&gw, &mut open);
+}
+
+/// With `max_connections` set above what the files allow, the descriptors
+/// run out first: a client the listener can no longer take is told 503 with
+/// the reserve descriptor, and one whose socket cannot be duplicated is
+/// served in pingora's session.
+#[test]
+fn issue18_10_past_the_file_limit_clients_get_a_stream_or_503() {
+    let Some(gw) = under_file_limit_with("limits: { max_connections: 100000 }\n") else {
+        return;
+    };
+    let mut refused = Default::default();
+    let mut open = four_hundred_clients(&gw, &mut refused);
+    assert!(
+        refused.get(&503) > Some(&0),
+        "400 streams under a 256-file limit and max_connections 100000: {refused:?}"
+    );
+    // The admin listener needs a descriptor to take the publish.
+    let fds = open_fds(gw.pid());
+    open.truncate(open.len() - 8);
+    eventually_blocking(WAIT, "closed streams to free their descriptors", || {
+        open_fds(gw.pid()) + 8 <= fds
+    });
+    each_gets_the_next_event(&gw, &mut open);
+}
+
+/// Send a header line every `every` until the gateway closes the connection
+/// or answers 408 (true), or `give_up` passes (false); and how many lines.
+fn trickle(s: &mut TcpStream, every: Duration, give_up: Duration) -> (bool, usize) {
+    let started = Instant::now();
+    let mut lines = 0;
+    loop {
+        let r = read_head(s, every);
+        if r.closed || r.status() == 408 {
+            return (true, lines);
+        }
+        if started.elapsed() > give_up {
+            return (false, lines);
+        }
+        if s.write_all(format!("X-Trickle-{lines}: y\r\n").as_bytes())
+            .is_err()
+        {
+            return (true, lines);
+        }
+        lines += 1;
+    }
+}
+
+#[test]
 fn issue18_11_trickled_header_lines_hit_a_header_deadline() {
     let gw = Gateway::start(SSE_ROUTES);
     let mut s = connect(gw.port);
     let started = Instant::now();
     s.write_all(b"GET /events/slow HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         .unwrap();
-    let mut lines = 0;
     // One header line every 2 s (the attack's pace), for at most 20 s.
-    let closed = loop {
-        let r = read_head(&mut s, Duration::from_secs(2));
-        if r.closed || r.status() == 408 {
-            break true;
-        }
-        if started.elapsed() > Duration::from_secs(20) {
-            break false;
-        }
-        if s.write_all(format!("X-Trickle-{lines}: y\r\n").as_bytes())
-            .is_err()
-        {
-            break true;
-        }
-        lines += 1;
-    };
+    let (closed, lines) = trickle(&mut s, Duration::from_secs(2), Duration::from_secs(20));
     assert!(
         closed,
         "a client sending one header line every 2 s was still connected after {:?} ({lines} lines)",
@@ -675,9 +770,29 @@ fn issue18_11_trickled_header_lines_hit_a_header_deadline() {
     );
 }
 
+/// The deadline holds for every request on a kept-alive connection, not
+/// only its first; a head that arrives whole is served.
+#[test]
+fn issue18_11_a_kept_alive_connection_trickling_its_next_head_is_cut() {
+    let gw = Gateway::start(&format!("limits: {{ header_timeout: 1s }}\n{SSE_ROUTES}"));
+    let mut s = connect(gw.port);
+    for _ in 0..2 {
+        s.write_all(b"GET /nope HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(&mut s, WAIT).status(), 404);
+    }
+    let started = Instant::now();
+    s.write_all(b"GET /nope HTTP/1.1\r\n").unwrap();
+    let (cut, _) = trickle(&mut s, Duration::from_millis(300), Duration::from_secs(5));
+    assert!(
+        cut && started.elapsed() < Duration::from_secs(3),
+        "a kept-alive connection trickling its next head (header_timeout 1s): cut {cut} after {:?}",
+        started.elapsed()
+    );
+}
+
 /// Heavier: about 15 s when it fails.
 #[test]
-#[ignore = "issue 18 #11: fails until fixed"]
 fn issue18_11_idle_connections_do_not_shut_the_listener_to_a_real_client() {
     let Some(gw) = under_file_limit() else {
         return;
@@ -701,7 +816,6 @@ fn issue18_11_idle_connections_do_not_shut_the_listener_to_a_real_client() {
 
 /// Heavier: 2,000 connections.
 #[test]
-#[ignore = "issue 18 #11: fails until fixed"]
 fn issue18_11_a_connection_without_a_request_costs_no_more_than_a_stream() {
     let gw = Gateway::start(SSE_ROUTES);
     let n = 1000;
@@ -772,7 +886,6 @@ async fn metric_until(
 
 /// Heavier: 300 subscriptions, about 15 s.
 #[tokio::test]
-#[ignore = "issue 18 #12: fails until fixed"]
 async fn issue18_12_subscribe_then_close_with_distinct_paths_leaves_no_crowd_of_pollers() {
     let backend = Backend::start();
     let gw = Gateway::start(&poll_config(&backend, ""));
@@ -811,7 +924,6 @@ async fn issue18_12_subscribe_then_close_with_distinct_paths_leaves_no_crowd_of_
 }
 
 #[tokio::test]
-#[ignore = "issue 18 #12: fails until fixed"]
 async fn issue18_12_a_subscriber_that_leaves_at_once_does_not_buy_a_full_linger() {
     let backend = Backend::start();
     let gw = Gateway::start(&poll_config(&backend, ", linger: 30s"));
@@ -829,6 +941,60 @@ async fn issue18_12_a_subscriber_that_leaves_at_once_does_not_buy_a_full_linger(
         left, 0.0,
         "the poller of a client that stayed under a second still runs 10 s later (linger 30s)"
     );
+}
+
+/// Past `limits.max_pollers` a new poll key is refused while every poller
+/// has a client; a lingering poller gives its place up.
+#[tokio::test]
+async fn issue18_12_pollers_are_capped_in_total_and_per_route() {
+    let backend = Backend::start();
+    let gw = Gateway::start(&format!(
+        "limits: {{ max_pollers: 2 }}\n{}",
+        poll_config(&backend, ", linger: 30s")
+    ));
+    let status = |key: &str| {
+        let req = client()
+            .get(gw.url(&format!("/p/{key}")))
+            .header("accept", "text/event-stream");
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r)
+        }
+    };
+    let mut a = Sse::connect(&gw.url("/p/a")).await;
+    assert_eq!(a.next().await.event, "snapshot");
+    let mut b = Sse::connect(&gw.url("/p/b")).await;
+    assert_eq!(b.next().await.event, "snapshot");
+    let (refused, r) = status("c").await;
+    let reason = r.text().await.unwrap();
+    assert_eq!(
+        refused, 503,
+        "a third poll key under max_pollers 2: {reason}"
+    );
+    assert!(reason.contains("limits.max_pollers"), "{reason}");
+    // Joining a running poller is never refused.
+    let (joined, _keep) = status("a").await;
+    assert_eq!(joined, 200);
+    drop(b);
+    // Once the gateway sees b gone, its poller lingers without a client
+    // and c takes its place.
+    let deadline = Instant::now() + WAIT;
+    let mut c = loop {
+        let (s, r) = status("c").await;
+        if s == 200 {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "c still refused: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let first = c.chunk().await.unwrap().unwrap_or_default();
+    assert!(lossy(&first).contains(":ok"), "{}", lossy(&first));
+    assert_eq!(gw.metric("ssegate_pollers_active").await, 2.0);
+
+    let per_route = Gateway::start(&poll_config(&backend, ", max_pollers: 1"));
+    let _x = Sse::connect(&per_route.url("/p/x")).await;
+    let r = client().get(per_route.url("/p/y")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503, "{}", r.text().await.unwrap());
 }
 
 // ---------------------------------------------------------------------------
@@ -895,7 +1061,6 @@ async fn issue18_13_two_hostile_requests_do_not_stall_another_client() {
 // 14. Config files: bounded nesting, a UTF-8 BOM.
 
 #[test]
-#[ignore = "issue 18 #14: fails until fixed"]
 fn issue18_14_deeply_nested_flow_collections_are_refused_quickly() {
     let n = 100_000;
     let text = format!("routes: {}{}\n", "[".repeat(n), "]".repeat(n));
@@ -914,7 +1079,6 @@ fn issue18_14_deeply_nested_flow_collections_are_refused_quickly() {
 }
 
 #[test]
-#[ignore = "issue 18 #14: fails until fixed"]
 fn issue18_14_a_config_starting_with_a_utf8_bom_loads() {
     let text = "\u{feff}shutdown_grace: 5s\nsse:\n  heartbeat: 10s\n";
     let (code, out, _, _) = check_config(text.as_bytes(), WAIT);
@@ -959,7 +1123,6 @@ async fn issue18_15_json_data_keeps_key_order_and_big_integers() {
 // 16. HEAD, HTTP/1.0, and the token scheme.
 
 #[test]
-#[ignore = "issue 18 #16: fails until fixed"]
 fn issue18_16_head_on_an_sse_route_is_headers_only_and_takes_no_slot() {
     let gw = Gateway::start(&format!("limits: {{ max_connections: 2 }}\n{SSE_ROUTES}"));
     let mut problems = Vec::new();
@@ -996,7 +1159,6 @@ fn issue18_16_head_on_an_sse_route_is_headers_only_and_takes_no_slot() {
 }
 
 #[test]
-#[ignore = "issue 18 #16: fails until fixed"]
 fn issue18_16_an_http10_client_gets_no_chunked_encoding() {
     let gw = Gateway::start(SSE_ROUTES);
     let mut s = connect(gw.port);
@@ -1030,6 +1192,44 @@ fn issue18_16_an_http10_client_gets_no_chunked_encoding() {
             lossy(&body)
         );
     }
+}
+
+/// The same over TLS, where the stream stays in pingora's session.
+#[tokio::test]
+async fn issue18_16_an_http10_client_over_tls_gets_no_chunked_encoding() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = support::tls::TestCa::new("h10");
+    let (cert, key) = ca.issue(dir.path(), "server");
+    let gw = Gateway::start(&format!(
+        "tls: {{ cert: \"{}\", key: \"{}\" }}\n{SSE_ROUTES}",
+        cert.display(),
+        key.display()
+    ));
+    let mut tls = ca.connect_alpn(gw.port, &[]).await.unwrap();
+    tls.write_all(b"GET /events/old HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let published = std::sync::atomic::AtomicBool::new(false);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while find(&got, b"data: hi\n\n").is_none() {
+        if find(&got, b":ok\n\n").is_some() && !published.swap(true, Ordering::Relaxed) {
+            gw.publish_ok("room:old", json!("hi")).await;
+        }
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            other => panic!("{other:?} after {:?}", lossy(&got)),
+        }
+    }
+    let text = lossy(&got);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        !head.to_lowercase().contains("chunked") && !body.contains("\r\n"),
+        "an HTTP/1.0 client over TLS got a chunked stream:\n{text}"
+    );
 }
 
 #[tokio::test]

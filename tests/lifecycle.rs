@@ -4,6 +4,7 @@
 mod support;
 
 use serde_json::json;
+use std::time::Duration;
 use support::*;
 
 const BASE: &str = "sse: { heartbeat: 1s, retry: 2s }
@@ -188,6 +189,7 @@ async fn over_the_stream_rate_clients_are_told_to_retry_later_never_refused() {
             "{head}"
         );
         if !raw.body().contains(":ok") {
+            assert!(raw.closes_within(WAIT), "a deferral closes its connection");
             deferred.push(body.to_string());
         }
     }
@@ -210,5 +212,186 @@ async fn over_the_stream_rate_clients_are_told_to_retry_later_never_refused() {
     assert_eq!(
         gw.metric("ssegate_streams_deferred_total").await,
         deferred.len() as f64
+    );
+}
+
+/// The forward-auth backend for the storm: allows every `Bearer u<n>`, a
+/// little slowly (so that identical requests overlap), and counts calls.
+fn slow_auth_backend() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    impl Drop,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let app = axum::Router::new().route(
+        "/auth",
+        axum::routing::get(move |h: axum::http::HeaderMap| {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                let ok = h
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("Bearer u"));
+                if ok {
+                    axum::http::StatusCode::OK
+                } else {
+                    axum::http::StatusCode::UNAUTHORIZED
+                }
+            }
+        }),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, _thread) = serve_in_thread(listener, move || app);
+    (addr, calls, StopOnDrop(Some(stop)))
+}
+
+struct StopOnDrop(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// One storm client: connects until it gets a stream (honouring each
+/// deferral's `retry:` as EventSource does), then waits for `data: go`.
+/// Ok(times deferred), or the status of a refusal.
+async fn storm_client(
+    port: u16,
+    user: usize,
+    streaming: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Result<usize, String> {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut deferred = 0;
+    loop {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let req = format!(
+            "GET /storm HTTP/1.1\r\nHost: storm\r\nAccept: text/event-stream\r\nAuthorization: Bearer u{user}\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // Until the prelude (streaming) or the end of a deferral (EOF).
+        let text = loop {
+            let n = tcp.read(&mut chunk).await.map_err(|e| e.to_string())?;
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if n == 0 || text.contains(":ok") {
+                break text;
+            }
+        };
+        let status = text.split(' ').nth(1).unwrap_or("").to_string();
+        if status != "200" {
+            return Err(status);
+        }
+        if text.contains(":ok") {
+            streaming.fetch_add(1, Ordering::SeqCst);
+            let mut seen = text;
+            while !seen.contains("data: go") {
+                let n = tcp.read(&mut chunk).await.map_err(|e| e.to_string())?;
+                if n == 0 {
+                    return Err("stream ended".into());
+                }
+                seen.push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+            return Ok(deferred);
+        }
+        deferred += 1;
+        let retry: u64 = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("retry: "))
+            .next_back()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| format!("a deferral without retry: {text:?}"))?;
+        tokio::time::sleep(std::time::Duration::from_millis(retry)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_10000_client_reconnect_storm_with_stream_rate_gets_no_5xx_and_one_auth_call_per_credential(
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const CLIENTS: usize = 10_000;
+    const USERS: usize = 50;
+    // This process holds every client socket.
+    rlimit::increase_nofile_limit(u64::MAX).unwrap();
+    let (auth, calls, _auth_server) = slow_auth_backend();
+    let gw = Gateway::start(&format!(
+        "sse: {{ heartbeat: 5s, retry: 1s }}
+limits: {{ max_connections: 0, stream_rate: {{ per_second: 2000, burst: 1000 }} }}
+upstreams:
+  auth: {{ servers: [\"{auth}\"] }}
+routes:
+  - path: /storm
+    sse:
+      channels: [storm]
+      auth: {{ forward: {{ upstream: auth, path: /auth, forward_headers: [authorization], cache_ttl: 5m }} }}
+"
+    ));
+    let streaming = Arc::new(AtomicUsize::new(0));
+    let started = std::time::Instant::now();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| tokio::spawn(storm_client(gw.port, i % USERS, streaming.clone())))
+        .collect();
+    // Every client streams, or one ended with an error (reported below).
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while streaming.load(Ordering::SeqCst) + clients.iter().filter(|c| c.is_finished()).count()
+        < CLIENTS
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after 120 s {} of {CLIENTS} streaming, {} ended; auth calls {}; deferred {}",
+            streaming.load(Ordering::SeqCst),
+            clients.iter().filter(|c| c.is_finished()).count(),
+            calls.load(Ordering::SeqCst),
+            gw.metric("ssegate_streams_deferred_total").await,
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = started.elapsed();
+    gw.publish_ok("storm", json!("go")).await;
+    let mut deferrals = 0;
+    let mut refused = Vec::new();
+    for c in clients {
+        match tokio::time::timeout(Duration::from_secs(60), c).await {
+            Ok(Ok(Ok(d))) => deferrals += d,
+            Ok(Ok(Err(why))) => refused.push(why),
+            other => panic!("a storm client: {other:?}"),
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "{} refused: {:?}",
+        refused.len(),
+        &refused[..refused.len().min(5)]
+    );
+    assert!(
+        deferrals > 0,
+        "the storm was over the rate, so some were deferred"
+    );
+    assert_eq!(
+        gw.metric("ssegate_streams_deferred_total").await,
+        deferrals as f64
+    );
+    let calls = calls.load(Ordering::SeqCst);
+    assert!(
+        calls <= USERS,
+        "{calls} forward-auth calls for {USERS} distinct credentials"
+    );
+    eprintln!(
+        "{CLIENTS} clients streaming after {took:?}; {deferrals} deferrals; {calls} auth calls"
     );
 }

@@ -32,6 +32,15 @@ pub struct ExpiryGuard {
     key: (Instant, u64),
 }
 
+impl ExpiryGuard {
+    /// When the stream expires, in unix seconds (to register it again in
+    /// another process).
+    pub fn expires_unix(&self) -> u64 {
+        let left = self.key.0.saturating_duration_since(Instant::now());
+        unix_now().saturating_add(left.as_secs())
+    }
+}
+
 impl Drop for ExpiryGuard {
     fn drop(&mut self) {
         self.owner.lock().remove(&self.key);

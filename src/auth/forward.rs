@@ -307,11 +307,10 @@ mod tests {
             cache_ttl: ttl,
         };
         let pool = Pool::new(Upstream {
-            name: "app".into(),
-            servers: vec![([127, 0, 0, 1], port).into()],
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(5),
             fail_timeout: Duration::from_secs(1),
+            ..Upstream::fixed("app", vec![([127, 0, 0, 1], port).into()])
         });
         Forward::new(Arc::new(settings), Arc::new(pool))
     }

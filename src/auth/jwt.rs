@@ -1,10 +1,11 @@
 //! Subscriber JWTs: where the token is taken from, which key verifies it.
 //! Verification itself (signature in constant time, `exp`/`nbf` with
 //! leeway, `aud`, `iss`) is jsonwebtoken's. Keys are read once at load
-//! (`config::load::auth`); nothing here does I/O.
+//! (`config::load::auth`) or fetched by `jwks`; nothing here does I/O.
 
 use crate::config::{Jwt, Keys, TokenSource};
 use crate::values::{Claims, RequestValues};
+use jsonwebtoken::DecodingKey;
 use serde_json::{Map, Value};
 
 /// Tokens longer than this are refused before any parsing.
@@ -76,19 +77,53 @@ pub(crate) fn token<'a>(jwt: &Jwt, req: &'a RequestValues<'_>) -> Option<&'a str
     })
 }
 
-/// Verify `token`: its claims, or why it is refused.
-pub(crate) fn verify(jwt: &Jwt, token: &str) -> Result<Claims, JwtError> {
+/// The keys a token is checked against, once known.
+#[derive(Clone, Copy)]
+pub(crate) enum KeyRef<'k> {
+    One(&'k DecodingKey),
+    /// The token's `kid` picks the key (a set of one needs no kid).
+    Set(&'k [(Option<String>, DecodingKey)]),
+}
+
+impl<'k> KeyRef<'k> {
+    /// The keys read at load; None for a JWKS fetched while running.
+    pub(crate) fn of(keys: &'k Keys) -> Option<KeyRef<'k>> {
+        match keys {
+            Keys::One(k) => Some(KeyRef::One(k)),
+            Keys::Set(set) => Some(KeyRef::Set(set)),
+            Keys::Remote(_) => None,
+        }
+    }
+}
+
+/// What can be refused before any key is looked at (or fetched).
+pub(crate) fn precheck(token: &str) -> Result<(), JwtError> {
     if token.is_empty() {
         return Err(JwtError::Missing);
     }
     if token.len() > MAX_TOKEN {
         return Err(JwtError::TooLong);
     }
-    let key = match &jwt.keys {
-        Keys::One(k) => k,
-        Keys::Set(set) => {
+    jsonwebtoken::decode_header(token)
+        .map(drop)
+        .map_err(|_| JwtError::Malformed)
+}
+
+/// Verify `token` with the keys read at load.
+pub(crate) fn verify(jwt: &Jwt, token: &str) -> Result<Claims, JwtError> {
+    // A remote set is never checked here: `auth::jwks` has it.
+    let keys = KeyRef::of(&jwt.keys).ok_or(JwtError::UnknownKid)?;
+    verify_with(jwt, keys, token)
+}
+
+/// Verify `token` against `keys`: its claims, or why it is refused.
+pub(crate) fn verify_with(jwt: &Jwt, keys: KeyRef<'_>, token: &str) -> Result<Claims, JwtError> {
+    precheck(token)?;
+    let key = match keys {
+        KeyRef::One(k) => k,
+        KeyRef::Set(set) => {
             let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
-            match (&header.kid, set.as_slice()) {
+            match (&header.kid, set) {
                 (None, [(_, only)]) => only,
                 (None, _) => return Err(JwtError::NoKid),
                 (Some(kid), set) => set
@@ -102,9 +137,9 @@ pub(crate) fn verify(jwt: &Jwt, token: &str) -> Result<Claims, JwtError> {
     // jsonwebtoken wants every allowed algorithm to fit the key, so a
     // JWKS that mixes RSA and EC keys narrows the list to this key's family.
     let narrowed;
-    let validation = match &jwt.keys {
-        Keys::One(_) => &jwt.validation,
-        Keys::Set(_) => {
+    let validation = match keys {
+        KeyRef::One(_) => &jwt.validation,
+        KeyRef::Set(_) => {
             let mut v = jwt.validation.clone();
             v.algorithms.retain(|a| a.family() == key.family());
             if v.algorithms.is_empty() {

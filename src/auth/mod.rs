@@ -1,13 +1,14 @@
 //! Who may do what: subscriber JWTs (`jwt`), forward auth to the backend
-//! (`forward`), closing streams whose token expired (`expiry`), and webhook
-//! signature schemes (`signature`).
+//! (`forward`), keys fetched from a JWKS URL (`jwks`), closing streams
+//! whose token expired (`expiry`), and webhook signature schemes (`signature`).
 
 pub(crate) mod expiry;
 pub(crate) mod forward;
+pub(crate) mod jwks;
 pub(crate) mod jwt;
 pub(crate) mod signature;
 
-use crate::config::{Jwt, RouteAuth};
+use crate::config::{Jwt, Keys, RouteAuth};
 use crate::outbound::{Client, OutboundError, Pool};
 use crate::template::RenderError;
 use crate::values::RequestValues;
@@ -29,6 +30,8 @@ pub enum AuthError {
     BackendStatus(u16),
     /// A value of the auth path is missing or would change the path's shape.
     BadPathValue(RenderError),
+    /// No signing keys to check tokens with (`jwks_url` failing from the start).
+    Keys(jwks::JwksError),
 }
 
 impl fmt::Display for AuthError {
@@ -39,6 +42,7 @@ impl fmt::Display for AuthError {
             AuthError::Unavailable(_) => f.write_str("auth backend unavailable"),
             AuthError::BackendStatus(s) => write!(f, "auth backend answered {s}"),
             AuthError::BadPathValue(e) => write!(f, "bad value for the auth path: {e}"),
+            AuthError::Keys(e) => e.fmt(f),
         }
     }
 }
@@ -50,6 +54,8 @@ impl std::error::Error for AuthError {}
 #[derive(Debug, Default)]
 pub struct Guard {
     jwt: Option<Arc<Jwt>>,
+    /// The JWT's keys when they come from `jwks_url`.
+    remote: Option<Arc<jwks::RemoteKeys>>,
     forward: Option<Forward>,
 }
 
@@ -57,7 +63,12 @@ impl Guard {
     /// `pool` is the forward-auth upstream (resolved when the config was
     /// loaded: a route that names one always has it).
     pub fn new(auth: &RouteAuth, pool: Option<Arc<Pool>>) -> Guard {
+        let remote = auth.jwt.as_ref().and_then(|j| match &j.keys {
+            Keys::Remote(url) => Some(jwks::RemoteKeys::shared(url)),
+            _ => None,
+        });
         Guard {
+            remote,
             jwt: auth.jwt.clone(),
             forward: auth
                 .forward
@@ -81,7 +92,16 @@ impl Guard {
     ) -> Result<(), AuthError> {
         if let Some(jwt) = &self.jwt {
             let token = jwt::token(jwt, values).ok_or(AuthError::Jwt(JwtError::Missing))?;
-            let claims = jwt::verify(jwt, token).map_err(AuthError::Jwt)?;
+            let claims = match &self.remote {
+                Some(remote) => remote
+                    .verify(client, jwt, token)
+                    .await
+                    .map_err(|e| match e {
+                        jwks::RemoteError::Jwt(e) => AuthError::Jwt(e),
+                        jwks::RemoteError::Keys(e) => AuthError::Keys(e),
+                    })?,
+                None => jwt::verify(jwt, token).map_err(AuthError::Jwt)?,
+            };
             values.identity.allowed = claims.channel_patterns(&jwt.channels_claim);
             values.identity.claims = Some(claims);
         }

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 pub struct FileConfig {
     pub listen: Option<String>,
     pub shutdown_grace: Option<String>,
+    /// Where `run --upgrade` takes the listeners and streams over.
+    pub upgrade_socket: Option<String>,
     pub tls: Option<TlsFile>,
     pub http2: Option<Http2File>,
     pub admin: Option<AdminFile>,
@@ -23,6 +25,9 @@ pub struct FileConfig {
     #[serde(default)]
     pub webhooks: Vec<WebhookFile>,
     pub grip: Option<GripFile>,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` names the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// Gateway-wide GRIP settings.
@@ -77,6 +82,8 @@ pub struct PersistFile {
 pub struct RedisFile {
     pub url: Option<String>,
     pub url_env: Option<String>,
+    /// PEM file of the CAs for a `rediss://` URL.
+    pub ca: Option<String>,
     pub prefix: Option<String>,
 }
 
@@ -94,6 +101,17 @@ pub struct SseFile {
     pub heartbeat: Option<String>,
     pub retry: Option<String>,
     pub client_queue: Option<usize>,
+    pub cors: Option<CorsFile>,
+}
+
+/// `cors:` of `sse` (defaults, and GRIP holds) or of one sse route.
+#[derive(Debug, Default, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct CorsFile {
+    #[serde(default)]
+    pub origins: Vec<String>,
+    pub credentials: Option<bool>,
+    pub max_age: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -103,6 +121,8 @@ pub struct LimitsFile {
     pub max_connections_per_ip: Option<usize>,
     pub max_channels_per_client: Option<usize>,
     pub max_body: Option<String>,
+    pub max_pollers: Option<usize>,
+    pub header_timeout: Option<String>,
     pub stream_rate: Option<StreamRateFile>,
 }
 
@@ -122,6 +142,54 @@ pub struct UpstreamFile {
     pub read_timeout: Option<String>,
     /// How long a server that refused a connection is skipped (passive health).
     pub fail_timeout: Option<String>,
+    /// `true`, or `{ sni, ca, verify, http2 }`.
+    pub tls: Option<UpstreamTlsFile>,
+    /// How often host names in `servers` are resolved again.
+    pub resolve_interval: Option<String>,
+}
+
+/// `tls: true | false | { … }` of an upstream.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum UpstreamTlsFile {
+    Enabled(bool),
+    Options(UpstreamTlsOptions),
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsOptions {
+    pub sni: Option<String>,
+    /// PEM file of the CAs that may sign the servers' certificates.
+    pub ca: Option<String>,
+    pub verify: Option<bool>,
+    /// Offer HTTP/2 in ALPN (the server picks).
+    pub http2: Option<bool>,
+}
+
+// By hand rather than `untagged`, so that a typo inside the map is still
+// reported as an unknown key with its position.
+impl<'de> Deserialize<'de> for UpstreamTlsFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = UpstreamTlsFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false or a map with sni, ca, verify, http2")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(UpstreamTlsFile::Enabled(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                UpstreamTlsOptions::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(UpstreamTlsFile::Options)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -135,7 +203,18 @@ pub struct RouteFile {
     pub grip: bool,
     /// Overrides `grip.key_env` for this route.
     pub grip_key_env: Option<String>,
+    pub record: Option<RecordFile>,
     pub sse: Option<SseRouteFile>,
+}
+
+/// `record:` on a proxy route: the backend's SSE replies are kept for resume.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordFile {
+    pub ttl: Option<String>,
+    pub max_events: Option<u64>,
+    pub max_total: Option<String>,
+    pub credentials: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -148,6 +227,7 @@ pub struct SseRouteFile {
     pub heartbeat: Option<String>,
     pub retry: Option<String>,
     pub client_queue: Option<usize>,
+    pub cors: Option<CorsFile>,
     pub auth: Option<AuthFile>,
     pub poll: Option<PollFile>,
 }
@@ -175,6 +255,12 @@ pub struct JwtFile {
     pub secret_env: Option<String>,
     pub public_key: Option<String>,
     pub jwks: Option<String>,
+    /// `https://…`: the JWKS fetched, cached and refetched on an unknown kid.
+    pub jwks_url: Option<String>,
+    /// PEM file of the CAs for `jwks_url` (else the system's roots).
+    pub jwks_ca: Option<String>,
+    /// Least time between two fetches of `jwks_url` (default 30s).
+    pub jwks_refetch: Option<String>,
     pub algorithms: Option<Vec<String>>,
     pub token_from: Option<Vec<String>>,
     pub audience: Option<String>,
@@ -204,6 +290,7 @@ pub struct PollFile {
     pub max_body: Option<String>,
     pub events: Option<PollEventsFile>,
     pub error_event: Option<String>,
+    pub max_pollers: Option<usize>,
 }
 
 /// Event names of `diff: json-items`.
@@ -219,6 +306,8 @@ pub struct PollEventsFile {
 #[serde(deny_unknown_fields)]
 pub struct WebhookFile {
     pub path: String,
+    /// `admin` (default) or `public`.
+    pub listener: Option<String>,
     pub methods: Option<Vec<String>>,
     pub verify: Option<VerifyFile>,
     pub channel: Option<ChannelsFile>,

@@ -17,9 +17,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 mod auth;
+mod edges;
 mod persist;
+mod record;
 mod tls;
 mod webhooks;
+
+pub use auth::parse_jwks;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -74,6 +78,19 @@ pub fn load_str(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
     let file_name = source.display().to_string();
+    // Editors on Windows start UTF-8 files with a byte order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let pos = Positions::index(text).map_err(|at| {
+        ConfigErrors(vec![ConfigError {
+            file: file_name.clone(),
+            line: at.line,
+            col: at.col,
+            message: format!(
+                "collections nested deeper than {} levels",
+                super::positions::MAX_DEPTH
+            ),
+        }])
+    })?;
     let parsed: FileConfig = if text.trim().is_empty() {
         FileConfig::default()
     } else {
@@ -81,7 +98,7 @@ pub fn load_str(
     };
     let mut v = Validator {
         file: file_name,
-        pos: Positions::index(text),
+        pos,
         errors: Vec::new(),
         env,
         // Key files are named relative to the config file.
@@ -218,6 +235,37 @@ impl Validator<'_> {
         }
     }
 
+    /// `upgrade_socket:`, relative to the config's directory. By default one
+    /// per public port, in systemd's `RuntimeDirectory` when there is one:
+    /// pingora's own default is shared by every pingora on the host.
+    fn upgrade_socket(&mut self, v: Option<&str>, source: &Path, listen: SocketAddr) -> PathBuf {
+        let Some(v) = v else {
+            let dir = (self.env)("RUNTIME_DIRECTORY")
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir);
+            return dir.join(format!("ssegate-{}.upgrade.sock", listen.port()));
+        };
+        let path = source.parent().unwrap_or(Path::new("")).join(v);
+        let dir = match path.parent() {
+            Some(d) if d.as_os_str().is_empty() => Path::new("."),
+            Some(d) => d,
+            None => Path::new("/"),
+        };
+        if v.is_empty() || path.file_name().is_none() {
+            self.err(
+                "upgrade_socket",
+                "upgrade_socket must name a file, e.g. /run/ssegate/upgrade.sock",
+            );
+        } else if !dir.is_dir() {
+            self.err(
+                "upgrade_socket",
+                format!("the directory `{}` does not exist", dir.display()),
+            );
+        }
+        path
+    }
+
     fn secret(&mut self, path: &str, var: &str) -> Option<String> {
         match (self.env)(var) {
             Some(v) if !v.is_empty() => {
@@ -238,6 +286,7 @@ impl Validator<'_> {
             f.shutdown_grace.as_ref(),
             Duration::from_secs(10),
         );
+        let upgrade_socket = self.upgrade_socket(f.upgrade_socket.as_deref(), &source, listen);
         let tls = f.tls.as_ref().and_then(|t| self.tls(t, &source));
         let http2 = self.http2(f.http2.unwrap_or_default(), tls.is_some());
         let admin_file = f.admin.unwrap_or_default();
@@ -261,6 +310,7 @@ impl Validator<'_> {
         let grip_key = self.grip_key(f.grip);
         let routes = self.routes(f.routes, &upstreams, &sse, grip_key.as_ref());
         let webhooks = self.webhooks(f.webhooks);
+        let trusted_proxies = self.trusted_proxies(&f.trusted_proxies);
         let router = match Router::build(routes.iter().enumerate().map(|(pos, r)| {
             let key = RouteKey {
                 index: r.index,
@@ -278,11 +328,15 @@ impl Validator<'_> {
                 return None;
             }
         };
+        let route_paths: Vec<(usize, &str)> =
+            routes.iter().map(|r| (r.index, r.path.as_str())).collect();
+        self.public_webhooks_vs_routes(&webhooks, &router, &route_paths);
         Some(Config {
             source,
             digest: String::new(),
             listen,
             shutdown_grace,
+            upgrade_socket,
             tls,
             http2,
             admin,
@@ -293,6 +347,7 @@ impl Validator<'_> {
             router,
             routes,
             webhooks,
+            trusted_proxies,
         })
     }
 
@@ -309,7 +364,10 @@ impl Validator<'_> {
                         self.err("hub.redis", "give `url` or `url_env`, not both");
                         None
                     }
-                    (Some(u), None) => Some(u),
+                    (Some(u), None) => {
+                        self.inline_redis_url(&u);
+                        Some(u)
+                    }
                     (None, Some(var)) => self.secret("hub.redis.url_env", var),
                     (None, None) => Some("redis://127.0.0.1:6379".to_string()),
                 };
@@ -318,6 +376,7 @@ impl Validator<'_> {
                         self.err("hub.redis", format!("bad redis url: {e}"));
                     }
                 }
+                let ca = self.redis_ca(r.and_then(|r| r.ca.as_deref()), url.as_deref());
                 let prefix = r
                     .and_then(|r| r.prefix.clone())
                     .unwrap_or_else(|| "ssegate".into());
@@ -330,6 +389,7 @@ impl Validator<'_> {
                 BrokerKind::Redis {
                     url: url.unwrap_or_default(),
                     prefix,
+                    ca,
                 }
             }
             Some(other) => {
@@ -371,6 +431,7 @@ impl Validator<'_> {
             heartbeat: Duration::from_secs(15),
             retry: Duration::from_secs(3),
             client_queue: 1024,
+            cors: None,
         });
         let heartbeat = self.duration(
             &format!("{path}.heartbeat"),
@@ -387,10 +448,17 @@ impl Validator<'_> {
                 "client_queue must be at least 1",
             );
         }
+        let cors = match &s.cors {
+            Some(c) => self
+                .cors(&format!("{path}.cors"), c)
+                .map(std::sync::Arc::new),
+            None => d.cors,
+        };
         SseSettings {
             heartbeat,
             retry: self.duration(&format!("{path}.retry"), s.retry.as_ref(), d.retry),
             client_queue,
+            cors,
         }
     }
 
@@ -487,6 +555,14 @@ impl Validator<'_> {
         if max_channels_per_client == 0 {
             self.err("limits.max_channels_per_client", "must be at least 1");
         }
+        let header_timeout = self.duration(
+            "limits.header_timeout",
+            l.header_timeout.as_ref(),
+            Duration::from_secs(10),
+        );
+        if header_timeout < Duration::from_millis(100) {
+            self.err("limits.header_timeout", "header_timeout below 100ms");
+        }
         let stream_rate = l.stream_rate.and_then(|r| {
             let burst = r.burst.unwrap_or(r.per_second.max(1.0));
             if !(r.per_second.is_finite() && r.per_second > 0.0) {
@@ -506,10 +582,12 @@ impl Validator<'_> {
             })
         });
         Limits {
-            max_connections: l.max_connections.unwrap_or(100_000),
+            max_connections: l.max_connections,
             max_connections_per_ip: l.max_connections_per_ip.unwrap_or(0),
             max_channels_per_client,
             max_body,
+            max_pollers: l.max_pollers.unwrap_or(1000),
+            header_timeout,
             stream_rate,
         }
     }
@@ -527,22 +605,16 @@ impl Validator<'_> {
                     "an upstream needs at least one server",
                 );
             }
-            let mut servers = Vec::new();
-            for (i, s) in u.servers.iter().enumerate() {
-                match std::net::ToSocketAddrs::to_socket_addrs(s.as_str()) {
-                    Ok(mut it) => match it.next() {
-                        Some(a) => servers.push(a),
-                        None => self.err(
-                            &format!("{base}.servers.{i}"),
-                            format!("`{s}` resolves to no address"),
-                        ),
-                    },
-                    Err(e) => self.err(
-                        &format!("{base}.servers.{i}"),
-                        format!("`{s}` is not a host:port server address: {e}"),
-                    ),
-                }
-            }
+            let servers: Vec<Server> = u
+                .servers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| self.server(&format!("{base}.servers.{i}"), s))
+                .collect();
+            let tls = u
+                .tls
+                .as_ref()
+                .and_then(|t| self.upstream_tls(&format!("{base}.tls"), t));
             let up = Upstream {
                 name: name.clone(),
                 servers,
@@ -561,6 +633,8 @@ impl Validator<'_> {
                     u.fail_timeout.as_ref(),
                     Duration::from_secs(10),
                 ),
+                resolve_interval: self.resolve_interval(&base, u.resolve_interval.as_ref()),
+                tls,
             };
             out.insert(name, up);
         }
@@ -608,9 +682,13 @@ impl Validator<'_> {
                 (Some(up), None) => {
                     self.check_upstream(&format!("{base}.proxy"), up, upstreams);
                     let grip = self.grip_route(&base, r.grip, r.grip_key_env.as_ref(), grip_key);
+                    let record = r
+                        .record
+                        .map(|f| self.record_route(&base, f, grip.is_some()));
                     RouteKind::Proxy {
                         upstream: up.clone(),
                         grip,
+                        record,
                     }
                 }
                 (None, Some(s)) => {
@@ -618,6 +696,12 @@ impl Validator<'_> {
                         self.err(
                             &format!("{base}.grip"),
                             "`grip` applies to proxy routes only",
+                        );
+                    }
+                    if r.record.is_some() {
+                        self.err(
+                            &format!("{base}.record"),
+                            "`record` applies to proxy routes only",
                         );
                     }
                     RouteKind::Sse(Box::new(self.sse_route(&base, &r.path, s, sse, upstreams)))
@@ -746,6 +830,7 @@ impl Validator<'_> {
             heartbeat: s.heartbeat,
             retry: s.retry,
             client_queue: s.client_queue,
+            cors: s.cors,
         };
         SseRoute {
             channels,

@@ -7,5 +7,5 @@ mod poll;
 mod positions;
 mod runtime;
 
-pub use load::{load, load_str, ConfigError, ConfigErrors};
+pub use load::{load, load_str, parse_jwks, ConfigError, ConfigErrors};
 pub use runtime::*;

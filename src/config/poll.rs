@@ -107,6 +107,12 @@ impl Validator<'_> {
             self.event_name(&format!("{base}.error_event"), e);
         }
         let (scope, forward_headers) = self.poll_scope(base, &p);
+        if p.max_pollers == Some(0) {
+            self.err(
+                &format!("{base}.max_pollers"),
+                "max_pollers must be at least 1",
+            );
+        }
         Poll {
             upstream: p.upstream,
             path,
@@ -124,6 +130,7 @@ impl Validator<'_> {
             forward_headers,
             initial: p.initial.unwrap_or(true),
             error_event,
+            max_pollers: p.max_pollers,
         }
     }
 

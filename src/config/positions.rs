@@ -103,14 +103,51 @@ impl MarkedEventReceiver for Recorder {
     }
 }
 
+/// Collections nested deeper than this are refused before serde_yaml reads
+/// the file: no config needs more than a few levels, and YAML scanners slow
+/// down quadratically with deeply nested flow collections (`[[[[…`).
+pub(super) const MAX_DEPTH: usize = 32;
+
+/// Where a collection opens too deep (1-based line and column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct TooDeep {
+    pub line: usize,
+    pub col: usize,
+}
+
+impl TooDeep {
+    fn at(mark: &Marker) -> TooDeep {
+        let (line, col) = spot(mark);
+        TooDeep { line, col }
+    }
+}
+
 impl Positions {
-    /// Index a YAML text. A text the parser rejects yields an empty index
-    /// (serde_yaml reports that syntax error with its own location).
-    pub(super) fn index(text: &str) -> Positions {
+    /// Index a YAML text, event by event, stopping at the first collection
+    /// deeper than `MAX_DEPTH` (so the work done is bounded by the depth
+    /// allowed). Up to a syntax error, what was read is indexed (serde_yaml
+    /// reports the error with its own location).
+    pub(super) fn index(text: &str) -> Result<Positions, TooDeep> {
         let mut rec = Recorder::default();
         let mut parser = Parser::new_from_str(text);
-        let _ = parser.load(&mut rec, false);
-        Positions { at: rec.at }
+        loop {
+            match parser.next_token() {
+                Ok((Event::StreamEnd, _)) => break,
+                Ok((Event::MappingStart(..) | Event::SequenceStart(..), mark))
+                    if rec.stack.len() >= MAX_DEPTH =>
+                {
+                    return Err(TooDeep::at(&mark));
+                }
+                Ok((ev, mark)) => rec.on_event(ev, mark),
+                // Flow collections deeper than the scanner's own limit are
+                // refused by it before they become events.
+                Err(e) if e.info().contains("recursion limit") => {
+                    return Err(TooDeep::at(e.marker()))
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(Positions { at: rec.at })
     }
 
     /// The position of `path`, or of its nearest ancestor that was written.
@@ -135,12 +172,44 @@ mod tests {
     #[test]
     fn finds_keys_and_sequence_items() {
         let text = "listen: a\nroutes:\n  - path: /x\n    proxy: app\n  - path: /y\n    sse:\n      channels: [\"a\", \"b\"]\n";
-        let p = Positions::index(text);
+        let p = Positions::index(text).unwrap();
         assert_eq!(p.find("listen"), (1, 1));
         assert_eq!(p.find("routes.1.path"), (5, 5));
         assert_eq!(p.find("routes.0.proxy"), (4, 5));
         assert_eq!(p.find("routes.1.sse.channels"), (7, 7));
         assert_eq!(p.find("routes.1.sse.channels.1").0, 7);
         assert_eq!(p.find("routes.1.sse.nothing"), (6, 5));
+    }
+
+    #[test]
+    fn nesting_is_bounded_where_it_goes_too_deep() {
+        let ok = format!(
+            "a: {}{}",
+            "[".repeat(MAX_DEPTH - 1),
+            "]".repeat(MAX_DEPTH - 1)
+        );
+        assert!(Positions::index(&ok).is_ok());
+        for open in ["[", "{", "[a, "] {
+            let deep = format!("a:\n  b: {}", open.repeat(100_000));
+            let t = std::time::Instant::now();
+            assert_eq!(Positions::index(&deep).unwrap_err().line, 2, "{open}");
+            assert!(t.elapsed() < std::time::Duration::from_millis(100));
+        }
+        let balanced = format!(
+            "a: {}{}",
+            "[".repeat(MAX_DEPTH + 1),
+            "]".repeat(MAX_DEPTH + 1)
+        );
+        assert_eq!(
+            Positions::index(&balanced).unwrap_err(),
+            TooDeep {
+                line: 1,
+                col: 3 + MAX_DEPTH
+            }
+        );
+        let block: String = (0..40)
+            .map(|i| format!("{}k{i}:\n", "  ".repeat(i)))
+            .collect();
+        assert!(Positions::index(&block).is_err());
     }
 }

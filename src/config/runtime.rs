@@ -18,6 +18,9 @@ pub struct Config {
     pub digest: String,
     pub listen: SocketAddr,
     pub shutdown_grace: Duration,
+    /// pingora's upgrade socket (`upgrade_socket:`); the streams move on
+    /// `<upgrade_socket>.streams`. Resolved against the config's directory.
+    pub upgrade_socket: PathBuf,
     pub tls: Option<Tls>,
     pub http2: Http2,
     pub admin: Admin,
@@ -28,8 +31,10 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `routes` by (method, host, path): each value is an index into `routes`.
     pub router: Router<usize>,
-    /// Served on the admin listener, matched by exact path.
+    /// Each served on its listener, matched by exact path.
     pub webhooks: Vec<Webhook>,
+    /// Peers whose `X-Forwarded-For` is believed (load balancers).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -68,7 +73,12 @@ impl std::fmt::Debug for Admin {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BrokerKind {
     Memory,
-    Redis { url: String, prefix: String },
+    Redis {
+        url: String,
+        prefix: String,
+        /// PEM of `hub.redis.ca`, for a `rediss://` URL.
+        ca: Option<Vec<u8>>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -92,16 +102,43 @@ pub struct SseSettings {
     pub heartbeat: Duration,
     pub retry: Duration,
     pub client_queue: usize,
+    /// Cross-origin access for browsers on other origins; None = none.
+    pub cors: Option<std::sync::Arc<Cors>>,
+}
+
+/// Which other origins may read a stream (`cors:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cors {
+    pub origins: CorsOrigins,
+    /// `Access-Control-Allow-Credentials: true`: cookies (and
+    /// `withCredentials`) across origins. Never with `CorsOrigins::Any`.
+    pub credentials: bool,
+    /// How long a browser may cache a preflight answer.
+    pub max_age: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// `"*"`.
+    Any,
+    /// Serialized origins (`scheme://host[:port]`), lower-cased, without
+    /// the scheme's default port: as browsers send them.
+    List(Vec<String>),
 }
 
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// 0 = unlimited.
-    pub max_connections: usize,
+    /// 0 = unlimited; None = derived from the open-file limit at start
+    /// (`stream::limits::FdBudget`).
+    pub max_connections: Option<usize>,
     /// 0 = unlimited.
     pub max_connections_per_ip: usize,
     pub max_channels_per_client: usize,
     pub max_body: usize,
+    /// Pollers running at once, all routes together. 0 = unlimited.
+    pub max_pollers: usize,
+    /// A public connection's request head must arrive within this.
+    pub header_timeout: Duration,
     /// New SSE streams over this rate are deferred: told to retry later.
     pub stream_rate: Option<StreamRate>,
 }
@@ -116,10 +153,72 @@ pub struct StreamRate {
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub name: String,
-    pub servers: Vec<SocketAddr>,
+    pub servers: Vec<Server>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub fail_timeout: Duration,
+    pub tls: Option<UpstreamTls>,
+    /// How often host names in `servers` are resolved again.
+    pub resolve_interval: Duration,
+}
+
+impl Upstream {
+    /// A plain-HTTP pool of fixed addresses, with the default timeouts.
+    pub fn fixed(name: &str, addrs: Vec<SocketAddr>) -> Upstream {
+        Upstream {
+            name: name.to_string(),
+            servers: addrs.into_iter().map(Server::ip).collect(),
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(60),
+            fail_timeout: Duration::from_secs(10),
+            tls: None,
+            resolve_interval: Duration::from_secs(30),
+        }
+    }
+
+    pub fn with_servers(mut self, servers: Vec<Server>) -> Upstream {
+        self.servers = servers;
+        self
+    }
+}
+
+/// One entry of an upstream's `servers:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// As written, without brackets: an IP address or a host name.
+    pub host: String,
+    pub port: u16,
+    /// What `host` resolved to when the config was loaded.
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl Server {
+    pub fn ip(addr: SocketAddr) -> Server {
+        Server {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            addrs: vec![addr],
+        }
+    }
+
+    /// A host name, resolved again while running (an IP address is not).
+    pub fn is_name(&self) -> bool {
+        self.host.parse::<std::net::IpAddr>().is_err()
+    }
+}
+
+/// `tls:` of an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The name sent as SNI and checked against the certificate; None:
+    /// each server's host as written.
+    pub sni: Option<String>,
+    /// DER certificates of the CAs to trust; None: the system's roots.
+    pub ca: Option<std::sync::Arc<Vec<Vec<u8>>>>,
+    /// Check the certificate chain and name (`verify: false` turns both off).
+    pub verify: bool,
+    /// Offer HTTP/2 in ALPN.
+    pub http2: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -142,9 +241,11 @@ pub struct Route {
 #[derive(Debug, Clone)]
 pub enum RouteKind {
     /// `grip: Some(..)`: the backend may hold the client with Grip-Hold.
+    /// `record: Some(..)`: its SSE replies are recorded for resume.
     Proxy {
         upstream: String,
         grip: Option<GripRoute>,
+        record: Option<RecordRoute>,
     },
     Sse(Box<SseRoute>),
 }
@@ -155,6 +256,28 @@ pub struct GripRoute {
     /// Signs the `Grip-Sig` sent to the backend (route `grip_key_env`, else
     /// the top-level `grip.key_env`); None sends no signature.
     pub key: Option<Secret>,
+}
+
+/// `record:` on a proxy route (docs/record.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordRoute {
+    /// How long the backend is read and the record kept, from the request.
+    pub ttl: Duration,
+    /// Events one record holds; the backend is cut after that many.
+    pub max_events: u64,
+    /// Bytes this route's records hold together; the oldest go first.
+    pub max_total: usize,
+    /// What must be the same for a request to resume a record.
+    pub credentials: Vec<CredentialSource>,
+}
+
+/// Part of a request that identifies who asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// A request header (lower-cased name), every value of it.
+    Header(String),
+    /// One cookie of the `Cookie` header(s).
+    Cookie(String),
 }
 
 #[derive(Debug, Clone)]
@@ -193,6 +316,9 @@ pub struct Poll {
     pub initial: bool,
     /// Tell subscribers when polling starts failing and when it recovers.
     pub error_event: Option<String>,
+    /// At most this many pollers of this route at once (None: only
+    /// `limits.max_pollers` applies).
+    pub max_pollers: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,13 +379,31 @@ pub enum TokenSource {
     Cookie(String),
 }
 
+/// A JWKS's keys by `kid`.
+pub type KeySet = Vec<(Option<String>, DecodingKey)>;
+
 /// The keys a route accepts.
 #[derive(Clone)]
 pub enum Keys {
     /// An HMAC secret or one public key.
     One(DecodingKey),
     /// A JWKS: the token's `kid` picks the key (a set of one needs no kid).
-    Set(Vec<(Option<String>, DecodingKey)>),
+    Set(KeySet),
+    /// A JWKS fetched from a URL while running (`auth::jwks`).
+    Remote(std::sync::Arc<JwksUrl>),
+}
+
+/// `jwks_url:` resolved to what fetches it.
+#[derive(Debug, Clone)]
+pub struct JwksUrl {
+    /// As configured, for logs.
+    pub url: String,
+    /// The URL's host and port, over TLS.
+    pub upstream: Upstream,
+    /// Path and query of the request.
+    pub path: String,
+    /// Least time between two fetches.
+    pub refetch: Duration,
 }
 
 impl std::fmt::Debug for Keys {
@@ -267,6 +411,7 @@ impl std::fmt::Debug for Keys {
         match self {
             Keys::One(_) => f.write_str("Keys::One(<redacted>)"),
             Keys::Set(set) => write!(f, "Keys::Set({} keys)", set.len()),
+            Keys::Remote(r) => write!(f, "Keys::Remote({})", r.url),
         }
     }
 }
@@ -318,11 +463,21 @@ pub const ADMIN_PATHS: [&str; 8] = [
     "/stats/stream",
 ];
 
+/// Which listener serves a webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The admin listener (the default), next to the publish API.
+    Admin,
+    /// The public listener, so the admin one can stay private.
+    Public,
+}
+
 /// One `webhooks:` entry: how a backend's callback becomes events.
 #[derive(Debug, Clone)]
 pub struct Webhook {
-    /// Exact path on the admin listener; also the metrics label.
+    /// Exact path on its listener; also the metrics label.
     pub path: String,
+    pub listener: Listener,
     pub methods: Vec<Method>,
     pub verify: Option<Verify>,
     /// One event per channel (per element with `each`).

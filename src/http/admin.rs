@@ -7,11 +7,10 @@ use super::detach;
 use super::held::SessionSink;
 use super::refuse::{Refusal, Style};
 use super::respond;
-use crate::config::{Webhook, ADMIN_PATHS};
+use crate::config::{Listener, ADMIN_PATHS};
 use crate::gateway::Gateway;
 use crate::hub::{Replay, Subscriber};
 use crate::sources::{publish, webhook};
-use crate::stream::socket::SocketSink;
 use crate::stream::{Guards, Stream, Subscription};
 use crate::wire;
 use async_trait::async_trait;
@@ -21,7 +20,7 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_proxy::{ProxyHttp, Session};
 use serde_json::json;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 /// How often the dashboard's stats stream updates.
@@ -87,73 +86,6 @@ impl AdminApp {
         }
     }
 
-    /// One request to a webhook's path.
-    async fn webhook(&self, hook: &Webhook, session: &mut Session) -> Result<bool> {
-        let gw = &self.gw;
-        let count = |outcome: &str| {
-            gw.metrics
-                .webhooks
-                .with_label_values(&[hook.path.as_str(), outcome])
-                .inc()
-        };
-        if !hook.methods.contains(&session.req_header().method) {
-            count("bad_method");
-            let r = Refusal::method_not_allowed(&hook.methods, "method not allowed");
-            return self.refuse(session, r).await;
-        }
-        let body = match body::read(session, gw.site().config.limits.max_body).await {
-            Ok(b) => b,
-            Err(e) => {
-                count(match e {
-                    body::BodyError::TooLarge(_) => "too_large",
-                    body::BodyError::Read => "bad_request",
-                });
-                return self.refuse(session, e).await;
-            }
-        };
-        let head = session.req_header();
-        let req = webhook::Inbound {
-            headers: &head.headers,
-            query: head.uri.query().unwrap_or(""),
-            body: &body,
-        };
-        let events = match webhook::check(hook, &req, SystemTime::now()) {
-            Ok(events) => events,
-            Err(e) => {
-                tracing::debug!(path = %hook.path, reason = %e, "webhook refused");
-                count(e.outcome());
-                return self.refuse(session, e).await;
-            }
-        };
-        let mut channels: Vec<&str> = Vec::new();
-        for e in &events {
-            if !channels.contains(&e.channel.as_str()) {
-                channels.push(&e.channel);
-            }
-        }
-        let channels: Vec<String> = channels.into_iter().map(str::to_string).collect();
-        let total = events.len();
-        match gw.hub.publish(events).await {
-            Ok(r) if total > 0 && r.duplicates == total => {
-                count("duplicate");
-                respond::json(session, 200, &json!({ "duplicate": true })).await?;
-            }
-            Ok(r) => {
-                count("accepted");
-                let mut out = json!({ "published": r.published, "channels": channels });
-                if r.duplicates > 0 {
-                    out["duplicates"] = r.duplicates.into();
-                }
-                respond::json(session, 202, &out).await?;
-            }
-            Err(e) => {
-                count("unavailable");
-                return self.refuse(session, e).await;
-            }
-        }
-        Ok(true)
-    }
-
     /// The dashboard's feed: the stats object as an SSE event every tick,
     /// on the same stream engine as every client stream.
     async fn stats_stream(&self, session: &mut Session) -> Result<bool> {
@@ -177,19 +109,23 @@ impl AdminApp {
                 _active: streams.shutdown.track(),
                 gauge: None,
                 keep: None,
+                expiry: None,
             },
-            grip: None,
+            opening: None,
+            handoff: streams.handoff.clone(),
         };
         // The first stats at once, not a tick later.
         let first = Replay {
             frames: vec![crate::hub::Delivery::uncounted(stats_frame(gw))],
             ..Replay::default()
         };
-        if let Some(tcp) = detach::take_socket(session) {
-            tokio::spawn(stream.run(SocketSink::new(tcp), first));
+        if let Some(sink) = detach::take_sink(session) {
+            tokio::spawn(stream.run(sink, first, Vec::new()));
             return Ok(true);
         }
-        stream.run(SessionSink::new(session), first).await;
+        stream
+            .run(SessionSink::new(session), first, Vec::new())
+            .await;
         Ok(true)
     }
 }
@@ -295,8 +231,8 @@ impl ProxyHttp for AdminApp {
                 let r = Refusal::new(405, "method", "method not allowed");
                 self.refuse(session, r).await
             }
-            _ => match webhook::find(&gw.site().config.webhooks, &path) {
-                Some(hook) => self.webhook(hook, session).await,
+            _ => match webhook::find(&gw.site().config.webhooks, Listener::Admin, &path) {
+                Some(hook) => super::webhook::serve(gw, hook, session).await,
                 None => {
                     let r = Refusal::new(404, "no_route", format!("no admin endpoint {path}"));
                     self.refuse(session, r).await

@@ -4,6 +4,7 @@
 //! lives on as one small task (`stream::socket`). TLS and HTTP/2 sessions
 //! cannot be taken apart like this and stay held (`http::held`).
 
+use crate::stream::socket::{Framing, SocketSink};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
@@ -52,7 +53,7 @@ impl VirtualSocket for Placeholder {
     }
 }
 
-/// Whether `take_socket` would take this session.
+/// Whether `take_sink` would take this session.
 pub(crate) fn is_plain_h1(session: &Session) -> bool {
     matches!(*session.downstream_session, ServerSession::H1(_))
         && session
@@ -61,26 +62,46 @@ pub(crate) fn is_plain_h1(session: &Session) -> bool {
             .is_some_and(|s| s.as_any().is::<L4Stream>())
 }
 
-/// Take the client's TCP socket out of a plain-text HTTP/1 session. None (and
-/// the session untouched) for anything else.
-pub(crate) fn take_socket(session: &mut Session) -> Option<TcpStream> {
+/// Take the client's TCP socket out of a plain-text HTTP/1 session, as the
+/// sink of its stream (chunked on HTTP/1.1, delimited by the connection's
+/// close on HTTP/1.0). None, and the session untouched, for anything else or
+/// when the socket cannot be duplicated (out of file descriptors): the
+/// stream is then held in the session instead, never dropped.
+pub(crate) fn take_sink(session: &mut Session) -> Option<SocketSink> {
     if !is_plain_h1(session) {
         return None;
     }
+    let framing = match session.req_header().version {
+        http::Version::HTTP_09 | http::Version::HTTP_10 => Framing::UntilClose,
+        _ => Framing::Chunked,
+    };
+    let l4 = session
+        .downstream_session
+        .stream()?
+        .as_any()
+        .downcast_ref::<L4Stream>()?;
+    // Everything that can fail happens before the session is touched.
+    let fd = match dup(l4) {
+        Ok(fd) => fd,
+        Err(e) => {
+            // Only at the file limit; a warning per client would flood the log.
+            tracing::debug!(error = %e, "cannot duplicate a client socket: its stream stays in pingora's session");
+            return None;
+        }
+    };
+    let std = std::net::TcpStream::from(fd);
+    std.set_nonblocking(true).ok()?;
+    let tcp = TcpStream::from_std(std).ok()?;
     let mut placeholder = ServerSession::new_http1(Box::new(L4Stream::from(
         VirtualSocketStream::new(Box::new(Placeholder)),
     )));
     placeholder.set_keepalive(None);
-    let real = std::mem::replace(&mut *session.downstream_session, placeholder);
-    let ServerSession::H1(v1) = real else {
-        return None;
-    };
-    let l4 = v1.into_inner().into_any().downcast::<L4Stream>().ok()?;
-    let fd = dup(&l4).ok()?;
-    drop(l4);
-    let std = std::net::TcpStream::from(fd);
-    std.set_nonblocking(true).ok()?;
-    TcpStream::from_std(std).ok()
+    // pingora's stream (and its descriptor) goes with the real session.
+    drop(std::mem::replace(
+        &mut *session.downstream_session,
+        placeholder,
+    ));
+    Some(SocketSink::new(tcp, framing))
 }
 
 /// Duplicate the socket so it outlives pingora's `Stream`, which owns the

@@ -6,16 +6,34 @@
 //! - `admin`: the admin listener: publish, webhooks, health, metrics,
 //!   stats, dashboard.
 //! - `refuse`: every typed error → status, one-line reason, metric label.
+//! - `cors`: a stream's CORS headers and the answer to a preflight.
+//! - `upstream`: a route's request to its backend made by the gateway
+//!   itself (GRIP and recorded routes), and an ordinary response back.
 //! - `grip`: a GRIP route's request to its backend and the response back.
+//! - `record`: a recorded route: a new reply recorded, or one resumed.
+//! - `streams`: admitting a stream (drain, limits) and running it.
 //! - `held`, `detach`: the two ways a stream's bytes reach a client
 //!   (held in pingora's session; a plain socket taken out of it).
+//! - `gate`, `listener`: a public connection reaches pingora once its
+//!   request head is in, within `limits.header_timeout` (plain text through
+//!   an accept loop of our own).
+//! - `canonical`: a public request's head made unambiguous before routing.
+//! - `webhook`: one webhook request, on whichever listener serves it.
 //! - `body`, `respond`: bounded request bodies, short whole responses.
 
 pub(crate) mod admin;
 pub(crate) mod body;
+mod canonical;
+mod cors;
 mod detach;
+pub(crate) mod gate;
 mod grip;
 mod held;
+pub(crate) mod listener;
 pub(crate) mod public;
+mod record;
 pub(crate) mod refuse;
 pub(crate) mod respond;
+mod streams;
+mod upstream;
+mod webhook;

@@ -2,18 +2,20 @@
 //! holds itself (after the route's auth), to a GRIP route whose backend may
 //! hold the client, or passed through to an upstream pool by pingora.
 
-use super::detach;
+use super::canonical;
+use super::cors;
 use super::grip::{self, HoldStart};
-use super::held::SessionSink;
+use super::record;
 use super::refuse::{Refusal, Style};
+use super::streams;
+use super::upstream::forwarded;
 use crate::gateway::{Action, Gateway, RouteEntry, Site, SseEntry};
 use crate::hub::{Resume, Subscriber};
-use crate::outbound::{Forwarded, Pool};
-use crate::routing::{host_only, Matched, Miss};
+use crate::outbound::Pool;
+use crate::routing::{Matched, Miss};
 use crate::shutdown::Active;
 use crate::stream::request::{self, Offer};
-use crate::stream::socket::SocketSink;
-use crate::stream::{self, GripOpening, Guards, Stream};
+use crate::stream::{self, Keep, Opening};
 use crate::values::RequestValues;
 use async_trait::async_trait;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -31,28 +33,8 @@ pub(crate) struct PublicProxy {
 #[derive(Debug, Default)]
 pub(crate) struct Ctx {
     pool: Option<Arc<Pool>>,
-    tried: Vec<usize>,
+    tried: Vec<std::net::SocketAddr>,
     _active: Option<Active>,
-}
-
-/// The request's authority: the Host header, else the absolute URI's.
-fn host_of(req: &RequestHeader) -> Option<&str> {
-    req.headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.host())
-}
-
-/// Who the client is, as this listener saw it.
-fn forwarded(session: &Session) -> Forwarded {
-    Forwarded {
-        client_ip: session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip()),
-        tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
-        host: host_of(session.req_header()).map(str::to_string),
-    }
 }
 
 /// What a stream subscribes to and how it behaves.
@@ -63,13 +45,15 @@ struct StreamSpec {
     client_queue: usize,
     /// The tick for heartbeats (SSE) or keep-alives (GRIP).
     heartbeat: Duration,
-    grip: Option<Box<GripOpening>>,
+    grip: Option<Box<Opening>>,
     /// A poll route's latest snapshot, for a subscriber that needs one.
     snapshot: Option<stream::Snapshot>,
-    /// What must live as long as the stream (poll lease, JWT expiry).
-    keep: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// The poller the stream keeps alive (poll routes).
+    poll: Option<crate::sources::poll::Lease>,
     /// Unix seconds at which the stream is closed with `ssegate.expired`.
     expires: Option<u64>,
+    /// Added to the SSE head (CORS).
+    headers: stream::ExtraHeaders,
 }
 
 impl PublicProxy {
@@ -85,6 +69,10 @@ impl PublicProxy {
         entry: &SseEntry,
     ) -> Result<bool> {
         let gw = &self.gw;
+        let cors = entry.sse.settings.cors.as_deref();
+        if let Some(cors) = cors.filter(|_| cors::is_preflight(session.req_header())) {
+            return cors::preflight(session, cors).await;
+        }
         let method = &session.req_header().method;
         if method != http::Method::GET && method != http::Method::HEAD {
             let r = Refusal::method_not_allowed(&[http::Method::GET], "sse routes answer GET only");
@@ -111,6 +99,15 @@ impl PublicProxy {
             Ok(w) => w,
             Err(e) => return self.refuse(session, e).await,
         };
+        if session.req_header().method == http::Method::HEAD {
+            // The head a GET would get, and nothing more: no subscription,
+            // no connection slot, no poller.
+            drop(values);
+            let extra = cors.map_or_else(Vec::new, |c| cors::headers(c, session.req_header()));
+            let head = super::held::sse_head(&extra)?;
+            session.write_response_header(Box::new(head), true).await?;
+            return Ok(true);
+        }
         // Counted before anything is awaited; released with the stream
         // however it ends.
         let lease = match &entry.poll {
@@ -148,8 +145,9 @@ impl PublicProxy {
             heartbeat: entry.sse.settings.heartbeat,
             grip: None,
             snapshot,
-            keep: lease.map(|l| Box::new(l) as Box<dyn std::any::Any + Send + Sync>),
+            poll: lease,
             expires,
+            headers: cors.map_or_else(Vec::new, |c| cors::headers(c, session.req_header())),
         };
         self.hold_stream(session, &m.value.route, spec).await
     }
@@ -165,7 +163,7 @@ impl PublicProxy {
     ) -> Result<bool> {
         let gw = &self.gw;
         let limits = &site.config.limits;
-        let who = forwarded(session);
+        let who = forwarded(session, &site.config.trusted_proxies);
         let outcome = grip::forward(
             &gw.client,
             session,
@@ -180,11 +178,18 @@ impl PublicProxy {
             Ok(grip::Outcome::Done) => return Ok(true),
             Ok(grip::Outcome::Hold(start)) => start,
             Err(r) => {
-                tracing::debug!(upstream = %pool.name, status = r.status, reason = %r.reason, "grip route refused");
+                tracing::debug!(upstream = %pool.name, client = ?who.client_ip(), status = r.status, reason = %r.reason, "grip route refused");
                 return self.refuse(session, r).await;
             }
         };
-        let HoldStart { hold, head, body } = *start;
+        let HoldStart {
+            hold,
+            mut head,
+            body,
+        } = *start;
+        if let Some(cors) = &site.config.sse.cors {
+            cors::apply(cors, session.req_header(), &mut head);
+        }
         // Without Grip-Keep-Alive nothing is sent idle, but the stream still
         // joins a tick so that a drain on shutdown wakes it.
         let sse = &site.config.sse;
@@ -198,14 +203,16 @@ impl PublicProxy {
             retry: sse.retry,
             client_queue: sse.client_queue,
             heartbeat,
-            grip: Some(Box::new(GripOpening {
+            grip: Some(Box::new(Opening {
                 head,
                 body,
                 keep_alive,
+                event_stream: false,
             })),
             snapshot: None,
-            keep: None,
+            poll: None,
             expires: None,
+            headers: Vec::new(),
         };
         self.hold_stream(session, &entry.route, spec).await
     }
@@ -217,12 +224,14 @@ impl PublicProxy {
         self.gw.metrics.streams_deferred.inc();
         let wait = retry.mul_f64(1.0 + 3.0 * rand::random::<f64>());
         let body = crate::wire::retry_only(wait.as_millis());
+        // Closed after: a deferred client's next try is a new connection,
+        // spread out like the streams (EventSource reconnects either way).
+        session.set_keepalive(None);
         super::respond::send(session, 200, crate::wire::SSE_HEADERS[0].1, body, &[]).await?;
         Ok(true)
     }
 
-    /// Subscribe and hold the client: detached from pingora on plain
-    /// HTTP/1.1, held in its session otherwise.
+    /// Admit, subscribe and run the stream.
     async fn hold_stream(
         &self,
         session: &mut Session,
@@ -232,18 +241,9 @@ impl PublicProxy {
         let gw = &self.gw;
         let streams = &gw.streams;
         let label = route.path.as_str();
-        if streams.shutdown.is_draining() {
-            return self
-                .refuse(session, Refusal::new(503, "draining", "shutting down"))
-                .await;
-        }
-        let ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let slot = match streams.limiter.acquire(ip) {
+        let slot = match streams::admit(gw, session) {
             Ok(s) => s,
-            Err(e) => return self.refuse(session, e).await,
+            Err(r) => return self.refuse(session, r).await,
         };
         let id = streams.next_id();
         let sub = Arc::new(Subscriber::on_route(
@@ -264,39 +264,21 @@ impl PublicProxy {
             Ok(o) => o,
             Err(e) => return self.refuse(session, e).await,
         };
-        let expiry = spec.expires.map(|at| streams.expiries.register(at, &sub));
-        let keep: Option<Box<dyn std::any::Any + Send + Sync>> = match (spec.keep, expiry) {
-            (None, None) => None,
-            (keep, expiry) => Some(Box::new((keep, expiry))),
-        };
-        let gauge = gw.metrics.connections.with_label_values(&[label]);
-        gauge.inc();
-        gw.metrics
-            .connections_opened
-            .with_label_values(&[label])
-            .inc();
-        let stream = Stream {
-            heartbeat: streams.heartbeats.join(spec.heartbeat, &sub),
+        let expiry = spec
+            .expires
+            .map(|at| Box::new(streams.expiries.register(at, &sub)));
+        let ready = streams::Ready {
             subscription,
+            replay,
+            slot: Some(slot),
             retry: spec.retry,
-            shutdown: streams.shutdown.clone(),
-            metrics: gw.metrics.clone(),
-            guards: Guards {
-                slot: Some(slot),
-                _active: streams.shutdown.track(),
-                gauge: Some(gauge),
-                keep,
-            },
-            grip: spec.grip,
+            heartbeat: spec.heartbeat,
+            opening: spec.grip,
+            keep: spec.poll.map(Keep::Poll),
+            expiry,
+            headers: spec.headers,
         };
-        if let Some(tcp) = detach::take_socket(session) {
-            // The stream's own future is the task: nothing wraps it, so an
-            // idle stream costs what the size probe in `stream::socket` measures.
-            tokio::spawn(stream.run(SocketSink::new(tcp), replay));
-            return Ok(true);
-        }
-        let end = stream.run(SessionSink::new(session), replay).await;
-        tracing::debug!(route = label, ?end, "stream ended");
+        streams::run(gw, session, label, ready).await;
         Ok(true)
     }
 }
@@ -311,8 +293,20 @@ impl ProxyHttp for PublicProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let site = self.gw.site();
+        // Routed as the upstream will see it: one path, one host, one length.
+        let host = match canonical::canonicalize(session.req_header_mut()) {
+            Ok(h) => h,
+            Err(e) => return self.refuse(session, e).await,
+        };
         let req = session.req_header();
-        let host = host_of(req).map(host_only);
+        let public_hook = crate::sources::webhook::find(
+            &site.config.webhooks,
+            crate::config::Listener::Public,
+            req.uri.path(),
+        );
+        if let Some(hook) = public_hook {
+            return super::webhook::serve(&self.gw, hook, session).await;
+        }
         let found = site
             .router
             .lookup(&req.method, host.as_deref(), req.uri.path());
@@ -325,6 +319,21 @@ impl ProxyHttp for PublicProxy {
                     .await;
             }
             Err(Miss::MethodNotAllowed(allowed)) => {
+                // A preflight for an sse route narrowed to `methods: [GET]`.
+                let cors = cors::is_preflight(req)
+                    .then(|| {
+                        let m =
+                            site.router
+                                .lookup(&http::Method::GET, host.as_deref(), req.uri.path());
+                        match &m.ok()?.value.action {
+                            Action::Sse(sse) => sse.sse.settings.cors.clone(),
+                            _ => None,
+                        }
+                    })
+                    .flatten();
+                if let Some(c) = cors {
+                    return cors::preflight(session, &c).await;
+                }
                 let r = Refusal::method_not_allowed(&allowed, "method not allowed on this route");
                 return self.refuse(session, r).await;
             }
@@ -336,6 +345,13 @@ impl ProxyHttp for PublicProxy {
                 ctx._active = Some(self.gw.streams.shutdown.track());
                 self.grip(session, &site, &entry, pool, g).await
             }
+            Action::Record(pool, r) => {
+                ctx._active = Some(self.gw.streams.shutdown.track());
+                match record::serve(&self.gw, &site, session, &m, pool, r).await {
+                    Ok(()) => Ok(true),
+                    Err(refusal) => self.refuse(session, refusal).await,
+                }
+            }
             Action::Proxy(pool) => {
                 ctx.pool = Some(pool.clone());
                 ctx._active = Some(self.gw.streams.shutdown.track());
@@ -344,16 +360,21 @@ impl ProxyHttp for PublicProxy {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let pool = ctx
             .pool
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "route has no upstream"))?;
-        let (index, addr) = pool.pick(&ctx.tried).ok_or_else(|| {
+        let target = pool.pick(&ctx.tried).ok_or_else(|| {
             Error::explain(ErrorType::ConnectError, "no upstream server left to try")
         })?;
-        ctx.tried.push(index);
-        Ok(Box::new(pool.peer(addr)))
+        ctx.tried.push(target.addr);
+        let mut peer = pool.peer(&target);
+        if session.is_upgrade_req() {
+            // An upgraded connection (WebSocket) is HTTP/1.1 only.
+            peer.options.alpn = pingora_core::protocols::ALPN::H1;
+        }
+        Ok(Box::new(peer))
     }
 
     fn fail_to_connect(
@@ -378,7 +399,7 @@ impl ProxyHttp for PublicProxy {
         upstream_request: &mut RequestHeader,
         _ctx: &mut Ctx,
     ) -> Result<()> {
-        forwarded(session).apply(upstream_request)
+        forwarded(session, &self.gw.site().config.trusted_proxies).apply(upstream_request)
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {

@@ -4,9 +4,11 @@
 //! through `Refusal::send`, so each is counted and answered the same way.
 
 use super::body::BodyError;
+use super::canonical::CanonicalError;
 use super::respond;
 use crate::auth::AuthError;
 use crate::grip::InstructionError;
+use crate::hub::record::RecordError;
 use crate::hub::BrokerError;
 use crate::metrics::Metrics;
 use crate::outbound::{OutboundError, OutboundErrorKind};
@@ -100,6 +102,12 @@ impl From<SubscribeError> for Refusal {
     }
 }
 
+impl From<CanonicalError> for Refusal {
+    fn from(e: CanonicalError) -> Refusal {
+        Refusal::new(400, "bad_request", e.to_string())
+    }
+}
+
 impl From<AuthError> for Refusal {
     fn from(e: AuthError) -> Refusal {
         match &e {
@@ -111,6 +119,7 @@ impl From<AuthError> for Refusal {
                 Refusal::new(502, "auth_backend", e.to_string())
             }
             AuthError::BadPathValue(_) => Refusal::new(400, "bad_value", e.to_string()),
+            AuthError::Keys(_) => Refusal::new(503, "auth_keys", "signing keys unavailable"),
         }
     }
 }
@@ -127,11 +136,23 @@ impl From<BrokerError> for Refusal {
     }
 }
 
+impl From<RecordError> for Refusal {
+    fn from(e: RecordError) -> Refusal {
+        let (status, label) = match e {
+            RecordError::Unknown => (404, "record_unknown"),
+            RecordError::Forbidden => (403, "record_forbidden"),
+            RecordError::Unavailable(_) => (503, "records"),
+        };
+        Refusal::new(status, label, e.to_string())
+    }
+}
+
 impl From<PollError> for Refusal {
     fn from(e: PollError) -> Refusal {
         match e {
             PollError::Target(t) => t.into(),
             PollError::Collision => Refusal::new(503, "poll", e.to_string()),
+            PollError::Full(_) => Refusal::new(503, "poll_limit", e.to_string()),
         }
     }
 }
@@ -213,5 +234,7 @@ mod tests {
             Refusal::from(BrokerError::Unavailable("redis: down".into())).status,
             503
         );
+        assert_eq!(Refusal::from(RecordError::Unknown).status, 404);
+        assert_eq!(Refusal::from(RecordError::Forbidden).status, 403);
     }
 }

@@ -157,6 +157,12 @@ impl Local {
             .map_or(0, |c| c.last_seq.max(c.floor))
     }
 
+    /// The last cursor `channel` delivered (0: none yet), whatever it
+    /// subscribed at: a record's channel counts its own events.
+    pub(super) fn delivered_up_to(&self, channel: &str) -> u64 {
+        self.lock().get(channel).map_or(0, |c| c.last_seq)
+    }
+
     /// The broker lost its data and cursors restart: forget every position,
     /// or the new, smaller cursors would all look like duplicates.
     pub(super) fn forget_cursors(&self) {

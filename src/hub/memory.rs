@@ -13,13 +13,14 @@ mod durable;
 
 use super::cursor;
 use super::{
-    offer_all, Broker, BrokerError, Delivery, Event, HubStats, Payload, PublishReport, Replay,
-    Resume, Subscriber,
+    offer_all, Broker, BrokerError, ChannelState, Delivery, Event, EventState, HubState, HubStats,
+    Payload, PublishReport, Replay, Resume, Subscriber,
 };
 use crate::metrics::Metrics;
 use crate::wire;
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -27,14 +28,17 @@ use tokio::time::Instant;
 #[derive(Debug)]
 pub struct MemoryBroker {
     state: Mutex<State>,
-    /// Distinguishes this process's cursors from those of an earlier run:
-    /// a cursor from another epoch cannot be resumed and gets a reset.
-    epoch: u64,
+    /// Distinguishes this history's cursors from those of another: a
+    /// cursor from another epoch cannot be resumed and gets a reset. Set at
+    /// start, or taken over from the previous process in a live upgrade.
+    epoch: AtomicU64,
+    /// A live upgrade is handing the state over: publishes are refused.
+    sealed: AtomicBool,
     history_size: usize,
     history_ttl: Duration,
     metrics: Arc<Metrics>,
-    /// `hub.persist`: the saver.
-    durable: Option<durable::Durable>,
+    /// `hub.persist`: the saver, once the files are open.
+    durable: durable::Slot,
 }
 
 #[derive(Debug, Default)]
@@ -106,11 +110,12 @@ impl MemoryBroker {
     ) -> MemoryBroker {
         MemoryBroker {
             state: Mutex::new(State::default()),
-            epoch,
+            epoch: AtomicU64::new(epoch),
+            sealed: AtomicBool::new(false),
             history_size,
             history_ttl,
             metrics,
-            durable: None,
+            durable: durable::Slot::default(),
         }
     }
 
@@ -120,7 +125,7 @@ impl MemoryBroker {
     }
 
     fn cursor(&self, seq: u64) -> String {
-        cursor::format(self.epoch, seq)
+        cursor::format(self.epoch.load(Ordering::Acquire), seq)
     }
 
     /// Drop expired history and forget idle channels. Runs on a timer so that
@@ -153,7 +158,7 @@ impl MemoryBroker {
         let Some((epoch, seq)) = cursor::parse(after) else {
             return reset();
         };
-        if epoch != self.epoch {
+        if epoch != self.epoch.load(Ordering::Acquire) {
             return reset();
         }
         // A cursor we never gave out (from the future, or lost in an unclean
@@ -214,6 +219,12 @@ impl MemoryBroker {
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn publish(&self, events: Vec<Event>) -> Result<PublishReport, BrokerError> {
+        if self.sealed.load(Ordering::Acquire) {
+            return Err(BrokerError::Unavailable(
+                "upgrading: publish to the new process".into(),
+            ));
+        }
+        let epoch = self.epoch.load(Ordering::Acquire);
         let mut report = PublishReport::default();
         let now = Instant::now();
         let published = std::time::Instant::now();
@@ -247,7 +258,7 @@ impl Broker for MemoryBroker {
             }
             st.seq += 1;
             let seq = st.seq;
-            let cursor = cursor::format(self.epoch, seq);
+            let cursor = cursor::format(epoch, seq);
             let (bytes, grip_only) = match &ev.payload {
                 Payload::Message { event, data } => (
                     wire::encode(Some(&cursor), event.as_deref(), data).unwrap_or_else(|_| {
@@ -288,7 +299,7 @@ impl Broker for MemoryBroker {
         }
         drop(guard);
         if poke {
-            if let Some(d) = &self.durable {
+            if let Some(d) = self.durable.get() {
                 d.poke.notify_one();
             }
         }
@@ -358,8 +369,92 @@ impl Broker for MemoryBroker {
         }
     }
 
+    fn cursor(&self, seq: u64) -> String {
+        MemoryBroker::cursor(self, seq)
+    }
+
+    fn identity(&self) -> String {
+        "memory".into()
+    }
+
+    fn seal(&self) {
+        // Under the lock: a publish in progress finishes before the state is read.
+        let _st = self.lock();
+        self.sealed.store(true, Ordering::Release);
+    }
+
+    fn state(&self) -> Option<HubState> {
+        let st = self.lock();
+        let now = Instant::now();
+        let channels = st
+            .channels
+            .iter()
+            .map(|(name, ch)| ChannelState {
+                name: name.to_string(),
+                evicted: ch.evicted,
+                events: ch
+                    .history
+                    .iter()
+                    .map(|e| EventState {
+                        seq: e.delivery.seq,
+                        age_ms: now.duration_since(e.at).as_millis() as u64,
+                        dedupe_id: e.dedupe_id.as_deref().map(str::to_string),
+                        frame: e.delivery.frame.clone(),
+                        grip_only: e.delivery.grip_only,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Some(HubState {
+            epoch: self.epoch.load(Ordering::Acquire),
+            seq: st.seq,
+            forgotten: st.forgotten,
+            channels,
+        })
+    }
+
+    fn restore(&self, state: HubState) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        self.durable.handed_over();
+        self.epoch.store(state.epoch, Ordering::Release);
+        st.seq = state.seq;
+        st.forgotten = state.forgotten;
+        for c in state.channels {
+            let forgotten = st.forgotten;
+            let ch = Self::channel(&mut st.channels, forgotten, &c.name);
+            ch.evicted = ch.evicted.max(c.evicted);
+            for e in c.events {
+                let dedupe_id: Option<Arc<str>> = e.dedupe_id.as_deref().map(Arc::from);
+                if let Some(id) = &dedupe_id {
+                    ch.ids.insert(id.clone());
+                }
+                let at = now
+                    .checked_sub(Duration::from_millis(e.age_ms))
+                    .unwrap_or(now);
+                ch.history.push_back(Stored {
+                    delivery: Delivery {
+                        seq: e.seq,
+                        frame: e.frame,
+                        published: std::time::Instant::now(),
+                        grip_only: e.grip_only,
+                    },
+                    at,
+                    dedupe_id,
+                });
+            }
+        }
+    }
+
     async fn stop(&self) {
         self.save_at_stop().await;
+    }
+
+    async fn open_after_handoff(
+        &self,
+        lock_wait: Duration,
+    ) -> Result<(), super::persist::PersistError> {
+        self.open_files_now(lock_wait).await
     }
 
     fn add_section(&self, section: Arc<dyn super::persist::Section>) -> bool {

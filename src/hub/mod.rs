@@ -1,13 +1,16 @@
 //! The hub: every source publishes `Event`s here; the broker gives each a
 //! cursor, keeps it in bounded per-channel history, encodes its SSE frame once
 //! and offers those shared bytes to every subscriber's bounded queue.
+//! `record` keeps a backend's own SSE replies the same way, for resume.
 
 pub mod cursor;
 mod feed;
 mod local;
 pub mod memory;
 pub mod persist;
+pub mod record;
 pub mod redis;
+mod redis_client;
 mod subscriber;
 
 pub use feed::Feed;
@@ -128,6 +131,8 @@ impl std::fmt::Display for BrokerError {
     }
 }
 
+impl std::error::Error for BrokerError {}
+
 /// The hub's contract; `memory` is the embedded default, a Redis broker
 /// implements the same for cluster mode.
 #[async_trait]
@@ -156,10 +161,24 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     /// gateway for the life of the process.
     async fn run(self: std::sync::Arc<Self>);
 
-    /// Called once when the process stops on its own terms (after the
-    /// SIGTERM drain, just before it exits): a broker that keeps state on
-    /// disk saves it here and takes no publish after.
+    /// Called when the process stops on its own terms (after the SIGTERM
+    /// drain, just before it exits; in a live upgrade, once the hub is
+    /// sealed and before its state is handed over): a broker that keeps
+    /// state on disk saves it here, lets go of its files and takes no
+    /// publish after. Calling it again does nothing.
     async fn stop(&self) {}
+
+    /// `run --upgrade`: a broker that keeps state on disk opens it only now
+    /// that this process owns the hub (the handoff is over, or failed),
+    /// waiting up to `lock_wait` for the previous process to let go of it.
+    /// Until then it writes nothing; after a handoff the files must match
+    /// the state handed over, and are not loaded over it.
+    async fn open_after_handoff(
+        &self,
+        _lock_wait: std::time::Duration,
+    ) -> Result<(), persist::PersistError> {
+        Ok(())
+    }
 
     /// The hook for other state saved with the hub (`persist::Section`):
     /// false when this broker keeps nothing on disk.
@@ -176,6 +195,53 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     fn leases(&self) -> Option<&dyn Leases> {
         None
     }
+
+    /// A cursor of this broker (`id:` of the event with sequence `seq`).
+    fn cursor(&self, seq: u64) -> String;
+
+    /// Which broker this is, for a live upgrade: streams move only between
+    /// processes on equal brokers. Holds no secret.
+    fn identity(&self) -> String;
+
+    /// A live upgrade is handing over: publishes are refused from now on
+    /// (they go to the new process), so the state handed over is final.
+    fn seal(&self) {}
+
+    /// The whole state of a broker that lives in this process (memory), to
+    /// hand over in a live upgrade; None for a shared broker.
+    fn state(&self) -> Option<HubState> {
+        None
+    }
+
+    /// Take over the state a previous process handed over.
+    fn restore(&self, _state: HubState) {}
+}
+
+/// The memory broker's state: cursor, history and dedupe ids, as a live
+/// upgrade moves it to the new process.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct HubState {
+    pub epoch: u64,
+    pub seq: u64,
+    pub forgotten: u64,
+    pub channels: Vec<ChannelState>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ChannelState {
+    pub name: String,
+    pub evicted: u64,
+    pub events: Vec<EventState>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct EventState {
+    pub seq: u64,
+    /// How long ago it was published (history expires by age).
+    pub age_ms: u64,
+    pub dedupe_id: Option<String>,
+    pub frame: Bytes,
+    pub grip_only: bool,
 }
 
 /// One instance at a time polls a given key; the others serve the leader's

@@ -18,6 +18,8 @@
 //! All keys share the `{prefix}` hash tag, so one script touches one slot
 //! (Redis Cluster works, without spreading this load over shards).
 
+mod records;
+
 use super::cursor;
 use super::local::{Confirm, Local};
 use super::{
@@ -76,6 +78,8 @@ return out
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
     pub url: String,
+    /// PEM of the CAs for a `rediss://` URL; None: the system's roots.
+    pub ca: Option<Vec<u8>>,
     pub prefix: String,
     pub history_size: usize,
     pub history_ttl: Duration,
@@ -149,6 +153,8 @@ pub struct RedisBroker {
     conn: RwLock<Option<ConnectionManager>>,
     script: redis::Script,
     lease_script: redis::Script,
+    /// Recorded backend replies (`records`).
+    records_script: redis::Script,
     /// Random per process: who holds a poll lease.
     instance: String,
     epoch: AtomicU64,
@@ -185,6 +191,9 @@ enum Kind {
     Raw,
     /// GRIP `action: close` (notification only, never stored).
     Close,
+    /// A whole SSE frame with its own `id:`, for every client: an event of
+    /// a recorded reply (`records`), its number the seq.
+    Frame,
 }
 
 impl Kind {
@@ -193,6 +202,7 @@ impl Kind {
             Kind::Message => "m",
             Kind::Raw => "r",
             Kind::Close => "c",
+            Kind::Frame => "f",
         }
     }
 
@@ -202,6 +212,7 @@ impl Kind {
             b"m" => Some(Kind::Message),
             b"r" => Some(Kind::Raw),
             b"c" => Some(Kind::Close),
+            b"f" => Some(Kind::Frame),
             _ => None,
         }
     }
@@ -237,7 +248,7 @@ impl RedisBroker {
         settings: RedisSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<RedisBroker>, redis::RedisError> {
-        let client = redis::Client::open(settings.url.as_str())?;
+        let client = super::redis_client::client(&settings.url, settings.ca.as_deref())?;
         let (tx, rx) = mpsc::unbounded_channel();
         Ok(Arc::new(RedisBroker {
             keys: format!("{{{}}}", settings.prefix),
@@ -250,6 +261,7 @@ impl RedisBroker {
                  if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end \
                  return 0",
             ),
+            records_script: redis::Script::new(records::SCRIPT),
             instance: format!("{:016x}", rand::random::<u64>()),
             epoch: AtomicU64::new(0),
             healthy: AtomicBool::new(false),
@@ -287,7 +299,7 @@ impl RedisBroker {
 
     fn set_up(&self) {
         if !self.healthy.swap(true, Ordering::AcqRel) {
-            tracing::info!(url = %self.settings.url, "redis answering");
+            tracing::info!(url = %super::redis_client::redacted(&self.settings.url), "redis answering");
         }
     }
 
@@ -327,6 +339,7 @@ impl RedisBroker {
                 let g = wire::grip_frame(&w.body, &cursor);
                 (g.frame, !g.sse)
             }
+            Kind::Frame => (w.body.clone(), false),
             Kind::Close => return None,
         };
         Some(Delivery {
@@ -581,6 +594,11 @@ impl RedisBroker {
         // channel was (a channel that delivered nothing yet: from where it
         // subscribed).
         for ch in &subscribed {
+            if let Some(id) = records::record_of(ch) {
+                let after = self.local.delivered_up_to(ch);
+                self.catch_up_record(&mut conn, ch, id, after).await?;
+                continue;
+            }
             let after = self.local.caught_up_to(ch);
             match self.history(&mut conn, ch, after).await? {
                 Some(wires) => {
@@ -790,6 +808,17 @@ impl Broker for RedisBroker {
 
     fn leases(&self) -> Option<&dyn Leases> {
         Some(self)
+    }
+
+    fn cursor(&self, seq: u64) -> String {
+        RedisBroker::cursor(self, seq)
+    }
+
+    fn identity(&self) -> String {
+        // The URL may hold a password: only a digest of it leaves the process.
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(format!("{}#{}", self.settings.url, self.keys).as_bytes());
+        format!("redis:{}", hex::encode(&digest[..16]))
     }
 
     fn stats(&self) -> HubStats {

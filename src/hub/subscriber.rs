@@ -46,6 +46,9 @@ pub enum SubState {
     /// Its route changed in a reload: the stream tells the client to come
     /// back (a jittered `retry:`) and ends.
     Retired,
+    /// A live upgrade takes it: the stream stops where it is, writes
+    /// nothing more, and its socket goes to the new process.
+    HandingOff,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -65,6 +68,7 @@ const SLOW: u8 = 1;
 const CLOSED: u8 = 2;
 const EXPIRED: u8 = 3;
 const RETIRED: u8 = 4;
+const HANDING_OFF: u8 = 5;
 
 #[derive(Debug)]
 pub struct Subscriber {
@@ -75,6 +79,7 @@ pub struct Subscriber {
     /// The fingerprint of the route it was opened on (0: none), so that a
     /// reload can end the streams of routes that changed.
     route: u64,
+    movable: std::sync::atomic::AtomicBool,
     state: AtomicU8,
     // A std Mutex: held only to push or swap, never across an await.
     queue: Mutex<VecDeque<Delivery>>,
@@ -88,6 +93,7 @@ impl Subscriber {
             capacity: capacity.max(1),
             grip: false,
             route: 0,
+            movable: std::sync::atomic::AtomicBool::new(false),
             state: AtomicU8::new(OPEN),
             queue: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
@@ -118,6 +124,7 @@ impl Subscriber {
             SLOW => SubState::Slow,
             EXPIRED => SubState::Expired,
             RETIRED => SubState::Retired,
+            HANDING_OFF => SubState::HandingOff,
             _ => SubState::Closed,
         }
     }
@@ -147,6 +154,18 @@ impl Subscriber {
         Offer::Queued
     }
 
+    /// A write waiting on this client's full socket stops waiting: it was
+    /// evicted as slow, its credentials expired, its route changed, or a
+    /// live upgrade takes it (with the rest of the write). A closed
+    /// subscriber (its publisher or its record ended) is not cut: what it
+    /// was sent before the close is still written.
+    pub fn is_cut(&self) -> bool {
+        matches!(
+            self.state(),
+            SubState::Slow | SubState::Expired | SubState::Retired | SubState::HandingOff
+        )
+    }
+
     /// End the stream (publisher close or shutdown).
     pub fn close(&self) {
         self.end_as(CLOSED);
@@ -162,6 +181,21 @@ impl Subscriber {
     /// the client when to come back before it closes.
     pub fn retire(&self) {
         self.end_as(RETIRED);
+    }
+
+    /// Freeze the stream for a live upgrade.
+    pub fn hand_off(&self) {
+        self.end_as(HANDING_OFF);
+    }
+
+    /// Whether its stream can be handed to a new process (a plain HTTP/1.1
+    /// SSE stream detached from pingora).
+    pub fn movable(&self) -> bool {
+        self.movable.load(Ordering::Acquire)
+    }
+
+    pub fn set_movable(&self) {
+        self.movable.store(true, Ordering::Release);
     }
 
     fn end_as(&self, state: u8) {

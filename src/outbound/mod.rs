@@ -11,9 +11,11 @@
 
 pub(crate) mod forwarded;
 pub(crate) mod pool;
+pub(crate) mod resolve;
 
 pub(crate) use forwarded::Forwarded;
 pub(crate) use pool::Pool;
+pub(crate) use resolve::Target;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -157,22 +159,22 @@ impl Client {
     ) -> Result<Response<'c>, OutboundError> {
         let mut tried = Vec::new();
         let mut last = Self::error(pool, OutboundErrorKind::NoServer);
-        while let Some((index, addr)) = pool.pick(&tried) {
-            tried.push(index);
-            let peer = pool.peer(addr);
+        while let Some(target) = pool.pick(&tried) {
+            tried.push(target.addr);
+            let peer = pool.peer(&target);
             // A pooled connection the server has closed since fails on first
             // use; that is not the server's fault, so try once more.
             for _ in 0..2 {
                 let (session, reused) = match self.connector.get_http_session(&peer).await {
                     Ok(s) => s,
                     Err(e) => {
-                        pool.mark_failed(index);
+                        pool.mark_failed(target.addr);
                         last = Self::error(pool, OutboundErrorKind::Connect(e.etype().as_str()));
                         break;
                     }
                 };
                 match self
-                    .exchange(pool, session, &peer, with_host(req, addr), &body)
+                    .exchange(pool, session, &peer, with_host(req, pool, &target), &body)
                     .await
                 {
                     Attempt::Done(r) => return Ok(r),
@@ -228,23 +230,23 @@ impl Client {
     ) -> Result<Response<'c>, OutboundError> {
         let mut tried = Vec::new();
         let mut last = Self::error(pool, OutboundErrorKind::NoServer);
-        let (mut session, peer, addr) = loop {
-            let Some((index, addr)) = pool.pick(&tried) else {
+        let (mut session, peer, target) = loop {
+            let Some(target) = pool.pick(&tried) else {
                 return Err(last);
             };
-            tried.push(index);
-            let peer = pool.peer(addr);
+            tried.push(target.addr);
+            let peer = pool.peer(&target);
             match self.connector.get_http_session(&peer).await {
-                Ok((s, _)) => break (s, peer, addr),
+                Ok((s, _)) => break (s, peer, target),
                 Err(e) => {
-                    pool.mark_failed(index);
+                    pool.mark_failed(target.addr);
                     last = Self::error(pool, OutboundErrorKind::Connect(e.etype().as_str()));
                 }
             }
         };
         let io = |e: Box<Error>| Self::error(pool, kind_of(&e));
         session
-            .write_request_header(with_host(req, addr))
+            .write_request_header(with_host(req, pool, &target))
             .await
             .map_err(io)?;
         loop {
@@ -279,13 +281,47 @@ impl Client {
     }
 }
 
-/// The request as sent to `addr`: a request without `Host` (one the gateway
-/// makes itself) names the server it goes to.
-fn with_host(req: &RequestHeader, addr: std::net::SocketAddr) -> Box<RequestHeader> {
+async fn read_chunk(
+    session: &mut HttpSession,
+    upstream: &Arc<str>,
+) -> Result<Option<Bytes>, OutboundError> {
+    session
+        .read_response_body()
+        .await
+        .map_err(|e| OutboundError {
+            upstream: upstream.clone(),
+            kind: kind_of(&e),
+        })
+}
+
+/// A response body that owns its connection (`Response::into_body`).
+pub struct BodyStream {
+    session: Box<HttpSession>,
+    upstream: Arc<str>,
+}
+
+impl fmt::Debug for BodyStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BodyStream")
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BodyStream {
+    /// The next body chunk; None at the end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, OutboundError> {
+        read_chunk(&mut self.session, &self.upstream).await
+    }
+}
+
+/// The request as sent to `target`: a request without `Host` (one the
+/// gateway makes itself) names the server it goes to.
+fn with_host(req: &RequestHeader, pool: &Pool, target: &Target) -> Box<RequestHeader> {
     let mut req = Box::new(req.clone());
     if !req.headers.contains_key(http::header::HOST) {
-        // ok to ignore: a socket address is always a valid header value.
-        let _ = req.insert_header(http::header::HOST, addr.to_string());
+        // ok to ignore: a host checked at load and a port are a valid value.
+        let _ = req.insert_header(http::header::HOST, pool.authority(target));
     }
     req
 }
@@ -316,13 +352,7 @@ impl Response<'_> {
     /// The next body chunk; None at the end (the connection then goes back
     /// to the pool when the response is released).
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, OutboundError> {
-        self.session
-            .read_response_body()
-            .await
-            .map_err(|e| OutboundError {
-                upstream: self.upstream.clone(),
-                kind: kind_of(&e),
-            })
+        read_chunk(&mut self.session, &self.upstream).await
     }
 
     /// The whole body, at most `max` bytes; the connection is reused after.
@@ -339,6 +369,16 @@ impl Response<'_> {
         }
         self.release().await;
         Ok(body.freeze())
+    }
+
+    /// The body alone, to be read by a task of its own (a recorded reply
+    /// outlives the request that started it). Its connection is closed
+    /// when the body is dropped, never reused.
+    pub fn into_body(self) -> BodyStream {
+        BodyStream {
+            session: self.session,
+            upstream: self.upstream,
+        }
     }
 
     /// Give the connection back for reuse when the body was read to its

@@ -14,7 +14,7 @@
 
 use crate::auth::signature::{self, SignatureError};
 use crate::channel;
-use crate::config::{Webhook, WebhookData};
+use crate::config::{Listener, Webhook, WebhookData};
 use crate::hub::{Event, Payload};
 use crate::template::{RenderError, Template, Var};
 use crate::values::RequestValues;
@@ -91,9 +91,15 @@ impl fmt::Display for WebhookError {
 
 impl std::error::Error for WebhookError {}
 
-/// The webhook configured at exactly `path`.
-pub(crate) fn find<'w>(hooks: &'w [Webhook], path: &str) -> Option<&'w Webhook> {
-    hooks.iter().find(|h| h.path == path)
+/// The webhook `listener` serves at exactly `path`.
+pub(crate) fn find<'w>(
+    hooks: &'w [Webhook],
+    listener: Listener,
+    path: &str,
+) -> Option<&'w Webhook> {
+    hooks
+        .iter()
+        .find(|h| h.listener == listener && h.path == path)
 }
 
 /// Verify, then map: the events this request publishes, or why it is refused.

@@ -1,10 +1,52 @@
 //! Connection limits for SSE streams: a global cap and a per-IP cap. A slot is
-//! held by a guard, so every way a stream ends gives it back.
+//! held by a guard, so every way a stream ends gives it back. And what the
+//! open-file limit leaves for them (`FdBudget`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// What the process's open-file limit allows clients. Every stream and every
+/// connection holds a descriptor, and a connection the gateway cannot accept
+/// waits unanswered in the listen backlog: so streams stop at a cap below the
+/// limit (answered 429 past it), connections waiting for a request head get
+/// a share of what is left (`http::gate`), and the rest stays for proxied
+/// requests, upstream connections and the process itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FdBudget {
+    /// `RLIMIT_NOFILE` (soft), as raised at start.
+    pub files: u64,
+    /// The default `limits.max_connections`.
+    pub streams: usize,
+    /// At most this many connections wait for a request head at once.
+    pub waiting: usize,
+}
+
+impl FdBudget {
+    /// The SPEC's default `max_connections`, for a process with files to spare.
+    pub(crate) const MAX_STREAMS: usize = 100_000;
+
+    /// The budget of `files` descriptors: a quarter (at least 128, at most
+    /// 16,384) is held back from streams, half of that for waiting
+    /// connections.
+    pub(crate) fn of(files: u64) -> FdBudget {
+        let reserve = (files / 4).clamp(128, 16_384);
+        let streams = files.saturating_sub(reserve).max(1);
+        FdBudget {
+            files,
+            streams: usize::try_from(streams)
+                .map_or(Self::MAX_STREAMS, |s| s.min(Self::MAX_STREAMS)),
+            waiting: usize::try_from((reserve / 2).min(files / 4).max(16)).unwrap_or(8192),
+        }
+    }
+
+    /// This process's budget.
+    pub(crate) fn current() -> FdBudget {
+        let files = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+        FdBudget::of(files)
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct ConnLimiter {
@@ -63,6 +105,25 @@ impl ConnLimiter {
         self.total.load(Ordering::Acquire)
     }
 
+    /// A slot that is never refused: for a stream that already exists (one
+    /// adopted in a live upgrade), over a cap or not.
+    pub fn acquire_forced(self: &Arc<Self>, ip: Option<IpAddr>) -> ConnSlot {
+        self.total.fetch_add(1, Ordering::AcqRel);
+        let ip = if self.max_per_ip.load(Ordering::Acquire) > 0 {
+            ip
+        } else {
+            None
+        };
+        if let Some(ip) = ip {
+            let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            *map.entry(ip).or_insert(0) += 1;
+        }
+        ConnSlot {
+            limiter: self.clone(),
+            ip,
+        }
+    }
+
     /// A slot, or the reason for a 429.
     pub fn acquire(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<ConnSlot, LimitError> {
         let prev = self.total.fetch_add(1, Ordering::AcqRel);
@@ -87,6 +148,13 @@ impl ConnLimiter {
             limiter: self.clone(),
             ip,
         })
+    }
+}
+
+impl ConnSlot {
+    /// The client address it counts against, when per-IP limits are on.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.ip
     }
 }
 
@@ -162,6 +230,25 @@ mod tests {
             5,
             "never above the burst"
         );
+    }
+
+    #[test]
+    fn the_file_limit_leaves_room_beyond_streams() {
+        let b = FdBudget::of(256);
+        assert_eq!((b.streams, b.waiting), (128, 64));
+        let b = FdBudget::of(20_000);
+        assert_eq!((b.streams, b.waiting), (15_000, 2_500));
+        let b = FdBudget::of(1 << 20);
+        assert_eq!((b.streams, b.waiting), (FdBudget::MAX_STREAMS, 8_192));
+        let b = FdBudget::of(u64::MAX);
+        assert_eq!(b.streams, FdBudget::MAX_STREAMS);
+        for files in [0, 16, 100, 1024, 65_536] {
+            let b = FdBudget::of(files);
+            assert!(b.streams >= 1 && b.waiting >= 16, "{b:?}");
+            if files >= 256 {
+                assert!((b.streams + b.waiting) as u64 <= files * 7 / 8, "{b:?}");
+            }
+        }
     }
 
     #[test]

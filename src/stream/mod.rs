@@ -6,21 +6,27 @@
 //! The engine is generic over a `Sink`, the thing the bytes go to: a plain
 //! HTTP/1.1 socket taken out of pingora (`socket`), or a request held in
 //! pingora's session for TLS and HTTP/2 (`http::held`). Every kind of
-//! stream — SSE routes, GRIP holds, the dashboard's feed — runs here.
+//! stream — SSE routes, GRIP holds, recorded backend replies, the
+//! dashboard's feed — runs here.
 //!
 //! - `request`: what a request subscribes to (channels, resume point).
 //! - `heartbeat`: one tick per interval for every stream.
 //! - `limits`: connection caps.
 //! - `socket`: the detached socket's sink.
+//! - `handoff`: a detached stream frozen for a live upgrade, and adopted.
 
+pub(crate) mod handoff;
 pub(crate) mod heartbeat;
 pub(crate) mod limits;
 pub(crate) mod request;
 pub(crate) mod socket;
 
+use crate::auth::expiry::ExpiryGuard;
+use crate::hub::record::{RecordId, Records};
 use crate::hub::{Broker, BrokerError, Delivery, Feed, Replay, Resume, SubState, Subscriber};
 use crate::metrics::Metrics;
 use crate::shutdown::{Active, Shutdown};
+use crate::sources::poll::Lease;
 use crate::wire;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
@@ -28,8 +34,6 @@ use heartbeat::Membership;
 use limits::ConnSlot;
 use pingora_http::ResponseHeader;
 use rand::Rng;
-use std::any::Any;
-use std::fmt;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
@@ -87,6 +91,10 @@ enum Source {
         channels: Vec<String>,
     },
     Feed(Arc<Feed>),
+    Record {
+        records: Arc<dyn Records>,
+        id: RecordId,
+    },
 }
 
 impl Subscription {
@@ -99,6 +107,26 @@ impl Subscription {
         Subscription {
             sub,
             source: Source::Hub { hub, channels },
+        }
+    }
+
+    /// The hub channels it listens to (none for a feed or a record).
+    pub(crate) fn channels(&self) -> &[String] {
+        match &self.source {
+            Source::Hub { channels, .. } => channels,
+            Source::Feed(_) | Source::Record { .. } => &[],
+        }
+    }
+
+    /// `sub`, already reading record `id`.
+    pub(crate) fn record(
+        records: Arc<dyn Records>,
+        sub: Arc<Subscriber>,
+        id: RecordId,
+    ) -> Subscription {
+        Subscription {
+            sub,
+            source: Source::Record { records, id },
         }
     }
 
@@ -117,48 +145,67 @@ impl Drop for Subscription {
         match &self.source {
             Source::Hub { hub, channels } => hub.unsubscribe(&self.sub, channels),
             Source::Feed(feed) => feed.remove(&self.sub),
+            Source::Record { records, id } => records.unfollow(&self.sub, *id),
         }
     }
 }
 
 /// What an open stream holds on to: its connection slot, its place in the
-/// drain count, its route's gauge, and whatever else must live as long as
-/// it does (a poll lease, a JWT expiry entry). Dropping it releases all.
+/// drain count, its route's gauge, the poller it keeps alive and its JWT
+/// expiry entry. Dropping it releases all.
+#[derive(Debug)]
 pub(crate) struct Guards {
     pub slot: Option<ConnSlot>,
     /// Its place in the drain count (held for its `Drop`).
     pub _active: Active,
-    pub gauge: Option<prometheus::IntGauge>,
+    pub gauge: Option<Counted>,
+    pub keep: Option<Keep>,
     /// Boxed: every idle stream carries this field in its future.
-    pub keep: Option<Box<dyn Any + Send + Sync>>,
+    pub expiry: Option<Box<ExpiryGuard>>,
 }
 
-impl fmt::Debug for Guards {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Guards")
-            .field("slot", &self.slot)
-            .field("keeps", &self.keep.is_some())
-            .finish_non_exhaustive()
+/// Something else a stream keeps alive while it lives: held only for its
+/// `Drop`, never read.
+#[derive(Debug)]
+#[allow(dead_code)]
+pub(crate) enum Keep {
+    /// The poller of its poll route.
+    Poll(Lease),
+    /// The connection slot it shares with a recorded reply's writer.
+    Slot(Arc<ConnSlot>),
+}
+
+/// A route's open-streams gauge, counted up while this lives.
+#[derive(Debug)]
+pub(crate) struct Counted(prometheus::IntGauge);
+
+impl Counted {
+    pub(crate) fn new(gauge: prometheus::IntGauge) -> Counted {
+        gauge.inc();
+        Counted(gauge)
     }
 }
 
-impl Drop for Guards {
+impl Drop for Counted {
     fn drop(&mut self) {
-        if let Some(g) = &self.gauge {
-            g.dec();
-        }
+        self.0.dec();
     }
 }
 
-/// What a GRIP hold sends instead of the SSE opening: the backend's status,
-/// headers (Grip-* and Content-Length already removed) and body, and its
-/// `Grip-Keep-Alive` content in place of the heartbeat comment.
+/// What a stream sends instead of the SSE opening: a response head and
+/// first body bytes of its own, and what it writes when idle. A GRIP hold:
+/// the backend's status, headers (Grip-* and Content-Length already
+/// removed) and body, and its `Grip-Keep-Alive` content. A recorded reply:
+/// the backend's head (or, for a resume, the SSE head) naming the record,
+/// the prelude, and the heartbeat comment.
 #[derive(Debug, Clone)]
-pub(crate) struct GripOpening {
+pub(crate) struct Opening {
     pub head: ResponseHeader,
     pub body: Bytes,
-    /// None: the backend asked for no keep-alive, so nothing is sent idle.
+    /// Written after a tick without other writes. None: nothing is sent idle.
     pub keep_alive: Option<Bytes>,
+    /// The body is an event stream: a drain ends it with a jittered `retry:`.
+    pub event_stream: bool,
 }
 
 /// How a stream ended.
@@ -167,6 +214,9 @@ pub(crate) enum End {
     ClientGone,
     Slow,
     ClosedByPublisher,
+    /// Handed to the new process of a live upgrade: nothing was written or
+    /// closed, the socket goes on there.
+    HandedOff,
     /// The client's JWT expired (`ssegate.expired` was sent).
     Expired,
     /// Its route changed in a reload (a jittered `retry:` was sent).
@@ -184,21 +234,41 @@ pub(crate) enum Wake {
     ClientGone,
 }
 
+/// Response headers a stream adds to its head (CORS).
+pub(crate) type ExtraHeaders = Vec<(http::HeaderName, http::HeaderValue)>;
+
+/// What a stream writes once, at its start: boxed, so that the future of
+/// a stream (what every idle client costs) holds only a pointer to it,
+/// and only until it is written.
+pub(crate) struct Start {
+    /// The prelude or GRIP body, the reset, the replay; for an adopted
+    /// stream, what was queued for it.
+    pub body: Bytes,
+    pub headers: ExtraHeaders,
+    /// A stream adopted in a live upgrade: no head, and first the
+    /// unwritten rest of the chunk it was in, as it is.
+    pub adopted: Option<Bytes>,
+}
+
 /// The response head a stream opens with.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Head<'a> {
-    /// `200` with `wire::SSE_HEADERS`.
-    Sse,
-    /// A GRIP hold: the backend's status and headers.
-    Grip(&'a ResponseHeader),
+    /// `200` with `wire::SSE_HEADERS`, then these.
+    Sse(&'a [(http::HeaderName, http::HeaderValue)]),
+    /// The stream's own `Opening` head.
+    Given(&'a ResponseHeader),
 }
 
 /// Where a stream's bytes go. `Ok(false)` from a write: the write waited on
-/// a full socket and the subscriber stopped being open meanwhile (evicted as
-/// slow, closed, expired), so it was given up.
+/// a full socket and the subscriber was cut meanwhile (evicted as slow,
+/// expired, retired by a reload: `Subscriber::is_cut`), so it was given up. A subscriber that was
+/// closed (its publisher or its record ended) still gets what it was sent.
 pub(crate) trait Sink {
     /// The response head and the first body bytes.
     async fn open(&mut self, sub: &Subscriber, head: Head<'_>, body: Bytes) -> io::Result<bool>;
+    /// An adopted stream's first bytes: `tail`, the rest of a chunk the
+    /// previous process had begun, as it is; then `body` as a chunk.
+    async fn resume(&mut self, sub: &Subscriber, tail: Bytes, body: Bytes) -> io::Result<bool>;
     /// One body chunk. The hub's frames are shared by every client: a sink
     /// writes them as they are, never copies them.
     async fn write(&mut self, sub: &Subscriber, bytes: &Bytes) -> io::Result<bool>;
@@ -207,6 +277,9 @@ pub(crate) trait Sink {
     /// End the body after `last` (when given) — or, for a stream cut short
     /// (`last` None), just close.
     async fn finish(&mut self, sub: &Subscriber, last: Option<Bytes>);
+    /// The socket and the unwritten rest of a chunk cut short, for a live
+    /// upgrade; None for a sink whose stream cannot move.
+    fn surrender(self) -> Option<(tokio::net::TcpStream, Bytes)>;
 }
 
 /// Everything one stream owns while it runs.
@@ -219,9 +292,12 @@ pub(crate) struct Stream {
     pub shutdown: Shutdown,
     pub metrics: Arc<Metrics>,
     pub guards: Guards,
-    /// A GRIP hold: the backend's head and body open the stream instead of
-    /// the SSE prelude. Boxed: SSE streams pay one pointer for it.
-    pub grip: Option<Box<GripOpening>>,
+    /// A GRIP hold or a recorded reply: its own head and body open the
+    /// stream instead of the SSE prelude. Boxed: SSE streams pay one
+    /// pointer for it.
+    pub opening: Option<Box<Opening>>,
+    /// Where the stream goes if a live upgrade takes it.
+    pub handoff: handoff::Handoff,
 }
 
 impl Stream {
@@ -229,45 +305,50 @@ impl Stream {
     ///
     /// The replay is turned into the opening bytes here, before the future
     /// exists: the future (what every idle detached client costs) keeps
-    /// only those bytes, not the replay.
-    pub(crate) fn run<S: Sink>(self, sink: S, replay: Replay) -> impl Future<Output = End> {
+    /// only those bytes, not the replay. `headers` go on an SSE head
+    /// (CORS); like the opening bytes, they are gone once it is written.
+    pub(crate) fn run<S: Sink>(
+        self,
+        sink: S,
+        replay: Replay,
+        headers: ExtraHeaders,
+    ) -> impl Future<Output = End> {
         let last_seq = replay.frames.last().map_or(0, |d| d.seq);
         let replayed = replay.frames.len() as u64;
-        let first = self.opening(replay);
-        self.serve(sink, first, last_seq, replayed)
+        let start = Box::new(Start {
+            body: self.opening(replay),
+            headers,
+            adopted: None,
+        });
+        self.serve(sink, start, last_seq, replayed)
     }
 
     // Awaits as little as possible and keeps little across awaits.
     async fn serve<S: Sink>(
         mut self,
         mut sink: S,
-        first: Bytes,
+        start: Box<Start>,
         mut last_seq: u64,
         replayed: u64,
     ) -> End {
         let sub = self.subscription.sub.clone();
-        let sink = &mut sink;
-        let opened = {
-            let head = match &self.grip {
-                Some(g) => Head::Grip(&g.head),
-                None => Head::Sse,
-            };
-            // Boxed, as is the end: each happens once, and unboxed their
-            // futures would sit in every idle stream's future for its life.
-            Box::pin(sink.open(&sub, head, first)).await
-        };
+        // Boxed, as is the end: each happens once, and unboxed their futures
+        // (with the opening bytes and headers) would sit in every idle
+        // stream's future for its life.
+        let opened = Box::pin(open(&mut sink, &sub, self.opening.as_deref(), start)).await;
         match opened {
             Ok(true) => {}
-            Ok(false) => return Box::pin(self.end(sink, cut(&sub))).await,
-            Err(_) => return Box::pin(self.end(sink, End::WriteFailed)).await,
+            Ok(false) => return Box::pin(self.end(sink, cut(&sub), last_seq)).await,
+            Err(_) => return Box::pin(self.end(sink, End::WriteFailed, last_seq)).await,
         }
         self.metrics.delivered.inc_by(replayed);
-        if let Some(g) = &mut self.grip {
+        if let Some(g) = &mut self.opening {
             // Sent: only the keep-alive is needed from here on.
             g.body = Bytes::new();
         }
-        // A GRIP hold's keep-alive is its backend's content, sent only after
-        // a tick without other writes; an SSE heartbeat is the comment.
+        // A given opening's keep-alive (a GRIP backend's content) is sent
+        // only after a tick without other writes; an SSE heartbeat is the
+        // comment, every tick.
         let mut wrote = false;
         let mut last_beat = self.heartbeat.as_ref().map_or(0, Membership::epoch);
         let mut batch: Vec<Delivery> = Vec::new();
@@ -309,6 +390,7 @@ impl Stream {
                 SubState::Closed => break End::ClosedByPublisher,
                 SubState::Expired => break End::Expired,
                 SubState::Retired => break End::Retired,
+                SubState::HandingOff => break End::HandedOff,
             }
             if self.shutdown.is_draining() {
                 break End::Shutdown;
@@ -316,8 +398,8 @@ impl Stream {
             let beat = self.heartbeat.as_ref().map_or(0, Membership::epoch);
             if beat != last_beat {
                 last_beat = beat;
-                let idle = self.grip.is_none() || !std::mem::take(&mut wrote);
-                let keep_alive = match &self.grip {
+                let idle = self.opening.is_none() || !std::mem::take(&mut wrote);
+                let keep_alive = match &self.opening {
                     None => Bytes::from_static(wire::HEARTBEAT),
                     Some(g) => g.keep_alive.clone().unwrap_or_default(),
                 };
@@ -334,13 +416,13 @@ impl Stream {
                 break End::ClientGone;
             }
         };
-        Box::pin(self.end(sink, end)).await
+        Box::pin(self.end(sink, end, last_seq)).await
     }
 
     /// The first body bytes: the prelude (or a GRIP hold's body), the reset
     /// and the replayed frames, as one write.
     fn opening(&self, replay: Replay) -> Bytes {
-        let mut body = match &self.grip {
+        let mut body = match &self.opening {
             None => {
                 BytesMut::from(&wire::prelude(self.retry.as_millis(), replay.start.as_deref())[..])
             }
@@ -356,16 +438,27 @@ impl Stream {
     }
 
     /// The last words (drain retry, `ssegate.expired`, or only the end of
-    /// the body), then everything the stream held is released.
-    async fn end<S: Sink>(self, sink: &mut S, end: End) -> End {
+    /// the body), then everything the stream held is released. A stream a
+    /// live upgrade takes says nothing: it is frozen and handed over.
+    async fn end<S: Sink>(self, mut sink: S, end: End, last_seq: u64) -> End {
+        if end == End::HandedOff {
+            return handoff::freeze(self, sink, last_seq).await;
+        }
+        if self.subscription.sub.state() == SubState::HandingOff {
+            // Asked to hand itself over, it ended first: the upgrade must
+            // not wait for it.
+            self.handoff.gone();
+        }
         let sub = &self.subscription.sub;
         let last = match end {
-            End::Shutdown | End::Retired if self.grip.is_none() => {
+            End::Shutdown | End::Retired
+                if self.opening.as_ref().is_none_or(|o| o.event_stream) =>
+            {
                 Some(wire::retry_only(jittered(self.retry).as_millis()))
             }
             End::Expired => Some(wire::expired()),
             End::Shutdown | End::Retired | End::ClosedByPublisher => Some(Bytes::new()),
-            End::ClientGone | End::Slow | End::WriteFailed => None,
+            End::ClientGone | End::Slow | End::WriteFailed | End::HandedOff => None,
         };
         sink.finish(sub, last).await;
         drop(self.guards);
@@ -373,12 +466,36 @@ impl Stream {
     }
 }
 
+/// Write the response head and the opening bytes.
+async fn open<S: Sink>(
+    sink: &mut S,
+    sub: &Subscriber,
+    given: Option<&Opening>,
+    start: Box<Start>,
+) -> io::Result<bool> {
+    let Start {
+        body,
+        headers,
+        adopted,
+    } = *start;
+    if let Some(tail) = adopted {
+        return sink.resume(sub, tail, body).await;
+    }
+    let head = match given {
+        Some(g) => Head::Given(&g.head),
+        None => Head::Sse(&headers),
+    };
+    sink.open(sub, head, body).await
+}
+
 /// Why a write that waited on a full socket was given up: the client was
-/// evicted as slow, or its stream was ended (closed, expired) meanwhile —
-/// either way nothing more can be written to it.
+/// evicted as slow, or its credentials expired or its route changed
+/// meanwhile — either way nothing more is written to it — or a live
+/// upgrade takes it, with the rest of the write.
 fn cut(sub: &Subscriber) -> End {
     match sub.state() {
         SubState::Slow => End::Slow,
+        SubState::HandingOff => End::HandedOff,
         _ => End::WriteFailed,
     }
 }

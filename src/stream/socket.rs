@@ -9,7 +9,7 @@
 //! is one small task and this socket.
 
 use super::{Head, Sink, Wake, WRITE_TIMEOUT};
-use crate::hub::{SubState, Subscriber};
+use crate::hub::Subscriber;
 use crate::wire;
 use bytes::{Bytes, BytesMut};
 use std::future::Future;
@@ -18,45 +18,150 @@ use std::sync::LazyLock;
 use std::task::Poll;
 use tokio::net::TcpStream;
 
-/// `200` with the SSE headers, chunked, kept alive.
-static SSE_HEAD: LazyLock<Bytes> = LazyLock::new(|| {
+/// How a detached stream's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Framing {
+    /// HTTP/1.1: chunked, so the connection could outlive the stream.
+    #[default]
+    Chunked,
+    /// HTTP/1.0 has no chunked encoding: the body is every byte until the
+    /// connection closes (`connection: close`).
+    UntilClose,
+}
+
+impl Framing {
+    /// What ends the response head: the framing's headers and the blank line.
+    fn head_end(self) -> &'static [u8] {
+        match self {
+            Framing::Chunked => b"transfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n",
+            Framing::UntilClose => b"connection: close\r\n\r\n",
+        }
+    }
+}
+
+/// `200` with the SSE headers, then `framing`'s.
+fn sse_head(framing: Framing) -> Bytes {
     let mut out = BytesMut::from(&b"HTTP/1.1 200 OK\r\n"[..]);
     for (k, v) in wire::SSE_HEADERS {
         out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
     }
-    out.extend_from_slice(b"transfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n");
+    out.extend_from_slice(framing.head_end());
     out.freeze()
-});
+}
+
+static SSE_HEAD_CHUNKED: LazyLock<Bytes> = LazyLock::new(|| sse_head(Framing::Chunked));
+static SSE_HEAD_UNTIL_CLOSE: LazyLock<Bytes> = LazyLock::new(|| sse_head(Framing::UntilClose));
 
 /// The socket of one detached stream.
 #[derive(Debug)]
 pub(crate) struct SocketSink {
     tcp: TcpStream,
+    /// None: chunked, nothing left unwritten — every idle stream carries
+    /// this field, so the rare rest is boxed.
+    rare: Option<Box<Rare>>,
+}
+
+/// What few detached streams need.
+#[derive(Debug, Default)]
+struct Rare {
+    framing: Framing,
+    /// The unwritten rest of a write that was given up.
+    tail: Bytes,
+}
+
+impl Framing {
+    /// What goes before and after `len` body bytes: a chunk's size line and
+    /// end, or nothing.
+    fn around(self, len: usize, size: &mut [u8; 18]) -> (&[u8], &'static [u8]) {
+        match self {
+            Framing::Chunked => (chunk_head(len, size), b"\r\n"),
+            Framing::UntilClose => (b"", b""),
+        }
+    }
 }
 
 impl SocketSink {
-    pub(crate) fn new(tcp: TcpStream) -> SocketSink {
-        SocketSink { tcp }
+    pub(crate) fn new(tcp: TcpStream, framing: Framing) -> SocketSink {
+        let rare = (framing != Framing::Chunked).then(|| {
+            Box::new(Rare {
+                framing,
+                ..Rare::default()
+            })
+        });
+        SocketSink { tcp, rare }
     }
+
+    pub(crate) fn framing(&self) -> Framing {
+        self.rare.as_ref().map_or(Framing::Chunked, |r| r.framing)
+    }
+
+    /// Write all of `parts`, keeping the rest if the write is given up.
+    async fn send(&mut self, sub: &Subscriber, parts: &[&[u8]]) -> io::Result<bool> {
+        let sent = send(&self.tcp, sub, parts).await?;
+        Ok(self.keep_rest(sent, parts))
+    }
+
+    /// True if all was sent; else keeps what was not.
+    fn keep_rest(&mut self, sent: Sent, parts: &[&[u8]]) -> bool {
+        match sent {
+            Sent::All => true,
+            Sent::Cut(done) => {
+                self.rare.get_or_insert_default().tail = rest(parts, done);
+                false
+            }
+        }
+    }
+}
+
+/// The bytes of `parts` after the first `done`.
+fn rest(parts: &[&[u8]], mut done: usize) -> Bytes {
+    let mut out = BytesMut::new();
+    for p in parts {
+        if done >= p.len() {
+            done -= p.len();
+            continue;
+        }
+        out.extend_from_slice(&p[done..]);
+        done = 0;
+    }
+    out.freeze()
 }
 
 impl Sink for SocketSink {
     async fn open(&mut self, sub: &Subscriber, head: Head<'_>, body: Bytes) -> io::Result<bool> {
-        let grip_head;
+        let built;
+        let framing = self.framing();
+        let base: &Bytes = match framing {
+            Framing::Chunked => &SSE_HEAD_CHUNKED,
+            Framing::UntilClose => &SSE_HEAD_UNTIL_CLOSE,
+        };
         let head: &[u8] = match head {
-            Head::Sse => &SSE_HEAD,
-            Head::Grip(h) => {
-                grip_head = h1_head(h);
-                &grip_head
+            Head::Sse([]) => base,
+            Head::Sse(extra) => {
+                built = sse_head_with(base, extra);
+                &built
+            }
+            Head::Given(h) => {
+                built = h1_head(h, framing);
+                &built
             }
         };
         if body.is_empty() {
             // An empty chunk would end the body before it started.
-            return send(&self.tcp, sub, &[head]).await;
+            return self.send(sub, &[head]).await;
         }
         let mut size = [0u8; 18];
-        let size = chunk_head(body.len(), &mut size);
-        send(&self.tcp, sub, &[head, size, &body, b"\r\n"]).await
+        let (before, after) = self.framing().around(body.len(), &mut size);
+        self.send(sub, &[head, before, &body, after]).await
+    }
+
+    async fn resume(&mut self, sub: &Subscriber, tail: Bytes, body: Bytes) -> io::Result<bool> {
+        if body.is_empty() {
+            return self.send(sub, &[&tail]).await;
+        }
+        let mut size = [0u8; 18];
+        let (before, after) = self.framing().around(body.len(), &mut size);
+        self.send(sub, &[&tail, before, &body, after]).await
     }
 
     async fn write(&mut self, sub: &Subscriber, bytes: &Bytes) -> io::Result<bool> {
@@ -65,8 +170,13 @@ impl Sink for SocketSink {
             return Ok(true);
         }
         let mut size = [0u8; 18];
-        let size = chunk_head(bytes.len(), &mut size);
-        send(&self.tcp, sub, &[size, bytes, b"\r\n"]).await
+        // `send` inlined: this is the write every idle stream's future has room for.
+        let parts: [&[u8]; 3] = {
+            let (before, after) = self.framing().around(bytes.len(), &mut size);
+            [before, bytes, after]
+        };
+        let sent = send(&self.tcp, sub, &parts).await?;
+        Ok(self.keep_rest(sent, &parts))
     }
 
     async fn idle(&mut self, sub: &Subscriber) -> Wake {
@@ -97,19 +207,51 @@ impl Sink for SocketSink {
         let Some(last) = last else {
             return;
         };
-        if last.is_empty() {
-            let _ = send(&self.tcp, sub, &[b"0\r\n\r\n"]).await;
-            return;
-        }
+        // Until-close: dropping the socket ends the body.
+        let end: &[u8] = match self.framing() {
+            Framing::Chunked => b"0\r\n\r\n",
+            Framing::UntilClose => b"",
+        };
         let mut size = [0u8; 18];
-        let size = chunk_head(last.len(), &mut size);
-        let _ = send(&self.tcp, sub, &[size, &last, b"\r\n0\r\n\r\n"]).await;
+        let (before, after) = match last.is_empty() {
+            true => (&b""[..], &b""[..]),
+            false => self.framing().around(last.len(), &mut size),
+        };
+        let _ = self.send(sub, &[before, &last, after, end]).await;
+    }
+
+    fn surrender(self) -> Option<(TcpStream, Bytes)> {
+        Some((self.tcp, self.rare.map(|r| r.tail).unwrap_or_default()))
     }
 }
 
-/// A GRIP hold's response head as HTTP/1.1 bytes: the backend's status and
-/// headers, chunked because the stream has no end we know of.
-fn h1_head(head: &pingora_http::ResponseHeader) -> Bytes {
+/// An SSE head (`base`) with `extra` headers before its blank line.
+fn sse_head_with(base: &Bytes, extra: &[(http::HeaderName, http::HeaderValue)]) -> Bytes {
+    let head = &base[..base.len() - 2];
+    let mut out = BytesMut::with_capacity(base.len() + 64 * extra.len());
+    out.extend_from_slice(head);
+    header_lines(&mut out, extra.iter().map(|(k, v)| (k, v)));
+    out.extend_from_slice(b"\r\n");
+    out.freeze()
+}
+
+/// `name: value` lines.
+fn header_lines<'h>(
+    out: &mut BytesMut,
+    headers: impl Iterator<Item = (&'h http::HeaderName, &'h http::HeaderValue)>,
+) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// A stream's own response head (a GRIP hold's, a recorded reply's) as
+/// HTTP/1.1 bytes: its status and headers, then `framing`'s (the stream
+/// has no end we know of).
+fn h1_head(head: &pingora_http::ResponseHeader, framing: Framing) -> Bytes {
     let status = head.status;
     let mut out = BytesMut::with_capacity(256);
     out.extend_from_slice(
@@ -120,13 +262,11 @@ fn h1_head(head: &pingora_http::ResponseHeader) -> Bytes {
         )
         .as_bytes(),
     );
-    for (name, value) in head.headers.iter() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+    header_lines(&mut out, head.headers.iter());
+    out.extend_from_slice(match framing {
+        Framing::Chunked => b"transfer-encoding: chunked\r\n\r\n",
+        Framing::UntilClose => framing.head_end(),
+    });
     out.freeze()
 }
 
@@ -163,7 +303,8 @@ fn chunk_head(len: usize, buf: &mut [u8; 18]) -> &[u8] {
     &buf[..n + 2]
 }
 
-/// Slices at most per write: a chunk head, two parts and the chunk's end.
+/// Slices at most per write: a response head, a chunk head, the bytes and
+/// the chunk's end.
 const MAX_PARTS: usize = 4;
 
 /// Write as much of `parts` as the socket takes now; the number of bytes
@@ -193,13 +334,21 @@ fn write_now(tcp: &TcpStream, parts: &[&[u8]], mut done: usize) -> io::Result<us
     Ok(done)
 }
 
-/// Write all of `parts`; Ok(false) when the client is evicted as slow while
-/// its socket is full.
-async fn send(tcp: &TcpStream, sub: &Subscriber, parts: &[&[u8]]) -> io::Result<bool> {
+/// How a write ended.
+enum Sent {
+    All,
+    /// Given up after `done` bytes: the subscriber stopped being open while
+    /// the socket was full.
+    Cut(usize),
+}
+
+/// Write all of `parts`, unless the subscriber stops being open while its
+/// socket is full.
+async fn send(tcp: &TcpStream, sub: &Subscriber, parts: &[&[u8]]) -> io::Result<Sent> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let done = write_now(tcp, parts, 0)?;
     if done == total {
-        return Ok(true);
+        return Ok(Sent::All);
     }
     // Boxed: only a stream whose socket is full pays for waiting.
     Box::pin(send_rest(tcp, sub, parts, done, total)).await
@@ -211,15 +360,15 @@ async fn send_rest(
     parts: &[&[u8]],
     mut done: usize,
     total: usize,
-) -> io::Result<bool> {
+) -> io::Result<Sent> {
     let deadline = tokio::time::sleep(WRITE_TIMEOUT);
     tokio::pin!(deadline);
     while done < total {
         tokio::select! {
             r = tcp.writable() => r?,
             _ = sub.woken() => {
-                if sub.state() != SubState::Open {
-                    return Ok(false);
+                if sub.is_cut() {
+                    return Ok(Sent::Cut(done));
                 }
                 continue;
             }
@@ -227,7 +376,7 @@ async fn send_rest(
         }
         done = write_now(tcp, parts, done)?;
     }
-    Ok(true)
+    Ok(Sent::All)
 }
 
 #[cfg(test)]
@@ -277,10 +426,16 @@ mod tests {
                 _active: shutdown.track(),
                 gauge: None,
                 keep: None,
+                expiry: None,
             },
-            grip: None,
+            opening: None,
+            handoff: Default::default(),
         };
-        let fut = stream.run(SocketSink::new(tcp), Replay::default());
+        let fut = stream.run(
+            SocketSink::new(tcp, Framing::Chunked),
+            Replay::default(),
+            Vec::new(),
+        );
         let size = std::mem::size_of_val(&fut);
         println!("idle detached stream future: {size} bytes");
         assert!(

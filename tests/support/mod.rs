@@ -3,7 +3,10 @@
 //! reqwest) and a raw-socket reader for byte-exact checks. Every wait is bounded.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod browser;
+pub mod chat;
 pub mod faults;
+pub mod replies;
 pub mod tls;
 
 use futures_util::StreamExt;
@@ -197,6 +200,58 @@ impl Gateway {
         }
     }
 
+    /// `ssegate run --upgrade` on this gateway's config (and so its ports
+    /// and upgrade socket), with `env`; returns once the new process has
+    /// finished taking over (or given up), which it logs. The new process
+    /// reads the config at start: keep `self` (its directory) alive.
+    pub fn upgrade(&self, env: &[(&str, &str)]) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("ssegate.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.args(["run", "--upgrade", "-c"])
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        cmd.env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut new = Gateway {
+            port: self.port,
+            admin_port: self.admin_port,
+            dir,
+            config_path: self.config_path.clone(),
+            child: Some(cmd.spawn().unwrap()),
+            log_path,
+        };
+        // pingora's 5 s of overlap, the handoff, then the listeners open.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = new.log();
+            if [
+                "streams adopted",
+                "no stream handed over",
+                "streams not adopted",
+            ]
+            .iter()
+            .any(|l| log.contains(l))
+            {
+                return new;
+            }
+            if let Some(status) = new.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("the new ssegate exited ({status}); log:\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no handoff within 30s; new log:\n{log}\nold log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
@@ -331,6 +386,17 @@ impl Sse {
         url: &str,
         headers: &[(&str, &str)],
     ) -> Sse {
+        Self::try_connect_using(client, url, headers)
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}"))
+    }
+
+    /// `connect_using`, or why the request failed.
+    pub async fn try_connect_using(
+        client: &reqwest::Client,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Sse, String> {
         use eventsource_stream::Eventsource;
         let mut req = client.get(url).header("accept", "text/event-stream");
         for (k, v) in headers {
@@ -338,8 +404,8 @@ impl Sse {
         }
         let resp = tokio::time::timeout(WAIT, req.send())
             .await
-            .expect("connect timed out")
-            .expect("connect");
+            .map_err(|_| format!("connect timed out after {WAIT:?}"))?
+            .map_err(|e| format!("{e:?}"))?;
         let status = resp.status().as_u16();
         let version = resp.version();
         let headers = resp.headers().clone();
@@ -360,13 +426,13 @@ impl Sse {
             }
             let _ = tx.send(Err("eof".into()));
         });
-        Sse {
+        Ok(Sse {
             status,
             version,
             headers,
             rx,
             task,
-        }
+        })
     }
 
     pub async fn next(&mut self) -> Ev {
@@ -375,6 +441,16 @@ impl Sse {
             Ok(Some(Err(e))) => panic!("stream ended: {e}"),
             Ok(None) => panic!("stream ended"),
             Err(_) => panic!("no event within {WAIT:?}"),
+        }
+    }
+
+    /// The next event, or why there is none: "eof", a parse error, or
+    /// "timeout" after `timeout`.
+    pub async fn next_within(&mut self, timeout: Duration) -> Result<Ev, String> {
+        match tokio::time::timeout(timeout, self.rx.recv()).await {
+            Ok(Some(r)) => r,
+            Ok(None) => Err("eof".into()),
+            Err(_) => Err("timeout".into()),
         }
     }
 
@@ -465,6 +541,18 @@ impl Raw {
                 return text;
             }
         }
+    }
+
+    /// The server closes the connection within `timeout` (whatever else it sends).
+    pub fn closes_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut chunk = [0u8; 65536];
+        while Instant::now() < deadline {
+            if !self.read_some(&mut chunk, "the close") {
+                return true;
+            }
+        }
+        false
     }
 
     /// One read into `buf`; false at EOF. A read timeout is no error.

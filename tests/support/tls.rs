@@ -67,6 +67,19 @@ impl TestCa {
         b.build().unwrap()
     }
 
+    /// As `reqwest`, for streams that outlive `WAIT`: only connecting is bounded.
+    pub fn reqwest_streaming(&self, http1_only: bool) -> reqwest::Client {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(self.pem.as_bytes()).unwrap())
+            .connect_timeout(super::WAIT);
+        if http1_only {
+            b = b.http1_only();
+        }
+        b.build().unwrap()
+    }
+
     fn roots(&self) -> rustls::RootCertStore {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.cert.der().clone()).unwrap();
@@ -78,13 +91,22 @@ impl TestCa {
         &self,
         port: u16,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        self.connect_alpn(port, &[b"h2"]).await
+    }
+
+    /// A TLS connection to 127.0.0.1:port offering `alpn` (none: HTTP/1).
+    pub async fn connect_alpn(
+        &self,
+        port: u16,
+        alpn: &[&[u8]],
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(self.roots())
             .with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
         let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
         tokio_rustls::TlsConnector::from(Arc::new(config))
@@ -190,4 +212,115 @@ pub async fn h2_get(
         ended,
         task,
     }
+}
+
+/// What an HTTPS backend saw: the SNI of each completed handshake.
+#[derive(Clone, Default)]
+pub struct TlsSeen {
+    pub snis: Arc<std::sync::Mutex<Vec<Option<String>>>>,
+}
+
+/// An HTTPS backend with a certificate of a test CA for `names`, speaking
+/// HTTP/1.1 and HTTP/2 (chosen by ALPN), serving an axum app in a thread
+/// of its own; stopped when dropped.
+pub struct TlsBackend {
+    pub addr: std::net::SocketAddr,
+    pub seen: TlsSeen,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TlsBackend {
+    pub fn start(ca: &TestCa, dir: &Path, names: &[&str], app: axum::Router) -> TlsBackend {
+        use rustls::pki_types::pem::PemObject;
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let (cert, key) = ca.issue_with(dir, "tls-backend", |p| {
+            *p = rcgen::CertificateParams::new(names).unwrap();
+        });
+        let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(&cert)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = TlsSeen::default();
+        let seen2 = seen.clone();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let (tcp, _) = tokio::select! {
+                        a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                        _ = &mut stopped => return,
+                    };
+                    let (acceptor, app, seen) = (acceptor.clone(), app.clone(), seen2.clone());
+                    tokio::spawn(async move {
+                        // A client that does not trust the certificate ends here.
+                        let Ok(tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        let sni = tls.get_ref().1.server_name().map(str::to_string);
+                        seen.snis.lock().unwrap().push(sni);
+                        let service = hyper_util::service::TowerToHyperService::new(app);
+                        let _ = hyper_util::server::conn::auto::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                    });
+                }
+            });
+        });
+        TlsBackend {
+            addr,
+            seen,
+            stop: Some(stop),
+        }
+    }
+
+    pub fn snis(&self) -> Vec<Option<String>> {
+        self.seen.snis.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TlsBackend {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A route that answers what it was asked: method, path, HTTP version
+/// and headers, as JSON.
+pub fn echo_app() -> axum::Router {
+    axum::Router::new().fallback(|req: axum::extract::Request| async move {
+        let headers: std::collections::BTreeMap<String, String> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let v = serde_json::json!({
+            "method": req.method().to_string(),
+            "uri": req.uri().path_and_query().map(|p| p.to_string()),
+            "version": format!("{:?}", req.version()),
+            "headers": headers,
+        });
+        ([("content-type", "application/json")], v.to_string())
+    })
 }

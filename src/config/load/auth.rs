@@ -6,7 +6,8 @@
 use super::Validator;
 use crate::config::file;
 use crate::config::runtime::{
-    ForwardAuth, GripRoute, Jwt, Keys, RouteAuth, Secret, TokenSource, Upstream,
+    ForwardAuth, GripRoute, JwksUrl, Jwt, KeySet, Keys, RouteAuth, Secret, TokenSource, Upstream,
+    UpstreamTls,
 };
 use crate::template::{Template, Var};
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
@@ -65,13 +66,17 @@ impl Validator<'_> {
             j.secret_env.is_some(),
             j.public_key.is_some(),
             j.jwks.is_some(),
+            j.jwks_url.is_some(),
         ];
         if sources.iter().filter(|s| **s).count() != 1 {
             self.err(
                 at,
-                "give exactly one key: `secret_env` (HS*), `public_key` (PEM file) or `jwks` (JWKS file)",
+                "give exactly one key: `secret_env` (HS*), `public_key` (PEM file), `jwks` (JWKS file) or `jwks_url`",
             );
             return None;
+        }
+        if j.jwks_url.is_none() && (j.jwks_ca.is_some() || j.jwks_refetch.is_some()) {
+            self.err(at, "`jwks_ca` and `jwks_refetch` go with `jwks_url`");
         }
         let mut algorithms = Vec::new();
         for (i, name) in j.algorithms.iter().flatten().enumerate() {
@@ -102,8 +107,13 @@ impl Validator<'_> {
             self.same_family(at, &algorithms, key.family(), "public_key");
             Keys::One(key)
         } else {
-            let path = j.jwks.as_deref().unwrap_or_default();
-            let set = self.jwks(&format!("{at}.jwks"), path)?;
+            let keys = match &j.jwks_url {
+                Some(url) => Keys::Remote(Arc::new(self.jwks_url(at, url, &j)?)),
+                None => {
+                    let path = j.jwks.as_deref().unwrap_or_default();
+                    Keys::Set(self.jwks(&format!("{at}.jwks"), path)?)
+                }
+            };
             if algorithms.is_empty() {
                 algorithms.extend([Algorithm::RS256, Algorithm::ES256]);
             }
@@ -116,7 +126,7 @@ impl Validator<'_> {
                     "HS* algorithms need `secret_env`, not a JWKS",
                 );
             }
-            Keys::Set(set)
+            keys
         };
         let mut token_from = Vec::new();
         for (i, s) in j.token_from.iter().flatten().enumerate() {
@@ -211,34 +221,72 @@ impl Validator<'_> {
 
     fn jwks(&mut self, at: &str, path: &str) -> Option<Vec<(Option<String>, DecodingKey)>> {
         let bytes = self.read_key_file(at, path)?;
-        let set: JwkSet = match serde_json::from_slice(&bytes) {
-            Ok(s) => s,
+        let (set, problems) = match parse_jwks(&bytes) {
+            Ok(parsed) => parsed,
             Err(e) => {
-                self.err(
-                    at,
-                    format!("`{path}` is not a JWKS (`{{\"keys\":[…]}}`): {e}"),
-                );
+                self.err(at, format!("`{path}` {e}"));
                 return None;
             }
         };
-        let mut out = Vec::new();
-        for (i, jwk) in set.keys.iter().enumerate() {
-            if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
-                self.err(
-                    at,
-                    format!("`{path}` key {i} is a symmetric key: secrets come from `secret_env`"),
-                );
-                continue;
-            }
-            match DecodingKey::from_jwk(jwk) {
-                Ok(k) => out.push((jwk.common.key_id.clone(), k)),
-                Err(e) => self.err(at, format!("`{path}` key {i} is not usable: {e}")),
-            }
+        for p in problems {
+            self.err(at, format!("`{path}` {p}"));
         }
-        if out.is_empty() && set.keys.is_empty() {
-            self.err(at, format!("`{path}` holds no key"));
+        (!set.is_empty()).then_some(set)
+    }
+
+    /// `jwks_url: https://…` → its own TLS upstream and path.
+    fn jwks_url(&mut self, at: &str, url: &str, j: &file::JwtFile) -> Option<JwksUrl> {
+        let url_at = format!("{at}.jwks_url");
+        let uri = match url.trim().parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("https") && u.host().is_some() => u,
+            Ok(_) => {
+                // Keys fetched in clear text could be swapped on the way.
+                self.err(&url_at, format!("`{url}` is not an https:// URL"));
+                return None;
+            }
+            Err(e) => {
+                self.err(&url_at, format!("`{url}` is not a URL: {e}"));
+                return None;
+            }
+        };
+        let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+        let port = uri.port_u16().unwrap_or(443);
+        let authority = match host.contains(':') {
+            true => format!("[{host}]:{port}"),
+            false => format!("{host}:{port}"),
+        };
+        let server = self.server(&url_at, &authority)?;
+        let ca = match &j.jwks_ca {
+            Some(path) => Some(Arc::new(self.ca_file(&format!("{at}.jwks_ca"), path)?)),
+            None => None,
+        };
+        let refetch = self.duration(
+            &format!("{at}.jwks_refetch"),
+            j.jwks_refetch.as_ref(),
+            Duration::from_secs(30),
+        );
+        if refetch < Duration::from_secs(1) {
+            self.err(&format!("{at}.jwks_refetch"), "jwks_refetch below 1s");
         }
-        (!out.is_empty()).then_some(out)
+        Some(JwksUrl {
+            url: url.trim().to_string(),
+            upstream: Upstream {
+                name: format!("jwks {host}"),
+                read_timeout: Duration::from_secs(10),
+                tls: Some(UpstreamTls {
+                    sni: None,
+                    ca,
+                    verify: true,
+                    http2: false,
+                }),
+                ..Upstream::fixed("jwks", Vec::new())
+            }
+            .with_servers(vec![server]),
+            path: uri
+                .path_and_query()
+                .map_or("/".to_string(), |p| p.as_str().to_string()),
+            refetch,
+        })
     }
 
     fn forward(
@@ -343,4 +391,29 @@ impl Validator<'_> {
         };
         Some(GripRoute { key })
     }
+}
+
+/// A JWKS document → its usable keys, and why any other key was left out.
+/// Symmetric keys never count: secrets come only from the environment.
+pub fn parse_jwks(bytes: &[u8]) -> Result<(KeySet, Vec<String>), String> {
+    let set: JwkSet = serde_json::from_slice(bytes)
+        .map_err(|e| format!("is not a JWKS (`{{\"keys\":[…]}}`): {e}"))?;
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for (i, jwk) in set.keys.iter().enumerate() {
+        if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
+            problems.push(format!(
+                "key {i} is a symmetric key: secrets come from `secret_env`"
+            ));
+            continue;
+        }
+        match DecodingKey::from_jwk(jwk) {
+            Ok(k) => out.push((jwk.common.key_id.clone(), k)),
+            Err(e) => problems.push(format!("key {i} is not usable: {e}")),
+        }
+    }
+    if set.keys.is_empty() {
+        problems.push("holds no key".to_string());
+    }
+    Ok((out, problems))
 }

@@ -6,8 +6,9 @@ use super::Validator;
 use crate::channel::is_channel_char;
 use crate::config::file::{self, VerifyFile};
 use crate::config::runtime::{
-    Secret, SignatureEncoding, Verify, Webhook, WebhookData, ADMIN_PATHS,
+    Listener, Secret, SignatureEncoding, Verify, Webhook, WebhookData, ADMIN_PATHS,
 };
+use crate::routing::Router;
 use crate::template::{check_pointer, Template, Var};
 use base64::Engine;
 use std::collections::BTreeMap;
@@ -21,7 +22,25 @@ impl Validator<'_> {
         let mut out = Vec::new();
         for (index, w) in hooks.into_iter().enumerate() {
             let base = format!("webhooks.{index}");
-            self.webhook_path(&base, &w.path, index, &mut seen);
+            let listener = match w.listener.as_deref() {
+                None | Some("admin") => Listener::Admin,
+                Some("public") => Listener::Public,
+                Some(other) => {
+                    self.err(
+                        &format!("{base}.listener"),
+                        format!("unknown listener `{other}` (admin or public)"),
+                    );
+                    Listener::Admin
+                }
+            };
+            if listener == Listener::Public && w.verify.is_none() {
+                // Anyone on the internet could publish to its channels.
+                self.err(
+                    &format!("{base}.listener"),
+                    "a webhook on the public listener needs `verify:` (a signature or token check)",
+                );
+            }
+            self.webhook_path(&base, &w.path, listener, index, &mut seen);
             let methods = self
                 .methods(&base, w.methods.as_deref())
                 .unwrap_or_else(|| vec![http::Method::POST]);
@@ -50,6 +69,7 @@ impl Validator<'_> {
             }
             out.push(Webhook {
                 path: w.path,
+                listener,
                 methods,
                 verify,
                 channels,
@@ -66,6 +86,7 @@ impl Validator<'_> {
         &mut self,
         base: &str,
         path: &str,
+        listener: Listener,
         index: usize,
         seen: &mut BTreeMap<String, usize>,
     ) {
@@ -74,7 +95,7 @@ impl Validator<'_> {
             self.err(&at, format!("webhook path `{path}` must start with /"));
         } else if path.contains(['{', '}', '?', '#']) {
             self.err(&at, format!("webhook path `{path}` must be an exact path: no {{name}} parameters, query or fragment"));
-        } else if ADMIN_PATHS.contains(&path) {
+        } else if listener == Listener::Admin && ADMIN_PATHS.contains(&path) {
             self.err(
                 &at,
                 format!("webhook path `{path}` is one of the admin listener's own endpoints"),
@@ -86,6 +107,38 @@ impl Validator<'_> {
             );
         } else {
             seen.insert(path.to_string(), index);
+        }
+    }
+
+    /// A public webhook is looked up before the routes, so a route that
+    /// names its path (exactly or with `{param}`s) would never see it: an
+    /// error. A catch-all (`/{*rest}`, `/api/{*rest}`) only yields the path,
+    /// as it yields to any more specific route.
+    pub(super) fn public_webhooks_vs_routes(
+        &mut self,
+        hooks: &[Webhook],
+        router: &Router<usize>,
+        route_paths: &[(usize, &str)],
+    ) {
+        for (index, hook) in hooks.iter().enumerate() {
+            if hook.listener != Listener::Public {
+                continue;
+            }
+            for route in router.at_path(&hook.path) {
+                let Some((file_index, path)) = route_paths.get(*route) else {
+                    continue;
+                };
+                if !path.contains("{*") {
+                    self.err(
+                        &format!("webhooks.{index}.path"),
+                        format!(
+                            "public webhook path `{}` collides with route #{} (`{path}`)",
+                            hook.path,
+                            file_index + 1
+                        ),
+                    );
+                }
+            }
         }
     }
 

@@ -46,6 +46,17 @@ pub(super) struct Journal {
 }
 
 impl Journal {
+    pub(super) fn new(reserved: u64, reserve: u64) -> Journal {
+        Journal {
+            pending: Vec::new(),
+            bytes: 0,
+            overflowed: false,
+            reserved,
+            sealed: false,
+            reserve,
+        }
+    }
+
     /// Why the event after `seq` may not be published now.
     pub(super) fn refuse(&self, seq: u64) -> Option<&'static str> {
         if self.sealed {
@@ -85,6 +96,50 @@ impl Journal {
             }
         }
         d.seq.saturating_add(self.reserve / 2) > self.reserved
+    }
+}
+
+/// `hub.persist`'s place in the broker.
+#[derive(Debug, Default)]
+pub(in crate::hub) struct Slot {
+    /// The saver, once the files are open.
+    now: std::sync::OnceLock<Durable>,
+    /// `run --upgrade`: the settings (and reservation) to open the files
+    /// with once this process owns the hub.
+    pub(super) later: Option<(Persist, u64)>,
+    /// The previous process handed its hub over (`Broker::restore`).
+    handed: AtomicBool,
+    opened: Notify,
+}
+
+impl Slot {
+    pub(super) fn get(&self) -> Option<&Durable> {
+        self.now.get()
+    }
+
+    pub(super) fn set(&self, d: Durable) {
+        let _ = self.now.set(d);
+        self.opened.notify_waiters();
+    }
+
+    pub(super) fn handed_over(&self) {
+        self.handed.store(true, Ordering::Release);
+    }
+
+    pub(super) fn was_handed_over(&self) -> bool {
+        self.handed.load(Ordering::Acquire)
+    }
+
+    /// The saver, once there is one (at once for an ordinary start).
+    async fn opened(&self) -> Option<&Durable> {
+        loop {
+            let opened = self.opened.notified();
+            if let Some(d) = self.get() {
+                return Some(d);
+            }
+            self.later.as_ref()?;
+            opened.await;
+        }
     }
 }
 
@@ -165,21 +220,50 @@ impl MemoryBroker {
         settings: &Persist,
         reserve: u64,
     ) -> Result<MemoryBroker, PersistError> {
-        let trim = Trim {
-            size: history_size,
-            ttl: history_ttl,
-        };
+        let b = MemoryBroker::new(history_size, history_ttl, metrics);
+        let opened = Store::open(&settings.path, b.trim(), LOCK_WAIT)?;
+        b.load(opened, settings, reserve)?;
+        Ok(b)
+    }
+
+    /// `run --upgrade`: a memory broker whose files are opened only once
+    /// this process owns the hub (`open_files_now`).
+    pub fn persistent_later(
+        history_size: usize,
+        history_ttl: Duration,
+        metrics: Arc<Metrics>,
+        settings: &Persist,
+    ) -> MemoryBroker {
+        let mut b = MemoryBroker::new(history_size, history_ttl, metrics);
+        b.durable.later = Some((settings.clone(), RESERVE));
+        b
+    }
+
+    pub(super) fn trim(&self) -> Trim {
+        Trim {
+            size: self.history_size,
+            ttl: self.history_ttl,
+        }
+    }
+
+    /// Take the saved state as the hub's (a start): the cursor continues
+    /// from it, above anything an unclean stop may have handed out.
+    pub(super) fn load(
+        &self,
+        opened: persist::Opened,
+        settings: &Persist,
+        reserve: u64,
+    ) -> Result<(), PersistError> {
         let took = std::time::Instant::now();
-        let opened = Store::open(&settings.path, trim, LOCK_WAIT)?;
         let (mut image, mut store) = (opened.image, opened.store);
         let (channels, events) = (image.channels.len(), image.events());
         let path = settings.path.display().to_string();
         let (state_label, seq, lost) = announce(&opened.start, image.seq, &path);
-        metrics
+        self.metrics
             .persist_starts
             .with_label_values(&[state_label])
             .inc();
-        metrics.persist_saved.set(seq as i64);
+        self.metrics.persist_saved.set(seq as i64);
         if let Some((n, why)) = &opened.cut {
             tracing::warn!(
                 path,
@@ -208,14 +292,7 @@ impl MemoryBroker {
                 state.lost.push((from, to));
             }
         }
-        state.journal = Some(Journal {
-            pending: Vec::new(),
-            bytes: 0,
-            overflowed: false,
-            reserved,
-            sealed: false,
-            reserve,
-        });
+        state.journal = Some(Journal::new(reserved, reserve));
         tracing::info!(
             path,
             start = state_label,
@@ -226,27 +303,37 @@ impl MemoryBroker {
             ms = took.elapsed().as_millis() as u64,
             "hub.persist: history loaded"
         );
-        let durable = Durable {
+        self.epoch.store(image.epoch, Ordering::Release);
+        *self.lock() = state;
+        let sections = std::mem::take(&mut image.sections);
+        self.durable
+            .set(self.durable_for(settings, store, sections));
+        Ok(())
+    }
+
+    pub(super) fn durable_for(
+        &self,
+        settings: &Persist,
+        store: Store,
+        restored: BTreeMap<String, Bytes>,
+    ) -> Durable {
+        Durable {
             interval: settings.interval,
             store: Arc::new(Mutex::new(store)),
             saving: tokio::sync::Mutex::new(()),
             poke: Notify::new(),
             stopping: Arc::default(),
             sections: Mutex::default(),
-            restored: image.sections,
-            trim,
-            metrics: metrics.clone(),
-        };
-        let mut b = MemoryBroker::with_epoch(image.epoch, history_size, history_ttl, metrics);
-        b.state = Mutex::new(state);
-        b.durable = Some(durable);
-        Ok(b)
+            restored,
+            trim: self.trim(),
+            metrics: self.metrics.clone(),
+        }
     }
 
     /// The whole history as it is now, for a save from memory.
     fn image_of(&self, st: &State, reserved: u64) -> Image {
         let (now, now_ms) = (Instant::now(), persist::now_ms());
-        let mut img = Image::empty(self.epoch);
+        let mut img = Image::empty(self.epoch.load(Ordering::Acquire));
         img.seq = st.seq;
         img.reserved = reserved;
         img.forgotten = st.forgotten;
@@ -271,7 +358,7 @@ impl MemoryBroker {
     /// Save what was published since the last save (and, at stop, seal the
     /// hub and mark the stop clean). Never holds the hub lock while writing.
     pub(super) async fn save(&self, stopping: bool) {
-        let Some(d) = &self.durable else { return };
+        let Some(d) = self.durable.get() else { return };
         let _one = d.saving.lock().await;
         let sections: Vec<(&'static str, Bytes)> = locked(&d.sections)
             .iter()
@@ -423,7 +510,9 @@ impl MemoryBroker {
 
     /// Every `interval`, or sooner when the reservation runs low.
     pub(super) async fn save_every(self: Arc<Self>) {
-        let Some(d) = &self.durable else { return };
+        let Some(d) = self.durable.opened().await else {
+            return;
+        };
         let mut tick = tokio::time::interval(d.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -441,10 +530,14 @@ impl MemoryBroker {
 
     /// The final save: publishes are refused from here on.
     pub(super) async fn save_at_stop(&self) {
-        let Some(d) = &self.durable else { return };
-        d.stopping.store(true, Ordering::Release);
+        let Some(d) = self.durable.get() else { return };
+        if d.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let took = std::time::Instant::now();
         self.save(true).await;
+        // The next process may open the files now: this one writes no more.
+        locked(&d.store).release();
         tracing::info!(
             ms = took.elapsed().as_millis() as u64,
             "hub.persist: saved at stop"
@@ -452,7 +545,7 @@ impl MemoryBroker {
     }
 
     pub(super) fn add_persisted_section(&self, s: Arc<dyn Section>) -> bool {
-        match &self.durable {
+        match self.durable.get() {
             Some(d) => {
                 locked(&d.sections).push(s);
                 true
@@ -462,7 +555,7 @@ impl MemoryBroker {
     }
 
     pub(super) fn persisted_section(&self, key: &str) -> Option<Bytes> {
-        self.durable.as_ref()?.restored.get(key).cloned()
+        self.durable.get()?.restored.get(key).cloned()
     }
 }
 
@@ -523,6 +616,8 @@ fn state_of(image: &mut Image, seq: u64) -> State {
         journal: None,
     }
 }
+
+mod takeover;
 
 #[cfg(test)]
 mod tests;

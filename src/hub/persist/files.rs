@@ -29,7 +29,8 @@ const COMPACT_OVER: u64 = 64 << 20;
 pub struct Store {
     path: PathBuf,
     log_path: PathBuf,
-    _lock: File,
+    /// None once let go of (`release`): nothing is written after.
+    lock: Option<File>,
     log: File,
     generation: u64,
     epoch: u64,
@@ -344,7 +345,7 @@ impl Store {
         Store {
             path: path.to_path_buf(),
             log_path,
-            _lock: lock,
+            lock: Some(lock),
             log,
             generation,
             epoch: image.epoch,
@@ -368,6 +369,7 @@ impl Store {
     /// Append one save: one write, one fdatasync. On failure the log is
     /// marked broken and the next save writes a new generation.
     pub fn save(&mut self, b: &Batch<'_>) -> io::Result<u64> {
+        self.held()?;
         if self.broken {
             return Err(io::Error::other("the log needs a new generation"));
         }
@@ -423,6 +425,19 @@ impl Store {
             .map(|_| self.log_len += buf.len() as u64)
     }
 
+    fn held(&self) -> io::Result<()> {
+        match self.lock {
+            Some(_) => Ok(()),
+            None => Err(io::Error::other("the files were let go of")),
+        }
+    }
+
+    /// Let go of the files (the lock) for the next process; nothing more
+    /// is saved.
+    pub fn release(&mut self) {
+        self.lock = None;
+    }
+
     pub fn wants_compaction(&self) -> bool {
         self.log_len > self.compact_over.max(self.checkpoint_len.saturating_mul(2))
     }
@@ -432,6 +447,7 @@ impl Store {
     /// crash between the two leaves the new checkpoint and the old log,
     /// which the next load recognizes as stale.
     pub fn rewrite(&mut self, image: &Image, stop: &AtomicBool) -> io::Result<u64> {
+        self.held()?;
         let generation = self.generation + 1;
         let len = write_checkpoint(&self.path, image, &self.sections, generation, stop)?;
         // The new checkpoint is in place: the old log is stale now, and

@@ -11,9 +11,11 @@
 //! Changes go through the hub like any other event (so history and resume
 //! apply); the snapshot goes straight to each new client, encoded once.
 
+mod caps;
 mod fetch;
 pub(crate) mod target;
 
+pub(crate) use caps::Cap;
 pub(crate) use target::{resolve as target, Target, TargetError};
 
 use crate::config::{Poll, PollDiff};
@@ -28,6 +30,7 @@ use futures_util::future::BoxFuture;
 use rand::Rng;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -53,6 +56,8 @@ pub enum PollError {
     /// hashes do not collide in practice — but refusing beats showing one
     /// client another's data).
     Collision,
+    /// A new poller would exceed a cap, and every running one has subscribers.
+    Full(Cap),
 }
 
 impl fmt::Display for PollError {
@@ -60,6 +65,7 @@ impl fmt::Display for PollError {
         match self {
             PollError::Target(e) => e.fmt(f),
             PollError::Collision => f.write_str("poll key collision"),
+            PollError::Full(cap) => cap.fmt(f),
         }
     }
 }
@@ -122,6 +128,8 @@ struct Shared {
 struct Entry {
     target: Arc<Target>,
     subscribers: usize,
+    /// When the poller started: how long it served decides its linger.
+    started: Instant,
     idle_since: Option<Instant>,
     shared: Arc<Shared>,
 }
@@ -133,6 +141,8 @@ pub struct Pollers {
     hub: Arc<dyn Broker>,
     metrics: Arc<Metrics>,
     client: Arc<Client>,
+    /// `limits.max_pollers` (0 = unlimited), as reloaded.
+    max_total: AtomicUsize,
 }
 
 impl std::fmt::Debug for Pollers {
@@ -203,13 +213,24 @@ impl Drop for Lease {
 }
 
 impl Pollers {
-    pub fn new(hub: Arc<dyn Broker>, metrics: Arc<Metrics>, client: Arc<Client>) -> Arc<Pollers> {
+    pub fn new(
+        hub: Arc<dyn Broker>,
+        metrics: Arc<Metrics>,
+        client: Arc<Client>,
+        max_total: usize,
+    ) -> Arc<Pollers> {
         Arc::new(Pollers {
             entries: Mutex::new(HashMap::new()),
             hub,
             metrics,
             client,
+            max_total: AtomicUsize::new(max_total),
         })
+    }
+
+    /// A new `limits.max_pollers` (a reload); running pollers go on.
+    pub fn set_max(&self, max_total: usize) {
+        self.max_total.store(max_total, Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
@@ -240,6 +261,12 @@ impl Pollers {
                 shared: e.shared.clone(),
             });
         }
+        caps::make_room(
+            &mut entries,
+            self.max_total.load(Ordering::Relaxed),
+            target.route,
+            route.poll.max_pollers,
+        )?;
         let shared = Arc::new(Shared {
             pollers: self.clone(),
             channel: target.channel.clone(),
@@ -252,6 +279,7 @@ impl Pollers {
             Entry {
                 target: target.clone(),
                 subscribers: 1,
+                started: Instant::now(),
                 idle_since: None,
                 shared: shared.clone(),
             },
@@ -314,7 +342,7 @@ impl Poller {
             let started = Instant::now();
             if !self.lead(poll).await {
                 first = false;
-                if !self.wait(started + poll.interval, poll.linger).await {
+                if !self.wait(started + poll.interval, poll).await {
                     return;
                 }
                 continue;
@@ -338,7 +366,7 @@ impl Poller {
                 self.shared.snapshot.send_replace(Snapshot::Missing);
             }
             first = false;
-            if !self.wait(started + delay, poll.linger).await {
+            if !self.wait(started + delay, poll).await {
                 tracing::debug!(route = label, channel = %self.target.channel, "poller stopped: no subscriber");
                 return;
             }
@@ -346,9 +374,10 @@ impl Poller {
     }
 
     /// Sleep until `due`; false when the poller should stop because nobody
-    /// listened for `linger` (the entry is removed under the lock, so a new
-    /// subscriber either kept it alive or starts a new poller).
-    async fn wait(&self, due: Instant, linger: Duration) -> bool {
+    /// listened for its linger (the entry is removed under the lock, so a
+    /// new subscriber either kept it alive or starts a new poller), or a cap
+    /// made another poller take its place.
+    async fn wait(&self, due: Instant, poll: &Poll) -> bool {
         loop {
             let stop_at = {
                 let mut entries = self.pollers.lock();
@@ -358,6 +387,7 @@ impl Poller {
                 else {
                     return false;
                 };
+                let linger = e.linger(poll.linger, poll.interval);
                 match e.idle_since {
                     Some(since) if since + linger <= Instant::now() => {
                         entries.remove(&self.target.channel);
@@ -574,128 +604,4 @@ pub(crate) fn backoff(interval: Duration, max: Duration, failures: u32) -> Durat
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{PollEvents, PollScope, Upstream};
-    use crate::hub::memory::MemoryBroker;
-    use crate::template::Template;
-
-    fn poll_route(port: u16) -> Arc<PollRoute> {
-        let poll = Poll {
-            upstream: "app".into(),
-            path: Template::parse("/p").unwrap(),
-            catch_all: None,
-            method: http::Method::GET,
-            headers: vec![],
-            interval: Duration::from_millis(50),
-            timeout: Duration::from_secs(1),
-            linger: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
-            max_body: 1024,
-            diff: PollDiff::Body,
-            events: PollEvents::default(),
-            scope: PollScope::Shared,
-            forward_headers: vec![],
-            initial: true,
-            error_event: None,
-        };
-        let pool = Pool::new(Upstream {
-            name: "app".into(),
-            servers: vec![([127, 0, 0, 1], port).into()],
-            connect_timeout: Duration::from_secs(1),
-            read_timeout: Duration::from_secs(1),
-            fail_timeout: Duration::from_millis(10),
-        });
-        Arc::new(PollRoute {
-            label: "/p".into(),
-            poll,
-            pool: Arc::new(pool),
-            burst_limit: 4,
-        })
-    }
-
-    /// A port nothing listens on: every poll fails fast.
-    fn closed_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
-
-    fn pollers() -> (Arc<Pollers>, Arc<Metrics>) {
-        let metrics = Arc::new(Metrics::new());
-        let hub = Arc::new(MemoryBroker::new(
-            10,
-            Duration::from_secs(60),
-            metrics.clone(),
-        ));
-        (
-            Pollers::new(hub, metrics.clone(), Arc::new(Client::new())),
-            metrics,
-        )
-    }
-
-    fn target_of(route: &PollRoute) -> Target {
-        let headers = http::HeaderMap::new();
-        target(
-            &crate::values::RequestValues::new(&[], None, &headers),
-            0,
-            &route.poll,
-        )
-        .unwrap()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_crowd_starts_one_poller_that_stops_after_linger() {
-        let route = poll_route(closed_port());
-        let (pollers, metrics) = pollers();
-        let leases: Vec<Lease> = (0..100)
-            .map(|_| pollers.acquire(target_of(&route), &route).unwrap())
-            .collect();
-        assert_eq!(pollers.active(), 1);
-        assert_eq!(metrics.pollers.get(), 1);
-        assert!(leases.iter().all(|l| l.channel() == leases[0].channel()));
-        // The first poll fails: a waiting subscriber gets no snapshot, and does not hang.
-        assert!(leases[0].snapshot(Duration::from_secs(5)).await.is_none());
-        drop(leases);
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        assert_eq!(pollers.active(), 1, "lingers");
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        assert_eq!(pollers.active(), 0, "stopped `linger` after the last lease");
-        tokio::task::yield_now().await;
-        assert_eq!(metrics.pollers.get(), 0);
-        assert!(metrics.poll_errors.with_label_values(&["/p"]).get() >= 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn failures_back_off_instead_of_hammering() {
-        let route = poll_route(closed_port());
-        let (pollers, metrics) = pollers();
-        let _lease = pollers.acquire(target_of(&route), &route).unwrap();
-        // At a 50ms interval, 20 s of healthy polling would be 400 polls;
-        // failing ones back off towards max_backoff (1 s): far fewer.
-        tokio::time::sleep(Duration::from_secs(20)).await;
-        let polls = metrics.poll_requests.with_label_values(&["/p"]).get();
-        assert!((10..=120).contains(&polls), "{polls} polls in 20 s");
-    }
-
-    #[test]
-    fn backoff_grows_to_the_cap_with_jitter() {
-        let i = Duration::from_millis(100);
-        let max = Duration::from_secs(2);
-        for n in 1..30 {
-            let ceiling = (i * 2u32.pow(n.min(20))).min(max);
-            for _ in 0..50 {
-                let d = backoff(i, max, n);
-                assert!(
-                    d >= MIN_RETRY && d <= ceiling,
-                    "failure {n}: {d:?} above {ceiling:?}"
-                );
-            }
-        }
-        let spread: std::collections::HashSet<u128> =
-            (0..50).map(|_| backoff(i, max, 10).as_micros()).collect();
-        assert!(spread.len() > 10, "jitter must spread retries: {spread:?}");
-    }
-}
+mod tests;

@@ -193,6 +193,7 @@ mod tests {
             forward_headers: forward.iter().map(|s| s.to_string()).collect(),
             initial: true,
             error_event: None,
+            max_pollers: None,
         }
     }
 

@@ -5,14 +5,14 @@ use super::*;
 use crate::hub::memory::tests::msg;
 use crate::hub::{cursor, Broker, BrokerError, Replay, Resume, Subscriber};
 
-fn settings(dir: &tempfile::TempDir) -> Persist {
+pub(super) fn settings(dir: &tempfile::TempDir) -> Persist {
     Persist {
         path: dir.path().join("hub.bin"),
         interval: Duration::from_secs(1),
     }
 }
 
-fn open(dir: &tempfile::TempDir, reserve: u64) -> Arc<MemoryBroker> {
+pub(super) fn open(dir: &tempfile::TempDir, reserve: u64) -> Arc<MemoryBroker> {
     let m = Arc::new(Metrics::new());
     Arc::new(
         MemoryBroker::persistent_with(10, Duration::from_secs(3600), m, &settings(dir), reserve)
@@ -76,11 +76,11 @@ async fn saves_every_interval_and_not_before() {
     );
     saver.abort();
     let _ = saver.await;
-    let epoch = b.epoch;
+    let epoch = b.epoch.load(Ordering::Acquire);
     drop(b);
     // The process "died" here: no clean stop, but the save holds event 1.
     let b = open(&dir, RESERVE);
-    assert_eq!(b.epoch, epoch);
+    assert_eq!(b.epoch.load(Ordering::Acquire), epoch);
     let r = b.replay(&["a".into()], &cursor::format(epoch, 0));
     assert!(r.reset.is_none());
     assert_eq!(datas(&r), ["1"]);
@@ -102,7 +102,7 @@ async fn a_clean_stop_continues_exactly_and_refuses_publishes_after() {
         b.publish(vec![msg("a", "late", None)]).await,
         Err(BrokerError::Unavailable(_))
     ));
-    let epoch = b.epoch;
+    let epoch = b.epoch.load(Ordering::Acquire);
     drop(b);
     let b = open(&dir, RESERVE);
     assert_eq!(b.stats().cursor, cursor::format(epoch, 3));
@@ -136,7 +136,7 @@ async fn no_cursor_beyond_the_reservation_on_disk() {
     ));
     b.save(false).await;
     b.publish(vec![msg("a", "9", None)]).await.unwrap();
-    let epoch = b.epoch;
+    let epoch = b.epoch.load(Ordering::Acquire);
     drop(b);
     // Unclean: cursors up to the last reservation (9 + 8) are skipped.
     let b = open(&dir, 8);
@@ -176,7 +176,7 @@ async fn after_an_overflow_the_whole_history_is_written() {
     b.publish(vec![msg("a", "3", None)]).await.unwrap();
     b.save(false).await;
     assert_eq!(saves(&b, "checkpoint"), 1);
-    let epoch = b.epoch;
+    let epoch = b.epoch.load(Ordering::Acquire);
     drop(b);
     let b = open(&dir, RESERVE);
     let r = b.replay(&["a".into(), "b".into()], &cursor::format(epoch, 0));
@@ -194,11 +194,11 @@ async fn after_an_overflow_the_whole_history_is_written() {
 async fn compaction_folds_the_log_and_keeps_gap_marks() {
     let dir = tempfile::tempdir().unwrap();
     let b = open(&dir, RESERVE);
-    locked(&b.durable.as_ref().unwrap().store).compact_over = 1;
+    locked(&b.durable.get().unwrap().store).compact_over = 1;
     publish_and_save(&b, 15).await;
     assert!(saves(&b, "checkpoint") >= 1, "the log was folded");
     b.stop().await;
-    let epoch = b.epoch;
+    let epoch = b.epoch.load(Ordering::Acquire);
     drop(b);
     let b = open(&dir, RESERVE);
     // Size 10: events 1..5 were evicted, and a resume from there says so.
@@ -241,7 +241,7 @@ async fn sections_ride_along_and_come_back() {
         Some(Bytes::from_static(b"v1:newer"))
     );
     // And through a new generation.
-    locked(&b.durable.as_ref().unwrap().store).compact_over = 0;
+    locked(&b.durable.get().unwrap().store).compact_over = 0;
     publish_and_save(&b, 5).await;
     assert!(saves(&b, "checkpoint") >= 1, "the log was folded");
     drop(b);
