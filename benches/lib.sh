@@ -59,7 +59,7 @@ start_ssegate() {
   out="$BENCH_TMP/run-$name.yaml"
   sed "s/heartbeat: [0-9]*s/heartbeat: ${HEARTBEAT}s/" "$conf" >"$out"
   if grep -q '^tls:' "$out"; then make_cert || return 1; fi
-  RUST_LOG=warn "$SSEGATE" run -c "$out" >"$BENCH_TMP/$name.log" 2>&1 &
+  RUST_LOG="${SSEGATE_RUST_LOG:-warn}" "$SSEGATE" run -c "$out" >"$BENCH_TMP/$name.log" 2>&1 &
   SSEGATE_PID=$!
   SERVER_PID=$SSEGATE_PID
   wait_http "http://127.0.0.1:$admin/healthz" && return 0

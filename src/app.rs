@@ -169,16 +169,7 @@ pub fn run_with(
         if let Err(e) = systemd::notify(&format!("MAINPID={}", std::process::id())) {
             tracing::warn!("systemd notify (MAINPID): {e}");
         }
-        match upgrade::signal_running(&upgrade_socket) {
-            Ok(Some(pid)) => tracing::info!(pid, "upgrade: sent SIGQUIT to the running gateway"),
-            Ok(None) => tracing::info!(
-                socket = %upgrade_socket.display(),
-                "upgrade: waiting for the running gateway's sockets (send it SIGQUIT)"
-            ),
-            Err(e) => tracing::warn!(
-                "upgrade: could not signal the running gateway ({e}); send it SIGQUIT"
-            ),
-        }
+        upgrade::signal_when_listening(upgrade_socket.clone());
         Some(l)
     } else {
         None

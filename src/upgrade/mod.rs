@@ -26,7 +26,7 @@ mod reexec;
 pub(crate) mod systemd;
 pub(crate) mod wire;
 
-pub(crate) use pidfile::{signal_running, write as write_pid};
+pub(crate) use pidfile::{signal_when_listening, write as write_pid};
 pub(crate) use reexec::Reexec;
 
 use crate::gateway::{Action, Gateway};
@@ -127,6 +127,8 @@ pub(crate) async fn hand_over(gw: &Gateway, socket: &Path) -> Result<usize, Hand
         .await
         .map_err(|e| HandoffError::Io(io::Error::other(e)))??;
     gw.hub.seal();
+    // From here on no stream writes here: the start of a client's pause.
+    tracing::info!("upgrade: hub sealed, freezing streams");
     // The final save, and the files let go of, before the state leaves:
     // what the new process then finds on disk is what it is handed.
     gw.hub.stop().await;

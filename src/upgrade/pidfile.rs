@@ -55,6 +55,52 @@ pub(crate) fn signal_running(upgrade_socket: &Path) -> io::Result<Option<i32>> {
     Ok(Some(raw))
 }
 
+/// SIGQUIT to the running gateway once pingora in this process listens on
+/// `upgrade_socket` for the listeners: the old process tries to connect at
+/// once and otherwise retries only every second. pingora unlinks and binds
+/// the path during bootstrap, so a socket with a new inode means it is
+/// there (it listens right after binding).
+pub(crate) fn signal_when_listening(upgrade_socket: PathBuf) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let inode = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .filter(|m| m.file_type().is_socket())
+            .map(|m| (m.dev(), m.ino()))
+    };
+    let before = inode(&upgrade_socket);
+    let spawned = std::thread::Builder::new()
+        .name("upgrade-signal".into())
+        .spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                let now = inode(&upgrade_socket);
+                if now.is_some() && now != before {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            log_signal(&upgrade_socket, signal_running(&upgrade_socket));
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("upgrade: could not signal the running gateway ({e}); send it SIGQUIT");
+    }
+}
+
+fn log_signal(upgrade_socket: &Path, sent: io::Result<Option<i32>>) {
+    match sent {
+        Ok(Some(pid)) => tracing::info!(pid, "upgrade: sent SIGQUIT to the running gateway"),
+        Ok(None) => tracing::info!(
+            socket = %upgrade_socket.display(),
+            "upgrade: waiting for the running gateway's sockets (send it SIGQUIT)"
+        ),
+        Err(e) => {
+            tracing::warn!("upgrade: could not signal the running gateway ({e}); send it SIGQUIT")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

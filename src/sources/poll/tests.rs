@@ -1,5 +1,6 @@
 //! The registry's life cycle on tokio's paused clock: a crowd shares one
 //! poller, linger, caps, backoff.
+//! Compiled only under `#[cfg(test)]` (see `mod tests` in the parent).
 
 use super::*;
 use crate::config::{PollEvents, PollScope, Upstream};
