@@ -1,5 +1,6 @@
 //! Criterion benches for the hot paths: SSE frame encoding, hub fan-out,
-//! history replay on resume, and route matching.
+//! what each delivery to a client costs besides its write (queue, drain,
+//! metrics), history replay on resume, and route matching.
 //!
 //! `cargo bench --bench hot_paths` measures; `cargo test --all-targets` runs
 //! every bench once (criterion's test mode), so setup stays small and each
@@ -11,7 +12,9 @@ use http::Method;
 use ssegate::config::load_str;
 use ssegate::hub::cursor;
 use ssegate::hub::memory::MemoryBroker;
-use ssegate::hub::{Broker, Event, Payload, Replay, Resume, Subscriber};
+use ssegate::hub::{
+    count_written, Broker, Delivery, Event, Payload, Replay, Resume, Source, Subscriber,
+};
 use ssegate::metrics::Metrics;
 use ssegate::routing::host_only;
 use ssegate::wire::encode;
@@ -52,14 +55,15 @@ fn json_data(i: usize) -> String {
 }
 
 fn message(channel: &str, i: usize) -> Event {
-    Event {
-        channel: channel.to_string(),
-        dedupe_id: None,
-        payload: Payload::Message {
+    Event::new(
+        channel.to_string(),
+        None,
+        Payload::Message {
             event: Some("order.updated".to_string()),
             data: json_data(i),
         },
-    }
+        Source::Publish,
+    )
 }
 
 fn frame_encoding(c: &mut Criterion) {
@@ -142,6 +146,78 @@ fn fan_out(c: &mut Criterion) {
     let mut g = group(c, "fan_out");
     fan_out_case(&mut g, &rt, "1_event_to_10k_subscribers", 10_000, 1);
     fan_out_case(&mut g, &rt, "100_event_batch_to_1k_subscribers", 1_000, 100);
+    g.finish();
+}
+
+/// The metrics side of each delivery, as the stream engine counts a batch
+/// it wrote: per delivery, one frame alone and in a backlog of 64.
+fn delivery_accounting(c: &mut Criterion) {
+    let rt = runtime();
+    let metrics = Metrics::new();
+    let hub = broker(64);
+    let sub = Arc::new(Subscriber::new(1, 128));
+    rt.block_on(hub.subscribe(&sub, &["room:lobby".to_string()], &Resume::Live))
+        .expect("subscribe");
+    rt.block_on(hub.publish((0..64).map(|i| message("room:lobby", i)).collect()))
+        .expect("publish");
+    let mut batch: Vec<Delivery> = Vec::new();
+    sub.drain_into(&mut batch);
+    assert_eq!(batch.len(), 64);
+    let before = metrics.delivered.get();
+    count_written(&batch, &metrics);
+    assert_eq!(
+        metrics.delivered.get() - before,
+        64,
+        "every delivery is counted"
+    );
+
+    let mut g = group(c, "delivery");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("count_1_frame", |b| {
+        b.iter(|| count_written(black_box(&batch[..1]), &metrics))
+    });
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("count_64_frame_backlog", |b| {
+        b.iter(|| count_written(black_box(&batch), &metrics))
+    });
+    g.finish();
+}
+
+/// One event to 1,000 subscribers, then each drains its queue and counts
+/// what it would write: the whole per-delivery path except the socket.
+fn delivery_path(c: &mut Criterion) {
+    const SUBS: usize = 1000;
+    let rt = runtime();
+    let hub = broker(100);
+    let metrics = Metrics::new();
+    let channels = vec!["room:lobby".to_string()];
+    let subscribers: Vec<Arc<Subscriber>> = (0..SUBS)
+        .map(|i| Arc::new(Subscriber::new(i as u64, 8)))
+        .collect();
+    for s in &subscribers {
+        rt.block_on(hub.subscribe(s, &channels, &Resume::Live))
+            .expect("subscribe");
+    }
+    let event = vec![message(&channels[0], 1)];
+    let mut batch: Vec<Delivery> = Vec::with_capacity(4);
+    let deliver = |batch: &mut Vec<Delivery>| {
+        rt.block_on(hub.publish(event.clone())).expect("publish");
+        let mut n = 0;
+        for s in &subscribers {
+            batch.clear();
+            s.drain_into(batch);
+            n += batch.len();
+            count_written(batch, &metrics);
+        }
+        n
+    };
+    assert_eq!(deliver(&mut batch), SUBS, "every subscriber got the event");
+
+    let mut g = group(c, "delivery");
+    g.throughput(Throughput::Elements(SUBS as u64));
+    g.bench_function("publish_offer_drain_count_1k", |b| {
+        b.iter(|| deliver(&mut batch))
+    });
     g.finish();
 }
 
@@ -263,5 +339,13 @@ fn route_matching(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, frame_encoding, fan_out, history, route_matching);
+criterion_group!(
+    benches,
+    frame_encoding,
+    fan_out,
+    delivery_accounting,
+    delivery_path,
+    history,
+    route_matching
+);
 criterion_main!(benches);

@@ -7,7 +7,8 @@
 use crate::config::{Config, Http2};
 use crate::gateway::{BuildError, Gateway};
 use crate::hangup::{self, Hangup};
-use crate::http::admin::{self, AdminApp};
+use crate::http::admin::AdminApp;
+use crate::http::dashboard;
 use crate::http::gate::HeadGate;
 use crate::http::listener::PlainListener;
 use crate::http::public::PublicProxy;
@@ -73,7 +74,7 @@ impl BackgroundService for Housekeeping {
             _ = self.gw.hub.clone().run() => {}
             _ = self.gw.records.clone().run() => {}
             _ = self.gw.streams.expiries.run() => {}
-            _ = admin::feed_dashboard(&self.gw) => {}
+            _ = dashboard::feed(&self.gw) => {}
             _ = shutdown.changed() => {}
         }
     }
@@ -161,6 +162,9 @@ pub fn run_with(
         Gateway::new(config)
     }
     .map_err(StartError::Build)?;
+    if let Some(store) = &certs {
+        gw.metrics.tls_expiry.set(store.not_after().unwrap_or(0));
+    }
     // Bound before the running process is told to go, so that its streams
     // find this process whenever it gets there.
     let streams_listener = if upgrading {

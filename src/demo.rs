@@ -1,32 +1,30 @@
-//! `ssegate demo`: the gateway in front of a small built-in legacy backend,
-//! all on loopback, with a page that shows live events. The backend is the
-//! kind of app ssegate is for: it serves pages and JSON, and publishes what
-//! happens (a clock tick every second, messages posted from the page) to the
-//! gateway's hub — the page gets them over SSE through the gateway.
+//! `ssegate demo`: the gateway in front of a small built-in legacy app
+//! (`legacy`), all on loopback, with one page that shows what ssegate is
+//! for, live: the app's signed webhook becoming an event, a polled endpoint
+//! of which only changes are pushed, two users each on their own stream
+//! (JWT), and a dropped connection resumed with `Last-Event-ID`.
+
+mod legacy;
 
 use crate::app::{self, StartError};
-use crate::config::{load_str, ConfigErrors};
+use crate::config::{load_str, ConfigErrors, Upstream};
 use crate::gateway::Gateway;
-use crate::http::{body, respond};
-use crate::hub::{Event, Payload};
+use crate::outbound::Pool;
 use async_trait::async_trait;
-use http::Method;
+use legacy::{publish, AppState, LegacyApp};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
-use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorType, Result};
-use pingora_proxy::{ProxyHttp, Session};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-
-const PAGE: &str = include_str!("demo.html");
 
 const CONFIG: &str = "
 listen: LISTEN
 admin: { listen: ADMIN }
+hub: { history: { size: 1000, ttl: 1h } }
 sse: { heartbeat: 15s, retry: 2s }
 upstreams:
   demo_app: { servers: [\"BACKEND\"] }
@@ -37,7 +35,25 @@ routes:
     proxy: demo_app
   - path: /events/{room}
     sse: { channels: [\"room:{room}\"] }
+  - path: /events/me
+    sse:
+      channels: [\"user:{jwt.sub}\"]
+      auth: { jwt: { secret_env: DEMO_JWT_SECRET, token_from: [\"query:token\"] } }
+  - path: /events/prices
+    sse:
+      poll: { upstream: demo_app, path: /api/prices, interval: 1s, diff: body, event: prices }
+webhooks:
+  - path: /hooks/orders
+    verify: { hmac_sha256: { secret_env: DEMO_HOOK_SECRET, header: X-Signature, prefix: \"sha256=\" } }
+    channel: room:demo
+    event: \"{/type}\"
+    data: /order
 ";
+
+/// A fresh secret per run: the demo's JWTs and webhook signatures.
+fn secret() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
 
 /// Why the demo did not start.
 #[derive(Debug)]
@@ -78,7 +94,19 @@ pub fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), DemoError> {
         .replace("LISTEN", &listen.to_string())
         .replace("ADMIN", &admin.to_string())
         .replace("BACKEND", &backend.to_string());
-    let config = load_str(&text, Path::new("<demo>"), &|_| None).map_err(DemoError::Config)?;
+    let (jwt_secret, hook_secret) = (secret(), secret());
+    let env = |k: &str| match k {
+        "DEMO_JWT_SECRET" => Some(jwt_secret.clone()),
+        "DEMO_HOOK_SECRET" => Some(hook_secret.clone()),
+        _ => None,
+    };
+    let config = load_str(&text, Path::new("<demo>"), &env).map_err(DemoError::Config)?;
+    let admin_pool = Pool::new(Upstream::fixed("demo admin", vec![admin]));
+    let state = Arc::new(AppState::new(
+        jwt_secret.clone(),
+        hook_secret.clone(),
+        admin_pool,
+    ));
     app::check_bindable(backend, "demo backend").map_err(DemoError::Start)?;
     // Written, not println!-ed: a reader that closed our stdout (a pipe)
     // must not make the demo panic.
@@ -93,125 +121,49 @@ pub fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), DemoError> {
         config,
         app::Start::default(),
         |server: &mut Server, gw: &Arc<Gateway>| {
+            let app = LegacyApp {
+                gw: gw.clone(),
+                state: state.clone(),
+            };
             let mut svc = pingora_proxy::http_proxy_service_with_name(
                 &server.configuration,
-                DemoBackend { gw: gw.clone() },
+                app,
                 "demo backend",
             );
             svc.threads = Some(1);
             svc.add_tcp(&backend.to_string());
             server.add_service(svc);
-            server.add_service(background_service("demo clock", Clock { gw: gw.clone() }));
+            let clock = Clock {
+                gw: gw.clone(),
+                state: state.clone(),
+            };
+            server.add_service(background_service("demo clock", clock));
         },
     )
     .map_err(DemoError::Start)
 }
 
-/// What the demo app publishes goes to the page's channel, `room:demo`.
-async fn publish(
-    gw: &Gateway,
-    event: &str,
-    data: String,
-) -> Result<crate::hub::PublishReport, crate::hub::BrokerError> {
-    gw.hub
-        .publish(vec![Event {
-            channel: "room:demo".into(),
-            dedupe_id: None,
-            payload: Payload::Message {
-                event: Some(event.into()),
-                data,
-            },
-        }])
-        .await
-}
-
-/// Publishes the time every second, as a legacy app would publish its news.
+/// Publishes the time every second to `room:demo`, as a legacy app would
+/// publish its news: what a dropped page misses and gets replayed.
 #[derive(Debug)]
 struct Clock {
     gw: Arc<Gateway>,
+    state: Arc<AppState>,
 }
 
 #[async_trait]
 impl BackgroundService for Clock {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut t = tokio::time::interval(Duration::from_secs(1));
-        let mut n = 0u64;
         loop {
             tokio::select! {
                 _ = t.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            n += 1;
+            let n = self.state.ticks.fetch_add(1, Ordering::Relaxed) + 1;
             let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
             let data = serde_json::json!({ "tick": n, "time": now }).to_string();
-            let _ = publish(&self.gw, "tick", data).await;
+            let _ = publish(&self.gw, "room:demo", "tick", data).await;
         }
-    }
-}
-
-/// The legacy app: a page, a JSON endpoint, and a form that publishes.
-#[derive(Debug)]
-struct DemoBackend {
-    gw: Arc<Gateway>,
-}
-
-#[async_trait]
-impl ProxyHttp for DemoBackend {
-    type CTX = ();
-
-    fn new_ctx(&self) {}
-
-    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
-        let method = session.req_header().method.clone();
-        let path = session.req_header().uri.path().to_string();
-        match (method, path.as_str()) {
-            (Method::GET, "/") => {
-                respond::send(session, 200, "text/html; charset=utf-8", PAGE, &[]).await?;
-            }
-            (Method::GET, "/api/hello") => {
-                respond::json(
-                    session,
-                    200,
-                    &serde_json::json!({ "hello": "from the legacy app" }),
-                )
-                .await?;
-            }
-            (Method::POST, "/api/say") => {
-                let body = match body::read(session, 4096).await {
-                    Ok(b) => b,
-                    Err(_) => {
-                        let e = serde_json::json!({ "error": "message too long" });
-                        respond::json(session, 413, &e).await?;
-                        return Ok(true);
-                    }
-                };
-                let text = String::from_utf8_lossy(&body).trim().to_string();
-                if text.is_empty() {
-                    let e = serde_json::json!({ "error": "empty message" });
-                    respond::json(session, 400, &e).await?;
-                    return Ok(true);
-                }
-                let data = serde_json::json!({ "text": text }).to_string();
-                let published = publish(&self.gw, "message", data).await;
-                match published {
-                    Ok(_) => {
-                        respond::json(session, 202, &serde_json::json!({ "published": 1 })).await?
-                    }
-                    Err(e) => {
-                        let e = serde_json::json!({ "error": e.to_string() });
-                        respond::json(session, 503, &e).await?
-                    }
-                }
-            }
-            _ => respond::text(session, 404, "not found").await?,
-        }
-        Ok(true)
-    }
-
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Error::e_explain(
-            ErrorType::HTTPStatus(404),
-            "the demo backend proxies nothing",
-        )
     }
 }

@@ -21,6 +21,7 @@ use crate::sources::poll::{PollRoute, Pollers};
 use crate::stream::heartbeat::Heartbeats;
 use crate::stream::limits::Admission;
 use crate::stream::limits::{ConnLimiter, FdBudget};
+use crate::telemetry::Tracing;
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +32,7 @@ use std::sync::Arc;
 pub enum BuildError {
     Redis(redis::RedisError),
     Persist(crate::hub::persist::PersistError),
+    Telemetry(crate::telemetry::TelemetryError),
     /// A route names an upstream the config does not define (`config::load`
     /// refuses such a file, so only a config built some other way gets here).
     UnknownUpstream(String),
@@ -41,6 +43,7 @@ impl std::fmt::Display for BuildError {
         match self {
             BuildError::Redis(e) => write!(f, "bad redis url: {e}"),
             BuildError::Persist(e) => e.fmt(f),
+            BuildError::Telemetry(e) => e.fmt(f),
             BuildError::UnknownUpstream(u) => write!(f, "unknown upstream `{u}`"),
         }
     }
@@ -63,6 +66,8 @@ pub struct Gateway {
     /// The dashboard's stats, offered to its viewers once a tick.
     pub dashboard: Arc<Feed>,
     pub started: std::time::Instant,
+    /// OpenTelemetry spans; None when `telemetry:` is not configured.
+    pub telemetry: Option<Arc<Tracing>>,
 }
 
 /// The bookkeeping of open streams.
@@ -286,6 +291,10 @@ impl Gateway {
             }
         };
         let client = Arc::new(Client::new());
+        let telemetry = match &config.telemetry {
+            Some(t) => Some(Arc::new(Tracing::start(t).map_err(BuildError::Telemetry)?)),
+            None => None,
+        };
         let max_connections = max_connections(&config.limits);
         if config.limits.max_connections.is_none() {
             tracing::info!(
@@ -300,6 +309,7 @@ impl Gateway {
                 hub.clone(),
                 metrics.clone(),
                 client.clone(),
+                telemetry.clone(),
                 config.limits.max_pollers,
             ),
             site: ArcSwap::from_pointee(Site::new(config)?),
@@ -317,6 +327,7 @@ impl Gateway {
             metrics,
             dashboard: Arc::default(),
             started: std::time::Instant::now(),
+            telemetry,
         }))
     }
 }

@@ -120,6 +120,11 @@ fn keep_running(running: &Config, new: &mut Config) -> Vec<&'static str> {
         changed.push("shutdown_grace");
         new.shutdown_grace = running.shutdown_grace;
     }
+    // The exporter and its thread are made once, at start.
+    if new.telemetry != running.telemetry {
+        changed.push("telemetry");
+        new.telemetry = running.telemetry.clone();
+    }
     changed
 }
 
@@ -189,9 +194,10 @@ impl BackgroundService for Hangup {
                         retired = done.retired,
                         "SIGHUP: config reloaded"
                     );
-                    if self.certs.is_some() {
+                    if let Some(certs) = &self.certs {
                         tracing::info!("SIGHUP: tls certificate reloaded; new handshakes use it");
                         m.tls_reloads.with_label_values(&["ok"]).inc();
+                        m.tls_expiry.set(certs.not_after().unwrap_or(0));
                     }
                     m.config_reloads.with_label_values(&["ok"]).inc();
                 }

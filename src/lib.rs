@@ -4,8 +4,8 @@
 //! Data flows one way: sources → hub → client streams. Modules are layered;
 //! each uses only those above it in this list (CI checks there is no cycle):
 //!
-//! - vocabulary: `channel` (names, patterns, reserved names), `wire` (the
-//!   SSE wire format), `template` (placeholders), `values` (a request's
+//! - vocabulary: `channel` (names, patterns, reserved names), `origin`
+//!   (where an event came from), `wire` (the SSE wire format), `template` (placeholders), `values` (a request's
 //!   values for placeholders), `routing` (the route table).
 //! - `config`: the YAML file → validated runtime config (errors name FILE:LINE:COL).
 //! - `metrics`, `tls` (certificates), `shutdown`, `logging`.
@@ -13,6 +13,7 @@
 //!   memory and Redis brokers; the `Records` of recorded backend replies.
 //! - `outbound`: the one HTTP client for requests the gateway makes itself,
 //!   upstream pools, X-Forwarded-*.
+//! - `telemetry`: OpenTelemetry spans, exported over OTLP/HTTP.
 //! - `auth`, `grip` (instructions), `record` (resumable backend streams),
 //!   `sources` (publish, webhooks, pollers).
 //! - `stream`: one SSE stream's life, whatever carries it.
@@ -22,6 +23,7 @@
 //! - `app` (the pingora server), `hangup` (SIGHUP), `demo`; `main.rs` is the CLI.
 
 pub mod channel;
+pub mod origin;
 pub mod routing;
 pub mod template;
 pub(crate) mod values;
@@ -35,6 +37,7 @@ pub(crate) mod tls;
 
 pub mod hub;
 pub(crate) mod outbound;
+pub(crate) mod telemetry;
 
 pub(crate) mod auth;
 pub(crate) mod grip;

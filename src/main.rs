@@ -1,6 +1,7 @@
 //! The `ssegate` command line: parse arguments, load the config, run.
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -104,6 +105,9 @@ enum Command {
         #[arg(short, long, env = "SSEGATE_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Print the JSON Schema of the config file (for editors:
+    /// `ssegate schema > ssegate.schema.json`).
+    Schema,
     /// Write the manual pages (ssegate.1, ssegate-run.1, ...) into DIR: the
     /// Debian package's man pages come from the same definitions as --help.
     #[command(hide = true)]
@@ -151,6 +155,13 @@ fn write_man_pages(dir: &std::path::Path) -> std::io::Result<()> {
 fn apply_listen_env(config: &mut ssegate::config::Config) -> Result<(), String> {
     if let Some(addr) = env_addr(ENV_LISTEN)? {
         tracing::info!("listen address {addr} from {ENV_LISTEN}");
+        // The default upgrade socket is named after the public port: follow
+        // the moved port, or two instances of one file would share it.
+        let runtime = || std::env::var("RUNTIME_DIRECTORY").ok();
+        let by_default = ssegate::config::default_upgrade_socket(runtime(), config.listen.port());
+        if config.upgrade_socket == by_default {
+            config.upgrade_socket = ssegate::config::default_upgrade_socket(runtime(), addr.port());
+        }
         config.listen = addr;
     }
     if let Some(addr) = env_addr(ENV_ADMIN_LISTEN)? {
@@ -202,6 +213,18 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Schema => {
+            // Written, not println!-ed: `ssegate schema | head` must not panic.
+            let mut out = std::io::stdout().lock();
+            match writeln!(out, "{:#}", ssegate::config::schema()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ssegate: cannot write the schema: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Man { dir } => match write_man_pages(&dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -1,5 +1,16 @@
-//! Prometheus metrics of SPEC §5, registered once and shared.
+//! Prometheus metrics of SPEC §5 and §6 "Seeing it", registered once and
+//! shared. docs/metrics.md lists every series with its labels.
+//!
+//! - `gauges`: what is read only when scraped (hub, broker, drain, build).
+//! - `timeline`: the last minutes, a point a second, for the dashboard.
 
+mod gauges;
+mod timeline;
+
+pub use gauges::{revision, HubGauges};
+pub use timeline::{Point, Timeline};
+
+use crate::origin::Source;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -39,6 +50,21 @@ pub struct Metrics {
     /// The newest cursor (its sequence number) on disk: how far behind the
     /// hub it is says what an unclean stop would lose.
     pub persist_saved: IntGauge,
+    /// Received → written to a client, one per event source
+    /// (`Source::EVENTS` order), resolved once: no label lookup per delivery.
+    event_age: [Histogram; 5],
+    /// Pass-through and GRIP requests, first byte in → response done, per upstream.
+    pub proxy_duration: HistogramVec,
+    /// Auth decisions by kind (jwt, forward) and outcome (allow, deny, error).
+    pub auth: IntCounterVec,
+    /// Forward-auth answers by where they came from (hit, miss, coalesced).
+    pub auth_cache: IntCounterVec,
+    /// Unix time at which the served TLS certificate expires.
+    pub tls_expiry: IntGauge,
+    /// Set from the hub and the drain flag at each scrape.
+    pub hub: HubGauges,
+    /// The dashboard's charts: sampled once a second.
+    pub timeline: std::sync::Arc<Timeline>,
     /// Backend SSE replies recorded, per route.
     pub records_started: IntCounterVec,
     /// Events read from backends into records.
@@ -63,6 +89,12 @@ pub struct Metrics {
     /// Streams this process took over from the one it replaced (live upgrade).
     pub streams_adopted: IntCounter,
 }
+
+/// Buckets of the latency histograms, in seconds: 100 µs to 30 s.
+const LATENCY_BUCKETS: [f64; 17] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
     // ok: every name below is distinct and valid, so registering cannot fail.
@@ -220,6 +252,53 @@ impl Metrics {
                 )
                 .expect("metric"), // ok: static name
             ),
+            event_age: {
+                let v = reg(
+                    &r,
+                    HistogramVec::new(
+                        HistogramOpts::new(
+                            "ssegate_event_age_seconds",
+                            "From when the gateway received an event to each write of it to a client",
+                        )
+                        .buckets(LATENCY_BUCKETS.to_vec()),
+                        &["source"],
+                    )
+                    .expect("metric"), // ok: static name and buckets
+                );
+                Source::EVENTS.map(|s| v.with_label_values(&[s.label()]))
+            },
+            proxy_duration: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "ssegate_proxy_request_duration_seconds",
+                        "Proxied requests (pass-through and GRIP), from the request to the end of the response",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["upstream"],
+                )
+                .expect("metric"), // ok: static name and buckets
+            ),
+            auth: cvec(
+                "ssegate_auth_decisions_total",
+                "Subscriber auth decisions by kind (jwt, forward) and outcome (allow, deny, error)",
+                &["kind", "outcome"],
+            ),
+            auth_cache: cvec(
+                "ssegate_forward_auth_lookups_total",
+                "Forward-auth answers by where they came from: hit (cache), miss (backend), coalesced (joined a request in flight)",
+                &["result"],
+            ),
+            tls_expiry: reg(
+                &r,
+                IntGauge::new(
+                    "ssegate_tls_certificate_expiry_timestamp_seconds",
+                    "Unix time at which the certificate served on the public listener expires",
+                )
+                .expect("metric"), // ok: static name
+            ),
+            hub: HubGauges::register(&r),
+            timeline: std::sync::Arc::default(),
             records_started: cvec(
                 "ssegate_records_started_total",
                 "Backend SSE replies recorded, per route",
@@ -283,6 +362,19 @@ impl Metrics {
             ),
             registry: r,
         }
+    }
+
+    /// The event-age histogram of `source`; None for the gateway's own frames.
+    pub fn event_age(&self, source: Source) -> Option<&Histogram> {
+        let i = match source {
+            Source::Publish => 0,
+            Source::Grip => 1,
+            Source::Webhook => 2,
+            Source::Poll => 3,
+            Source::Record => 4,
+            Source::Gateway => return None,
+        };
+        self.event_age.get(i)
     }
 
     /// The Prometheus text exposition.

@@ -155,6 +155,15 @@ impl CertStore {
         Ok(())
     }
 
+    /// Unix time at which the certificate now served expires (its leaf's
+    /// notAfter), for `ssegate_tls_certificate_expiry_timestamp_seconds`.
+    pub(crate) fn not_after(&self) -> Option<i64> {
+        let current = self.current.load();
+        let leaf = current.cert.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
+
     /// pingora's listener settings: this store as the resolver, ALPN `h2`
     /// then `http/1.1`.
     pub(crate) fn settings(self: &Arc<Self>) -> pingora_error::Result<TlsSettings> {
@@ -225,5 +234,18 @@ mod tests {
         std::fs::rename(k2, &k).unwrap();
         store.reload_from(&c, &k).unwrap();
         assert!(!Arc::ptr_eq(&before, &store.current.load_full()));
+    }
+
+    #[test]
+    fn tells_when_the_served_certificate_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = pair(dir.path(), "a");
+        let store = CertStore::open(&c, &k).unwrap();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        // rcgen's default validity runs to 4096.
+        assert!(store.not_after().unwrap() > now + 365 * 86400);
     }
 }

@@ -13,14 +13,34 @@ use std::path::{Path, PathBuf};
 /// Bottom to top. `lib` and `main` sit above everything.
 const LAYERS: &[&str] = &[
     // vocabulary
-    "channel", "wire", "routing", "template", "values",
+    "channel",
+    "origin",
+    "wire",
+    "routing",
+    "template",
+    "values",
     // configuration and infrastructure
-    "tls", "config", "metrics", "shutdown", "logging",
-    // the hub and the outbound client
-    "hub", "outbound", // capabilities
-    "auth", "grip", "record", "sources", "stream",
+    "tls",
+    "config",
+    "metrics",
+    "shutdown",
+    "logging",
+    // the hub and the outbound client, and telemetry (which exports through it)
+    "hub",
+    "outbound",
+    "telemetry", // capabilities
+    "auth",
+    "grip",
+    "record",
+    "sources",
+    "stream",
     // the handles every handler shares, then HTTP at the edge
-    "gateway", "http", "upgrade", "hangup", "app", "demo",
+    "gateway",
+    "http",
+    "upgrade",
+    "hangup",
+    "app",
+    "demo",
 ];
 
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::browser::{chromium, launch};
+use support::browser::{chromium_or_skip, launch};
 use support::chat::Chat;
 use support::tls::TestCa;
 use support::*;
@@ -84,8 +84,7 @@ fn page_app(
 
 #[tokio::test]
 async fn chromium_opens_twenty_event_sources_on_one_origin_over_h2() {
-    let Some(bin) = chromium() else {
-        missing_tool("chromium", "apt-get install -y chromium");
+    let Some(bin) = chromium_or_skip() else {
         return;
     };
     let pages = Chat::start(&PAGE.replace("__N__", &STREAMS.to_string()));
@@ -107,7 +106,11 @@ routes:
         cert.display(),
         key.display()
     ));
-    let _browser = launch(&bin, &format!("https://127.0.0.1:{}/app/page", gw.port));
+    let _browser = launch(
+        &bin,
+        &format!("https://127.0.0.1:{}/app/page", gw.port),
+        &[],
+    );
 
     // A cold browser start on two busy cores can take a while.
     let open = pages.log.report("open", Duration::from_secs(60)).await;
@@ -196,8 +199,7 @@ fn kinds_of(reports: &Arc<Mutex<Vec<serde_json::Value>>>, name: &str) -> Vec<Str
 /// CORS is configured.
 #[tokio::test]
 async fn chromium_reads_cross_origin_streams_only_where_cors_allows() {
-    let Some(bin) = chromium() else {
-        missing_tool("chromium", "apt-get install -y chromium");
+    let Some(bin) = chromium_or_skip() else {
         return;
     };
     let reports = Arc::new(Mutex::new(Vec::new()));
@@ -225,7 +227,7 @@ routes:
         format!("http://127.0.0.1:{}", gw.port),
         reports.clone(),
     );
-    let _browser = launch(&bin, &format!("{page_origin}/page"));
+    let _browser = launch(&bin, &format!("{page_origin}/page"), &[]);
 
     let allowed = ["open", "cred", "cred-plain", "any"];
     let refused = ["open-cred", "other", "none", "any-cred"];

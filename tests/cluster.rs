@@ -295,3 +295,40 @@ async fn each_poll_key_is_polled_by_one_instance_and_handed_over_when_it_dies() 
     }
     assert!(polls_of(&survivor).await > 0.0, "the survivor polls now");
 }
+
+#[tokio::test]
+async fn an_event_keeps_its_source_and_age_across_instances() {
+    let redis = Redis::start();
+    let hooks = format!(
+        "{}webhooks:\n  - path: /hooks/x\n    channel: \"room:{{/room}}\"\n",
+        config(&redis.url())
+    );
+    let a = Gateway::start(&hooks);
+    let b = Gateway::start(&hooks);
+    ready(&a).await;
+    ready(&b).await;
+    let mut on_b = Sse::connect(&b.url("/events/x")).await;
+    let r = client()
+        .post(a.admin("/hooks/x"))
+        .json(&json!({"room": "x", "n": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(on_b.next().await.data.contains("\"n\":1"));
+    // Received by A as a webhook, written by B: B counts a webhook's age.
+    let b = &b;
+    let age = |s: &'static str| async move {
+        b.metric(&format!(
+            "ssegate_event_age_seconds_count{{source=\"{s}\"}}"
+        ))
+        .await
+    };
+    assert_eq!(age("webhook").await, 1.0);
+    assert_eq!(age("publish").await, 0.0);
+    assert!(
+        b.metric("ssegate_event_age_seconds_sum{source=\"webhook\"}")
+            .await
+            < 5.0
+    );
+}

@@ -15,8 +15,8 @@ impl Drop for Demo {
     }
 }
 
-#[tokio::test]
-async fn demo_prints_urls_serves_the_page_and_streams_live_events() {
+/// `ssegate demo` on free ports: the process and its page URL, once it listens.
+async fn start_demo() -> (Demo, String) {
     let mut child = Command::new(bin())
         .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .stdin(Stdio::null())
@@ -54,6 +54,12 @@ async fn demo_prints_urls_serves_the_page_and_streams_live_events() {
         .parse()
         .unwrap();
     eventually(WAIT, "demo listening", || port_open(port).then_some(())).await;
+    (demo, page)
+}
+
+#[tokio::test]
+async fn demo_prints_urls_serves_the_page_and_streams_live_events() {
+    let (demo, page) = start_demo().await;
     let html = client()
         .get(&page)
         .send()
@@ -80,5 +86,118 @@ async fn demo_prints_urls_serves_the_page_and_streams_live_events() {
         }
     };
     assert_eq!(said.data, r#"{"text":"hello from the test"}"#);
+    drop(demo);
+}
+
+/// The page in Chromium, clicked through as a visitor would: the webhook
+/// button becomes an event, the polled prices change (pushed only on
+/// change), alice and bob each see only their own notes, and a dropped
+/// connection resumes with the missed ticks replayed. Leaves a screenshot.
+#[tokio::test]
+async fn chromium_clicks_through_webhook_poll_two_users_and_replay() {
+    let Some(bin) = support::browser::chromium_or_skip() else {
+        return;
+    };
+    let (demo, page) = start_demo().await;
+    let browser = support::browser::launch(
+        &bin,
+        &page,
+        &["--remote-debugging-port=0", "--window-size=1280,1400"],
+    );
+    let mut b = support::browser::Page::attach(&browser).await;
+    let t = std::time::Duration::from_secs(15);
+    b.until("all three streams live", "!!(document.querySelector('#state.live') && document.querySelector('#state-alice.live') && document.querySelector('#state-bob.live')) && window.demo.pushes >= 1", t).await;
+
+    b.eval("document.getElementById('pay').click()").await;
+    b.until(
+        "the webhook's order as an event",
+        "window.demo.orders >= 1 && !!document.querySelector('#log li.order-paid')",
+        t,
+    )
+    .await;
+    let order = b
+        .eval("document.querySelector('#log li.order-paid').textContent")
+        .await;
+    assert!(
+        order
+            .as_str()
+            .unwrap()
+            .starts_with("order.paid {\"id\":1001"),
+        "{order}"
+    );
+
+    let pushes = b.eval("window.demo.pushes").await.as_u64().unwrap();
+    b.eval("document.getElementById('change').click()").await;
+    b.until(
+        "a pushed price change",
+        &format!("window.demo.pushes > {pushes}"),
+        t,
+    )
+    .await;
+    // Polled once a second, pushed only on change: more polls than pushes.
+    b.until(
+        "polls outnumber pushes",
+        "window.demo.polls > window.demo.pushes + 1",
+        t,
+    )
+    .await;
+
+    b.eval("document.getElementById('note-alice').click()")
+        .await;
+    b.until("alice's note", "window.demo.notes.alice.length === 1", t)
+        .await;
+    b.eval("document.getElementById('note-bob').click()").await;
+    b.until("bob's note", "window.demo.notes.bob.length === 1", t)
+        .await;
+    let notes = b.eval("window.demo.notes").await;
+    assert!(
+        notes["alice"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("for alice only"),
+        "{notes}"
+    );
+    assert!(
+        notes["bob"][0].as_str().unwrap().ends_with("for bob only"),
+        "{notes}"
+    );
+
+    b.eval("document.getElementById('drop').click()").await;
+    b.until(
+        "dropped",
+        "document.getElementById('state').textContent === 'dropped'",
+        t,
+    )
+    .await;
+    b.until("missed ticks replayed on resume", "window.demo.replayed.length >= 2 && document.getElementById('state').textContent === 'live (resumed)'", t).await;
+    let demo_state = b.eval("window.demo").await;
+    assert_eq!(demo_state["gap"], false, "{demo_state}");
+    assert!(
+        demo_state["resumedWith"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "{demo_state}"
+    );
+    let replayed: Vec<u64> = demo_state["replayed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(
+        replayed.windows(2).all(|w| w[1] == w[0] + 1),
+        "replayed ticks in order, no gap: {replayed:?}"
+    );
+    let resume = b
+        .eval("document.getElementById('resume').textContent")
+        .await;
+    assert!(resume.as_str().unwrap().contains("no gap"), "{resume}");
+
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo-page.png");
+    b.screenshot(&shot).await;
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
+    println!("screenshot of the demo page: {}", shot.display());
+    drop(b);
+    drop(browser);
     drop(demo);
 }

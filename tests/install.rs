@@ -211,12 +211,31 @@ async fn ssegate_log_format_json_logs_json_lines() {
 async fn ssegate_listen_and_admin_listen_override_the_config() {
     let dir = tempfile::tempdir().unwrap();
     let (path, file_port, file_admin) = config_file(dir.path());
-    let gw = start_overridden(dir.path(), &["run", "-c", path.to_str().unwrap()], &[]);
+    let runtime = tempfile::tempdir().unwrap();
+    let gw = start_overridden(
+        dir.path(),
+        &["run", "-c", path.to_str().unwrap()],
+        &[("RUNTIME_DIRECTORY", runtime.path().to_str().unwrap())],
+    );
     assert!(
         !port_open(file_port) && !port_open(file_admin),
         "the config file's own addresses are not used"
     );
     round_trip(&gw, "env").await;
+    // The default upgrade socket follows the moved port, so two instances
+    // of one file never share it.
+    let pid_file = runtime
+        .path()
+        .join(format!("ssegate-{}.upgrade.sock.pid", gw.port));
+    assert!(
+        pid_file.exists(),
+        "no {} (runtime dir holds {:?})",
+        pid_file.display(),
+        std::fs::read_dir(runtime.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect::<Vec<_>>()
+    );
     let log = gw.log();
     assert!(
         log.contains(&format!(

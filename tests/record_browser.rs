@@ -140,13 +140,12 @@ fn the_documented_clients_are_the_tested_ones() {
 
 #[tokio::test]
 async fn a_page_reloaded_mid_reply_shows_the_whole_answer() {
-    let Some(bin) = support::browser::chromium() else {
-        missing_tool("chromium", "apt-get install -y chromium");
+    let Some(bin) = support::browser::chromium_or_skip() else {
         return;
     };
     let chat = Chat::start(PAGE);
     let gw = Gateway::start(&config(&chat, "", "{}"));
-    let _browser = support::browser::launch(&bin, &gw.url("/app/page"));
+    let _browser = support::browser::launch(&bin, &gw.url("/app/page"), &[]);
     let whole: String = (1..=20).map(|i| format!("{}|", token(i))).collect();
     // A cold browser start on two busy cores can take a while.
     let fetched = chat.log.report("fetch", Duration::from_secs(40)).await;

@@ -13,6 +13,7 @@
 
 use super::AuthError;
 use crate::config::ForwardAuth;
+use crate::metrics::Metrics;
 use crate::outbound::{Body, Client, Pool};
 use crate::template::{RenderError, Var};
 use crate::values::RequestValues;
@@ -126,12 +127,16 @@ impl Forward {
         client: &Client,
         values: &RequestValues<'_>,
         path: &str,
+        metrics: &Metrics,
     ) -> Result<Vec<(String, String)>, AuthError> {
         let headers = self.forwarded(values);
         let key = cache_key(path, &headers);
         let outcome = match self.cached(&key) {
-            Some(o) => o,
-            None => self.ask_once(client, key, path, &headers).await?,
+            Some(o) => {
+                metrics.auth_cache.with_label_values(&["hit"]).inc();
+                o
+            }
+            None => self.ask_once(client, key, path, &headers, metrics).await?,
         };
         match outcome {
             Outcome::Allowed(exposed) => Ok(exposed),
@@ -146,12 +151,19 @@ impl Forward {
         key: Key,
         path: &str,
         headers: &[(&str, &[u8])],
+        metrics: &Metrics,
     ) -> Result<Outcome, AuthError> {
         let flight = self.lock().inflight.entry(key).or_default().clone();
+        let mut asked = false;
         let result = flight
-            .get_or_init(|| self.ask(client, path, headers))
+            .get_or_init(|| {
+                asked = true;
+                self.ask(client, path, headers)
+            })
             .await
             .clone();
+        let how = if asked { "miss" } else { "coalesced" };
+        metrics.auth_cache.with_label_values(&[how]).inc();
         let mut cache = self.lock();
         // Stored before the flight is dropped: a newcomer finds one or the other.
         if let Ok(o) = &result {
@@ -392,14 +404,15 @@ mod tests {
         });
         let f = Arc::new(fa("/a", port, Duration::ZERO));
         let client = Arc::new(Client::new());
+        let metrics = Arc::new(Metrics::new());
         let mut tasks = Vec::new();
         for _ in 0..50 {
-            let (f, client) = (f.clone(), client.clone());
+            let (f, client, metrics) = (f.clone(), client.clone(), metrics.clone());
             tasks.push(tokio::spawn(async move {
                 let mut headers = http::HeaderMap::new();
                 headers.insert("authorization", "Bearer same".parse().unwrap());
                 let values = RequestValues::new(&[], None, &headers);
-                f.check(&client, &values, "/a").await
+                f.check(&client, &values, "/a", &metrics).await
             }));
         }
         for t in tasks {
@@ -411,5 +424,7 @@ mod tests {
             assert_eq!(exposed, vec![("x-user".to_string(), "u1".to_string())]);
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let lookups = |r: &str| metrics.auth_cache.with_label_values(&[r]).get();
+        assert_eq!((lookups("miss"), lookups("coalesced")), (1, 49));
     }
 }

@@ -9,6 +9,7 @@ pub(crate) mod jwt;
 pub(crate) mod signature;
 
 use crate::config::{Jwt, Keys, RouteAuth};
+use crate::metrics::Metrics;
 use crate::outbound::{Client, OutboundError, Pool};
 use crate::template::RenderError;
 use crate::values::RequestValues;
@@ -84,31 +85,57 @@ impl Guard {
 
     /// Run the route's auth for one request: the JWT first, then forward
     /// auth. What they establish goes into `values.identity`, for `{jwt.x}`,
-    /// `{auth.x}` and the token's channels claim.
+    /// `{auth.x}` and the token's channels claim. Each decision is counted
+    /// in `ssegate_auth_decisions_total{kind, outcome}`.
     pub async fn check(
         &self,
         client: &Client,
         values: &mut RequestValues<'_>,
+        metrics: &Metrics,
     ) -> Result<(), AuthError> {
         if let Some(jwt) = &self.jwt {
-            let token = jwt::token(jwt, values).ok_or(AuthError::Jwt(JwtError::Missing))?;
-            let claims = match &self.remote {
-                Some(remote) => remote
-                    .verify(client, jwt, token)
-                    .await
-                    .map_err(|e| match e {
-                        jwks::RemoteError::Jwt(e) => AuthError::Jwt(e),
-                        jwks::RemoteError::Keys(e) => AuthError::Keys(e),
-                    })?,
-                None => jwt::verify(jwt, token).map_err(AuthError::Jwt)?,
+            let verified = match jwt::token(jwt, values) {
+                None => Err(AuthError::Jwt(JwtError::Missing)),
+                Some(token) => match &self.remote {
+                    Some(remote) => remote
+                        .verify(client, jwt, token)
+                        .await
+                        .map_err(|e| match e {
+                            jwks::RemoteError::Jwt(e) => AuthError::Jwt(e),
+                            jwks::RemoteError::Keys(e) => AuthError::Keys(e),
+                        }),
+                    None => jwt::verify(jwt, token).map_err(AuthError::Jwt),
+                },
             };
+            let claims = decided(metrics, "jwt", verified)?;
             values.identity.allowed = claims.channel_patterns(&jwt.channels_claim);
             values.identity.claims = Some(claims);
         }
         if let Some(fwd) = &self.forward {
-            let path = fwd.render_path(values)?;
-            values.identity.exposed = fwd.check(client, values, &path).await?;
+            let answer = match fwd.render_path(values) {
+                Ok(path) => fwd.check(client, values, &path, metrics).await,
+                Err(e) => Err(e),
+            };
+            values.identity.exposed = decided(metrics, "forward", answer)?;
         }
         Ok(())
     }
+}
+
+/// Count one auth decision: allow, deny (the client was refused) or error
+/// (it could not be decided: the auth backend failed).
+fn decided<T>(
+    metrics: &Metrics,
+    kind: &'static str,
+    r: Result<T, AuthError>,
+) -> Result<T, AuthError> {
+    let outcome = match &r {
+        Ok(_) => "allow",
+        Err(AuthError::Unavailable(_) | AuthError::BackendStatus(_) | AuthError::Keys(_)) => {
+            "error"
+        }
+        Err(AuthError::Jwt(_) | AuthError::Denied { .. } | AuthError::BadPathValue(_)) => "deny",
+    };
+    metrics.auth.with_label_values(&[kind, outcome]).inc();
+    r
 }

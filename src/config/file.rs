@@ -2,10 +2,11 @@
 //! is an error, not a silently ignored setting; values stay as written
 //! (durations and sizes are strings) and are checked once in `validate`.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
@@ -25,20 +26,33 @@ pub struct FileConfig {
     #[serde(default)]
     pub webhooks: Vec<WebhookFile>,
     pub grip: Option<GripFile>,
+    /// One log line per request on the public listener and per ended stream.
+    pub access_log: Option<bool>,
+    pub telemetry: Option<TelemetryFile>,
     /// Proxies (CIDRs) whose `X-Forwarded-For` names the client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
 }
 
+/// OpenTelemetry spans exported over OTLP/HTTP.
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryFile {
+    /// The collector's OTLP/HTTP URL.
+    pub otlp: Option<String>,
+    /// Share of traces started here that are recorded (0.0 to 1.0).
+    pub sample: Option<f64>,
+}
+
 /// Gateway-wide GRIP settings.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GripFile {
     /// Names the env var holding the key that signs `Grip-Sig`.
     pub key_env: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFile {
     pub cert: String,
@@ -47,21 +61,21 @@ pub struct TlsFile {
 
 /// HTTP/2 on the public listener. With `tls:` it is negotiated by ALPN;
 /// `h2c: true` accepts it in plain text (prior knowledge) instead.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Http2File {
     pub h2c: Option<bool>,
     pub max_concurrent_streams: Option<u32>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminFile {
     pub listen: Option<String>,
     pub token_env: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HubFile {
     pub broker: Option<String>,
@@ -70,14 +84,14 @@ pub struct HubFile {
     pub persist: Option<PersistFile>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PersistFile {
     pub path: Option<String>,
     pub interval: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisFile {
     pub url: Option<String>,
@@ -87,7 +101,7 @@ pub struct RedisFile {
     pub prefix: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryFile {
     pub size: Option<usize>,
@@ -95,7 +109,7 @@ pub struct HistoryFile {
 }
 
 /// `sse:` at the top level (defaults) and the timing part of a route's `sse:`.
-#[derive(Debug, Default, Deserialize, Serialize, Clone)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct SseFile {
     pub heartbeat: Option<String>,
@@ -105,7 +119,7 @@ pub struct SseFile {
 }
 
 /// `cors:` of `sse` (defaults, and GRIP holds) or of one sse route.
-#[derive(Debug, Default, Deserialize, Serialize, Clone)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct CorsFile {
     #[serde(default)]
@@ -114,7 +128,7 @@ pub struct CorsFile {
     pub max_age: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsFile {
     pub max_connections: Option<usize>,
@@ -127,14 +141,14 @@ pub struct LimitsFile {
 }
 
 /// `limits.stream_rate`: new SSE streams admitted per second (token bucket).
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamRateFile {
     pub per_second: f64,
     pub burst: Option<f64>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
     pub servers: Vec<String>,
@@ -149,14 +163,14 @@ pub struct UpstreamFile {
 }
 
 /// `tls: true | false | { … }` of an upstream.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum UpstreamTlsFile {
     Enabled(bool),
     Options(UpstreamTlsOptions),
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsOptions {
     pub sni: Option<String>,
@@ -192,7 +206,7 @@ impl<'de> Deserialize<'de> for UpstreamTlsFile {
     }
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteFile {
     pub path: String,
@@ -208,7 +222,7 @@ pub struct RouteFile {
 }
 
 /// `record:` on a proxy route: the backend's SSE replies are kept for resume.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecordFile {
     pub ttl: Option<String>,
@@ -217,7 +231,7 @@ pub struct RecordFile {
     pub credentials: Option<Vec<String>>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SseRouteFile {
     #[serde(default)]
@@ -232,14 +246,14 @@ pub struct SseRouteFile {
     pub poll: Option<PollFile>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthFile {
     pub forward: Option<ForwardAuthFile>,
     pub jwt: Option<JwtFile>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardAuthFile {
     pub upstream: String,
@@ -249,7 +263,7 @@ pub struct ForwardAuthFile {
     pub cache_ttl: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwtFile {
     pub secret_env: Option<String>,
@@ -269,7 +283,7 @@ pub struct JwtFile {
     pub channels_claim: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PollFile {
     pub upstream: String,
@@ -294,7 +308,7 @@ pub struct PollFile {
 }
 
 /// Event names of `diff: json-items`.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PollEventsFile {
     pub created: Option<String>,
@@ -302,7 +316,7 @@ pub struct PollEventsFile {
     pub deleted: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookFile {
     pub path: String,
@@ -318,7 +332,7 @@ pub struct WebhookFile {
 }
 
 /// `channel: "a:{/x}"` or `channel: ["a:{/x}", "all"]`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum ChannelsFile {
     One(String),
@@ -335,7 +349,7 @@ impl ChannelsFile {
 }
 
 /// Exactly one scheme must be given; `load` checks that.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyFile {
     pub hmac_sha256: Option<HmacFile>,
@@ -344,7 +358,7 @@ pub struct VerifyFile {
     pub token: Option<TokenFile>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HmacFile {
     pub secret_env: String,
@@ -353,7 +367,7 @@ pub struct HmacFile {
     pub encoding: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StripeFile {
     pub secret_env: String,
@@ -361,14 +375,14 @@ pub struct StripeFile {
     pub tolerance: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StandardWebhooksFile {
     pub secret_env: String,
     pub tolerance: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenFile {
     pub header: String,

@@ -20,6 +20,7 @@ mod auth;
 mod edges;
 mod persist;
 mod record;
+mod telemetry;
 mod tls;
 mod webhooks;
 
@@ -59,6 +60,18 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 /// Read and validate a config file, taking secrets from the process environment.
+/// Where `upgrade_socket:` points when the file does not say: one socket
+/// per public port, in systemd's `RuntimeDirectory` when there is one
+/// (`RUNTIME_DIRECTORY`), else the temp dir. pingora's own default is
+/// shared by every pingora on the host.
+pub fn default_upgrade_socket(runtime_directory: Option<String>, port: u16) -> PathBuf {
+    runtime_directory
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("ssegate-{port}.upgrade.sock"))
+}
+
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
@@ -240,11 +253,7 @@ impl Validator<'_> {
     /// pingora's own default is shared by every pingora on the host.
     fn upgrade_socket(&mut self, v: Option<&str>, source: &Path, listen: SocketAddr) -> PathBuf {
         let Some(v) = v else {
-            let dir = (self.env)("RUNTIME_DIRECTORY")
-                .filter(|d| !d.is_empty())
-                .map(PathBuf::from)
-                .unwrap_or_else(std::env::temp_dir);
-            return dir.join(format!("ssegate-{}.upgrade.sock", listen.port()));
+            return default_upgrade_socket((self.env)("RUNTIME_DIRECTORY"), listen.port());
         };
         let path = source.parent().unwrap_or(Path::new("")).join(v);
         let dir = match path.parent() {
@@ -310,6 +319,7 @@ impl Validator<'_> {
         let grip_key = self.grip_key(f.grip);
         let routes = self.routes(f.routes, &upstreams, &sse, grip_key.as_ref());
         let webhooks = self.webhooks(f.webhooks);
+        let telemetry = f.telemetry.and_then(|t| self.telemetry(t));
         let trusted_proxies = self.trusted_proxies(&f.trusted_proxies);
         let router = match Router::build(routes.iter().enumerate().map(|(pos, r)| {
             let key = RouteKey {
@@ -347,6 +357,8 @@ impl Validator<'_> {
             router,
             routes,
             webhooks,
+            access_log: f.access_log.unwrap_or(false),
+            telemetry,
             trusted_proxies,
         })
     }

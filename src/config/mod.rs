@@ -6,6 +6,8 @@ mod load;
 mod poll;
 mod positions;
 mod runtime;
+mod schema;
 
-pub use load::{load, load_str, parse_jwks, ConfigError, ConfigErrors};
+pub use load::{default_upgrade_socket, load, load_str, parse_jwks, ConfigError, ConfigErrors};
 pub use runtime::*;
+pub use schema::schema;

@@ -33,8 +33,33 @@ pub struct Config {
     pub router: Router<usize>,
     /// Each served on its listener, matched by exact path.
     pub webhooks: Vec<Webhook>,
+    /// One log line per request on the public listener and per ended
+    /// stream; requests carry an `X-Request-Id`.
+    pub access_log: bool,
+    /// OpenTelemetry spans; None: off, and nothing is traced.
+    pub telemetry: Option<Telemetry>,
     /// Peers whose `X-Forwarded-For` is believed (load balancers).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// Where spans go and how many traces are kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Telemetry {
+    /// The collector, over OTLP/HTTP (protobuf).
+    pub otlp: OtlpEndpoint,
+    /// Share of traces started here that are sampled; a client's
+    /// `traceparent` decides for its own trace.
+    pub sample: f64,
+}
+
+/// An `http://host:port/path` URL taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpEndpoint {
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    /// `/v1/traces` when the URL gave no path.
+    pub path: String,
 }
 
 #[derive(Debug, Clone)]

@@ -3,6 +3,7 @@
 //! nothing is proxied.
 
 use super::body;
+use super::dashboard;
 use super::detach;
 use super::held::SessionSink;
 use super::refuse::{Refusal, Style};
@@ -12,7 +13,7 @@ use crate::gateway::Gateway;
 use crate::hub::{Replay, Subscriber};
 use crate::sources::{publish, webhook};
 use crate::stream::{Guards, Stream, Subscription};
-use crate::wire;
+use crate::telemetry;
 use async_trait::async_trait;
 use http::Method;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -22,11 +23,6 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
-
-/// How often the dashboard's stats stream updates.
-pub(crate) const DASHBOARD_TICK: Duration = Duration::from_secs(1);
-
-const DASHBOARD: &str = include_str!("dashboard.html");
 
 #[derive(Debug)]
 pub(crate) struct AdminApp {
@@ -57,21 +53,45 @@ impl AdminApp {
         bool::from(given.as_bytes().ct_eq(token.as_bytes()))
     }
 
+    /// Refuse, marking the request's span failed with the refusal's label.
+    async fn refuse_traced(
+        &self,
+        session: &mut Session,
+        span: Option<telemetry::Span>,
+        r: impl Into<Refusal>,
+    ) -> Result<bool> {
+        let r = r.into();
+        if let Some(mut s) = span {
+            s.set("http.response.status_code", i64::from(r.status));
+            s.fail(r.label);
+        }
+        self.refuse(session, r).await
+    }
+
     async fn publish(&self, session: &mut Session) -> Result<bool> {
+        let mut span = super::access::span(&self.gw, session, "publish");
         if !self.authorized(session) {
             let r = Refusal::new(401, "auth", "missing or wrong bearer token");
-            return self.refuse(session, r).await;
+            return self.refuse_traced(session, span, r).await;
         }
         let body = match body::read(session, self.gw.site().config.limits.max_body).await {
             Ok(b) => b,
-            Err(e) => return self.refuse(session, e).await,
+            Err(e) => return self.refuse_traced(session, span, e).await,
         };
         let events = match publish::parse(&body) {
             Ok(e) => e,
-            Err(e) => return self.refuse(session, e).await,
+            Err(e) => return self.refuse_traced(session, span, e).await,
         };
+        if let Some(s) = &mut span {
+            s.set("ssegate.events", events.len() as i64);
+        }
         match self.gw.hub.publish(events).await {
             Ok(r) => {
+                if let Some(s) = &mut span {
+                    s.set("ssegate.published", r.published as i64);
+                    s.set("ssegate.duplicates", r.duplicates as i64);
+                    s.set("http.response.status_code", 200_i64);
+                }
                 let mut out = json!({ "published": r.published });
                 if r.duplicates > 0 {
                     out["duplicates"] = r.duplicates.into();
@@ -82,7 +102,7 @@ impl AdminApp {
                 respond::json(session, 200, &out).await?;
                 Ok(true)
             }
-            Err(e) => self.refuse(session, e).await,
+            Err(e) => self.refuse_traced(session, span, e).await,
         }
     }
 
@@ -113,10 +133,11 @@ impl AdminApp {
             },
             opening: None,
             handoff: streams.handoff.clone(),
+            report: None,
         };
         // The first stats at once, not a tick later.
         let first = Replay {
-            frames: vec![crate::hub::Delivery::uncounted(stats_frame(gw))],
+            frames: vec![crate::hub::Delivery::uncounted(dashboard::frame(gw, true))],
             ..Replay::default()
         };
         if let Some(sink) = detach::take_sink(session) {
@@ -127,58 +148,6 @@ impl AdminApp {
             .run(SessionSink::new(session), first, Vec::new())
             .await;
         Ok(true)
-    }
-}
-
-/// What `/stats` shows, and the dashboard draws.
-pub(crate) fn stats(gw: &Gateway) -> serde_json::Value {
-    let m = &gw.metrics;
-    let site = gw.site();
-    let routes: serde_json::Map<String, serde_json::Value> = site
-        .routes()
-        .filter(|r| r.is_sse())
-        .map(|r| {
-            (
-                r.label().to_string(),
-                m.connections.with_label_values(&[r.label()]).get().into(),
-            )
-        })
-        .collect();
-    json!({
-        "uptime_seconds": gw.started.elapsed().as_secs(),
-        "connections": gw.streams.limiter.open(),
-        "routes": routes,
-        "hub": gw.hub.stats(),
-        "events": {
-            "published": m.published.get(),
-            "duplicates": m.duplicates.get(),
-            "delivered": m.delivered.get(),
-            "slow_client_disconnects": m.slow_disconnects.get(),
-        },
-        "draining": gw.streams.shutdown.is_draining(),
-        "config": {
-            "source": site.config.source.display().to_string(),
-            "digest": site.config.digest,
-            "loaded_at": humantime::format_rfc3339_seconds(site.loaded).to_string(),
-        },
-    })
-}
-
-fn stats_frame(gw: &Gateway) -> bytes::Bytes {
-    // ok: `stats` is a name without CR or LF.
-    wire::encode(None, Some("stats"), &stats(gw).to_string()).unwrap_or_default()
-}
-
-/// Offer the stats to the dashboard's viewers once a tick, computed once
-/// for all of them; nothing is computed while nobody watches.
-pub(crate) async fn feed_dashboard(gw: &Gateway) {
-    let mut t = tokio::time::interval(DASHBOARD_TICK);
-    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        t.tick().await;
-        if !gw.dashboard.is_empty() {
-            gw.dashboard.offer(stats_frame(gw), &gw.metrics);
-        }
     }
 }
 
@@ -214,17 +183,28 @@ impl ProxyHttp for AdminApp {
                 }
             },
             (Method::GET, "/metrics") => {
+                let up = gw.hub.ready().await.is_ok();
+                let hub = gw.hub.stats();
+                let draining = gw.streams.shutdown.is_draining();
+                gw.metrics.hub.set(
+                    hub.channels,
+                    hub.subscriptions,
+                    hub.history_events,
+                    up,
+                    draining,
+                );
                 let body = gw.metrics.render();
                 respond::send(session, 200, "text/plain; version=0.0.4", body, &[]).await?;
                 Ok(true)
             }
             (Method::GET, "/stats") => {
-                respond::json(session, 200, &stats(gw)).await?;
+                respond::json(session, 200, &dashboard::stats(gw)).await?;
                 Ok(true)
             }
             (Method::GET, "/stats/stream") => self.stats_stream(session).await,
             (Method::GET, "/") => {
-                respond::send(session, 200, "text/html; charset=utf-8", DASHBOARD, &[]).await?;
+                let page = dashboard::PAGE;
+                respond::send(session, 200, "text/html; charset=utf-8", page, &[]).await?;
                 Ok(true)
             }
             (_, p) if ADMIN_PATHS.contains(&p) => {

@@ -8,6 +8,7 @@
 //! its head and body to `public`, which runs it on the stream engine like
 //! any SSE stream.
 
+use super::access::tagged;
 use super::refuse::Refusal;
 use super::upstream::{self, BadHead};
 use crate::config::GripRoute;
@@ -45,9 +46,10 @@ pub(crate) async fn forward(
 ) -> Result<Outcome, Refusal> {
     let sig = route.key.as_ref().and_then(grip::signature);
     let resp = upstream::send(client, session, pool, forwarded, sig).await?;
+    let id = forwarded.request_id.as_deref();
     let head = resp.head();
     if let Some(hold) = grip::from_headers(&head.headers, max_channels)? {
-        let head = hold_head(head.status.as_u16(), head.headers.iter())?;
+        let head = tagged(hold_head(head.status.as_u16(), head.headers.iter())?, id);
         let body = read_bounded(resp, max_body).await?;
         return Ok(Outcome::Hold(Box::new(HoldStart { hold, head, body })));
     }
@@ -62,7 +64,7 @@ pub(crate) async fn forward(
             .iter()
             .filter_map(|(k, v)| Some((k.parse().ok()?, v.parse().ok()?)))
             .collect();
-        let head = hold_head(r.code, pairs.iter().map(|(k, v)| (k, v)))?;
+        let head = tagged(hold_head(r.code, pairs.iter().map(|(k, v)| (k, v)))?, id);
         return match hold {
             Some(hold) => Ok(Outcome::Hold(Box::new(HoldStart {
                 hold,
@@ -75,7 +77,7 @@ pub(crate) async fn forward(
             }
         };
     }
-    upstream::stream_through(session, resp).await;
+    upstream::stream_through(session, resp, id).await;
     Ok(Outcome::Done)
 }
 

@@ -5,6 +5,7 @@
 //!   pass-through.
 //! - `admin`: the admin listener: publish, webhooks, health, metrics,
 //!   stats, dashboard.
+//! - `dashboard`: what `/stats` and the dashboard's feed show, and the page.
 //! - `refuse`: every typed error → status, one-line reason, metric label.
 //! - `cors`: a stream's CORS headers and the answer to a preflight.
 //! - `upstream`: a route's request to its backend made by the gateway
@@ -20,11 +21,14 @@
 //! - `canonical`: a public request's head made unambiguous before routing.
 //! - `webhook`: one webhook request, on whichever listener serves it.
 //! - `body`, `respond`: bounded request bodies, short whole responses.
+//! - `access`: the access log, request ids, spans of requests answered here.
 
+mod access;
 pub(crate) mod admin;
 pub(crate) mod body;
 mod canonical;
 mod cors;
+pub(crate) mod dashboard;
 mod detach;
 pub(crate) mod gate;
 mod grip;

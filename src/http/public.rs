@@ -2,6 +2,7 @@
 //! holds itself (after the route's auth), to a GRIP route whose backend may
 //! hold the client, or passed through to an upstream pool by pingora.
 
+use super::access;
 use super::canonical;
 use super::cors;
 use super::grip::{self, HoldStart};
@@ -11,30 +12,48 @@ use super::streams;
 use super::upstream::forwarded;
 use crate::gateway::{Action, Gateway, RouteEntry, Site, SseEntry};
 use crate::hub::{Resume, Subscriber};
-use crate::outbound::Pool;
+use crate::outbound::{Forwarded, Pool};
 use crate::routing::{Matched, Miss};
 use crate::shutdown::Active;
 use crate::stream::request::{self, Offer};
 use crate::stream::{self, Keep, Opening};
+use crate::telemetry;
 use crate::values::RequestValues;
 use async_trait::async_trait;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug)]
 pub(crate) struct PublicProxy {
     pub gw: Arc<Gateway>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Ctx {
     pool: Option<Arc<Pool>>,
     tried: Vec<std::net::SocketAddr>,
     _active: Option<Active>,
+    /// When the request head was read.
+    started: Instant,
+    route: Option<Arc<RouteEntry>>,
+    /// With `access_log: true`: the request's line, written by `logging`
+    /// unless a stream took it over (the stream writes it when it ends).
+    access: Option<access::Request>,
+    /// With `telemetry:`, a proxied request's span (pass-through or GRIP).
+    span: Option<telemetry::Span>,
+}
+
+/// Who the client is (the peer, or what a trusted proxy says it saw), with
+/// this request's id and span for the upstream.
+fn forwarded_for(session: &Session, ctx: &Ctx, trusted_proxies: &[ipnet::IpNet]) -> Forwarded {
+    let mut who = forwarded(session, trusted_proxies);
+    who.request_id = ctx.access.as_ref().map(|a| a.id.clone());
+    who.traceparent = ctx.span.as_ref().map(telemetry::Span::traceparent);
+    who
 }
 
 /// What a stream subscribes to and how it behaves.
@@ -64,6 +83,7 @@ impl PublicProxy {
     async fn open_stream(
         &self,
         session: &mut Session,
+        ctx: &mut Ctx,
         site: &Site,
         m: &Matched<'_, Arc<RouteEntry>>,
         entry: &SseEntry,
@@ -86,7 +106,7 @@ impl PublicProxy {
         let max_channels = site.config.limits.max_channels_per_client;
         let req = session.req_header();
         let mut values = RequestValues::new(&m.params, req.uri.query(), &req.headers);
-        if let Err(e) = entry.auth.check(&gw.client, &mut values).await {
+        if let Err(e) = entry.auth.check(&gw.client, &mut values, &gw.metrics).await {
             return self.refuse(session, e).await;
         }
         let offer = Offer {
@@ -149,13 +169,14 @@ impl PublicProxy {
             expires,
             headers: cors.map_or_else(Vec::new, |c| cors::headers(c, session.req_header())),
         };
-        self.hold_stream(session, &m.value.route, spec).await
+        self.hold_stream(session, ctx, &m.value.route, spec).await
     }
 
     /// A GRIP route: the backend answers, and may hold the client.
     async fn grip(
         &self,
         session: &mut Session,
+        ctx: &mut Ctx,
         site: &Site,
         entry: &RouteEntry,
         pool: &Pool,
@@ -163,7 +184,7 @@ impl PublicProxy {
     ) -> Result<bool> {
         let gw = &self.gw;
         let limits = &site.config.limits;
-        let who = forwarded(session, &site.config.trusted_proxies);
+        let who = forwarded_for(session, ctx, &site.config.trusted_proxies);
         let outcome = grip::forward(
             &gw.client,
             session,
@@ -174,8 +195,18 @@ impl PublicProxy {
             limits.max_body,
         )
         .await;
+        if let (Some(span), Ok(grip::Outcome::Hold(_))) = (&mut ctx.span, &outcome) {
+            // The span is the backend request; the hold is a stream.
+            span.set("ssegate.grip_hold", true);
+        }
         let start = match outcome {
-            Ok(grip::Outcome::Done) => return Ok(true),
+            Ok(grip::Outcome::Done) => {
+                gw.metrics
+                    .proxy_duration
+                    .with_label_values(&[&pool.name])
+                    .observe(ctx.started.elapsed().as_secs_f64());
+                return Ok(true);
+            }
             Ok(grip::Outcome::Hold(start)) => start,
             Err(r) => {
                 tracing::debug!(upstream = %pool.name, client = ?who.client_ip(), status = r.status, reason = %r.reason, "grip route refused");
@@ -187,6 +218,9 @@ impl PublicProxy {
             mut head,
             body,
         } = *start;
+        if let Some(mut span) = ctx.span.take() {
+            span.set("http.response.status_code", i64::from(head.status.as_u16()));
+        }
         if let Some(cors) = &site.config.sse.cors {
             cors::apply(cors, session.req_header(), &mut head);
         }
@@ -214,7 +248,7 @@ impl PublicProxy {
             expires: None,
             headers: Vec::new(),
         };
-        self.hold_stream(session, &entry.route, spec).await
+        self.hold_stream(session, ctx, &entry.route, spec).await
     }
 
     /// Over `limits.stream_rate`: `200 text/event-stream` with only a
@@ -235,6 +269,7 @@ impl PublicProxy {
     async fn hold_stream(
         &self,
         session: &mut Session,
+        ctx: &mut Ctx,
         route: &crate::config::Route,
         spec: StreamSpec,
     ) -> Result<bool> {
@@ -278,7 +313,7 @@ impl PublicProxy {
             expiry,
             headers: spec.headers,
         };
-        streams::run(gw, session, label, ready).await;
+        streams::run(gw, session, label, ready, ctx.access.take()).await;
         Ok(true)
     }
 }
@@ -288,11 +323,24 @@ impl ProxyHttp for PublicProxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::default()
+        Ctx {
+            pool: None,
+            tried: Vec::new(),
+            _active: None,
+            started: Instant::now(),
+            route: None,
+            access: None,
+            span: None,
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let site = self.gw.site();
+        if site.config.access_log {
+            // The request as the client sent it (before canonicalization).
+            let client = forwarded(session, &site.config.trusted_proxies).client_ip();
+            ctx.access = Some(access::Request::of(session, ctx.started, client));
+        }
         // Routed as the upstream will see it: one path, one host, one length.
         let host = match canonical::canonicalize(session.req_header_mut()) {
             Ok(h) => h,
@@ -339,15 +387,27 @@ impl ProxyHttp for PublicProxy {
             }
         };
         let entry = m.value.clone();
+        if let (Some(t), Action::Proxy(pool) | Action::Grip(pool, _)) =
+            (&self.gw.telemetry, &entry.action)
+        {
+            let req = session.req_header();
+            let mut span = t.request_span("proxy", telemetry::Kind::Server, &req.headers);
+            span.set("http.request.method", req.method.to_string());
+            span.set("http.route", entry.label().to_string());
+            span.set("url.path", req.uri.path().to_string());
+            span.set("ssegate.upstream", pool.name.to_string());
+            ctx.span = Some(span);
+        }
+        ctx.route = Some(entry.clone());
         match &entry.action {
-            Action::Sse(sse) => self.open_stream(session, &site, &m, sse).await,
+            Action::Sse(sse) => self.open_stream(session, ctx, &site, &m, sse).await,
             Action::Grip(pool, g) => {
                 ctx._active = Some(self.gw.streams.shutdown.track());
-                self.grip(session, &site, &entry, pool, g).await
+                self.grip(session, ctx, &site, &entry, pool, g).await
             }
             Action::Record(pool, r) => {
                 ctx._active = Some(self.gw.streams.shutdown.track());
-                match record::serve(&self.gw, &site, session, &m, pool, r).await {
+                match record::serve(&self.gw, &site, session, &m, pool, r, &mut ctx.access).await {
                     Ok(()) => Ok(true),
                     Err(refusal) => self.refuse(session, refusal).await,
                 }
@@ -397,17 +457,56 @@ impl ProxyHttp for PublicProxy {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
-        forwarded(session, &self.gw.site().config.trusted_proxies).apply(upstream_request)
+        forwarded_for(session, ctx, &self.gw.site().config.trusted_proxies).apply(upstream_request)
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(a) = &ctx.access {
+            upstream_response.insert_header(access::REQUEST_ID, a.id.as_str())?;
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        if let Some(mut span) = ctx.span.take() {
+            span.set("http.response.status_code", i64::from(status));
+            if let Some(e) = e {
+                span.fail(e.etype().as_str());
+            } else if status >= 500 {
+                span.fail("upstream answered 5xx");
+            }
+        }
+        if let Some(req) = &ctx.access {
+            let upstream = ctx.route.as_ref().and_then(|r| match &r.action {
+                Action::Proxy(p) | Action::Grip(p, _) | Action::Record(p, _) => Some(&*p.name),
+                Action::Sse(_) => None,
+            });
+            access::request(
+                req,
+                ctx.route.as_ref().map(|r| r.label()),
+                upstream,
+                status,
+                session.body_bytes_sent(),
+                e.map(|e| e.etype().as_str()),
+            );
+        }
         if let Some(pool) = &ctx.pool {
-            let status = session
-                .response_written()
-                .map(|r| r.status.as_u16())
-                .unwrap_or(0);
+            self.gw
+                .metrics
+                .proxy_duration
+                .with_label_values(&[&pool.name])
+                .observe(ctx.started.elapsed().as_secs_f64());
             let class = match status {
                 100..=199 => "1xx",
                 200..=299 => "2xx",

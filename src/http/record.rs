@@ -7,6 +7,7 @@
 //! record alone: the events after `n`, then live until the record ends;
 //! `204` once everything was delivered. The backend is never called again.
 
+use super::access;
 use super::body;
 use super::refuse::Refusal;
 use super::streams::{self, Ready};
@@ -63,6 +64,7 @@ pub(super) async fn serve(
     m: &Matched<'_, Arc<RouteEntry>>,
     pool: &Pool,
     record: &RecordRoute,
+    access: &mut Option<access::Request>,
 ) -> Result<(), Refusal> {
     let ask = {
         let req = session.req_header();
@@ -79,14 +81,19 @@ pub(super) async fn serve(
         record,
     };
     match ask {
-        Ask::New => start(&on, session, pool).await,
-        Ask::Resume { id, after } => resume(&on, session, id, after).await,
+        Ask::New => start(&on, session, pool, access).await,
+        Ask::Resume { id, after } => resume(&on, session, id, after, access).await,
         Ask::NotARecord => Err(RecordError::Unknown.into()),
     }
 }
 
 /// A new request: to the backend, and recorded when it answers SSE.
-async fn start(on: &On<'_>, session: &mut Session, pool: &Pool) -> Result<(), Refusal> {
+async fn start(
+    on: &On<'_>,
+    session: &mut Session,
+    pool: &Pool,
+    access: &mut Option<access::Request>,
+) -> Result<(), Refusal> {
     let gw = on.gw;
     // Admitted first: over the limits, or without a store to record into,
     // the backend is not called at all. The slot is held by the client's
@@ -94,20 +101,23 @@ async fn start(on: &On<'_>, session: &mut Session, pool: &Pool) -> Result<(), Re
     // connection of its client until the client left and the backend ended.
     let slot = Arc::new(streams::admit(gw, session)?);
     gw.hub.ready().await?;
-    let who = forwarded(session, &on.site.config.trusted_proxies);
+    let mut who = forwarded(session, &on.site.config.trusted_proxies);
+    let request_id = access.as_ref().map(|a| a.id.clone());
+    who.request_id = request_id.clone();
     let resp = upstream::send(&gw.client, session, pool, &who, None).await?;
     let event_stream = resp
         .header("content-type")
         .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
     let is_head = session.req_header().method == http::Method::HEAD;
     if resp.status() != 200 || !event_stream || is_head {
-        upstream::stream_through(session, resp).await;
+        upstream::stream_through(session, resp, request_id.as_deref()).await;
         return Ok(());
     }
     let id = RecordId::random();
     let mut head = upstream::given_head(200, resp.head().headers.iter())
         .map_err(|BadHead(why)| Refusal::new(502, "upstream", why))?;
     named(&mut head, id)?;
+    let head = access::tagged(head, request_id.as_deref());
     let rec = NewRecord {
         id,
         route: on.label().into(),
@@ -138,7 +148,7 @@ async fn start(on: &On<'_>, session: &mut Session, pool: &Pool) -> Result<(), Re
     let subscription = Subscription::record(gw.records.clone(), sub, id);
     let mut ready = ready(on, subscription, id, 0, Replay::default(), None, head);
     ready.keep = Some(Keep::Slot(slot));
-    streams::run(gw, session, on.label(), ready).await;
+    streams::run(gw, session, on.label(), ready, access.take()).await;
     Ok(())
 }
 
@@ -148,6 +158,7 @@ async fn resume(
     session: &mut Session,
     id: RecordId,
     after: u64,
+    access: &mut Option<access::Request>,
 ) -> Result<(), Refusal> {
     let gw = on.gw;
     let slot = streams::admit(gw, session)?;
@@ -195,7 +206,7 @@ async fn resume(
         return Ok(());
     }
     let ready = ready(on, subscription, id, after, replay, Some(slot), head);
-    streams::run(gw, session, on.label(), ready).await;
+    streams::run(gw, session, on.label(), ready, access.take()).await;
     Ok(())
 }
 

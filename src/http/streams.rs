@@ -4,6 +4,7 @@
 //! subscribed, running it on the stream engine — detached from pingora on
 //! plain HTTP/1.1, held in its session otherwise.
 
+use super::access;
 use super::detach;
 use super::held::SessionSink;
 use super::refuse::Refusal;
@@ -47,8 +48,16 @@ pub(super) struct Ready {
     pub headers: ExtraHeaders,
 }
 
-/// Run the stream to its end, counted under the route's `label`.
-pub(super) async fn run(gw: &Gateway, session: &mut Session, label: &str, r: Ready) {
+/// Run the stream to its end, counted under the route's `label`. With the
+/// access log on, `access` is its request's line: the stream writes it
+/// when it ends.
+pub(super) async fn run(
+    gw: &Gateway,
+    session: &mut Session,
+    label: &str,
+    r: Ready,
+    access: Option<access::Request>,
+) {
     let streams = &gw.streams;
     let sub = r.subscription.sub.clone();
     // A plain SSE stream can move to a new process in a live upgrade; GRIP
@@ -73,6 +82,7 @@ pub(super) async fn run(gw: &Gateway, session: &mut Session, label: &str, r: Rea
             keep: r.keep,
             expiry: r.expiry,
         },
+        report: access.map(|req| access::stream_report(req, label, r.opening.as_deref())),
         opening: r.opening,
         handoff: streams.handoff.clone(),
     };

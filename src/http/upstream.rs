@@ -145,8 +145,13 @@ fn has_no_body(session: &Session, status: u16) -> bool {
 }
 
 /// An ordinary response, passed through as it arrives: each chunk is
-/// written (and flushed) when the backend sends it.
-pub(super) async fn stream_through(session: &mut Session, mut resp: Response<'_>) {
+/// written (and flushed) when the backend sends it. With a request id, the
+/// head carries it.
+pub(super) async fn stream_through(
+    session: &mut Session,
+    mut resp: Response<'_>,
+    request_id: Option<&str>,
+) {
     let status = resp.status();
     // The status was parsed from the backend's response: it builds.
     let Ok(mut head) = ResponseHeader::build(status, None) else {
@@ -163,6 +168,7 @@ pub(super) async fn stream_through(session: &mut Session, mut resp: Response<'_>
         }
         let _ = head.append_header(k.clone(), v.clone());
     }
+    let mut head = super::access::tagged(head, request_id);
     let no_body = has_no_body(session, status);
     if !no_body && !length_known && !session.as_downstream().is_http2() {
         // Without a length pingora would close-delimit the body.

@@ -17,11 +17,19 @@ use std::time::SystemTime;
 
 /// Answer one webhook request; Ok(true) as `request_filter` expects.
 pub(crate) async fn serve(gw: &Gateway, hook: &Webhook, session: &mut Session) -> Result<bool> {
-    let count = |outcome: &str| {
+    let span = std::sync::Mutex::new(super::access::span(gw, session, "webhook"));
+    let count = |outcome: &'static str| {
         gw.metrics
             .webhooks
             .with_label_values(&[hook.path.as_str(), outcome])
-            .inc()
+            .inc();
+        if let Some(s) = span.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            s.set("http.route", hook.path.clone());
+            s.set("ssegate.outcome", outcome);
+            if !matches!(outcome, "accepted" | "duplicate") {
+                s.fail(outcome);
+            }
+        }
     };
     if !hook.methods.contains(&session.req_header().method) {
         count("bad_method");

@@ -32,6 +32,8 @@ struct LocalChannel {
     /// outage, a channel that delivered nothing yet catches up from here.
     floor: u64,
     confirmed: Confirmed,
+    /// When its last frame was handed to local clients.
+    last_at: Option<std::time::Instant>,
 }
 
 impl Local {
@@ -59,6 +61,7 @@ impl Local {
                     last_seq: 0,
                     floor: 0,
                     confirmed: watch::channel(Confirm::Pending).0,
+                    last_at: None,
                 }
             });
             ch.subs.insert(sub.id(), sub.clone());
@@ -121,6 +124,7 @@ impl Local {
             }
             ch.last_seq = d.seq;
         }
+        ch.last_at = Some(std::time::Instant::now());
         offer_all(ch.subs.values(), d, metrics);
     }
 
@@ -174,6 +178,20 @@ impl Local {
 
     pub(super) fn max_seq(&self) -> u64 {
         self.lock().values().map(|c| c.last_seq).max().unwrap_or(0)
+    }
+
+    /// The `n` channels with the most local clients.
+    pub(super) fn busiest(&self, n: usize) -> Vec<super::ChannelStat> {
+        let map = self.lock();
+        super::top(map.iter(), n, |(_, ch)| ch.subs.len())
+            .into_iter()
+            .map(|(name, ch)| super::ChannelStat {
+                name: name.clone(),
+                subscribers: ch.subs.len(),
+                history: None,
+                idle_ms: ch.last_at.map(|t| t.elapsed().as_millis() as u64),
+            })
+            .collect()
     }
 
     pub(super) fn counts(&self) -> (usize, usize) {

@@ -39,6 +39,7 @@ pub struct MemoryBroker {
     metrics: Arc<Metrics>,
     /// `hub.persist`: the saver, once the files are open.
     durable: durable::Slot,
+    tail: super::Tail,
 }
 
 #[derive(Debug, Default)]
@@ -64,6 +65,8 @@ struct Channel {
     ids: HashSet<Arc<str>>,
     /// Highest cursor evicted from this channel's history.
     evicted: u64,
+    /// When its last event was published.
+    last: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -116,6 +119,7 @@ impl MemoryBroker {
             history_ttl,
             metrics,
             durable: durable::Slot::default(),
+            tail: super::Tail::default(),
         }
     }
 
@@ -228,6 +232,7 @@ impl Broker for MemoryBroker {
         let mut report = PublishReport::default();
         let now = Instant::now();
         let published = std::time::Instant::now();
+        let mut recent = self.tail.is_watched().then(Vec::new);
         let mut guard = self.lock();
         let st = &mut *guard;
         let at_ms = st.journal.as_ref().map_or(0, |_| super::persist::now_ms());
@@ -276,9 +281,15 @@ impl Broker for MemoryBroker {
                 seq,
                 frame: bytes,
                 published,
+                ingest_us: super::ingest_us(ev.received, published),
+                source: ev.source,
                 grip_only,
             };
             offer_all(ch.subs.values(), &delivery, &self.metrics);
+            ch.last = Some(now);
+            if let Some(r) = &mut recent {
+                r.push(super::tail::entry(&ev, cursor));
+            }
             if let Some(j) = st.journal.as_mut() {
                 poke |= j.record(&ch.name, &delivery, &dedupe_id, at_ms);
             }
@@ -298,6 +309,9 @@ impl Broker for MemoryBroker {
             report.published += 1;
         }
         drop(guard);
+        if let Some(r) = recent {
+            self.tail.record(r);
+        }
         if poke {
             if let Some(d) = self.durable.get() {
                 d.poke.notify_one();
@@ -369,6 +383,28 @@ impl Broker for MemoryBroker {
         }
     }
 
+    fn busiest(&self, n: usize) -> Vec<super::ChannelStat> {
+        let now = Instant::now();
+        let st = self.lock();
+        let kept = super::top(st.channels.iter(), n, |(_, ch)| {
+            (ch.subs.len(), ch.history.len())
+        });
+        kept.into_iter()
+            .map(|(name, ch)| super::ChannelStat {
+                name: name.to_string(),
+                subscribers: ch.subs.len(),
+                history: Some(ch.history.len()),
+                idle_ms: ch
+                    .last
+                    .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+            })
+            .collect()
+    }
+
+    fn tail(&self) -> Option<&super::Tail> {
+        Some(&self.tail)
+    }
+
     fn cursor(&self, seq: u64) -> String {
         MemoryBroker::cursor(self, seq)
     }
@@ -433,11 +469,11 @@ impl Broker for MemoryBroker {
                     .checked_sub(Duration::from_millis(e.age_ms))
                     .unwrap_or(now);
                 ch.history.push_back(Stored {
+                    // Its source is not handed over: replayed, it is not counted.
                     delivery: Delivery {
                         seq: e.seq,
-                        frame: e.frame,
-                        published: std::time::Instant::now(),
                         grip_only: e.grip_only,
+                        ..Delivery::uncounted(e.frame)
                     },
                     at,
                     dedupe_id,
@@ -485,14 +521,15 @@ pub(super) mod tests {
     }
 
     pub(crate) fn msg(ch: &str, data: &str, id: Option<&str>) -> Event {
-        Event {
-            channel: ch.into(),
-            dedupe_id: id.map(String::from),
-            payload: Payload::Message {
+        Event::new(
+            ch.into(),
+            id.map(String::from),
+            Payload::Message {
                 event: None,
                 data: data.into(),
             },
-        }
+            super::super::Source::Publish,
+        )
     }
 
     fn drained(s: &Subscriber) -> Vec<String> {
@@ -578,6 +615,38 @@ pub(super) mod tests {
         assert!(r.reset.is_some());
         let r = b.replay(&["a".into()], &b.cursor(4));
         assert!(r.reset.is_none() && r.frames.len() == 1);
+    }
+
+    #[tokio::test]
+    async fn busiest_channels_come_first_and_the_tail_records_while_watched() {
+        let b = broker(10);
+        let subs: Vec<_> = (0..3).map(|i| Arc::new(Subscriber::new(i, 8))).collect();
+        b.subscribe(&subs[0], &["quiet".into()], &Resume::Live)
+            .await
+            .unwrap();
+        for s in &subs {
+            b.subscribe(s, &["busy".into()], &Resume::Live)
+                .await
+                .unwrap();
+        }
+        b.publish(vec![msg("busy", "1", None)]).await.unwrap();
+        b.tail.watch(true);
+        b.publish(vec![msg("history-only", "1", None), msg("busy", "2", None)])
+            .await
+            .unwrap();
+        let top = b.busiest(2);
+        let names: Vec<&str> = top.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["busy", "quiet"]);
+        assert_eq!((top[0].subscribers, top[0].history), (3, Some(2)));
+        assert!(top[0].idle_ms.is_some() && top[1].idle_ms.is_none());
+        let tail = b.tail.recent();
+        let channels: Vec<&str> = tail.iter().map(|r| r.channel.as_str()).collect();
+        assert_eq!(
+            channels,
+            ["busy", "history-only"],
+            "newest first, only while watched"
+        );
+        assert_eq!(tail[0].source, "publish");
     }
 
     #[tokio::test]

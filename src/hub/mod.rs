@@ -12,9 +12,12 @@ pub mod record;
 pub mod redis;
 mod redis_client;
 mod subscriber;
+mod tail;
 
+pub use crate::origin::Source;
 pub use feed::Feed;
-pub use subscriber::{Delivery, Offer, SubState, Subscriber};
+pub use subscriber::{count_written, ingest_us, Delivery, Offer, SubState, Subscriber};
+pub use tail::{Recent, Tail};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -59,6 +62,29 @@ pub struct Event {
     /// channel, while the first is still in history, is dropped.
     pub dedupe_id: Option<String>,
     pub payload: Payload,
+    /// Where it came from (`ssegate_event_age_seconds{source}`).
+    pub source: Source,
+    /// When the gateway received it: the event's age at each write to a
+    /// client is measured from here.
+    pub received: std::time::Instant,
+}
+
+impl Event {
+    /// An event received now.
+    pub fn new(
+        channel: String,
+        dedupe_id: Option<String>,
+        payload: Payload,
+        source: Source,
+    ) -> Event {
+        Event {
+            channel,
+            dedupe_id,
+            payload,
+            source,
+            received: std::time::Instant::now(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +133,39 @@ pub struct HubStats {
     pub subscriptions: usize,
     pub history_events: usize,
     pub cursor: String,
+}
+
+/// One channel as the dashboard's busiest list shows it.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct ChannelStat {
+    pub name: String,
+    /// Streams subscribed on this instance.
+    pub subscribers: usize,
+    /// Events kept for resume; None where this instance does not know
+    /// (Redis keeps the history).
+    pub history: Option<usize>,
+    /// Milliseconds since its last event here; None before the first.
+    pub idle_ms: Option<u64>,
+}
+
+/// Keep the `n` largest of `items` by `key`, largest first: one pass, and
+/// only the kept ones are turned into a `ChannelStat`.
+pub(crate) fn top<T, K: Ord + Copy>(
+    items: impl Iterator<Item = T>,
+    n: usize,
+    key: impl Fn(&T) -> K,
+) -> Vec<T> {
+    let mut kept: Vec<(K, T)> = Vec::with_capacity(n + 1);
+    for item in items {
+        let k = key(&item);
+        if kept.len() == n && kept.last().is_some_and(|(min, _)| *min >= k) {
+            continue;
+        }
+        let at = kept.partition_point(|(other, _)| *other >= k);
+        kept.insert(at, (k, item));
+        kept.truncate(n);
+    }
+    kept.into_iter().map(|(_, t)| t).collect()
 }
 
 #[derive(Debug, Clone)]
@@ -193,6 +252,17 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
 
     /// Poll leadership, when several instances share this broker.
     fn leases(&self) -> Option<&dyn Leases> {
+        None
+    }
+
+    /// The `n` channels with the most subscribers here (then the most
+    /// history), for the dashboard: one pass over the channels.
+    fn busiest(&self, _n: usize) -> Vec<ChannelStat> {
+        Vec::new()
+    }
+
+    /// The last events this instance published, while a dashboard watches.
+    fn tail(&self) -> Option<&Tail> {
         None
     }
 

@@ -24,7 +24,7 @@ use super::cursor;
 use super::local::{Confirm, Local};
 use super::{
     Broker, BrokerError, Delivery, Event, HubStats, Leases, Payload, PublishReport, Replay, Resume,
-    Subscriber,
+    Source, Subscriber,
 };
 use crate::metrics::Metrics;
 use crate::wire;
@@ -43,8 +43,8 @@ local keep = ttl + 604800000
 local out = {}
 local i = 5
 while i <= #ARGV do
-  local ch, id, kind, body = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3]
-  i = i + 4
+  local ch, id, kind, body, origin = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
+  i = i + 5
   if kind == 'c' then
     redis.call('PUBLISH', p..':n:'..ch, '0 c '..now..'\n')
     table.insert(out, 0)
@@ -62,13 +62,13 @@ while i <= #ARGV do
           redis.call('SET', p..':t:'..ch, string.match(last[1], '^(%d+)'), 'PX', keep)
         end
       end
-      redis.call('XADD', h, 'MAXLEN', size, seq..'-0', 'k', kind, 'b', body, 't', now)
+      redis.call('XADD', h, 'MAXLEN', size, seq..'-0', 'k', kind, 'b', body, 't', now, 'o', origin)
       redis.call('PEXPIRE', h, ttl)
     else
       redis.call('SET', p..':t:'..ch, seq, 'PX', keep)
     end
     redis.call('SET', p..':l:'..ch, seq, 'PX', keep)
-    redis.call('PUBLISH', p..':n:'..ch, seq..' '..kind..' '..now..'\n'..body)
+    redis.call('PUBLISH', p..':n:'..ch, seq..' '..kind..' '..now..' '..origin..'\n'..body)
     table.insert(out, seq)
   end
 end
@@ -164,6 +164,7 @@ pub struct RedisBroker {
     commands: mpsc::UnboundedSender<Command>,
     command_rx: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
     metrics: Arc<Metrics>,
+    tail: super::Tail,
 }
 
 fn now_ms() -> u64 {
@@ -224,10 +225,46 @@ struct Wire {
     seq: u64,
     kind: Kind,
     at_ms: u64,
+    origin: Origin,
     body: Bytes,
 }
 
-/// `"<seq> <kind> <ms>\n<body>"`
+/// Where an entry's event came from and how long the publishing instance
+/// took from receiving it to publishing it: `<source letter><µs>` on the
+/// wire ("w153"). Entries written before it existed read as a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Origin {
+    source: Source,
+    ingest_us: u32,
+}
+
+impl Origin {
+    fn of(ev: &Event, published: Instant) -> Origin {
+        Origin {
+            source: ev.source,
+            ingest_us: super::ingest_us(ev.received, published),
+        }
+    }
+
+    fn encode(self) -> String {
+        format!("{}{}", char::from(self.source.letter()), self.ingest_us)
+    }
+
+    fn parse(s: &[u8]) -> Origin {
+        let parsed = s.split_first().and_then(|(letter, us)| {
+            Some(Origin {
+                source: Source::from_letter(*letter)?,
+                ingest_us: std::str::from_utf8(us).ok()?.parse().ok()?,
+            })
+        });
+        parsed.unwrap_or(Origin {
+            source: Source::Publish,
+            ingest_us: 0,
+        })
+    }
+}
+
+/// `"<seq> <kind> <ms> <origin>\n<body>"` (an older instance sends no origin).
 fn parse_notification(payload: &[u8]) -> Option<Wire> {
     let nl = payload.iter().position(|b| *b == b'\n')?;
     let head = std::str::from_utf8(&payload[..nl]).ok()?;
@@ -235,10 +272,12 @@ fn parse_notification(payload: &[u8]) -> Option<Wire> {
     let seq = parts.next()?.parse().ok()?;
     let kind = Kind::parse(parts.next()?.as_bytes())?;
     let at_ms = parts.next()?.parse().ok()?;
+    let origin = Origin::parse(parts.next().unwrap_or("").as_bytes());
     Some(Wire {
         seq,
         kind,
         at_ms,
+        origin,
         body: Bytes::copy_from_slice(&payload[nl + 1..]),
     })
 }
@@ -270,6 +309,7 @@ impl RedisBroker {
             commands: tx,
             command_rx: Mutex::new(Some(rx)),
             metrics,
+            tail: super::Tail::default(),
         }))
     }
 
@@ -346,6 +386,8 @@ impl RedisBroker {
             seq: w.seq,
             frame,
             published: instant_of(w.at_ms),
+            ingest_us: w.origin.ingest_us,
+            source: w.origin.source,
             grip_only,
         })
     }
@@ -416,10 +458,12 @@ impl RedisBroker {
                 continue;
             };
             let body: Vec<u8> = e.get("b").unwrap_or_default();
+            let origin: Vec<u8> = e.get("o").unwrap_or_default();
             out.push(Wire {
                 seq,
                 kind,
                 at_ms,
+                origin: Origin::parse(&origin),
                 body: Bytes::from(body),
             });
         }
@@ -470,6 +514,7 @@ impl RedisBroker {
         events: &[Event],
     ) -> Result<PublishReport, BrokerError> {
         let mut inv = self.script.prepare_invoke();
+        let published = Instant::now();
         inv.arg(&self.keys)
             .arg(self.settings.history_size)
             .arg(self.settings.history_ttl.as_millis().max(1) as u64)
@@ -492,7 +537,8 @@ impl RedisBroker {
             inv.arg(&ev.channel)
                 .arg(ev.dedupe_id.as_deref().unwrap_or(""))
                 .arg(kind.as_str())
-                .arg(&body[..]);
+                .arg(&body[..])
+                .arg(Origin::of(ev, published).encode());
         }
         let answer =
             tokio::time::timeout(PUBLISH_TIMEOUT, inv.invoke_async::<Vec<i64>>(conn)).await;
@@ -516,12 +562,21 @@ impl RedisBroker {
             }
         };
         let mut report = PublishReport::default();
+        let mut recent = self.tail.is_watched().then(Vec::new);
         for (ev, seq) in events.iter().zip(seqs) {
             match (seq, &ev.payload) {
                 (_, Payload::Close) => report.closed += 1,
                 (s, _) if s < 0 => report.duplicates += 1,
-                _ => report.published += 1,
+                (s, _) => {
+                    report.published += 1;
+                    if let Some(r) = &mut recent {
+                        r.push(super::tail::entry(ev, self.cursor(s as u64)));
+                    }
+                }
             }
+        }
+        if let Some(r) = recent {
+            self.tail.record(r);
         }
         self.metrics.published.inc_by(report.published as u64);
         self.metrics.duplicates.inc_by(report.duplicates as u64);
@@ -810,6 +865,14 @@ impl Broker for RedisBroker {
         Some(self)
     }
 
+    fn busiest(&self, n: usize) -> Vec<super::ChannelStat> {
+        self.local.busiest(n)
+    }
+
+    fn tail(&self) -> Option<&super::Tail> {
+        Some(&self.tail)
+    }
+
     fn cursor(&self, seq: u64) -> String {
         RedisBroker::cursor(self, seq)
     }
@@ -838,16 +901,23 @@ mod tests {
 
     #[test]
     fn notifications_parse() {
-        let w = parse_notification(b"42 m 1700000000000\ndata: x\n\n").unwrap();
+        let w = parse_notification(b"42 m 1700000000000 w153\ndata: x\n\n").unwrap();
         assert_eq!(
             w,
             Wire {
                 seq: 42,
                 kind: Kind::Message,
                 at_ms: 1_700_000_000_000,
+                origin: Origin {
+                    source: Source::Webhook,
+                    ingest_us: 153
+                },
                 body: Bytes::from_static(b"data: x\n\n")
             }
         );
+        // From an instance that sends no origin yet: a publish.
+        let old = parse_notification(b"42 m 1700000000000\ndata: x\n\n").unwrap();
+        assert_eq!(old.origin.source, Source::Publish);
         assert!(parse_notification(b"garbage").is_none());
         assert!(parse_notification(b"x m 1\n").is_none());
     }

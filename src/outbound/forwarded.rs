@@ -26,6 +26,12 @@ pub(crate) struct Forwarded {
     pub tls: bool,
     /// The request's authority (Host header, else the absolute URI's).
     pub host: Option<String>,
+    /// The request's `X-Request-Id` (with `access_log: true`), also
+    /// returned on the response.
+    pub request_id: Option<String>,
+    /// The gateway's span for this request (with `telemetry:`): the
+    /// upstream's `traceparent`, in place of the client's.
+    pub traceparent: Option<String>,
 }
 
 fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
@@ -56,6 +62,7 @@ impl Forwarded {
                 chain: Vec::new(),
                 tls,
                 host,
+                ..Forwarded::default()
             };
         };
         let mut chain = vec![peer];
@@ -90,7 +97,12 @@ impl Forwarded {
                 _ => {}
             }
         }
-        Forwarded { chain, tls, host }
+        Forwarded {
+            chain,
+            tls,
+            host,
+            ..Forwarded::default()
+        }
     }
 
     /// The client's address.
@@ -115,6 +127,12 @@ impl Forwarded {
             None => {
                 req.remove_header("x-forwarded-host");
             }
+        }
+        if let Some(id) = &self.request_id {
+            req.insert_header("x-request-id", id.as_str())?;
+        }
+        if let Some(tp) = &self.traceparent {
+            req.insert_header("traceparent", tp.as_str())?;
         }
         Ok(())
     }
@@ -226,6 +244,8 @@ mod tests {
             chain: vec!["10.0.0.1".parse().unwrap()],
             tls: false,
             host: None,
+            request_id: None,
+            traceparent: None,
         }
         .apply(&mut req)
         .unwrap();

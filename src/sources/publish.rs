@@ -7,7 +7,7 @@
 //! Both are accepted on `/publish` and `/publish/`, item by item.
 
 use crate::channel::{self, ChannelError};
-use crate::hub::{Event, Payload};
+use crate::hub::{Event, Payload, Source};
 use crate::wire::{check_event_name, FrameError};
 use base64::Engine;
 use bytes::Bytes;
@@ -160,11 +160,12 @@ fn item_event(item: &Value) -> Result<Option<Event>, ItemProblem> {
         } else {
             return Err(ItemProblem::NoContent);
         };
-        return Ok(Some(Event {
-            channel: channel.to_string(),
+        return Ok(Some(Event::new(
+            channel.to_string(),
             dedupe_id,
             payload,
-        }));
+            Source::Grip,
+        )));
     }
     let event = str_field(item, "event")?.map(str::to_string);
     if let Some(e) = &event {
@@ -178,11 +179,12 @@ fn item_event(item: &Value) -> Result<Option<Event>, ItemProblem> {
         Some(Value::String(s)) => s.clone(),
         Some(other) => other.to_string(),
     };
-    Ok(Some(Event {
-        channel: channel.to_string(),
+    Ok(Some(Event::new(
+        channel.to_string(),
         dedupe_id,
-        payload: Payload::Message { event, data },
-    }))
+        Payload::Message { event, data },
+        Source::Publish,
+    )))
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@
 use crate::auth::signature::{self, SignatureError};
 use crate::channel;
 use crate::config::{Listener, Webhook, WebhookData};
-use crate::hub::{Event, Payload};
+use crate::hub::{Event, Payload, Source};
 use crate::template::{RenderError, Template, Var};
 use crate::values::RequestValues;
 use crate::wire::check_event_name;
@@ -292,14 +292,15 @@ pub(crate) fn map(
             let channel = t
                 .render_channel(|v| scope.lookup(v))
                 .map_err(|e| scope.refusal("channel", e))?;
-            events.push(Event {
+            events.push(Event::new(
                 channel,
-                dedupe_id: id.clone(),
-                payload: Payload::Message {
+                id.clone(),
+                Payload::Message {
                     event: event.clone(),
                     data: data.clone(),
                 },
-            });
+                Source::Webhook,
+            ));
         }
     }
     Ok(events)

@@ -225,6 +225,30 @@ pub(crate) enum End {
     WriteFailed,
 }
 
+impl End {
+    /// The word the access log and the dashboard use.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            End::ClientGone => "client_gone",
+            End::Slow => "slow_client",
+            End::ClosedByPublisher => "closed",
+            End::Expired => "expired",
+            End::Retired => "retired",
+            End::HandedOff => "handed_off",
+            End::Shutdown => "shutdown",
+            End::WriteFailed => "write_failed",
+        }
+    }
+}
+
+/// Told what a stream wrote and how it ended (the access log). Optional
+/// and boxed: a stream without one pays a pointer and a branch per write.
+pub(crate) trait Report: Send + std::fmt::Debug {
+    /// `events` event frames (replayed or live) in `bytes` body bytes.
+    fn wrote(&mut self, events: u64, bytes: usize);
+    fn ended(self: Box<Self>, end: End);
+}
+
 /// Why an idle stream woke up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wake {
@@ -298,6 +322,9 @@ pub(crate) struct Stream {
     pub opening: Option<Box<Opening>>,
     /// Where the stream goes if a live upgrade takes it.
     pub handoff: handoff::Handoff,
+    /// Doubly boxed: a thin pointer, since every idle stream's future
+    /// holds this field (twice: as the argument and as a local).
+    pub report: Option<Box<Box<dyn Report>>>,
 }
 
 impl Stream {
@@ -308,15 +335,18 @@ impl Stream {
     /// only those bytes, not the replay. `headers` go on an SSE head
     /// (CORS); like the opening bytes, they are gone once it is written.
     pub(crate) fn run<S: Sink>(
-        self,
+        mut self,
         sink: S,
         replay: Replay,
         headers: ExtraHeaders,
     ) -> impl Future<Output = End> {
         let last_seq = replay.frames.last().map_or(0, |d| d.seq);
         let replayed = replay.frames.len() as u64;
+        let body = self.opening(replay);
+        // Told here, before the write: the future keeps nothing for it.
+        self.tally(replayed, body.len());
         let start = Box::new(Start {
-            body: self.opening(replay),
+            body,
             headers,
             adopted: None,
         });
@@ -373,12 +403,11 @@ impl Stream {
                     Err(_) => break End::WriteFailed,
                 }
                 wrote = true;
-                self.metrics.delivered.inc_by(batch.len() as u64);
-                for d in &batch {
-                    self.metrics
-                        .latency
-                        .observe(d.published.elapsed().as_secs_f64());
-                }
+                crate::hub::count_written(&batch, &self.metrics);
+                // From the batch, which the loop keeps anyway: nothing more
+                // is held across the write.
+                let written = batch.iter().map(|d| d.frame.len()).sum();
+                self.tally(batch.len() as u64, written);
                 if batch.capacity() > 64 {
                     batch = Vec::new();
                 }
@@ -409,6 +438,7 @@ impl Stream {
                         Ok(false) => break cut(&sub),
                         Err(_) => break End::WriteFailed,
                     }
+                    self.tally(0, keep_alive.len());
                 }
                 continue;
             }
@@ -417,6 +447,13 @@ impl Stream {
             }
         };
         Box::pin(self.end(sink, end, last_seq)).await
+    }
+
+    /// Tell the report (if any) what was written.
+    fn tally(&mut self, events: u64, bytes: usize) {
+        if let Some(r) = &mut self.report {
+            r.wrote(events, bytes);
+        }
     }
 
     /// The first body bytes: the prelude (or a GRIP hold's body), the reset
@@ -440,9 +477,15 @@ impl Stream {
     /// The last words (drain retry, `ssegate.expired`, or only the end of
     /// the body), then everything the stream held is released. A stream a
     /// live upgrade takes says nothing: it is frozen and handed over.
-    async fn end<S: Sink>(self, mut sink: S, end: End, last_seq: u64) -> End {
+    async fn end<S: Sink>(mut self, mut sink: S, end: End, last_seq: u64) -> End {
         if end == End::HandedOff {
-            return handoff::freeze(self, sink, last_seq).await;
+            let report = self.report.take();
+            // Handed over, or ended as a drain if the upgrade gave up.
+            let end = handoff::freeze(self, sink, last_seq).await;
+            if let Some(r) = report {
+                (*r).ended(end);
+            }
+            return end;
         }
         if self.subscription.sub.state() == SubState::HandingOff {
             // Asked to hand itself over, it ended first: the upgrade must
@@ -460,7 +503,12 @@ impl Stream {
             End::Shutdown | End::Retired | End::ClosedByPublisher => Some(Bytes::new()),
             End::ClientGone | End::Slow | End::WriteFailed | End::HandedOff => None,
         };
+        let last_len = last.as_ref().map_or(0, Bytes::len);
         sink.finish(sub, last).await;
+        if let Some(mut r) = self.report.take() {
+            r.wrote(0, last_len);
+            (*r).ended(end);
+        }
         drop(self.guards);
         end
     }

@@ -430,6 +430,7 @@ mod tests {
             },
             opening: None,
             handoff: Default::default(),
+            report: None,
         };
         let fut = stream.run(
             SocketSink::new(tcp, Framing::Chunked),

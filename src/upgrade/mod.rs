@@ -508,6 +508,8 @@ impl Adopter {
             },
             opening: None,
             handoff: streams.handoff.clone(),
+            // Its access line was written by the process that handed it over.
+            report: None,
         };
         Ok(Staged {
             sub,

@@ -112,10 +112,15 @@ impl Gateway {
     }
 
     pub fn start_with_env(body: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::start_with_args(body, env, &[])
+    }
+
+    /// With extra command line arguments after `run -c FILE`.
+    pub fn start_with_args(body: &str, env: &[(&str, &str)], args: &[&str]) -> Gateway {
         // Another process may take a "free" port between our check and the
         // gateway's bind: try fresh ports a few times before failing.
         for _ in 0..3 {
-            match Self::try_start(body, env) {
+            match Self::try_start(body, env, args) {
                 Ok(gw) => return gw,
                 Err(log) if log.contains("cannot listen") => continue,
                 Err(log) => panic!("{log}"),
@@ -124,7 +129,7 @@ impl Gateway {
         panic!("no free ports for ssegate after 3 tries")
     }
 
-    fn try_start(body: &str, env: &[(&str, &str)]) -> Result<Gateway, String> {
+    fn try_start(body: &str, env: &[(&str, &str)], args: &[&str]) -> Result<Gateway, String> {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let admin_port = free_port();
@@ -136,6 +141,7 @@ impl Gateway {
         let mut cmd = Command::new(bin());
         cmd.args(["run", "-c"])
             .arg(&config_path)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -323,16 +329,21 @@ impl Gateway {
         assert_eq!(s, 200, "publish answered {s} {v}");
     }
 
-    /// Prometheus sample value (sum over label sets matching `prefix`).
-    pub async fn metric(&self, prefix: &str) -> f64 {
-        let text = client()
+    /// The Prometheus text exposition.
+    pub async fn metrics_text(&self) -> String {
+        client()
             .get(self.admin("/metrics"))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Prometheus sample value (sum over label sets matching `prefix`).
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        let text = self.metrics_text().await;
         text.lines()
             .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

@@ -191,9 +191,9 @@ impl Stored {
         Stored {
             delivery: Delivery {
                 seq: s.seq,
-                frame: s.frame,
                 published,
                 grip_only: s.grip_only,
+                ..Delivery::uncounted(s.frame)
             },
             at: now.checked_sub(age).unwrap_or(now),
             dedupe_id: s.dedupe,

@@ -63,12 +63,7 @@ impl Rec {
     /// Append a frame and hand it to the readers.
     fn push(&mut self, frame: Bytes, metrics: &Metrics) -> usize {
         self.frames.push(frame.clone());
-        let d = Delivery {
-            seq: self.frames.len() as u64,
-            frame,
-            published: std::time::Instant::now(),
-            grip_only: false,
-        };
+        let d = Delivery::recorded(self.frames.len() as u64, frame, std::time::Instant::now());
         offer_all(self.readers.values(), &d, metrics);
         let size = d.frame.len();
         self.bytes += size;
@@ -340,12 +335,7 @@ impl Records for MemoryRecords {
             .iter()
             .enumerate()
             .skip(after.min(held) as usize)
-            .map(|(i, f)| Delivery {
-                seq: i as u64 + 1,
-                frame: f.clone(),
-                published,
-                grip_only: false,
-            })
+            .map(|(i, f)| Delivery::recorded(i as u64 + 1, f.clone(), published))
             .collect();
         if !r.ended {
             r.readers.insert(sub.id(), sub.clone());

@@ -220,12 +220,7 @@ impl RedisBroker {
         let frames = frames
             .into_iter()
             .enumerate()
-            .map(|(i, f)| Delivery {
-                seq: after + 1 + i as u64,
-                frame: Bytes::from(f),
-                published,
-                grip_only: false,
-            })
+            .map(|(i, f)| Delivery::recorded(after + 1 + i as u64, Bytes::from(f), published))
             .collect();
         Ok((state, frames))
     }

@@ -65,6 +65,8 @@ pub(super) struct Fetch<'a> {
     pub poll: &'a Poll,
     /// Set for conditional requests (`diff: etag` after a good response).
     pub validators: Option<&'a Validators>,
+    /// The poll cycle's span, sent as the request's `traceparent`.
+    pub traceparent: Option<String>,
 }
 
 impl Fetch<'_> {
@@ -76,8 +78,12 @@ impl Fetch<'_> {
     }
 
     async fn attempt(&self) -> Result<Fetched, FetchError> {
-        let req =
+        let mut req =
             request(self.target, self.poll, self.validators).map_err(|_| FetchError::Request)?;
+        if let Some(tp) = &self.traceparent {
+            req.insert_header("traceparent", tp.as_str())
+                .map_err(|_| FetchError::Request)?;
+        }
         let resp = self
             .client
             .send(self.pool, &req, Body::Empty)

@@ -13,16 +13,18 @@
 
 mod caps;
 mod fetch;
+mod status;
 pub(crate) mod target;
 
 pub(crate) use caps::Cap;
 pub(crate) use target::{resolve as target, Target, TargetError};
 
 use crate::config::{Poll, PollDiff};
-use crate::hub::{Broker, BrokerError, Event, Payload};
+use crate::hub::{Broker, BrokerError, Event, Payload, Source};
 use crate::metrics::Metrics;
 use crate::outbound::{Client, Pool};
 use crate::sources::diff::{self, Compared, DiffError, Kind};
+use crate::telemetry::{self, Tracing};
 use crate::wire;
 use bytes::Bytes;
 use fetch::{Fetch, FetchError, Fetched, Validators};
@@ -118,7 +120,10 @@ pub(crate) enum Snapshot {
 #[derive(Debug)]
 struct Shared {
     pollers: Arc<Pollers>,
+    /// The route's path (metrics label).
+    label: String,
     channel: String,
+    status: Mutex<status::Status>,
     snapshot: watch::Sender<Snapshot>,
     /// Wakes the poller when its last subscriber leaves, to start the linger clock.
     idle: Notify,
@@ -141,6 +146,8 @@ pub struct Pollers {
     hub: Arc<dyn Broker>,
     metrics: Arc<Metrics>,
     client: Arc<Client>,
+    /// A span per poll cycle, when tracing is on.
+    telemetry: Option<Arc<Tracing>>,
     /// `limits.max_pollers` (0 = unlimited), as reloaded.
     max_total: AtomicUsize,
 }
@@ -217,6 +224,7 @@ impl Pollers {
         hub: Arc<dyn Broker>,
         metrics: Arc<Metrics>,
         client: Arc<Client>,
+        telemetry: Option<Arc<Tracing>>,
         max_total: usize,
     ) -> Arc<Pollers> {
         Arc::new(Pollers {
@@ -224,6 +232,7 @@ impl Pollers {
             hub,
             metrics,
             client,
+            telemetry,
             max_total: AtomicUsize::new(max_total),
         })
     }
@@ -269,7 +278,9 @@ impl Pollers {
         )?;
         let shared = Arc::new(Shared {
             pollers: self.clone(),
+            label: route.label.clone(),
             channel: target.channel.clone(),
+            status: Mutex::default(),
             snapshot: watch::channel(Snapshot::Pending).0,
             idle: Notify::new(),
         });
@@ -341,13 +352,29 @@ impl Poller {
         loop {
             let started = Instant::now();
             if !self.lead(poll).await {
+                self.shared.polled(status::State::Following, 0);
                 first = false;
                 if !self.wait(started + poll.interval, poll).await {
                     return;
                 }
                 continue;
             }
-            let delay = match self.poll_once(poll, pool, label).await {
+            let mut span = self.pollers.telemetry.as_ref().map(|t| {
+                let mut s = t.root_span("poll", telemetry::Kind::Client);
+                s.set("ssegate.route", label.to_string());
+                s.set("ssegate.upstream", poll.upstream.clone());
+                s
+            });
+            let polled = self.poll_once(poll, pool, label, span.as_mut()).await;
+            if let (Some(s), Err(why)) = (&mut span, &polled) {
+                s.fail(why.to_string());
+            }
+            drop(span);
+            let state = match &polled {
+                Ok(()) => status::State::Ok,
+                Err(_) => status::State::Failing,
+            };
+            let delay = match polled {
                 Ok(()) => {
                     self.recovered(poll, label).await;
                     if first {
@@ -362,6 +389,7 @@ impl Poller {
                     backoff(poll.interval, poll.max_backoff, self.failures)
                 }
             };
+            self.shared.polled(state, self.failures);
             if first && matches!(*self.shared.snapshot.borrow(), Snapshot::Pending) {
                 self.shared.snapshot.send_replace(Snapshot::Missing);
             }
@@ -414,6 +442,7 @@ impl Poller {
         poll: &Poll,
         pool: &Pool,
         label: &str,
+        mut span: Option<&mut telemetry::Span>,
     ) -> Result<(), PollFailure> {
         let m = &self.pollers.metrics;
         m.poll_requests.with_label_values(&[label]).inc();
@@ -428,12 +457,14 @@ impl Poller {
             target: &self.target,
             poll,
             validators: conditional,
+            traceparent: span.as_ref().map(|s| s.traceparent()),
         }
         .run()
         .await;
         m.poll_duration
             .with_label_values(&[label])
             .observe(t.elapsed().as_secs_f64());
+        let received = std::time::Instant::now();
         let (body, validators) = match fetched.map_err(PollFailure::Fetch)? {
             Fetched::NotModified if self.state.is_some() => return Ok(()),
             Fetched::NotModified => return Err(PollFailure::UnexpectedNotModified),
@@ -472,11 +503,11 @@ impl Poller {
         let mut events: Vec<Event> = if changes.len() > self.route.burst_limit {
             // More per-item events than half a client queue would evict every
             // subscriber as slow; one whole snapshot says the same in one event.
-            vec![self.event("snapshot", snapshot.clone())]
+            vec![self.event("snapshot", snapshot.clone(), received)]
         } else {
             changes
                 .into_iter()
-                .map(|c| self.event(event_name(poll, c.kind), c.data))
+                .map(|c| self.event(event_name(poll, c.kind), c.data, received))
                 .collect()
         };
         // Subscribers who waited for a first poll that failed got no snapshot:
@@ -486,9 +517,13 @@ impl Poller {
         let missed = frame.is_some() && matches!(*self.shared.snapshot.borrow(), Snapshot::Missing);
         let takeover = std::mem::take(&mut self.takeover);
         if baseline && (missed || takeover) {
-            events.push(self.event("snapshot", snapshot));
+            events.push(self.event("snapshot", snapshot, received));
         }
         let changed = !events.is_empty();
+        if let Some(s) = &mut span {
+            s.set("ssegate.changed", changed);
+            s.set("ssegate.events", events.len() as i64);
+        }
         if changed {
             // Not committed on failure: the next poll diffs against the old state again.
             self.pollers
@@ -498,6 +533,7 @@ impl Poller {
                 .map_err(PollFailure::Hub)?;
             if !baseline {
                 m.poll_changes.with_label_values(&[label]).inc();
+                self.shared.status().last_change = Some(Instant::now());
             }
         }
         self.state = Some(state);
@@ -538,53 +574,27 @@ impl Poller {
         false
     }
 
-    fn event(&self, name: &str, data: String) -> Event {
+    /// An event of this poller's channel; `received` is when the response
+    /// it comes from arrived (its age counts the diff).
+    fn event(&self, name: &str, data: String, received: std::time::Instant) -> Event {
         Event {
-            channel: self.target.channel.clone(),
-            dedupe_id: None,
-            payload: Payload::Message {
-                event: Some(name.to_string()),
-                data,
-            },
+            received,
+            ..Event::new(
+                self.target.channel.clone(),
+                None,
+                Payload::Message {
+                    event: Some(name.to_string()),
+                    data,
+                },
+                Source::Poll,
+            )
         }
     }
 
-    /// Count every failure; log and notify only on healthy → failing.
-    async fn failed(&mut self, poll: &Poll, label: &str, why: PollFailure) {
-        self.pollers
-            .metrics
-            .poll_errors
-            .with_label_values(&[label])
-            .inc();
-        self.failures = self.failures.saturating_add(1);
-        if self.failures > 1 {
-            return;
-        }
-        self.failing_since = Some(Instant::now());
-        tracing::warn!(route = label, upstream = %poll.upstream, channel = %self.target.channel, error = %why, "poll failing");
-        if let Some(name) = &poll.error_event {
-            let data =
-                serde_json::json!({"state": "failing", "error": why.to_string()}).to_string();
-            let _ = self.pollers.hub.publish(vec![self.event(name, data)]).await;
-        }
-    }
-
-    /// Log and notify only on failing → healthy.
-    async fn recovered(&mut self, poll: &Poll, label: &str) {
-        if self.failures == 0 {
-            return;
-        }
-        let failures = std::mem::take(&mut self.failures);
-        let down = self
-            .failing_since
-            .take()
-            .map(|t| t.elapsed())
-            .unwrap_or_default();
-        tracing::info!(route = label, upstream = %poll.upstream, channel = %self.target.channel, failures, down = ?down, "poll recovered");
-        if let Some(name) = &poll.error_event {
-            let data = serde_json::json!({"state": "recovered", "failures": failures}).to_string();
-            let _ = self.pollers.hub.publish(vec![self.event(name, data)]).await;
-        }
+    /// Publish an `error_event` (failing, recovered) now; best effort.
+    async fn notify(&self, name: &str, data: String) {
+        let event = self.event(name, data, std::time::Instant::now());
+        let _ = self.pollers.hub.publish(vec![event]).await;
     }
 }
 

@@ -67,7 +67,13 @@ fn pollers_capped(max_total: usize) -> (Arc<Pollers>, Arc<Metrics>) {
         metrics.clone(),
     ));
     (
-        Pollers::new(hub, metrics.clone(), Arc::new(Client::new()), max_total),
+        Pollers::new(
+            hub,
+            metrics.clone(),
+            Arc::new(Client::new()),
+            None,
+            max_total,
+        ),
         metrics,
     )
 }

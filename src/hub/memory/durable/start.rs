@@ -116,6 +116,7 @@ fn state_of(image: &mut Image, seq: u64) -> State {
             .map(|s| Stored::restored(s, now, now_ms, published))
             .collect();
         let ids = history.iter().filter_map(|s| s.dedupe_id.clone()).collect();
+        let last = history.back().map(|s| s.at);
         let key: Box<str> = Box::from(&*name);
         let ch = Channel {
             name,
@@ -123,6 +124,7 @@ fn state_of(image: &mut Image, seq: u64) -> State {
             history,
             ids,
             evicted: kept.evicted,
+            last,
         };
         channels.insert(key, ch);
     }
