@@ -160,7 +160,12 @@ pub fn run_with(
         None => None,
     };
     hangup::ignore_early().map_err(StartError::Signals)?;
-    let gw = Gateway::new(config).map_err(StartError::Build)?;
+    let gw = if upgrading {
+        Gateway::taking_over(config)
+    } else {
+        Gateway::new(config)
+    }
+    .map_err(StartError::Build)?;
     if let Some(store) = &certs {
         gw.metrics.tls_expiry.set(store.not_after().unwrap_or(0));
     }

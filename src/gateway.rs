@@ -31,6 +31,7 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub enum BuildError {
     Redis(redis::RedisError),
+    Persist(crate::hub::persist::PersistError),
     Telemetry(crate::telemetry::TelemetryError),
     /// A route names an upstream the config does not define (`config::load`
     /// refuses such a file, so only a config built some other way gets here).
@@ -41,6 +42,7 @@ impl std::fmt::Display for BuildError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BuildError::Redis(e) => write!(f, "bad redis url: {e}"),
+            BuildError::Persist(e) => e.fmt(f),
             BuildError::Telemetry(e) => e.fmt(f),
             BuildError::UnknownUpstream(u) => write!(f, "unknown upstream `{u}`"),
         }
@@ -236,16 +238,43 @@ impl Gateway {
     }
 
     pub fn new(config: Config) -> Result<Arc<Gateway>, BuildError> {
+        Self::build(config, false)
+    }
+
+    /// `run --upgrade`: the hub's files (`hub.persist`) are opened only
+    /// once the previous process has handed over (`Broker::open_after_handoff`).
+    pub fn taking_over(config: Config) -> Result<Arc<Gateway>, BuildError> {
+        Self::build(config, true)
+    }
+
+    fn build(config: Config, upgrading: bool) -> Result<Arc<Gateway>, BuildError> {
         let metrics = Arc::new(Metrics::new());
         let (hub, records): (Arc<dyn Broker>, Arc<dyn Records>) = match &config.hub.broker {
-            BrokerKind::Memory => (
-                Arc::new(MemoryBroker::new(
-                    config.hub.history_size,
-                    config.hub.history_ttl,
-                    metrics.clone(),
-                )),
-                Arc::new(MemoryRecords::new(metrics.clone())),
-            ),
+            BrokerKind::Memory => {
+                let hub: Arc<dyn Broker> = match &config.hub.persist {
+                    None => Arc::new(MemoryBroker::new(
+                        config.hub.history_size,
+                        config.hub.history_ttl,
+                        metrics.clone(),
+                    )),
+                    Some(p) if upgrading => Arc::new(MemoryBroker::persistent_later(
+                        config.hub.history_size,
+                        config.hub.history_ttl,
+                        metrics.clone(),
+                        p,
+                    )),
+                    Some(p) => Arc::new(
+                        MemoryBroker::persistent(
+                            config.hub.history_size,
+                            config.hub.history_ttl,
+                            metrics.clone(),
+                            p,
+                        )
+                        .map_err(BuildError::Persist)?,
+                    ),
+                };
+                (hub, Arc::new(MemoryRecords::new(metrics.clone())))
+            }
             BrokerKind::Redis { url, prefix, ca } => {
                 let redis = RedisBroker::new(
                     RedisSettings {

@@ -107,6 +107,7 @@ fn keep_running(running: &Config, new: &mut Config) -> Vec<&'static str> {
     if new.hub.broker != running.hub.broker
         || new.hub.history_size != running.hub.history_size
         || new.hub.history_ttl != running.hub.history_ttl
+        || new.hub.persist != running.hub.persist
     {
         changed.push("hub");
         new.hub = running.hub.clone();

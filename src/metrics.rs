@@ -42,6 +42,14 @@ pub struct Metrics {
     pub webhooks: IntCounterVec,
     /// Certificate reloads on SIGHUP, by result (ok, error).
     pub tls_reloads: IntCounterVec,
+    /// `hub.persist` saves by kind (delta, checkpoint) and result (ok, error).
+    pub persist_saves: IntCounterVec,
+    pub persist_seconds: HistogramVec,
+    /// How the saved history was found at start (fresh, corrupt, clean, unclean).
+    pub persist_starts: IntCounterVec,
+    /// The newest cursor (its sequence number) on disk: how far behind the
+    /// hub it is says what an unclean stop would lose.
+    pub persist_saved: IntGauge,
     /// Received → written to a client, one per event source
     /// (`Source::EVENTS` order), resolved once: no label lookup per delivery.
     event_age: [Histogram; 5],
@@ -210,6 +218,39 @@ impl Metrics {
                 "ssegate_tls_reloads_total",
                 "TLS certificate reloads on SIGHUP, by result",
                 &["result"],
+            ),
+            persist_saves: cvec(
+                "ssegate_persist_saves_total",
+                "hub.persist saves by kind (delta, checkpoint) and result",
+                &["kind", "result"],
+            ),
+            persist_seconds: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "ssegate_persist_save_seconds",
+                        "hub.persist save duration (write and fsync, off the hub lock)",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0, 10.0,
+                    ]),
+                    &["kind"],
+                )
+                .expect("metric"), // ok: static name and buckets
+            ),
+            persist_starts: cvec(
+                "ssegate_persist_starts_total",
+                "How hub.persist found the saved history at start",
+                &["state"],
+            ),
+            persist_saved: reg(
+                &r,
+                IntGauge::new(
+                    "ssegate_persist_saved_cursor",
+                    "Sequence number of the newest cursor hub.persist has on disk",
+                )
+                .expect("metric"), // ok: static name
             ),
             event_age: {
                 let v = reg(

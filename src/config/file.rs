@@ -81,6 +81,14 @@ pub struct HubFile {
     pub broker: Option<String>,
     pub redis: Option<RedisFile>,
     pub history: Option<HistoryFile>,
+    pub persist: Option<PersistFile>,
+}
+
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PersistFile {
+    pub path: Option<String>,
+    pub interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 mod auth;
 mod edges;
+mod persist;
 mod record;
 mod telemetry;
 mod tls;
@@ -419,7 +420,9 @@ impl Validator<'_> {
                 "history size above 1,000,000 per channel",
             );
         }
+        let persist = self.persist(h.persist, &broker);
         Hub {
+            persist,
             broker,
             history_size,
             history_ttl: self.duration(

@@ -111,6 +111,15 @@ pub struct Hub {
     pub broker: BrokerKind,
     pub history_size: usize,
     pub history_ttl: Duration,
+    /// `hub.persist` (memory broker only).
+    pub persist: Option<Persist>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Persist {
+    /// The checkpoint; the log, lock and temporary files sit next to it.
+    pub path: PathBuf,
+    pub interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,6 +5,11 @@
 //! in cursor order across all its channels — which is what makes a single
 //! `Last-Event-ID` enough to resume a multi-channel stream without duplicates.
 //! Fan-out only pushes shared `Bytes` into bounded queues, never waits.
+//!
+//! With `hub.persist` (`durable`), the state is loaded at start and saved
+//! every interval and at stop.
+
+mod durable;
 
 use super::cursor;
 use super::history::History;
@@ -36,6 +41,8 @@ pub struct MemoryBroker {
     /// The history's clock starts here (`clock`).
     born: Instant,
     metrics: Arc<Metrics>,
+    /// `hub.persist`: the saver, once the files are open.
+    durable: durable::Slot,
     tail: super::Tail,
 }
 
@@ -46,10 +53,17 @@ struct State {
     /// Highest cursor of any channel dropped from memory: a resume from before
     /// it onto a channel we no longer know may have missed events.
     forgotten: u64,
+    /// Cursor ranges `(from, to]` handed out before an unclean stop and never
+    /// saved: a resume from one of them cannot be served.
+    lost: Vec<(u64, u64)>,
+    /// `hub.persist`: what the next save writes, and the reservation.
+    journal: Option<durable::Journal>,
 }
 
 #[derive(Debug, Default)]
 struct Channel {
+    /// The map's key, shared with the journal.
+    name: Arc<str>,
     subs: Subs,
     history: History,
     /// Highest cursor evicted from this channel's history.
@@ -82,6 +96,15 @@ impl MemoryBroker {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(1);
+        Self::with_epoch(epoch, history_size, history_ttl, metrics)
+    }
+
+    fn with_epoch(
+        epoch: u64,
+        history_size: usize,
+        history_ttl: Duration,
+        metrics: Arc<Metrics>,
+    ) -> MemoryBroker {
         MemoryBroker {
             state: Mutex::new(State::default()),
             epoch: AtomicU64::new(epoch),
@@ -90,6 +113,7 @@ impl MemoryBroker {
             history_ttl,
             born: Instant::now(),
             metrics,
+            durable: durable::Slot::default(),
             tail: super::Tail::default(),
         }
     }
@@ -146,7 +170,12 @@ impl MemoryBroker {
         if epoch != self.epoch.load(Ordering::Acquire) {
             return reset();
         }
-        if seq >= st.seq {
+        // A cursor we never gave out (from the future, or lost in an unclean
+        // stop) cannot be resumed from: pretending would skip events.
+        if seq > st.seq || st.lost.iter().any(|&(from, to)| from < seq && seq <= to) {
+            return reset();
+        }
+        if seq == st.seq {
             return Replay::default();
         }
         let now = self.clock();
@@ -181,6 +210,7 @@ impl MemoryBroker {
         name: &str,
     ) -> &'s mut Channel {
         channels.entry(name.into()).or_insert_with(|| Channel {
+            name: Arc::from(name),
             evicted: forgotten,
             ..Channel::default()
         })
@@ -209,6 +239,9 @@ impl Broker for MemoryBroker {
         let mut recent = self.tail.is_watched().then(Vec::new);
         let mut guard = self.lock();
         let st = &mut *guard;
+        let at_ms = st.journal.as_ref().map_or(0, |_| super::persist::now_ms());
+        let mut refused = None;
+        let mut poke = false;
         for ev in events {
             if let Payload::Close = ev.payload {
                 if let Some(ch) = st.channels.get(ev.channel.as_str()) {
@@ -227,6 +260,10 @@ impl Broker for MemoryBroker {
                     report.duplicates += 1;
                     continue;
                 }
+            }
+            if let Some(why) = st.journal.as_ref().and_then(|j| j.refuse(st.seq)) {
+                refused = Some(why);
+                break;
             }
             st.seq += 1;
             let seq = st.seq;
@@ -257,6 +294,9 @@ impl Broker for MemoryBroker {
             if let Some(r) = &mut recent {
                 r.push(super::tail::entry(&ev, cursor));
             }
+            if let Some(j) = st.journal.as_mut() {
+                poke |= j.record(&ch.name, &delivery, &dedupe_id, at_ms);
+            }
             if self.history_size > 0 {
                 ch.history.push(
                     seq,
@@ -276,9 +316,23 @@ impl Broker for MemoryBroker {
         if let Some(r) = recent {
             self.tail.record(r);
         }
+        if poke {
+            if let Some(d) = self.durable.get() {
+                d.poke.notify_one();
+            }
+        }
         self.metrics.published.inc_by(report.published as u64);
         self.metrics.duplicates.inc_by(report.duplicates as u64);
-        Ok(report)
+        match refused {
+            None => Ok(report),
+            Some(why) if report.published == 0 && report.duplicates == 0 => {
+                Err(BrokerError::Unavailable(why.into()))
+            }
+            Some(why) => Err(BrokerError::Interrupted {
+                report,
+                why: why.into(),
+            }),
+        }
     }
 
     async fn subscribe(
@@ -323,6 +377,9 @@ impl Broker for MemoryBroker {
     }
 
     async fn run(self: Arc<Self>) {
+        // Its own task: the saver keeps saving while the drain runs, after
+        // the housekeeping that runs this has been stopped.
+        tokio::spawn(self.clone().save_every());
         let mut t = tokio::time::interval(Duration::from_secs(1));
         loop {
             t.tick().await;
@@ -397,6 +454,7 @@ impl Broker for MemoryBroker {
     fn restore(&self, state: HubState) {
         let now = self.clock();
         let mut st = self.lock();
+        self.durable.handed_over();
         self.epoch.store(state.epoch, Ordering::Release);
         st.seq = state.seq;
         st.forgotten = state.forgotten;
@@ -420,6 +478,25 @@ impl Broker for MemoryBroker {
         }
     }
 
+    async fn stop(&self) {
+        self.save_at_stop().await;
+    }
+
+    async fn open_after_handoff(
+        &self,
+        lock_wait: Duration,
+    ) -> Result<(), super::persist::PersistError> {
+        self.open_files_now(lock_wait).await
+    }
+
+    fn add_section(&self, section: Arc<dyn super::persist::Section>) -> bool {
+        self.add_persisted_section(section)
+    }
+
+    fn restored_section(&self, key: &str) -> Option<bytes::Bytes> {
+        self.persisted_section(key)
+    }
+
     fn stats(&self) -> HubStats {
         let st = self.lock();
         HubStats {
@@ -432,14 +509,14 @@ impl Broker for MemoryBroker {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn broker(size: usize) -> MemoryBroker {
         MemoryBroker::new(size, Duration::from_secs(3600), Arc::new(Metrics::new()))
     }
 
-    fn msg(ch: &str, data: &str, id: Option<&str>) -> Event {
+    pub(crate) fn msg(ch: &str, data: &str, id: Option<&str>) -> Event {
         Event::new(
             ch.into(),
             id.map(String::from),

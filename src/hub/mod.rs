@@ -9,6 +9,7 @@ mod feed;
 mod history;
 mod local;
 pub mod memory;
+pub mod persist;
 pub mod record;
 pub mod redis;
 mod redis_client;
@@ -225,6 +226,36 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     /// The broker's own upkeep (history sweeps, connections), run by the
     /// gateway for the life of the process.
     async fn run(self: std::sync::Arc<Self>);
+
+    /// Called when the process stops on its own terms (after the SIGTERM
+    /// drain, just before it exits; in a live upgrade, once the hub is
+    /// sealed and before its state is handed over): a broker that keeps
+    /// state on disk saves it here, lets go of its files and takes no
+    /// publish after. Calling it again does nothing.
+    async fn stop(&self) {}
+
+    /// `run --upgrade`: a broker that keeps state on disk opens it only now
+    /// that this process owns the hub (the handoff is over, or failed),
+    /// waiting up to `lock_wait` for the previous process to let go of it.
+    /// Until then it writes nothing; after a handoff the files must match
+    /// the state handed over, and are not loaded over it.
+    async fn open_after_handoff(
+        &self,
+        _lock_wait: std::time::Duration,
+    ) -> Result<(), persist::PersistError> {
+        Ok(())
+    }
+
+    /// The hook for other state saved with the hub (`persist::Section`):
+    /// false when this broker keeps nothing on disk.
+    fn add_section(&self, _section: std::sync::Arc<dyn persist::Section>) -> bool {
+        false
+    }
+
+    /// What a section's key held in the files at start.
+    fn restored_section(&self, _key: &str) -> Option<Bytes> {
+        None
+    }
 
     /// Poll leadership, when several instances share this broker.
     fn leases(&self) -> Option<&dyn Leases> {

@@ -55,6 +55,9 @@ use wire::{Kind, Refusal, StreamRecord};
 const ADOPT_WAIT: Duration = Duration::from_secs(8);
 /// How long the old process waits for frozen streams to report in.
 const FREEZE_WAIT: Duration = Duration::from_secs(5);
+/// How much longer than its drain the new process waits for the old one
+/// to let go of `hub.persist`'s files.
+const LOCK_SLACK: Duration = Duration::from_secs(15);
 /// How long either side waits for the other's next frame.
 const PEER_WAIT: Duration = Duration::from_secs(30);
 
@@ -126,6 +129,9 @@ pub(crate) async fn hand_over(gw: &Gateway, socket: &Path) -> Result<usize, Hand
     gw.hub.seal();
     // From here on no stream writes here: the start of a client's pause.
     tracing::info!("upgrade: hub sealed, freezing streams");
+    // The final save, and the files let go of, before the state leaves:
+    // what the new process then finds on disk is what it is handed.
+    gw.hub.stop().await;
     let frozen = freeze_all(gw).await;
     let mid_chunk = frozen.iter().filter(|f| !f.tail.is_empty()).count();
     tracing::info!(streams = frozen.len(), mid_chunk, "upgrade: streams frozen");
@@ -329,6 +335,8 @@ impl BackgroundService for Drain {
         shutdown.begin();
         self.gw.streams.heartbeats.wake_all();
         let clean = shutdown.drained(self.grace).await;
+        // hub.persist's save at stop (already done if the hub was handed over).
+        self.gw.hub.stop().await;
         tracing::info!(clean, left = shutdown.active(), "shutdown: exiting");
         pidfile::remove(&self.socket);
         std::process::exit(0);
@@ -609,6 +617,14 @@ impl BackgroundService for Adopter {
             Ok(0) => tracing::info!("upgrade: no stream handed over"),
             Ok(n) => tracing::info!(streams = n, "upgrade: streams adopted"),
             Err(e) => tracing::warn!("upgrade: streams not adopted ({e})"),
+        }
+        // Without a handoff the old process lets go of the files only at
+        // the end of its drain.
+        let lock_wait = self.gw.site().config.shutdown_grace + LOCK_SLACK;
+        if let Err(e) = self.gw.hub.open_after_handoff(lock_wait).await {
+            // Serving without the files would give out cursors they do not know.
+            tracing::error!("upgrade: {e}; exiting");
+            std::process::exit(1);
         }
         // The listeners wait for this: from here on this process answers.
         ready.notify_ready();
