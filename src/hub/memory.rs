@@ -21,6 +21,7 @@ use super::{
 use crate::metrics::Metrics;
 use crate::wire;
 use async_trait::async_trait;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -49,7 +50,9 @@ pub struct MemoryBroker {
 #[derive(Debug, Default)]
 struct State {
     seq: u64,
-    channels: HashMap<Box<str>, Channel>,
+    /// Keyed by the name the journal shares (not a copy in each channel: the
+    /// many channels kept only for their history pay for every field).
+    channels: HashMap<Arc<str>, Channel>,
     /// Highest cursor of any channel dropped from memory: a resume from before
     /// it onto a channel we no longer know may have missed events.
     forgotten: u64,
@@ -62,8 +65,6 @@ struct State {
 
 #[derive(Debug, Default)]
 struct Channel {
-    /// The map's key, shared with the journal.
-    name: Arc<str>,
     subs: Subs,
     history: History,
     /// Highest cursor evicted from this channel's history.
@@ -205,15 +206,30 @@ impl MemoryBroker {
     /// may come back, and what it had is gone, so a resume from before then
     /// must be told (reset), not skipped.
     fn channel<'s>(
-        channels: &'s mut HashMap<Box<str>, Channel>,
+        channels: &'s mut HashMap<Arc<str>, Channel>,
         forgotten: u64,
         name: &str,
     ) -> &'s mut Channel {
-        channels.entry(name.into()).or_insert_with(|| Channel {
-            name: Arc::from(name),
-            evicted: forgotten,
-            ..Channel::default()
-        })
+        Self::named_channel(channels, forgotten, name).1
+    }
+
+    /// `channel`, with the map's shared name (for the journal).
+    fn named_channel<'s>(
+        channels: &'s mut HashMap<Arc<str>, Channel>,
+        forgotten: u64,
+        name: &str,
+    ) -> (Arc<str>, &'s mut Channel) {
+        match channels.entry(Arc::from(name)) {
+            Entry::Occupied(e) => (e.key().clone(), e.into_mut()),
+            Entry::Vacant(e) => {
+                let key = e.key().clone();
+                let ch = e.insert(Channel {
+                    evicted: forgotten,
+                    ..Channel::default()
+                });
+                (key, ch)
+            }
+        }
     }
 
     /// Missed events of `channels` after `after`, without subscribing.
@@ -252,7 +268,7 @@ impl Broker for MemoryBroker {
                 }
                 continue;
             }
-            let ch = Self::channel(&mut st.channels, st.forgotten, &ev.channel);
+            let (name, ch) = Self::named_channel(&mut st.channels, st.forgotten, &ev.channel);
             ch.expire(now, self.ttl_ms(), self.history_size);
             let dedupe_id: Option<Arc<str>> = ev.dedupe_id.as_deref().map(Arc::from);
             if let Some(id) = &dedupe_id {
@@ -295,7 +311,7 @@ impl Broker for MemoryBroker {
                 r.push(super::tail::entry(&ev, cursor));
             }
             if let Some(j) = st.journal.as_mut() {
-                poke |= j.record(&ch.name, &delivery, &dedupe_id, at_ms);
+                poke |= j.record(&name, &delivery, &dedupe_id, at_ms);
             }
             if self.history_size > 0 {
                 ch.history.push(

@@ -280,11 +280,11 @@ impl MemoryBroker {
         img.lost = st.lost.clone();
         img.channels = st
             .channels
-            .values()
-            .map(|ch| {
+            .iter()
+            .map(|(name, ch)| {
                 let events = ch.history.iter().map(|s| saved(s, clock, now_ms)).collect();
                 (
-                    ch.name.clone(),
+                    name.clone(),
                     Kept {
                         evicted: ch.evicted,
                         events,

@@ -110,15 +110,13 @@ fn state_of(image: &mut Image, seq: u64, clock: u32, size: usize) -> State {
     let mut channels = HashMap::with_capacity(image.channels.len());
     for (name, kept) in std::mem::take(&mut image.channels) {
         let (history, last) = restored(kept.events, clock, now_ms, size);
-        let key: Box<str> = Box::from(&*name);
         let ch = Channel {
-            name,
             history,
             evicted: kept.evicted,
             last,
             ..Channel::default()
         };
-        channels.insert(key, ch);
+        channels.insert(name, ch);
     }
     State {
         seq,
