@@ -483,6 +483,49 @@ async fn a_stream_stopped_in_the_middle_of_a_write_goes_on_in_the_new_process_by
     }
 }
 
+/// Streams that have written no event yet (a fresh live client, a resume
+/// with nothing missed) move with the cursor they started from: after the
+/// upgrade they get the next event, not the channel's history again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_that_have_written_no_event_yet_move_without_replaying_history() {
+    let old = Gateway::start(&config(""));
+    let mut first = Sse::connect(&old.url("/events/quiet")).await;
+    for n in 1..=3 {
+        old.publish_ok("room:quiet", json!(n)).await;
+    }
+    let mut last_id = String::new();
+    for n in 1..=3 {
+        let ev = first.next().await;
+        assert_eq!(ev.data, n.to_string());
+        last_id = ev.id;
+    }
+    let mut live = Sse::connect(&old.url("/events/quiet")).await;
+    let mut resumed =
+        Sse::connect_with(&old.url("/events/quiet"), &[("Last-Event-ID", &last_id)]).await;
+    assert_eq!((live.status, resumed.status), (200, 200));
+    let mut old = old;
+    let new = old.upgrade(&[]);
+    assert_eq!(
+        old.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        old.log()
+    );
+    assert_eq!(new.metric("ssegate_streams_adopted_total").await, 3.0);
+    new.publish_ok("room:quiet", json!(4)).await;
+    for (name, sse) in [
+        ("first", &mut first),
+        ("live", &mut live),
+        ("resumed", &mut resumed),
+    ] {
+        let ev = sse
+            .next_within(WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(ev.data, "4", "{name} got history again after the upgrade");
+    }
+}
+
 /// Stops a process by pid when dropped (one this test did not spawn itself).
 struct KillOnDrop(u32);
 

@@ -364,13 +364,15 @@ impl Broker for MemoryBroker {
                 .subs
                 .insert(sub);
         }
-        Ok(match resume {
+        let mut replay = match resume {
             Resume::Live => Replay {
                 start: Some(self.cursor(st.seq)),
                 ..Replay::default()
             },
             Resume::After(after) => self.missed(&mut st, channels, after),
-        })
+        };
+        replay.head = st.seq;
+        Ok(replay)
     }
 
     fn unsubscribe(&self, sub: &Subscriber, channels: &[String]) {

@@ -125,6 +125,11 @@ pub struct Replay {
     pub reset: Option<Bytes>,
     /// Missed events, in publish order.
     pub frames: Vec<Delivery>,
+    /// The hub's newest sequence number when the subscriber was registered:
+    /// after the replay the client has everything of its channels up to it.
+    /// The stream's floor, so that a stream that has written no event yet
+    /// still knows where it is (a live upgrade resumes it from there).
+    pub head: u64,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

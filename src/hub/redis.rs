@@ -483,6 +483,7 @@ impl RedisBroker {
             .unwrap_or(0);
         let reset = Replay {
             reset: Some(wire::reset(&self.cursor(head_seq))),
+            head: head_seq,
             ..Replay::default()
         };
         let Some((epoch, seq)) = cursor::parse(after) else {
@@ -503,6 +504,7 @@ impl RedisBroker {
         frames.dedup_by_key(|d| d.seq);
         Ok(Replay {
             frames,
+            head: head_seq,
             ..Replay::default()
         })
     }
@@ -584,14 +586,14 @@ impl RedisBroker {
     }
 
     /// The cursor of the newest event, for a live subscriber's first `id:`.
-    async fn head(&self) -> Result<String, BrokerError> {
+    async fn head(&self) -> Result<u64, BrokerError> {
         let mut conn = self.connection().await?;
         let seq: Option<u64> = redis::cmd("GET")
             .arg(format!("{}:seq", self.keys))
             .query_async(&mut conn)
             .await
             .map_err(|e| BrokerError::Unavailable(format!("redis: {e}")))?;
-        Ok(self.cursor(seq.unwrap_or(0)))
+        Ok(seq.unwrap_or(0))
     }
 
     /// Keep the pub/sub connection (and the command connection) alive for
@@ -832,8 +834,9 @@ impl Broker for RedisBroker {
             }
         }
         let replay = match resume {
-            Resume::Live => self.head().await.map(|start| Replay {
-                start: Some(start),
+            Resume::Live => self.head().await.map(|head| Replay {
+                start: Some(self.cursor(head)),
+                head,
                 ..Replay::default()
             }),
             Resume::After(after) => self.missed(channels, after).await,

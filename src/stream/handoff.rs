@@ -174,7 +174,10 @@ pub(crate) fn adopt<S: Sink>(
 ) -> impl std::future::Future<Output = super::End> {
     let mut frames = queued;
     frames.extend(replay.frames);
-    let last_seq = frames.iter().map(|d| d.seq).fold(last_seq, u64::max);
+    let last_seq = frames
+        .iter()
+        .map(|d| d.seq)
+        .fold(last_seq.max(replay.head), u64::max);
     let mut body = BytesMut::new();
     if let Some(reset) = &replay.reset {
         body.extend_from_slice(reset);

@@ -345,7 +345,7 @@ impl Stream {
         replay: Replay,
         headers: ExtraHeaders,
     ) -> impl Future<Output = End> {
-        let last_seq = replay.frames.last().map_or(0, |d| d.seq);
+        let last_seq = replay.frames.last().map_or(0, |d| d.seq).max(replay.head);
         let replayed = replay.frames.len() as u64;
         let body = self.opening(replay);
         // Told here, before the write: the future keeps nothing for it.
