@@ -9,6 +9,8 @@
 # Prints one JSON line per run to stdout, prefixed with "system scenario run".
 # nchan pings every $HEARTBEAT s like ssegate's heartbeat (NCHAN_PING=0: nchan's default, none).
 # SSEGATE=path picks another gateway binary (e.g. /work/baseline/ssegate-before).
+# proxy: also pingora's bare proxy on :8092 (benches/tools/bare_pingora.rs) when
+#   BARE (default target/release/examples/bare_pingora) is built.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 RUNS="${RUNS:-3}"
@@ -16,7 +18,8 @@ RUNS="${RUNS:-3}"
 scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(idle10k idle19k idlecpu19k fanout10k fanout1k channels10k channels10k_batch)
 trap 'stop_ssegate; stop_nchan' EXIT
-need_ports 8080 9090 8090 8091 || exit 1
+need_ports 8080 9090 8090 8091 8092 || exit 1
+BARE="${BARE:-./target/release/examples/bare_pingora}"
 
 args_for() { # system scenario
   local sys=$1 sc=$2 sse pub fmt prefix
@@ -37,15 +40,23 @@ args_for() { # system scenario
   esac
 }
 
-proxy_run() { # run: wrk against nginx proxy_pass, then ssegate, with nginx as the origin for both
+proxy_run() { # run: wrk against nginx proxy_pass, bare pingora (when built), then ssegate; nginx is the origin for all
   start_nchan benches/conf/nchan.conf || exit 1
-  local n s
+  local n b="" s bare_pid
   n=$(wrk -t1 -c64 -d10s http://127.0.0.1:8090/api/x 2>/dev/null | awk '/Requests\/sec/ {print $2}')
+  if [ -x "$BARE" ]; then
+    "$BARE" 127.0.0.1:8092 127.0.0.1:8091 2 >"$BENCH_TMP/bare.log" 2>&1 &
+    bare_pid=$!
+    wait_http http://127.0.0.1:8092/api/x
+    b=$(wrk -t1 -c64 -d10s http://127.0.0.1:8092/api/x 2>/dev/null | awk '/Requests\/sec/ {print $2}')
+    kill "$bare_pid" 2>/dev/null; wait "$bare_pid" 2>/dev/null
+  fi
   start_ssegate benches/conf/ssegate.yaml || exit 1
   s=$(wrk -t1 -c64 -d10s http://127.0.0.1:8080/api/x 2>/dev/null | awk '/Requests\/sec/ {print $2}')
   stop_ssegate
   stop_nchan
   echo "nchan proxy $1 {\"req_per_s\":$n}"
+  [ -z "$b" ] || echo "bare_pingora proxy $1 {\"req_per_s\":$b}"
   echo "ssegate proxy $1 {\"req_per_s\":$s}"
 }
 

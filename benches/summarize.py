@@ -4,8 +4,8 @@ with ratios A/B, as Markdown tables.
 
 Usage: summarize.py RESULTS [A B]   (ratio A/B; default ssegate/nchan)
 
-Reads the output of compare.sh, tls-compare.sh, storm.sh, multi.sh and
-redis-vs-memory.sh. A system with no counterpart (e.g. ssegate-3x) gets its
+Reads the output of compare.sh, tls-compare.sh, storm.sh, multi.sh,
+history.sh and redis-vs-memory.sh. A system with no counterpart (e.g. ssegate-3x) gets its
 own column and no ratio. Runs with failed subscribers, 5xx answers, missing
 events or a loadgen error are listed under the table: a median must not hide them.
 """
@@ -112,6 +112,10 @@ for line in open(sys.argv[1] if len(sys.argv) > 1 else "/dev/stdin"):
                 f"{system} {scenario} run {run}: not all streaming again "
                 f"({st.get('streaming_again')} streaming, {st.get('gave_up')} gave up)"
             )
+    if "bytes_per_event" in d:
+        put(r, "history: PSS bytes per stored event", d.get("bytes_per_event"))
+        put(r, "history: overhead over the payload (B)", d.get("overhead_per_event"))
+        put(r, "history: events stored", d.get("history_events"))
     if d.get("redis"):
         redis(r, d["redis"])
     if d.get("procs", 1) > 1:

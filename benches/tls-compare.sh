@@ -9,6 +9,10 @@
 #   idle_tls_h1_10k  10,000 idle TLS HTTP/1.1 streams: the same
 #   fanout_h2_10k    10,000 HTTP/2 streams (100 x 100), 100 events at 10/s:
 #                    p50/p99, last-subscriber latency, deliveries/s, missing/duplicates
+#   fanout_h2_10k_1s the same with one event a second (20 events): each event's
+#                    fan-out alone, neither side (nor the client) behind
+#   fanout_h2_10k_1s_p2  the same with the streams held by two load generator
+#                    processes (the client's TLS and h2 work on both cores)
 #   idlecpu_h2_19k   19,000 HTTP/2 streams (190 x 100), 20 s settle, server CPU over 60 s;
 #                    ssegate's heartbeat and nchan's ping both $HEARTBEAT s (15)
 #   fanout_tls_h1_10k, idlecpu_tls_h1_19k: the TLS HTTP/1.1 counterparts (not run by default)
@@ -37,6 +41,8 @@ args_for() { # system scenario
     idle_h2_10k)        echo "$idle --h2 --conns 100 --subscribers 10000 --settle 5 --hold 10" ;;
     idle_tls_h1_10k)    echo "$idle --subscribers 10000 --settle 5 --hold 10" ;;
     fanout_h2_10k)      echo "$fan --h2 --conns 100 --subscribers 10000" ;;
+    fanout_h2_10k_1s)   echo "${fan/--events 100 --rate 10/--events 20 --rate 1} --h2 --conns 100 --subscribers 10000" ;;
+    fanout_h2_10k_1s_p2) echo "${fan/--events 100 --rate 10/--events 20 --rate 1} --h2 --conns 100 --subscribers 10000 --procs 2" ;;
     fanout_tls_h1_10k)  echo "$fan --subscribers 10000" ;;
     idlecpu_h2_19k)     echo "$idle --h2 --conns 190 --subscribers 19000 --settle 20 --hold 60" ;;
     idlecpu_tls_h1_19k) echo "$idle --subscribers 19000 --settle 20 --hold 60" ;;

@@ -1,14 +1,15 @@
 //! Build the pingora server from a validated config and run it: the public
-//! listener (TLS with ALPN h2/http1.1, or plain text with optional h2c), the
-//! admin listener, and background services for drain (and the live
-//! upgrade's handoff), SIGHUP reload and housekeeping (broker and records
-//! upkeep, JWT expiry, the dashboard's feed).
+//! listener (TLS through our front with ALPN h2/http1.1, or plain text with
+//! optional h2c), the admin listener, and background services for drain
+//! (and the live upgrade's handoff), SIGHUP reload and housekeeping (broker
+//! and records upkeep, JWT expiry, the dashboard's feed).
 
 use crate::config::{Config, Http2};
 use crate::gateway::{BuildError, Gateway};
 use crate::hangup::{self, Hangup};
 use crate::http::admin::AdminApp;
 use crate::http::dashboard;
+use crate::http::front;
 use crate::http::gate::HeadGate;
 use crate::http::listener::PlainListener;
 use crate::http::public::PublicProxy;
@@ -21,7 +22,6 @@ use pingora_core::protocols::http::v2::server::default_h2_options;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
-use pingora_core::services::listening::Service;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
@@ -104,6 +104,10 @@ where
     proxy.server_options = Some(server);
     let mut h2 = default_h2_options();
     h2.max_concurrent_streams(http2.max_concurrent_streams);
+    // A stream whose client stops reading has at most this much buffered in
+    // h2 before it has no room left and its frames wait in its own bounded
+    // queue (which evicts it when full); h2's default is 400 KiB.
+    h2.max_send_buffer_size(64 * 1024);
     proxy.h2_options = Some(h2);
 }
 
@@ -208,10 +212,15 @@ pub fn run_with(
     );
     let public = match &certs {
         Some(store) => {
-            let settings = store.settings().map_err(StartError::Server)?;
-            let mut public = Service::new("public".to_string(), gate);
-            public.add_tls_with_settings(&public_addr, None, settings);
-            server.add_service(public)
+            // Our TLS front, on a pingora listener: its socket is in
+            // pingora's fd table, so a live upgrade passes it on as before.
+            let config = store.server_config().map_err(|e| {
+                StartError::Tls(tls::Problem {
+                    part: tls::Part::Cert,
+                    message: format!("tls setup: {e}"),
+                })
+            })?;
+            server.add_service(front::service("public", gate, config, &public_addr))
         }
         None => server.add_service(PlainListener::new(
             "public",

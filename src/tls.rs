@@ -2,14 +2,13 @@
 //! `CertifiedKey`, checked once at `ssegate check` time and again on every
 //! reload, and a certificate resolver that can be swapped under live traffic.
 //!
-//! pingora's rustls acceptor builds one `ServerConfig` at startup and keeps
-//! it; it has no way to change certificates afterwards. So the listener gets
-//! a `ResolvesServerCert` (`CertStore`) instead of file paths: each handshake
-//! asks it for the current key, and SIGHUP swaps that key atomically. Open
-//! connections keep the session keys they negotiated and are not touched.
+//! The listener's rustls `ServerConfig` is built once at startup and kept;
+//! it gets a `ResolvesServerCert` (`CertStore`) instead of file paths: each
+//! handshake asks it for the current key, and SIGHUP swaps that key
+//! atomically. Open connections keep the session keys they negotiated and
+//! are not touched.
 
 use arc_swap::ArcSwap;
-use pingora_core::listeners::tls::TlsSettings;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
@@ -164,14 +163,18 @@ impl CertStore {
         Some(cert.validity().not_after.timestamp())
     }
 
-    /// pingora's listener settings: this store as the resolver, ALPN `h2`
-    /// then `http/1.1`.
-    pub(crate) fn settings(self: &Arc<Self>) -> pingora_error::Result<TlsSettings> {
-        // The paths are never read: a resolver takes their place in `build()`.
-        let mut settings = TlsSettings::intermediate("", "")?;
-        settings.set_cert_resolver(self.clone());
-        settings.enable_h2();
-        Ok(settings)
+    /// The public listener's rustls settings: this store as the resolver,
+    /// TLS 1.2 and 1.3 (ring), ALPN `h2` then `http/1.1`.
+    pub(crate) fn server_config(
+        self: &Arc<Self>,
+    ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
     }
 }
 

@@ -137,6 +137,11 @@ fn py_backend() -> PyBackend {
 }
 
 fn gateway(backend: u16, signed: bool) -> Gateway {
+    gateway_with(backend, signed, "")
+}
+
+/// `gateway`, with `extra` (a top-level config block) first.
+fn gateway_with(backend: u16, signed: bool, extra: &str) -> Gateway {
     let key = if signed {
         "grip: { key_env: GRIP_KEY }\n"
     } else {
@@ -144,7 +149,7 @@ fn gateway(backend: u16, signed: bool) -> Gateway {
     };
     Gateway::start_with_env(
         &format!(
-            "{key}limits: {{ max_channels_per_client: 4 }}
+            "{extra}{key}limits: {{ max_channels_per_client: 4 }}
 sse: {{ heartbeat: 1s }}
 upstreams:
   py: {{ servers: [\"127.0.0.1:{backend}\"] }}
@@ -312,4 +317,62 @@ async fn non_hold_responses_are_proxied_unchanged_and_streamed() {
     // A hold naming a channel outside the alphabet is the backend's error.
     let r = c.get(gw.url("/badchannel")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 502);
+}
+
+#[tokio::test]
+async fn holds_over_tls_on_http2_and_http11_get_the_backend_head_and_content() {
+    use support::tls::{h2_client, h2_get, TestCa};
+    let py = py_backend();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("grip");
+    let (cert, key) = ca.issue(dir.path(), "server");
+    let tls = format!(
+        "tls: {{ cert: \"{}\", key: \"{}\" }}\n",
+        cert.display(),
+        key.display()
+    );
+    let gw = gateway_with(py.port, true, &tls);
+    let authority = format!("127.0.0.1:{}", gw.port);
+    // HTTP/2: the stream is taken out of pingora after the backend's head.
+    let mut send = h2_client(ca.connect_h2(gw.port).await.unwrap()).await;
+    let h2 = h2_get(&mut send, &authority, "https", "/hold/tls", &[]).await;
+    assert_eq!(h2.status, 200);
+    assert_eq!(h2.headers["x-app"], "held");
+    assert_eq!(h2.headers["content-type"], "text/plain");
+    assert!(
+        h2.headers.keys().all(|k| !k.as_str().starts_with("grip-")),
+        "{:?}",
+        h2.headers
+    );
+    // HTTP/1.1 over TLS: taken out with its TLS session.
+    let mut h1 = ca
+        .reqwest(true)
+        .get(format!("https://{authority}/hold/tls"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h1.version(), reqwest::Version::HTTP_11);
+    assert_eq!(h1.headers()["transfer-encoding"], "chunked");
+    assert_eq!(h1.headers()["x-app"], "held");
+    eventually(WAIT, "welcome on h2", || {
+        h2.snapshot().starts_with("welcome sig=ok\n").then_some(())
+    })
+    .await;
+    publish_grip(&gw, content("tls", "first\n")).await;
+    let text = eventually(WAIT, "content and keep-alive on h2", || {
+        let t = h2.snapshot();
+        (t.contains("first\n") && t.contains("ka\n")).then_some(t)
+    })
+    .await;
+    assert!(text.starts_with("welcome sig=ok\n"), "{text:?}");
+    let mut body = String::new();
+    while !body.contains("first\n") {
+        let chunk = tokio::time::timeout(WAIT, h1.chunk())
+            .await
+            .expect("content on TLS HTTP/1.1 within WAIT")
+            .unwrap()
+            .expect("body still open");
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(body.starts_with("welcome sig=ok\n"), "{body:?}");
 }

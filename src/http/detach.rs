@@ -1,8 +1,8 @@
 //! Taking a plain HTTP/1.1 client socket out of pingora once its SSE request
 //! is accepted: the socket is duplicated out of the session, pingora gets a
 //! do-nothing placeholder session to finish the request with, and the stream
-//! lives on as one small task (`stream::socket`). TLS and HTTP/2 sessions
-//! cannot be taken apart like this and stay held (`http::held`).
+//! lives on as one small task (`stream::socket`). TLS and HTTP/2 streams are
+//! taken out in `http::detach_tls`.
 
 use crate::stream::socket::{Framing, SocketSink};
 use pingora_core::protocols::http::ServerSession;
@@ -92,16 +92,26 @@ pub(crate) fn take_sink(session: &mut Session) -> Option<SocketSink> {
     let std = std::net::TcpStream::from(fd);
     std.set_nonblocking(true).ok()?;
     let tcp = TcpStream::from_std(std).ok()?;
+    // pingora's stream (and its descriptor) goes with the real session.
+    drop(take_h1_stream(session));
+    Some(SocketSink::new(tcp, framing))
+}
+
+/// Take an HTTP/1 session's connection, leaving pingora a placeholder to
+/// finish the request with. None (and the session untouched) for HTTP/2.
+pub(super) fn take_h1_stream(session: &mut Session) -> Option<pingora_core::protocols::Stream> {
+    if !matches!(*session.downstream_session, ServerSession::H1(_)) {
+        return None;
+    }
     let mut placeholder = ServerSession::new_http1(Box::new(L4Stream::from(
         VirtualSocketStream::new(Box::new(Placeholder)),
     )));
     placeholder.set_keepalive(None);
-    // pingora's stream (and its descriptor) goes with the real session.
-    drop(std::mem::replace(
-        &mut *session.downstream_session,
-        placeholder,
-    ));
-    Some(SocketSink::new(tcp, framing))
+    let real = std::mem::replace(&mut *session.downstream_session, placeholder);
+    let ServerSession::H1(v1) = real else {
+        return None;
+    };
+    Some(v1.into_inner())
 }
 
 /// Duplicate the socket so it outlives pingora's `Stream`, which owns the

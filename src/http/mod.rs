@@ -13,11 +13,14 @@
 //! - `grip`: a GRIP route's request to its backend and the response back.
 //! - `record`: a recorded route: a new reply recorded, or one resumed.
 //! - `streams`: admitting a stream (drain, limits) and running it.
-//! - `held`, `detach`: the two ways a stream's bytes reach a client
-//!   (held in pingora's session; a plain socket taken out of it).
+//! - `detach`, `detach_tls`: taking a stream's connection out of pingora (a
+//!   plain socket; an HTTP/2 stream's send half; a TLS HTTP/1.1 connection);
+//!   `held`: the fallback, a stream held in pingora's session.
 //! - `gate`, `listener`: a public connection reaches pingora once its
 //!   request head is in, within `limits.header_timeout` (plain text through
 //!   an accept loop of our own).
+//! - `front`: the TLS front of the public listener (our handshake, then the
+//!   gate and pingora's HTTP).
 //! - `canonical`: a public request's head made unambiguous before routing.
 //! - `webhook`: one webhook request, on whichever listener serves it.
 //! - `body`, `respond`: bounded request bodies, short whole responses.
@@ -30,6 +33,8 @@ mod canonical;
 mod cors;
 pub(crate) mod dashboard;
 mod detach;
+mod detach_tls;
+pub(crate) mod front;
 pub(crate) mod gate;
 mod grip;
 mod held;

@@ -344,7 +344,7 @@ impl ProxyHttp for PublicProxy {
         // Routed as the upstream will see it: one path, one host, one length.
         let host = match canonical::canonicalize(session.req_header_mut()) {
             Ok(h) => h,
-            Err(e) => return self.refuse(session, e).await,
+            Err(e) => return Box::pin(self.refuse(session, e)).await,
         };
         let req = session.req_header();
         let public_hook = crate::sources::webhook::find(
@@ -353,7 +353,7 @@ impl ProxyHttp for PublicProxy {
             req.uri.path(),
         );
         if let Some(hook) = public_hook {
-            return super::webhook::serve(&self.gw, hook, session).await;
+            return Box::pin(super::webhook::serve(&self.gw, hook, session)).await;
         }
         let found = site
             .router
@@ -362,9 +362,8 @@ impl ProxyHttp for PublicProxy {
             Ok(m) => m,
             Err(Miss::NotFound) => {
                 let reason = format!("no route for {}", req.uri.path());
-                return self
-                    .refuse(session, Refusal::new(404, "no_route", reason))
-                    .await;
+                let r = Refusal::new(404, "no_route", reason);
+                return Box::pin(self.refuse(session, r)).await;
             }
             Err(Miss::MethodNotAllowed(allowed)) => {
                 // A preflight for an sse route narrowed to `methods: [GET]`.
@@ -380,13 +379,16 @@ impl ProxyHttp for PublicProxy {
                     })
                     .flatten();
                 if let Some(c) = cors {
-                    return cors::preflight(session, &c).await;
+                    return Box::pin(cors::preflight(session, &c)).await;
                 }
                 let r = Refusal::method_not_allowed(&allowed, "method not allowed on this route");
-                return self.refuse(session, r).await;
+                return Box::pin(self.refuse(session, r)).await;
             }
         };
         let entry = m.value.clone();
+        // Every branch but pass-through is boxed: async_trait allocates and
+        // moves this future for every request, and inline those branches
+        // made it ~12 KB — a memcpy per pass-through request for nothing.
         if let (Some(t), Action::Proxy(pool) | Action::Grip(pool, _)) =
             (&self.gw.telemetry, &entry.action)
         {
@@ -400,17 +402,22 @@ impl ProxyHttp for PublicProxy {
         }
         ctx.route = Some(entry.clone());
         match &entry.action {
-            Action::Sse(sse) => self.open_stream(session, ctx, &site, &m, sse).await,
+            Action::Sse(sse) => Box::pin(self.open_stream(session, ctx, &site, &m, sse)).await,
             Action::Grip(pool, g) => {
                 ctx._active = Some(self.gw.streams.shutdown.track());
-                self.grip(session, ctx, &site, &entry, pool, g).await
+                Box::pin(self.grip(session, ctx, &site, &entry, pool, g)).await
             }
             Action::Record(pool, r) => {
                 ctx._active = Some(self.gw.streams.shutdown.track());
-                match record::serve(&self.gw, &site, session, &m, pool, r, &mut ctx.access).await {
-                    Ok(()) => Ok(true),
-                    Err(refusal) => self.refuse(session, refusal).await,
-                }
+                Box::pin(async {
+                    match record::serve(&self.gw, &site, session, &m, pool, r, &mut ctx.access)
+                        .await
+                    {
+                        Ok(()) => Ok(true),
+                        Err(refusal) => self.refuse(session, refusal).await,
+                    }
+                })
+                .await
             }
             Action::Proxy(pool) => {
                 ctx.pool = Some(pool.clone());

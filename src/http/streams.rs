@@ -1,19 +1,22 @@
 //! The two steps every stream on the public listener shares, whatever it
 //! reads (hub channels, a record): admission (not while draining, within the
 //! connection limits) before anything else is done for it, and, once it is
-//! subscribed, running it on the stream engine — detached from pingora on
-//! plain HTTP/1.1, held in its session otherwise.
+//! subscribed, running it on the stream engine — detached from pingora (a
+//! plain socket, an HTTP/2 stream's send half, a TLS HTTP/1.1 connection
+//! from our front), held in its session otherwise.
 
 use super::access;
-use super::detach;
-use super::held::SessionSink;
+use super::held::{sse_head, SessionSink};
 use super::refuse::Refusal;
 use super::upstream::forwarded;
+use super::{detach, detach_tls};
 use crate::auth::expiry::ExpiryGuard;
 use crate::gateway::Gateway;
 use crate::hub::Replay;
+use crate::stream::h2::H2Sink;
 use crate::stream::limits::ConnSlot;
 use crate::stream::socket::Framing;
+use crate::stream::tls::TlsSink;
 use crate::stream::{Counted, ExtraHeaders, Guards, Keep, Opening, Stream, Subscription};
 use pingora_proxy::Session;
 use std::time::Duration;
@@ -99,6 +102,33 @@ pub(super) async fn run(
         // The stream's own future is the task: nothing wraps it, so an
         // idle stream costs what the size probe in `stream::socket` measures.
         tokio::spawn(stream.run(sink, r.replay, r.headers));
+        return;
+    }
+    // TLS and HTTP/2 streams stay in this process on a live upgrade: they
+    // drain (a `retry:`) and their clients reconnect to the new one.
+    if detach_tls::is_h2(session) {
+        // The head goes out through pingora before the send half is taken.
+        let head = match &stream.opening {
+            Some(o) => Ok(o.head.clone()),
+            None => sse_head(&r.headers),
+        };
+        let taken = match head {
+            Ok(head) => detach_tls::take_send_stream(session, head).await,
+            Err(e) => Err(e),
+        };
+        match taken {
+            Ok(tx) => {
+                let sink = H2Sink::new(&sub, tx);
+                tokio::spawn(stream.run(sink, r.replay, r.headers));
+            }
+            // The client is gone (or the head could not be built): the
+            // stream's guards are released with it.
+            Err(e) => tracing::debug!(route = label, error = %e, "HTTP/2 stream not opened"),
+        }
+        return;
+    }
+    if let Some(tls) = detach_tls::take_tls(session) {
+        tokio::spawn(stream.run(TlsSink::new(tls), r.replay, r.headers));
         return;
     }
     let end = stream

@@ -12,6 +12,8 @@
 mod durable;
 
 use super::cursor;
+use super::history::History;
+use super::subs::Subs;
 use super::{
     offer_all, Broker, BrokerError, ChannelState, Delivery, Event, EventState, HubState, HubStats,
     Payload, PublishReport, Replay, Resume, Subscriber,
@@ -19,7 +21,8 @@ use super::{
 use crate::metrics::Metrics;
 use crate::wire;
 use async_trait::async_trait;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -36,6 +39,8 @@ pub struct MemoryBroker {
     sealed: AtomicBool,
     history_size: usize,
     history_ttl: Duration,
+    /// The history's clock starts here (`clock`).
+    born: Instant,
     metrics: Arc<Metrics>,
     /// `hub.persist`: the saver, once the files are open.
     durable: durable::Slot,
@@ -45,7 +50,9 @@ pub struct MemoryBroker {
 #[derive(Debug, Default)]
 struct State {
     seq: u64,
-    channels: HashMap<Box<str>, Channel>,
+    /// Keyed by the name the journal shares (not a copy in each channel: the
+    /// many channels kept only for their history pay for every field).
+    channels: HashMap<Arc<str>, Channel>,
     /// Highest cursor of any channel dropped from memory: a resume from before
     /// it onto a channel we no longer know may have missed events.
     forgotten: u64,
@@ -58,35 +65,23 @@ struct State {
 
 #[derive(Debug, Default)]
 struct Channel {
-    /// The map's key, shared with the journal.
-    name: Arc<str>,
-    subs: HashMap<u64, Arc<Subscriber>>,
-    history: VecDeque<Stored>,
-    ids: HashSet<Arc<str>>,
+    subs: Subs,
+    history: History,
     /// Highest cursor evicted from this channel's history.
     evicted: u64,
-    /// When its last event was published.
-    last: Option<Instant>,
-}
-
-#[derive(Debug)]
-struct Stored {
-    delivery: Delivery,
-    at: Instant,
-    dedupe_id: Option<Arc<str>>,
+    /// When its last event was published, on the broker's `clock` (0: never).
+    last: u32,
 }
 
 impl Channel {
-    fn expire(&mut self, now: Instant, ttl: Duration, size: usize) {
-        while let Some(front) = self.history.front() {
-            if self.history.len() <= size && now.duration_since(front.at) < ttl {
+    /// `now` and `ttl` in milliseconds on the broker's `clock`.
+    fn expire(&mut self, now: u32, ttl: u32, size: usize) {
+        while let Some(at) = self.history.front_at() {
+            if self.history.len() <= size && now.wrapping_sub(at) < ttl {
                 break;
             }
-            if let Some(old) = self.history.pop_front() {
-                self.evicted = old.delivery.seq;
-                if let Some(id) = old.dedupe_id {
-                    self.ids.remove(&id);
-                }
+            if let Some(seq) = self.history.pop_front() {
+                self.evicted = seq;
             }
         }
     }
@@ -117,10 +112,21 @@ impl MemoryBroker {
             sealed: AtomicBool::new(false),
             history_size,
             history_ttl,
+            born: Instant::now(),
             metrics,
             durable: durable::Slot::default(),
             tail: super::Tail::default(),
         }
+    }
+
+    /// Milliseconds since the broker started, wrapping (history is bounded
+    /// to 30 days, so ages — differences — never wrap).
+    fn clock(&self) -> u32 {
+        Instant::now().duration_since(self.born).as_millis() as u32
+    }
+
+    fn ttl_ms(&self) -> u32 {
+        self.history_ttl.as_millis().min(u32::MAX as u128) as u32
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -135,11 +141,11 @@ impl MemoryBroker {
     /// Drop expired history and forget idle channels. Runs on a timer so that
     /// channels nobody publishes to still release their memory.
     pub fn sweep(&self) {
-        let now = Instant::now();
+        let now = self.clock();
         let mut st = self.lock();
         let mut forgotten = st.forgotten;
         st.channels.retain(|_, ch| {
-            ch.expire(now, self.history_ttl, self.history_size);
+            ch.expire(now, self.ttl_ms(), self.history_size);
             if ch.idle() {
                 forgotten = forgotten.max(ch.evicted);
                 return false;
@@ -173,7 +179,7 @@ impl MemoryBroker {
         if seq == st.seq {
             return Replay::default();
         }
-        let now = Instant::now();
+        let now = self.clock();
         let mut frames = Vec::new();
         for name in channels {
             let Some(ch) = st.channels.get_mut(name.as_str()) else {
@@ -182,12 +188,11 @@ impl MemoryBroker {
                 }
                 continue;
             };
-            ch.expire(now, self.history_ttl, self.history_size);
+            ch.expire(now, self.ttl_ms(), self.history_size);
             if ch.evicted > seq {
                 return reset();
             }
-            let start = ch.history.partition_point(|s| s.delivery.seq <= seq);
-            frames.extend(ch.history.range(start..).map(|s| s.delivery.clone()));
+            ch.history.after(seq, &mut frames);
         }
         frames.sort_by_key(|d| d.seq);
         frames.dedup_by_key(|d| d.seq);
@@ -201,15 +206,30 @@ impl MemoryBroker {
     /// may come back, and what it had is gone, so a resume from before then
     /// must be told (reset), not skipped.
     fn channel<'s>(
-        channels: &'s mut HashMap<Box<str>, Channel>,
+        channels: &'s mut HashMap<Arc<str>, Channel>,
         forgotten: u64,
         name: &str,
     ) -> &'s mut Channel {
-        channels.entry(name.into()).or_insert_with(|| Channel {
-            name: Arc::from(name),
-            evicted: forgotten,
-            ..Channel::default()
-        })
+        Self::named_channel(channels, forgotten, name).1
+    }
+
+    /// `channel`, with the map's shared name (for the journal).
+    fn named_channel<'s>(
+        channels: &'s mut HashMap<Arc<str>, Channel>,
+        forgotten: u64,
+        name: &str,
+    ) -> (Arc<str>, &'s mut Channel) {
+        match channels.entry(Arc::from(name)) {
+            Entry::Occupied(e) => (e.key().clone(), e.into_mut()),
+            Entry::Vacant(e) => {
+                let key = e.key().clone();
+                let ch = e.insert(Channel {
+                    evicted: forgotten,
+                    ..Channel::default()
+                });
+                (key, ch)
+            }
+        }
     }
 
     /// Missed events of `channels` after `after`, without subscribing.
@@ -230,7 +250,7 @@ impl Broker for MemoryBroker {
         }
         let epoch = self.epoch.load(Ordering::Acquire);
         let mut report = PublishReport::default();
-        let now = Instant::now();
+        let now = self.clock();
         let published = std::time::Instant::now();
         let mut recent = self.tail.is_watched().then(Vec::new);
         let mut guard = self.lock();
@@ -248,11 +268,11 @@ impl Broker for MemoryBroker {
                 }
                 continue;
             }
-            let ch = Self::channel(&mut st.channels, st.forgotten, &ev.channel);
-            ch.expire(now, self.history_ttl, self.history_size);
+            let (name, ch) = Self::named_channel(&mut st.channels, st.forgotten, &ev.channel);
+            ch.expire(now, self.ttl_ms(), self.history_size);
             let dedupe_id: Option<Arc<str>> = ev.dedupe_id.as_deref().map(Arc::from);
             if let Some(id) = &dedupe_id {
-                if ch.ids.contains(id) {
+                if ch.history.has_id(id) {
                     report.duplicates += 1;
                     continue;
                 }
@@ -286,23 +306,23 @@ impl Broker for MemoryBroker {
                 grip_only,
             };
             offer_all(ch.subs.values(), &delivery, &self.metrics);
-            ch.last = Some(now);
+            ch.last = now.max(1);
             if let Some(r) = &mut recent {
                 r.push(super::tail::entry(&ev, cursor));
             }
             if let Some(j) = st.journal.as_mut() {
-                poke |= j.record(&ch.name, &delivery, &dedupe_id, at_ms);
+                poke |= j.record(&name, &delivery, &dedupe_id, at_ms);
             }
             if self.history_size > 0 {
-                if let Some(id) = &dedupe_id {
-                    ch.ids.insert(id.clone());
-                }
-                ch.history.push_back(Stored {
-                    delivery,
-                    at: now,
+                ch.history.push(
+                    seq,
+                    now,
+                    &delivery.frame,
+                    grip_only,
                     dedupe_id,
-                });
-                ch.expire(now, self.history_ttl, self.history_size);
+                    self.history_size,
+                );
+                ch.expire(now, self.ttl_ms(), self.history_size);
             } else {
                 ch.evicted = seq;
             }
@@ -342,7 +362,7 @@ impl Broker for MemoryBroker {
             let forgotten = st.forgotten;
             Self::channel(&mut st.channels, forgotten, name)
                 .subs
-                .insert(sub.id(), sub.clone());
+                .insert(sub);
         }
         let mut replay = match resume {
             Resume::Live => Replay {
@@ -360,7 +380,7 @@ impl Broker for MemoryBroker {
         let mut forgotten = st.forgotten;
         for name in channels {
             if let Some(ch) = st.channels.get_mut(name.as_str()) {
-                ch.subs.remove(&sub.id());
+                ch.subs.remove(sub.id());
                 if ch.idle() {
                     forgotten = forgotten.max(ch.evicted);
                     st.channels.remove(name.as_str());
@@ -386,7 +406,7 @@ impl Broker for MemoryBroker {
     }
 
     fn busiest(&self, n: usize) -> Vec<super::ChannelStat> {
-        let now = Instant::now();
+        let now = self.clock();
         let st = self.lock();
         let kept = super::top(st.channels.iter(), n, |(_, ch)| {
             (ch.subs.len(), ch.history.len())
@@ -396,9 +416,7 @@ impl Broker for MemoryBroker {
                 name: name.to_string(),
                 subscribers: ch.subs.len(),
                 history: Some(ch.history.len()),
-                idle_ms: ch
-                    .last
-                    .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                idle_ms: (ch.last != 0).then(|| u64::from(now.wrapping_sub(ch.last))),
             })
             .collect()
     }
@@ -423,7 +441,7 @@ impl Broker for MemoryBroker {
 
     fn state(&self) -> Option<HubState> {
         let st = self.lock();
-        let now = Instant::now();
+        let now = self.clock();
         let channels = st
             .channels
             .iter()
@@ -434,11 +452,11 @@ impl Broker for MemoryBroker {
                     .history
                     .iter()
                     .map(|e| EventState {
-                        seq: e.delivery.seq,
-                        age_ms: now.duration_since(e.at).as_millis() as u64,
-                        dedupe_id: e.dedupe_id.as_deref().map(str::to_string),
-                        frame: e.delivery.frame.clone(),
-                        grip_only: e.delivery.grip_only,
+                        seq: e.seq,
+                        age_ms: now.wrapping_sub(e.at) as u64,
+                        dedupe_id: e.dedupe_id.map(|id| id.to_string()),
+                        frame: e.frame,
+                        grip_only: e.grip_only,
                     })
                     .collect(),
             })
@@ -452,7 +470,7 @@ impl Broker for MemoryBroker {
     }
 
     fn restore(&self, state: HubState) {
-        let now = Instant::now();
+        let now = self.clock();
         let mut st = self.lock();
         self.durable.handed_over();
         self.epoch.store(state.epoch, Ordering::Release);
@@ -464,22 +482,16 @@ impl Broker for MemoryBroker {
             ch.evicted = ch.evicted.max(c.evicted);
             for e in c.events {
                 let dedupe_id: Option<Arc<str>> = e.dedupe_id.as_deref().map(Arc::from);
-                if let Some(id) = &dedupe_id {
-                    ch.ids.insert(id.clone());
-                }
-                let at = now
-                    .checked_sub(Duration::from_millis(e.age_ms))
-                    .unwrap_or(now);
-                ch.history.push_back(Stored {
-                    // Its source is not handed over: replayed, it is not counted.
-                    delivery: Delivery {
-                        seq: e.seq,
-                        grip_only: e.grip_only,
-                        ..Delivery::uncounted(e.frame)
-                    },
-                    at,
+                // Older than the clock: as old as it can be here.
+                let age = e.age_ms.min(now as u64) as u32;
+                ch.history.push(
+                    e.seq,
+                    now.wrapping_sub(age),
+                    &e.frame,
+                    e.grip_only,
                     dedupe_id,
-                });
+                    self.history_size,
+                );
             }
         }
     }

@@ -4,17 +4,21 @@
 //! `record` keeps a backend's own SSE replies the same way, for resume.
 
 pub mod cursor;
+mod direct;
 mod feed;
+mod history;
 mod local;
 pub mod memory;
 pub mod persist;
 pub mod record;
 pub mod redis;
 mod redis_client;
+mod subs;
 mod subscriber;
 mod tail;
 
 pub use crate::origin::Source;
+pub use direct::Direct;
 pub use feed::Feed;
 pub use subscriber::{count_written, ingest_us, Delivery, Offer, SubState, Subscriber};
 pub use tail::{Recent, Tail};
@@ -37,6 +41,9 @@ pub(crate) fn offer_all<'a>(
                 dropped += n;
             }
             Offer::NotForThisClient => not_sse += 1,
+            // Counted here, as the stream engine counts what it writes: the
+            // stream never sees a frame sent directly.
+            Offer::Sent => count_written(std::slice::from_ref(d), metrics),
             Offer::Queued | Offer::Gone => {}
         }
     }

@@ -3,11 +3,12 @@
 //! from history on reconnect), so a slow reader costs bounded memory and
 //! never slows a publisher.
 
+use super::direct::{Direct, Slot, Tried};
 use crate::origin::Source;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 use tokio::sync::Notify;
 
@@ -99,6 +100,8 @@ pub enum SubState {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Offer {
     Queued,
+    /// Handed to the client's connection directly (`Direct`).
+    Sent,
     /// This offer filled the queue: the client is evicted now, and these
     /// many queued frames were dropped with it.
     Evicted(usize),
@@ -129,6 +132,12 @@ pub struct Subscriber {
     // A std Mutex: held only to push or swap, never across an await.
     queue: Mutex<VecDeque<Delivery>>,
     wake: Notify,
+    /// Set by a stream whose connection the hub may write into (`Direct`).
+    direct: OnceLock<Mutex<Slot>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Subscriber {
@@ -142,6 +151,7 @@ impl Subscriber {
             state: AtomicU8::new(OPEN),
             queue: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
+            direct: OnceLock::new(),
         }
     }
 
@@ -181,11 +191,22 @@ impl Subscriber {
         if d.grip_only && !self.grip {
             return Offer::NotForThisClient;
         }
-        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        // The slot first, then the queue: a frame sent directly can never
+        // overtake one still queued.
+        let mut slot = self.direct.get().map(lock);
+        let mut q = lock(&self.queue);
+        if let Some(slot) = slot.as_mut() {
+            match slot.try_send(d.seq, &d.frame, q.is_empty()) {
+                Tried::Sent => return Offer::Sent,
+                Tried::Duplicate => return Offer::Queued,
+                Tried::Queue => {}
+            }
+        }
         if q.len() >= self.capacity {
             let dropped = q.len() + 1;
             *q = VecDeque::new();
             drop(q);
+            drop(slot);
             self.state.store(SLOW, Ordering::Release);
             self.wake.notify_one();
             return Offer::Evicted(dropped);
@@ -193,6 +214,7 @@ impl Subscriber {
         let was_empty = q.is_empty();
         q.push_back(d.clone());
         drop(q);
+        drop(slot);
         if was_empty {
             self.wake.notify_one();
         }
@@ -255,7 +277,7 @@ impl Subscriber {
 
     /// Move everything queued into `out` (appending).
     pub fn drain_into(&self, out: &mut Vec<Delivery>) {
-        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = lock(&self.queue);
         out.extend(q.drain(..));
         // A burst may have grown the buffer; an idle client should not keep it.
         if q.capacity() > 64 {
@@ -278,12 +300,57 @@ impl Subscriber {
     /// replay already held them: live and replay may overlap, never gap),
     /// and move `last_seq` past what is kept.
     pub fn drain_after(&self, out: &mut Vec<Delivery>, last_seq: &mut u64) {
+        // Under the slot's lock: what went out directly moves the floor too.
+        let mut slot = self.direct.get().map(lock);
         self.drain_into(out);
-        let floor = *last_seq;
+        let floor = slot.as_ref().map_or(*last_seq, |s| s.floor.max(*last_seq));
         out.retain(|d| d.seq == 0 || d.seq > floor);
-        if let Some(top) = out.iter().map(|d| d.seq).max() {
-            *last_seq = floor.max(top);
+        *last_seq = out.iter().map(|d| d.seq).fold(floor, u64::max);
+        if let Some(slot) = slot.as_mut() {
+            slot.floor = *last_seq;
         }
+    }
+
+    /// Give the hub a way to write into the client's connection itself.
+    /// It is used only while the stream is parked (`arm` .. `disarm`).
+    pub fn set_direct(&self, sink: Box<dyn Direct>) {
+        lock(self.direct.get_or_init(Mutex::default)).sink = Some(sink);
+    }
+
+    /// Run `f` on the direct sink, as its concrete type (None when there is
+    /// none, or of another type).
+    pub fn with_direct<T: Direct, R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        let mut slot = lock(self.direct.get()?);
+        slot.sink_mut::<T>().map(f)
+    }
+
+    /// The stream parks: frames may go directly from now on. False (and
+    /// nothing changed) when frames are already queued — drain them first.
+    pub fn arm(&self) -> bool {
+        let Some(slot) = self.direct.get() else {
+            return false;
+        };
+        let mut slot = lock(slot);
+        if !lock(&self.queue).is_empty() || slot.sink.is_none() {
+            return false;
+        }
+        slot.armed = true;
+        true
+    }
+
+    /// The stream woke: every frame goes through the queue again.
+    pub fn disarm(&self) {
+        if let Some(slot) = self.direct.get() {
+            lock(slot).armed = false;
+        }
+    }
+
+    /// The stream ends: give the direct sink back (to close it) and stop
+    /// the hub from using it.
+    pub fn take_direct(&self) -> Option<Box<dyn Direct>> {
+        let mut slot = lock(self.direct.get()?);
+        slot.armed = false;
+        slot.sink.take()
     }
 
     /// Resolves after the next offer or state change (a wake-up sent while
@@ -368,5 +435,71 @@ mod tests {
         let mut out = Vec::new();
         s.drain_into(&mut out);
         assert_eq!(out.len(), 1);
+    }
+
+    /// A direct path that records what it was given and takes it only
+    /// while `room` says so.
+    struct Fake {
+        got: std::sync::Arc<Mutex<Vec<Bytes>>>,
+        room: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Direct for Fake {
+        fn try_send(&mut self, frame: &Bytes) -> bool {
+            if !self.room.load(Ordering::Relaxed) {
+                return false;
+            }
+            self.got.lock().unwrap().push(frame.clone());
+            true
+        }
+    }
+
+    fn frame(seq: u64) -> Delivery {
+        Delivery {
+            seq,
+            ..Delivery::uncounted(Bytes::from(format!("f{seq}")))
+        }
+    }
+
+    #[test]
+    fn direct_path_only_while_parked_and_never_ahead_of_the_queue() {
+        let got = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let room = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let s = Subscriber::new(1, 8);
+        s.set_direct(Box::new(Fake {
+            got: got.clone(),
+            room: room.clone(),
+        }));
+        // Not parked yet: queued.
+        assert_eq!(s.offer(&frame(1)), Offer::Queued);
+        assert!(!s.arm(), "frames are queued: drain them first");
+        let (mut out, mut last) = (Vec::new(), 0);
+        s.drain_after(&mut out, &mut last);
+        assert_eq!((out.len(), last), (1, 1));
+        // Parked with an empty queue: straight through.
+        assert!(s.arm());
+        assert_eq!(s.offer(&frame(2)), Offer::Sent);
+        // No room: this one and every later one queue, in order.
+        room.store(false, Ordering::Relaxed);
+        assert_eq!(s.offer(&frame(3)), Offer::Queued);
+        room.store(true, Ordering::Relaxed);
+        assert_eq!(s.offer(&frame(4)), Offer::Queued, "disarmed by the miss");
+        assert_eq!(got.lock().unwrap().as_slice(), &[Bytes::from("f2")]);
+        out.clear();
+        s.drain_after(&mut out, &mut last);
+        let seqs: Vec<u64> = out.iter().map(|d| d.seq).collect();
+        assert_eq!((seqs, last), (vec![3, 4], 4));
+        // A frame the client already has (a replay overlapping live) is dropped.
+        assert!(s.arm());
+        assert_eq!(s.offer(&frame(4)), Offer::Queued);
+        assert_eq!(s.offer(&frame(5)), Offer::Sent);
+        s.disarm();
+        assert_eq!(s.offer(&frame(5)), Offer::Queued);
+        out.clear();
+        s.drain_after(&mut out, &mut last);
+        assert!(out.is_empty(), "f5 went directly: {out:?}");
+        assert_eq!(last, 5);
+        assert!(s.take_direct().is_some());
+        assert!(!s.arm(), "no direct path left");
     }
 }

@@ -4,22 +4,27 @@
 //! (the terminal event or drain retry, then the end of the body).
 //!
 //! The engine is generic over a `Sink`, the thing the bytes go to: a plain
-//! HTTP/1.1 socket taken out of pingora (`socket`), or a request held in
-//! pingora's session for TLS and HTTP/2 (`http::held`). Every kind of
-//! stream — SSE routes, GRIP holds, recorded backend replies, the
-//! dashboard's feed — runs here.
+//! HTTP/1.1 socket taken out of pingora (`socket`), an HTTP/2 stream's send
+//! half (`h2`), a TLS connection (`tls`), or — the fallback — a request held
+//! in pingora's session (`http::held`). Every kind of stream — SSE routes,
+//! GRIP holds, recorded backend replies, the dashboard's feed — runs here.
 //!
 //! - `request`: what a request subscribes to (channels, resume point).
 //! - `heartbeat`: one tick per interval for every stream.
 //! - `limits`: connection caps.
 //! - `socket`: the detached socket's sink.
+//! - `h2`: the detached HTTP/2 stream's sink (and the hub's direct path).
+//! - `tls`: the sink of a detached TLS HTTP/1.1 connection.
 //! - `handoff`: a detached stream frozen for a live upgrade, and adopted.
 
+mod chunked;
+pub(crate) mod h2;
 pub(crate) mod handoff;
 pub(crate) mod heartbeat;
 pub(crate) mod limits;
 pub(crate) mod request;
 pub(crate) mod socket;
+pub(crate) mod tls;
 
 use crate::auth::expiry::ExpiryGuard;
 use crate::hub::record::{RecordId, Records};
@@ -564,3 +569,6 @@ pub(crate) fn jittered(retry: Duration) -> Duration {
     let spread = retry.saturating_mul(2).max(Duration::from_secs(5));
     retry.saturating_add(spread.mul_f64(rand::rng().random::<f64>()))
 }
+
+#[cfg(test)]
+mod size_probe;

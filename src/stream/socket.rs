@@ -8,49 +8,15 @@
 //! header maps, the proxy task): tens of KB per idle client. Here a stream
 //! is one small task and this socket.
 
+pub(crate) use super::chunked::Framing;
+use super::chunked::{head_bytes, rest, slices_from, MAX_PARTS};
 use super::{Head, Sink, Wake, WRITE_TIMEOUT};
 use crate::hub::Subscriber;
-use crate::wire;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::future::Future;
 use std::io::{self, IoSlice};
-use std::sync::LazyLock;
 use std::task::Poll;
 use tokio::net::TcpStream;
-
-/// How a detached stream's body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) enum Framing {
-    /// HTTP/1.1: chunked, so the connection could outlive the stream.
-    #[default]
-    Chunked,
-    /// HTTP/1.0 has no chunked encoding: the body is every byte until the
-    /// connection closes (`connection: close`).
-    UntilClose,
-}
-
-impl Framing {
-    /// What ends the response head: the framing's headers and the blank line.
-    fn head_end(self) -> &'static [u8] {
-        match self {
-            Framing::Chunked => b"transfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n",
-            Framing::UntilClose => b"connection: close\r\n\r\n",
-        }
-    }
-}
-
-/// `200` with the SSE headers, then `framing`'s.
-fn sse_head(framing: Framing) -> Bytes {
-    let mut out = BytesMut::from(&b"HTTP/1.1 200 OK\r\n"[..]);
-    for (k, v) in wire::SSE_HEADERS {
-        out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
-    }
-    out.extend_from_slice(framing.head_end());
-    out.freeze()
-}
-
-static SSE_HEAD_CHUNKED: LazyLock<Bytes> = LazyLock::new(|| sse_head(Framing::Chunked));
-static SSE_HEAD_UNTIL_CLOSE: LazyLock<Bytes> = LazyLock::new(|| sse_head(Framing::UntilClose));
 
 /// The socket of one detached stream.
 #[derive(Debug)]
@@ -67,17 +33,6 @@ struct Rare {
     framing: Framing,
     /// The unwritten rest of a write that was given up.
     tail: Bytes,
-}
-
-impl Framing {
-    /// What goes before and after `len` body bytes: a chunk's size line and
-    /// end, or nothing.
-    fn around(self, len: usize, size: &mut [u8; 18]) -> (&[u8], &'static [u8]) {
-        match self {
-            Framing::Chunked => (chunk_head(len, size), b"\r\n"),
-            Framing::UntilClose => (b"", b""),
-        }
-    }
 }
 
 impl SocketSink {
@@ -113,46 +68,16 @@ impl SocketSink {
     }
 }
 
-/// The bytes of `parts` after the first `done`.
-fn rest(parts: &[&[u8]], mut done: usize) -> Bytes {
-    let mut out = BytesMut::new();
-    for p in parts {
-        if done >= p.len() {
-            done -= p.len();
-            continue;
-        }
-        out.extend_from_slice(&p[done..]);
-        done = 0;
-    }
-    out.freeze()
-}
-
 impl Sink for SocketSink {
     async fn open(&mut self, sub: &Subscriber, head: Head<'_>, body: Bytes) -> io::Result<bool> {
-        let built;
-        let framing = self.framing();
-        let base: &Bytes = match framing {
-            Framing::Chunked => &SSE_HEAD_CHUNKED,
-            Framing::UntilClose => &SSE_HEAD_UNTIL_CLOSE,
-        };
-        let head: &[u8] = match head {
-            Head::Sse([]) => base,
-            Head::Sse(extra) => {
-                built = sse_head_with(base, extra);
-                &built
-            }
-            Head::Given(h) => {
-                built = h1_head(h, framing);
-                &built
-            }
-        };
+        let head = head_bytes(head, self.framing());
         if body.is_empty() {
             // An empty chunk would end the body before it started.
-            return self.send(sub, &[head]).await;
+            return self.send(sub, &[&head]).await;
         }
         let mut size = [0u8; 18];
         let (before, after) = self.framing().around(body.len(), &mut size);
-        self.send(sub, &[head, before, &body, after]).await
+        self.send(sub, &[&head, before, &body, after]).await
     }
 
     async fn resume(&mut self, sub: &Subscriber, tail: Bytes, body: Bytes) -> io::Result<bool> {
@@ -225,51 +150,6 @@ impl Sink for SocketSink {
     }
 }
 
-/// An SSE head (`base`) with `extra` headers before its blank line.
-fn sse_head_with(base: &Bytes, extra: &[(http::HeaderName, http::HeaderValue)]) -> Bytes {
-    let head = &base[..base.len() - 2];
-    let mut out = BytesMut::with_capacity(base.len() + 64 * extra.len());
-    out.extend_from_slice(head);
-    header_lines(&mut out, extra.iter().map(|(k, v)| (k, v)));
-    out.extend_from_slice(b"\r\n");
-    out.freeze()
-}
-
-/// `name: value` lines.
-fn header_lines<'h>(
-    out: &mut BytesMut,
-    headers: impl Iterator<Item = (&'h http::HeaderName, &'h http::HeaderValue)>,
-) {
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-}
-
-/// A stream's own response head (a GRIP hold's, a recorded reply's) as
-/// HTTP/1.1 bytes: its status and headers, then `framing`'s (the stream
-/// has no end we know of).
-fn h1_head(head: &pingora_http::ResponseHeader, framing: Framing) -> Bytes {
-    let status = head.status;
-    let mut out = BytesMut::with_capacity(256);
-    out.extend_from_slice(
-        format!(
-            "HTTP/1.1 {} {}\r\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("")
-        )
-        .as_bytes(),
-    );
-    header_lines(&mut out, head.headers.iter());
-    out.extend_from_slice(match framing {
-        Framing::Chunked => b"transfer-encoding: chunked\r\n\r\n",
-        Framing::UntilClose => framing.head_end(),
-    });
-    out.freeze()
-}
-
 /// Read readiness on an SSE stream means the client closed (EOF or reset) or
 /// sent bytes it should not; either way, drain a little and look.
 fn client_closed(tcp: &TcpStream) -> bool {
@@ -282,48 +162,13 @@ fn client_closed(tcp: &TcpStream) -> bool {
     }
 }
 
-/// `len` as a chunk-size line, in a stack buffer.
-fn chunk_head(len: usize, buf: &mut [u8; 18]) -> &[u8] {
-    let mut n = 0;
-    let mut digits = [0u8; 16];
-    let mut v = len;
-    loop {
-        digits[n] = b"0123456789abcdef"[v & 0xf];
-        n += 1;
-        v >>= 4;
-        if v == 0 {
-            break;
-        }
-    }
-    for i in 0..n {
-        buf[i] = digits[n - 1 - i];
-    }
-    buf[n] = b'\r';
-    buf[n + 1] = b'\n';
-    &buf[..n + 2]
-}
-
-/// Slices at most per write: a response head, a chunk head, the bytes and
-/// the chunk's end.
-const MAX_PARTS: usize = 4;
-
 /// Write as much of `parts` as the socket takes now; the number of bytes
 /// written, or an error other than WouldBlock.
 fn write_now(tcp: &TcpStream, parts: &[&[u8]], mut done: usize) -> io::Result<usize> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
     while done < total {
         let mut slices = [IoSlice::new(&[]); MAX_PARTS];
-        let mut used = 0;
-        let mut skip = done;
-        for p in parts.iter().take(MAX_PARTS) {
-            if skip >= p.len() {
-                skip -= p.len();
-                continue;
-            }
-            slices[used] = IoSlice::new(&p[skip..]);
-            skip = 0;
-            used += 1;
-        }
+        let used = slices_from(parts, done, &mut slices);
         match tcp.try_write_vectored(&slices[..used]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => done += n,
@@ -382,58 +227,15 @@ async fn send_rest(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::memory::MemoryBroker;
-    use crate::hub::{Broker, Replay};
-    use crate::metrics::Metrics;
-    use crate::shutdown::Shutdown;
-    use crate::stream::{Guards, Stream, Subscription};
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    #[test]
-    fn chunk_heads() {
-        let mut b = [0u8; 18];
-        assert_eq!(chunk_head(0, &mut b), b"0\r\n");
-        assert_eq!(chunk_head(255, &mut b), b"ff\r\n");
-        assert_eq!(chunk_head(4096, &mut b), b"1000\r\n");
-    }
+    use crate::hub::Replay;
+    use crate::stream::size_probe::{idle_stream, loopback};
 
     /// What an idle detached stream costs is mostly its task's future: keep
     /// it from growing back unnoticed.
     #[tokio::test]
     async fn idle_stream_future_stays_small() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        c.set_nonblocking(true).unwrap();
-        let tcp = TcpStream::from_std(c).unwrap();
-        let metrics = Arc::new(Metrics::new());
-        let hub: Arc<dyn Broker> = Arc::new(MemoryBroker::new(
-            10,
-            Duration::from_secs(1),
-            metrics.clone(),
-        ));
-        let sub = Arc::new(Subscriber::new(1, 8));
-        let limiter = crate::stream::limits::ConnLimiter::new(0, 0);
-        let shutdown = Shutdown::new();
-        let stream = Stream {
-            subscription: Subscription::hub(hub, sub, vec!["a".into()]),
-            retry: Duration::from_secs(1),
-            heartbeat: None,
-            shutdown: shutdown.clone(),
-            metrics,
-            guards: Guards {
-                slot: Some(limiter.acquire(None).unwrap()),
-                _active: shutdown.track(),
-                gauge: None,
-                keep: None,
-                expiry: None,
-            },
-            opening: None,
-            handoff: Default::default(),
-            report: None,
-        };
-        let fut = stream.run(
-            SocketSink::new(tcp, Framing::Chunked),
+        let fut = idle_stream().run(
+            SocketSink::new(loopback(), Framing::Chunked),
             Replay::default(),
             Vec::new(),
         );

@@ -8,8 +8,9 @@
 //! gives out a cursor above the last reservation on disk, so a crash can
 //! lose recent events but never gives one id to two events.
 
-use super::{MemoryBroker, State, Stored};
+use super::{MemoryBroker, State};
 use crate::config::Persist;
+use crate::hub::history::{History, Stored};
 use crate::hub::persist::{self, Image, Kept, PersistError, Saved, Section, Store, Trim, RESERVE};
 use crate::hub::Delivery;
 use crate::metrics::Metrics;
@@ -19,7 +20,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
 /// How long a start waits for the previous process to let go of the files.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
@@ -174,31 +174,37 @@ enum Job {
     Rewrite(Box<Image>),
 }
 
-impl Stored {
-    fn saved(&self, now: Instant, now_ms: u64) -> Saved {
-        let age = now.saturating_duration_since(self.at).as_millis() as u64;
-        Saved {
-            seq: self.delivery.seq,
-            at_ms: now_ms.saturating_sub(age),
-            dedupe: self.dedupe_id.clone(),
-            grip_only: self.delivery.grip_only,
-            frame: self.delivery.frame.clone(),
-        }
+/// A stored event as a save writes it; `clock` is the broker's clock now
+/// and `now_ms` the wall clock.
+fn saved(s: Stored<'_>, clock: u32, now_ms: u64) -> Saved {
+    let age = u64::from(clock.wrapping_sub(s.at));
+    Saved {
+        seq: s.seq,
+        at_ms: now_ms.saturating_sub(age),
+        dedupe: s.dedupe_id.cloned(),
+        grip_only: s.grip_only,
+        frame: s.frame,
     }
+}
 
-    fn restored(s: Saved, now: Instant, now_ms: u64, published: std::time::Instant) -> Stored {
-        let age = Duration::from_millis(now_ms.saturating_sub(s.at_ms));
-        Stored {
-            delivery: Delivery {
-                seq: s.seq,
-                published,
-                grip_only: s.grip_only,
-                ..Delivery::uncounted(s.frame)
-            },
-            at: now.checked_sub(age).unwrap_or(now),
-            dedupe_id: s.dedupe,
-        }
+/// A saved channel's events as its history, with its last publish, on the
+/// broker's clock (`clock` now; `now_ms` the wall clock).
+fn restored(
+    events: impl IntoIterator<Item = Saved>,
+    clock: u32,
+    now_ms: u64,
+    size: usize,
+) -> (History, u32) {
+    let mut history = History::default();
+    let mut last = 0;
+    for s in events {
+        // Older than the clock: as old as it can be here.
+        let age = now_ms.saturating_sub(s.at_ms).min(u64::from(clock)) as u32;
+        let at = clock.wrapping_sub(age);
+        history.push(s.seq, at, &s.frame, s.grip_only, s.dedupe, size);
+        last = at.max(1);
     }
+    (history, last)
 }
 
 impl MemoryBroker {
@@ -266,7 +272,7 @@ impl MemoryBroker {
 
     /// The whole history as it is now, for a save from memory.
     fn image_of(&self, st: &State, reserved: u64) -> Image {
-        let (now, now_ms) = (Instant::now(), persist::now_ms());
+        let (clock, now_ms) = (self.clock(), persist::now_ms());
         let mut img = Image::empty(self.epoch.load(Ordering::Acquire));
         img.seq = st.seq;
         img.reserved = reserved;
@@ -274,11 +280,11 @@ impl MemoryBroker {
         img.lost = st.lost.clone();
         img.channels = st
             .channels
-            .values()
-            .map(|ch| {
-                let events = ch.history.iter().map(|s| s.saved(now, now_ms)).collect();
+            .iter()
+            .map(|(name, ch)| {
+                let events = ch.history.iter().map(|s| saved(s, clock, now_ms)).collect();
                 (
-                    ch.name.clone(),
+                    name.clone(),
                     Kept {
                         evicted: ch.evicted,
                         events,

@@ -2,13 +2,12 @@
 //! hub, its cursor continuing above anything an unclean stop may have
 //! handed out.
 
-use super::{Journal, Stored};
+use super::{restored, Journal};
 use crate::config::Persist;
 use crate::hub::memory::{Channel, MemoryBroker, State};
 use crate::hub::persist::{self, Image, PersistError, Start};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use tokio::time::Instant;
 
 impl MemoryBroker {
     /// Take the saved state as the hub's (a start): the cursor continues
@@ -51,7 +50,7 @@ impl MemoryBroker {
             what: "write",
             error,
         })?;
-        let mut state = state_of(&mut image, seq);
+        let mut state = state_of(&mut image, seq, self.clock(), self.history_size);
         if let Some((from, to)) = lost {
             if to > from {
                 state.lost.push((from, to));
@@ -106,27 +105,18 @@ fn announce(start: &Start, saved_seq: u64, path: &str) -> (&'static str, u64, Op
 
 /// The hub's state rebuilt from a loaded image (its channels moved out),
 /// cursor at `seq`.
-fn state_of(image: &mut Image, seq: u64) -> State {
-    let (now, now_ms, published) = (Instant::now(), persist::now_ms(), std::time::Instant::now());
+fn state_of(image: &mut Image, seq: u64, clock: u32, size: usize) -> State {
+    let now_ms = persist::now_ms();
     let mut channels = HashMap::with_capacity(image.channels.len());
     for (name, kept) in std::mem::take(&mut image.channels) {
-        let history: std::collections::VecDeque<Stored> = kept
-            .events
-            .into_iter()
-            .map(|s| Stored::restored(s, now, now_ms, published))
-            .collect();
-        let ids = history.iter().filter_map(|s| s.dedupe_id.clone()).collect();
-        let last = history.back().map(|s| s.at);
-        let key: Box<str> = Box::from(&*name);
+        let (history, last) = restored(kept.events, clock, now_ms, size);
         let ch = Channel {
-            name,
-            subs: HashMap::new(),
             history,
-            ids,
             evicted: kept.evicted,
             last,
+            ..Channel::default()
         };
-        channels.insert(key, ch);
+        channels.insert(name, ch);
     }
     State {
         seq,
