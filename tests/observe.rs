@@ -265,6 +265,33 @@ routes:
     assert!(bytes > 20, "the prelude and two frames: {line}");
 }
 
+/// An HTTP/2 stream's events mostly go out through the hub's direct path,
+/// which the stream never sees: its line counts them all the same.
+#[tokio::test]
+async fn an_http2_stream_s_line_counts_the_events_the_hub_wrote_directly() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = support::tls::TestCa::new("access-h2");
+    let (cert, key) = ca.issue(dir.path(), "server");
+    let gw = Gateway::start(&format!(
+        "access_log: true\ntls: {{ cert: \"{}\", key: \"{}\" }}\nroutes:\n  - path: /e/{{n}}\n    sse: {{ channels: [\"c:{{n}}\"] }}\n",
+        cert.display(),
+        key.display()
+    ));
+    let url = format!("https://localhost:{}/e/h2", gw.port);
+    let mut s =
+        Sse::connect_using(&ca.reqwest(false), &url, &[("x-request-id", "h2-stream-1")]).await;
+    assert_eq!(s.version, reqwest::Version::HTTP_2);
+    // One at a time: the stream is parked between them, so the hub writes
+    // each one into the stream's send half itself.
+    for n in 0..3 {
+        gw.publish_ok("c:h2", json!(n)).await;
+        assert_eq!(s.next().await.data, n.to_string());
+    }
+    drop(s);
+    let line = access_line(&gw, "the h2 stream's line", |l| l.contains("h2-stream-1")).await;
+    assert!(line.contains("events=3"), "{line}");
+}
+
 /// A stream a live upgrade moves ends in the old process as `handed_off`
 /// (not as a client gone: the client saw nothing), and goes on in the new
 /// one, which writes no line for it.

@@ -20,17 +20,29 @@ use std::future::Future;
 use std::io;
 use std::task::{Context, Poll};
 
-/// h2's send half, as the hub's direct path.
+/// h2's send half, as the hub's direct path, with what the hub sent through
+/// it: the stream never sees those frames, but its access-log line counts
+/// them.
 #[derive(Debug)]
-pub(crate) struct H2Direct(pub SendStream<Bytes>);
+pub(crate) struct H2Direct {
+    tx: SendStream<Bytes>,
+    events: u64,
+    bytes: usize,
+}
 
 impl Direct for H2Direct {
     fn try_send(&mut self, frame: &Bytes) -> bool {
         if frame.is_empty() {
             return true;
         }
-        self.0.reserve_capacity(frame.len());
-        self.0.capacity() >= frame.len() && self.0.send_data(frame.clone(), false).is_ok()
+        self.tx.reserve_capacity(frame.len());
+        let sent =
+            self.tx.capacity() >= frame.len() && self.tx.send_data(frame.clone(), false).is_ok();
+        if sent {
+            self.events += 1;
+            self.bytes += frame.len();
+        }
+        sent
     }
 }
 
@@ -41,13 +53,17 @@ pub(crate) struct H2Sink;
 impl H2Sink {
     /// Install `tx` as `sub`'s direct path and return the sink that drives it.
     pub(crate) fn new(sub: &Subscriber, tx: SendStream<Bytes>) -> H2Sink {
-        sub.set_direct(Box::new(H2Direct(tx)));
+        sub.set_direct(Box::new(H2Direct {
+            tx,
+            events: 0,
+            bytes: 0,
+        }));
         H2Sink
     }
 }
 
 fn with_tx<R>(sub: &Subscriber, f: impl FnOnce(&mut SendStream<Bytes>) -> R) -> Option<R> {
-    sub.with_direct(|d: &mut H2Direct| f(&mut d.0))
+    sub.with_direct(|d: &mut H2Direct| f(&mut d.tx))
 }
 
 fn gone() -> io::Error {
@@ -188,5 +204,10 @@ impl Sink for H2Sink {
 
     fn surrender(self) -> Option<(tokio::net::TcpStream, Bytes)> {
         None
+    }
+
+    fn direct_written(&mut self, sub: &Subscriber) -> (u64, usize) {
+        sub.with_direct(|d: &mut H2Direct| (d.events, d.bytes))
+            .unwrap_or((0, 0))
     }
 }

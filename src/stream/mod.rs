@@ -309,6 +309,11 @@ pub(crate) trait Sink {
     /// The socket and the unwritten rest of a chunk cut short, for a live
     /// upgrade; None for a sink whose stream cannot move.
     fn surrender(self) -> Option<(tokio::net::TcpStream, Bytes)>;
+    /// Events and bytes the hub wrote through the subscriber's direct path
+    /// (`hub::Direct`) so far, which the stream itself never saw.
+    fn direct_written(&mut self, _sub: &Subscriber) -> (u64, usize) {
+        (0, 0)
+    }
 }
 
 /// Everything one stream owns while it runs.
@@ -497,6 +502,8 @@ impl Stream {
             // not wait for it.
             self.handoff.gone();
         }
+        let (events, bytes) = sink.direct_written(&self.subscription.sub);
+        self.tally(events, bytes);
         let sub = &self.subscription.sub;
         let last = match end {
             End::Shutdown | End::Retired
