@@ -54,6 +54,19 @@ async fn start_demo() -> (Demo, String) {
         .parse()
         .unwrap();
     eventually(WAIT, "demo listening", || port_open(port).then_some(())).await;
+    // The built-in app starts beside the gateway: up when the page it
+    // serves through the gateway answers.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match client().get(&page).send().await {
+            Ok(r) if r.status() == 200 => break,
+            other => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the demo page did not answer within {WAIT:?}: {other:?}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     (demo, page)
 }
 
