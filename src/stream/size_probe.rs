@@ -1,6 +1,7 @@
 //! What an idle detached stream costs is mostly its task's future: keep the
 //! HTTP/2 and TLS ones from growing back unnoticed (the plain socket's probe
 //! is in `socket`, with the stream built here).
+//! Compiled only under `#[cfg(test)]` (see `mod size_probe` in the parent).
 
 use super::h2::H2Sink;
 use super::tls::TlsSink;

@@ -1,5 +1,6 @@
 //! `hub.persist` through the memory broker: saves on the interval, clean
 //! and unclean restarts, the reservation, rewrites, compaction, sections.
+//! Compiled only under `#[cfg(test)]` (see `mod tests` in the parent).
 
 use super::*;
 use crate::hub::memory::tests::msg;
