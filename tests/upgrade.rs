@@ -74,6 +74,17 @@ impl Publisher {
         Publisher { stop, count, task }
     }
 
+    /// Once 50 more events went through (the new process, after an
+    /// upgrade), stop; how many were published in all.
+    async fn stop_after_50_more(self) -> u64 {
+        let at = self.count.load(Ordering::Acquire);
+        eventually(WAIT, "50 more events", || {
+            (self.count.load(Ordering::Acquire) > at + 50).then_some(())
+        })
+        .await;
+        self.stop().await
+    }
+
     async fn stop(self) -> u64 {
         self.stop.store(true, Ordering::Release);
         tokio::time::timeout(WAIT, self.task)
@@ -206,12 +217,7 @@ async fn upgrade_keeps_every_stream(hub: &str, streams: usize) {
         old.log()
     );
     // And events through the new one after.
-    let at_exit = publisher.count.load(Ordering::Acquire);
-    eventually(WAIT, "events after the upgrade", || {
-        (publisher.count.load(Ordering::Acquire) > at_exit + 50).then_some(())
-    })
-    .await;
-    let published = publisher.stop().await;
+    let published = publisher.stop_after_50_more().await;
     check_exactly_once(&clients, published).await;
     assert_eq!(
         new.metric("ssegate_streams_adopted_total").await,
@@ -329,12 +335,7 @@ async fn tls_and_http2_clients_reconnect_across_an_upgrade_and_resume_without_ga
         "{}",
         old.log()
     );
-    let at_exit = publisher.count.load(Ordering::Acquire);
-    eventually(WAIT, "events after the upgrade", || {
-        (publisher.count.load(Ordering::Acquire) > at_exit + 50).then_some(())
-    })
-    .await;
-    let published = publisher.stop().await;
+    let published = publisher.stop_after_50_more().await;
     for (room, (seen, _)) in &clients {
         let want: Vec<u64> = (0..published).filter(|n| n % ROOMS == *room).collect();
         eventually(WAIT, "every event after resuming", || {
@@ -396,12 +397,7 @@ async fn a_new_process_that_cannot_parse_the_handoff_refuses_it_and_streams_drai
         "old log:\n{}",
         old.log()
     );
-    let at_exit = publisher.count.load(Ordering::Acquire);
-    eventually(WAIT, "events after the upgrade", || {
-        (publisher.count.load(Ordering::Acquire) > at_exit + 50).then_some(())
-    })
-    .await;
-    let published = publisher.stop().await;
+    let published = publisher.stop_after_50_more().await;
     for (room, (seen, _)) in &clients {
         let want: Vec<u64> = (0..published).filter(|n| n % ROOMS == *room).collect();
         eventually(WAIT, "every event after resuming", || {
