@@ -10,9 +10,12 @@
 //! pingora's HTTP/1 session as already-read bytes.
 //!
 //! Connections waiting for a head are also counted: past a share of the
-//! open-file limit (`stream::limits::FdBudget`) the oldest one is let go, so
-//! a crowd of connections that never send a request cannot take every file
-//! descriptor and shut the listener to real clients.
+//! open-file limit (`stream::limits::FdBudget`) the oldest one is let go if
+//! it has waited `EVICT_AFTER` (and at the open-file limit, whatever its
+//! age), so a crowd of connections that never send a request cannot take
+//! every file descriptor and shut the listener to real clients. The age
+//! spares a reconnect storm: thousands of real clients are accepted faster
+//! than their heads, already sent, are read.
 //!
 //! Plain connections come from our own accept loop (`http::listener`), so
 //! that nothing of pingora's exists for them before their head is in; TLS
@@ -80,6 +83,14 @@ impl<A> HeadGate<A> {
             header_timeout,
             metrics,
         }
+    }
+
+    /// At the open-file limit: let the oldest waiting connection go, whatever
+    /// its age, so that its descriptor serves a new client. False when none
+    /// waits.
+    pub(crate) fn evict_oldest_waiter(&self) -> bool {
+        let mut q = self.waiting.lock();
+        self.waiting.evict_oldest(&mut q)
     }
 }
 
@@ -337,8 +348,12 @@ struct Waiting {
 #[derive(Debug, Default)]
 struct Queue {
     next: u64,
-    tickets: BTreeMap<u64, Arc<Notify>>,
+    tickets: BTreeMap<u64, (Instant, Arc<Notify>)>,
 }
+
+/// Past the cap, a waiter younger than this is not let go: a real client's
+/// head is read well within it even in a storm.
+const EVICT_AFTER: Duration = Duration::from_secs(1);
 
 /// One connection's place in `Waiting`, given back when dropped.
 struct Ticket<'w> {
@@ -361,25 +376,40 @@ impl Waiting {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A place in the queue; past `max`, the oldest waiter is let go.
+    /// A place in the queue; past `max`, the oldest waiter is let go if it
+    /// has waited `EVICT_AFTER`.
     fn enter(&self) -> Ticket<'_> {
         let evicted = Arc::new(Notify::new());
+        let now = Instant::now();
         let mut q = self.lock();
-        if q.tickets.len() >= self.max {
-            if let Some((_, oldest)) = q.tickets.pop_first() {
-                oldest.notify_one();
-                self.evictions.inc();
-            }
+        if q.tickets.len() >= self.max
+            && q.tickets
+                .first_key_value()
+                .is_some_and(|(_, (since, _))| now.duration_since(*since) >= EVICT_AFTER)
+        {
+            self.evict_oldest(&mut q);
         }
         let id = q.next;
         q.next += 1;
-        q.tickets.insert(id, evicted.clone());
+        q.tickets.insert(id, (now, evicted.clone()));
         self.gauge.set(q.tickets.len() as i64);
         Ticket {
             waiting: self,
             id,
             evicted,
         }
+    }
+}
+
+impl Waiting {
+    fn evict_oldest(&self, q: &mut Queue) -> bool {
+        let Some((_, (_, oldest))) = q.tickets.pop_first() else {
+            return false;
+        };
+        oldest.notify_one();
+        self.evictions.inc();
+        self.gauge.set(q.tickets.len() as i64);
+        true
     }
 }
 
@@ -428,21 +458,30 @@ mod tests {
         assert!(!ends(&[b"\n", b"\n", b"G\r\n"]));
     }
 
-    #[tokio::test]
-    async fn past_the_cap_the_oldest_waiter_is_let_go() {
+    #[tokio::test(start_paused = true)]
+    async fn past_the_cap_the_oldest_waiter_is_let_go_once_it_has_waited() {
         let metrics = Metrics::new();
+        let evicted = || metrics.turned_away.with_label_values(&["evicted"]).get();
         let w = Waiting::new(2, &metrics);
         let a = w.enter();
         let b = w.enter();
+        // A storm: everyone just arrived, nobody is let go.
         let c = w.enter();
+        assert_eq!((metrics.waiting.get(), evicted()), (3, 0));
+        tokio::time::advance(EVICT_AFTER).await;
+        let d = w.enter();
         tokio::time::timeout(Duration::from_secs(1), a.evicted())
             .await
             .expect("the oldest is let go");
-        assert_eq!(metrics.waiting.get(), 2);
-        drop((b, c));
+        assert_eq!((metrics.waiting.get(), evicted()), (3, 1));
+        // At the file limit, age does not matter.
+        assert!(w.evict_oldest(&mut w.lock()));
+        tokio::time::timeout(Duration::from_secs(1), b.evicted())
+            .await
+            .expect("the next oldest is let go");
+        drop((c, d));
         assert!(w.lock().tickets.is_empty());
-        assert_eq!(metrics.waiting.get(), 0);
-        assert_eq!(metrics.turned_away.with_label_values(&["evicted"]).get(), 1);
-        drop(a);
+        assert_eq!((metrics.waiting.get(), evicted()), (0, 2));
+        drop((a, b));
     }
 }

@@ -165,6 +165,12 @@ async fn accept_loop<A>(
                 tokio::spawn(gate.clone().serve_tcp(tcp, shutdown.clone()));
             }
             Err(e) if out_of_files(&e) => {
+                // A connection still without a request gives way first; its
+                // task closes it, then the accept is tried again.
+                if gate.evict_oldest_waiter() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
                 if reserve.refuse_one(&listener).await {
                     metrics
                         .turned_away
