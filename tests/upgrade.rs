@@ -252,6 +252,36 @@ struct Resuming {
     failed_connects: usize,
 }
 
+/// Each resuming client got every event of its room once, in order, with
+/// no reset (from history or Redis); `also` checks how it got there. Then
+/// the clients stop.
+async fn every_event_once_after_resuming(
+    clients: Vec<(u64, (Arc<Mutex<Resuming>>, tokio::task::JoinHandle<()>))>,
+    published: u64,
+    stop: &AtomicBool,
+    also: impl Fn(u64, &Resuming),
+) {
+    for (room, (seen, _)) in &clients {
+        let want: Vec<u64> = (0..published).filter(|n| n % ROOMS == *room).collect();
+        eventually(WAIT, "every event after resuming", || {
+            (seen.lock().unwrap().data.len() >= want.len()).then_some(())
+        })
+        .await;
+        let s = seen.lock().unwrap();
+        assert_eq!(
+            s.data, want,
+            "room {room}: every event once, in order ({} failed reconnects)",
+            s.failed_connects
+        );
+        assert_eq!(s.resets, 0, "room {room}: resumed, no reset");
+        also(*room, &s);
+    }
+    stop.store(true, Ordering::Release);
+    for (_, (_, task)) in clients {
+        let _ = tokio::time::timeout(WAIT, task).await;
+    }
+}
+
 fn resume_forever(
     http: reqwest::Client,
     url: String,
@@ -336,28 +366,13 @@ async fn tls_and_http2_clients_reconnect_across_an_upgrade_and_resume_without_ga
         old.log()
     );
     let published = publisher.stop_after_50_more().await;
-    for (room, (seen, _)) in &clients {
-        let want: Vec<u64> = (0..published).filter(|n| n % ROOMS == *room).collect();
-        eventually(WAIT, "every event after resuming", || {
-            (seen.lock().unwrap().data.len() >= want.len()).then_some(())
-        })
-        .await;
-        let s = seen.lock().unwrap();
-        assert_eq!(
-            s.data, want,
-            "room {room}: every event once, in order ({} failed reconnects)",
-            s.failed_connects
-        );
-        assert_eq!(s.resets, 0, "room {room}: resumed from history, no reset");
+    every_event_once_after_resuming(clients, published, &stop, |room, s| {
         assert!(
             s.reconnects >= 1,
             "room {room}: TLS streams drain and come back"
         );
-    }
-    stop.store(true, Ordering::Release);
-    for (_, (_, task)) in clients {
-        let _ = tokio::time::timeout(WAIT, task).await;
-    }
+    })
+    .await;
     assert_eq!(new.metric("ssegate_streams_adopted_total").await, 0.0);
 }
 
@@ -398,28 +413,13 @@ async fn a_new_process_that_cannot_parse_the_handoff_refuses_it_and_streams_drai
         old.log()
     );
     let published = publisher.stop_after_50_more().await;
-    for (room, (seen, _)) in &clients {
-        let want: Vec<u64> = (0..published).filter(|n| n % ROOMS == *room).collect();
-        eventually(WAIT, "every event after resuming", || {
-            (seen.lock().unwrap().data.len() >= want.len()).then_some(())
-        })
-        .await;
-        let s = seen.lock().unwrap();
-        assert_eq!(
-            s.data, want,
-            "room {room}: every event once, in order ({} failed reconnects)",
-            s.failed_connects
-        );
-        assert_eq!(s.resets, 0, "room {room}: resumed from Redis, no reset");
+    every_event_once_after_resuming(clients, published, &stop, |room, s| {
         assert_eq!(
             s.reconnects, 1,
             "room {room}: drained once, not handed over"
         );
-    }
-    stop.store(true, Ordering::Release);
-    for (_, (_, task)) in clients {
-        let _ = tokio::time::timeout(WAIT, task).await;
-    }
+    })
+    .await;
     assert_eq!(new.metric("ssegate_streams_adopted_total").await, 0.0);
 }
 
