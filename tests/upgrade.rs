@@ -252,11 +252,14 @@ struct Resuming {
     failed_connects: usize,
 }
 
+/// A resuming client: what it saw, and its task.
+type Resumer = (Arc<Mutex<Resuming>>, tokio::task::JoinHandle<()>);
+
 /// Each resuming client got every event of its room once, in order, with
 /// no reset (from history or Redis); `also` checks how it got there. Then
 /// the clients stop.
 async fn every_event_once_after_resuming(
-    clients: Vec<(u64, (Arc<Mutex<Resuming>>, tokio::task::JoinHandle<()>))>,
+    clients: Vec<(u64, Resumer)>,
     published: u64,
     stop: &AtomicBool,
     also: impl Fn(u64, &Resuming),
@@ -287,7 +290,7 @@ fn resume_forever(
     url: String,
     first: Sse,
     stop: Arc<AtomicBool>,
-) -> (Arc<Mutex<Resuming>>, tokio::task::JoinHandle<()>) {
+) -> Resumer {
     let seen = Arc::new(Mutex::new(Resuming::default()));
     let mine = seen.clone();
     let task = tokio::spawn(async move {
