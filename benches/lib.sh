@@ -120,13 +120,25 @@ start_redis() {
 }
 stop_redis() { [ -n "$REDIS_PID" ] && kill -TERM "$REDIS_PID" 2>/dev/null; wait "$REDIS_PID" 2>/dev/null; REDIS_PID=""; }
 
+# with_load JSON: the object with the 1-minute load average at the end of the
+# run first ("load1"): the machine is shared, every figure carries its load.
+with_load() {
+  local l
+  l=$(cut -d' ' -f1 /proc/loadavg)
+  case $1 in
+    '{}') echo "{\"load1\":$l}" ;;
+    '{'*) echo "{\"load1\":$l,${1#\{}" ;;
+    *) echo "$1" ;;
+  esac
+}
+
 # run_loadgen SYSTEM SCENARIO RUN ARGS...: one result line "system scenario run {json}".
 run_loadgen() {
   local sys=$1 sc=$2 run=$3 out
   shift 3
   out=$("$LOADGEN" "$@" --json 2>>"$BENCH_TMP/loadgen.err" | tail -n 1)
   [ -n "$out" ] || out='{"error":"loadgen printed nothing; see '"$BENCH_TMP"'/loadgen.err"}'
-  echo "$sys $sc $run $out"
+  echo "$sys $sc $run $(with_load "$out")"
 }
 
 # run_matrix SCENARIO...: each scenario RUNS times (default 3), each system of

@@ -76,6 +76,8 @@ for line in open(sys.argv[1] if len(sys.argv) > 1 else "/dev/stdin"):
         warnings.append(f"{system} {scenario} run {run}: {d['error']}")
         continue
     r = rows[scenario][system]
+    if "load1" in d:
+        put(r, "load average (1 min, end of run)", d["load1"])
     srv = d.get("server") or {}
     mode = d.get("mode")
     if "req_per_s" in d:
