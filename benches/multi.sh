@@ -12,9 +12,11 @@
 #   fanout3x  INSTANCES x PER subscribers on one channel, EVENTS events at RATE/s
 #   idle3x    INSTANCES x PER idle streams, 20 s settle, 60 s hold: gateways' and
 #             Redis's CPU with everyone idle (heartbeat $HEARTBEAT s)
-#   publish3x INSTANCES x 100 subscribers on one channel, PEVENTS events (default
-#             20,000) as fast as 4 publish connections go (not run by default):
-#             Redis's CPU per event when publishing, not fan-out, is the load
+#   publish3x INSTANCES x PSUBS subscribers (default 10) on one channel, PEVENTS
+#             events (default 20,000) as fast as 4 publish connections go (not
+#             run by default): Redis's CPU per event when publishing, not
+#             fan-out, is the load. INSTANCES=1 vs 3 splits Redis's cost per
+#             event into the script and the PUBLISH to each subscribed instance
 #   publish3x_batch  the same in requests of 100 events (one script per request)
 # Ports: instances 8081.. (public) and 9091.. (admin), Redis 6399.
 set -uo pipefail
@@ -25,6 +27,7 @@ PER="${PER:-19000}"
 EVENTS="${EVENTS:-100}"
 RATE="${RATE:-10}"
 PEVENTS="${PEVENTS:-20000}"
+PSUBS="${PSUBS:-10}"
 REDIS_PORT=6399
 . benches/lib.sh
 scenarios=("$@")
@@ -84,7 +87,7 @@ for sc in "${scenarios[@]}"; do
         batch=1
         [ "$sc" = publish3x ] || batch=100
         run_loadgen "ssegate-${INSTANCES}x" "$sc" "$run" fanout "${urls[@]}" \
-          --subscribers $((INSTANCES * 100)) --channel fan --channel-prefix room: \
+          --subscribers $((INSTANCES * PSUBS)) --channel fan --channel-prefix room: \
           --publish-url "http://127.0.0.1:9091/publish" --events "$PEVENTS" --rate 0 \
           --publish-concurrency 4 --batch "$batch" \
           --server-pid "$SERVER_PID" "${redis[@]}" ;;
