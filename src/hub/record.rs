@@ -103,6 +103,13 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// The number of the `ssegate.incomplete` that ends a record whose writer
+/// was lost with the process (restored by `hub.persist` or after a live
+/// upgrade unended). Its last saved frame may not be the last one a client
+/// got, so the next number could name an event the client already has;
+/// a writer never numbers this far (`max_events` ≤ 1,000,000).
+pub const LOST_END: u64 = u64::MAX;
+
 /// How a record ended. Every end but `Complete` is told to readers by a
 /// last event, `ssegate.incomplete`, numbered as the record's next event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

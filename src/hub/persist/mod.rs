@@ -27,10 +27,12 @@ mod files;
 mod format;
 mod image;
 mod load;
+mod replies;
 
 pub use files::{Batch, Opened, Store};
 pub use format::Damage;
 pub use image::{Image, Kept, Saved, Trim};
+pub use replies::{changes_of, Replies, Reply, ReplyChange, ReplyHead, ReplyId};
 
 use bytes::Bytes;
 use std::fmt;
