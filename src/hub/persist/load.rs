@@ -117,7 +117,7 @@ pub(super) enum Found {
     Nothing,
     Damaged(String),
     Good {
-        image: Image,
+        image: Box<Image>,
         generation: u64,
         checkpoint_len: u64,
         log: LogState,
@@ -158,7 +158,7 @@ pub(super) fn find(path: &Path, log_path: &Path, size: usize) -> Found {
         .any(|b| format::version_of(b).is_some_and(|v| v < format::VERSION));
     match replay_log(&log, &mut image, generation, size) {
         Ok(state) => Found::Good {
-            image,
+            image: Box::new(image),
             generation,
             checkpoint_len: checkpoint.len() as u64,
             log: state,

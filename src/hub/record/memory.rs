@@ -313,15 +313,15 @@ impl Records for MemoryRecords {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::hub::SubState;
 
-    pub(super) fn store() -> MemoryRecords {
+    pub(crate) fn store() -> MemoryRecords {
         MemoryRecords::new(Arc::new(Metrics::new()))
     }
 
-    pub(super) fn new_record(route: &str, max_total: usize) -> NewRecord {
+    pub(crate) fn new_record(route: &str, max_total: usize) -> NewRecord {
         NewRecord {
             id: RecordId::random(),
             route: route.into(),
@@ -331,7 +331,7 @@ mod tests {
         }
     }
 
-    pub(super) fn frame(rec: &NewRecord, n: u64) -> Bytes {
+    pub(crate) fn frame(rec: &NewRecord, n: u64) -> Bytes {
         wire::encode(Some(&rec.id.event_id(n)), None, &format!("e{n}")).unwrap()
     }
 
