@@ -14,7 +14,7 @@
 
 pub mod memory;
 
-use super::{Delivery, Subscriber};
+use super::{persist, Delivery, Subscriber};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::fmt;
@@ -230,6 +230,18 @@ pub trait Records: Send + Sync + fmt::Debug {
     ) -> Result<Following, RecordError>;
 
     fn unfollow(&self, sub: &Subscriber, id: RecordId);
+
+    /// A live upgrade: every record as it is now, for the new process. A
+    /// store shared by several instances has nothing to hand over.
+    fn hand_over(&self) -> persist::Replies {
+        persist::Replies::new()
+    }
+
+    /// Take the records a previous process handed over; how many, and how
+    /// many of them lost their writer with it.
+    fn take_over(&self, _replies: persist::Replies) -> (usize, usize) {
+        (0, 0)
+    }
 
     /// The store's upkeep (expiry), run for the life of the process.
     async fn run(self: Arc<Self>);

@@ -534,10 +534,11 @@ impl MemoryBroker {
         let (restored, interrupted) = records.restore(saved);
         records.journal_on();
         if found > 0 {
+            // Skipped: expired, evicted, or already handed over in a live upgrade.
             tracing::info!(
                 restored,
                 interrupted,
-                expired_or_evicted = found - restored,
+                skipped = found - restored,
                 "hub.persist: recorded replies restored"
             );
         }

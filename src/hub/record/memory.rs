@@ -302,6 +302,14 @@ impl Records for MemoryRecords {
         }
     }
 
+    fn hand_over(&self) -> persist::Replies {
+        self.lock().whole()
+    }
+
+    fn take_over(&self, replies: persist::Replies) -> (usize, usize) {
+        self.restore(replies)
+    }
+
     async fn run(self: Arc<Self>) {
         let mut t = tokio::time::interval(SWEEP);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

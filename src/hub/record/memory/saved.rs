@@ -68,7 +68,7 @@ impl Rec {
 }
 
 impl State {
-    fn whole(&self) -> Replies {
+    pub(super) fn whole(&self) -> Replies {
         self.records
             .iter()
             .map(|(id, r)| (*id.bytes(), r.saved()))
