@@ -9,6 +9,7 @@
 mod support;
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use support::chat::Chat;
 use support::replies::*;
@@ -190,6 +191,16 @@ async fn an_upgrade_carries_records_over(persist: bool) {
     let rec = &live.record;
     let moved = expect_cut(rec, &resume(&new, &format!("{rec}.10")).await, 11);
     assert!((10..200).contains(&moved), "{moved}");
+    // The old process cut the backend at the handoff rather than read it
+    // through its drain (a second, 10 events, at 100 ms each).
+    let cut = tokio::time::timeout(WAIT, async {
+        while chat.log.cut.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert!(cut.await.is_ok(), "the backend was never cut");
+    let written = chat.log.written.load(Ordering::SeqCst);
+    assert!(written <= 5 + moved + 5, "{written} written, {moved} moved");
     assert_eq!(chat.log.chat_requests(), 2, "one request per reply");
     if persist {
         // Saved at the old process's stop, taken over already.

@@ -243,6 +243,10 @@ pub trait Records: Send + Sync + fmt::Debug {
         (0, 0)
     }
 
+    /// The records were handed over (and the new process committed): what
+    /// the writers here still read would reach no one, so they stop.
+    fn handed_over(&self) {}
+
     /// The store's upkeep (expiry), run for the life of the process.
     async fn run(self: Arc<Self>);
 }

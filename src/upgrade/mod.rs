@@ -140,7 +140,8 @@ pub(crate) async fn hand_over(gw: &Gateway, socket: &Path) -> Result<usize, Hand
     let hub = gw.hub.state();
     let broker = gw.hub.identity();
     let records: Vec<StreamRecord> = frozen.iter().map(|f| record(gw, f)).collect();
-    let replies = match version >= replies::SINCE {
+    let moves_records = version >= replies::SINCE;
+    let replies = match moves_records {
         true => gw.records.hand_over(),
         false => Default::default(),
     };
@@ -155,6 +156,10 @@ pub(crate) async fn hand_over(gw: &Gateway, socket: &Path) -> Result<usize, Hand
             // Committed: the new process owns the sockets now; dropping our
             // copies sends nothing to the clients.
             drop(frozen);
+            if moves_records {
+                // It owns the records too: a backend still read here is cut.
+                gw.records.handed_over();
+            }
             Ok(n)
         }
         Err(e) => {

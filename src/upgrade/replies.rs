@@ -2,8 +2,10 @@
 //! protocol version 2: the old process sends every record after the hub's
 //! state (`RECORDS` frames), the new one takes them before it answers. A
 //! record still being read from its backend moves as it is then and ends
-//! as interrupted here (`hub::record::LOST_END`): its writer stays behind
-//! and its clients, drained there, resume here.
+//! as interrupted here (`hub::record::LOST_END`); once the new process
+//! committed, the old one's writers stop and cut their backends (what they
+//! would read would reach no one), and its clients, drained there, resume
+//! here.
 //!
 //! With `hub.persist` the files carry them too (saved at the old process's
 //! stop); a record that came over the socket is not loaded over.

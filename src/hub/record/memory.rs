@@ -43,6 +43,8 @@ struct State {
     routes: HashMap<Arc<str>, RouteUse>,
     /// Changes for `hub.persist`'s next save, when it is on.
     journal: Option<saved::Journal>,
+    /// Handed over to a new process: nothing more is appended here.
+    handed: bool,
 }
 
 #[derive(Debug)]
@@ -206,10 +208,11 @@ impl Records for MemoryRecords {
 
     async fn append(&self, rec: &NewRecord, n: u64, frame: Bytes) -> Result<Appended, RecordError> {
         let mut st = self.lock();
+        let handed = st.handed;
         let Some(r) = st.records.get_mut(&rec.id) else {
             return Ok(Appended::Gone);
         };
-        if r.ended || r.frames.len() as u64 + 1 != n {
+        if handed || r.ended || r.frames.len() as u64 + 1 != n {
             return Ok(Appended::Gone);
         }
         let size = r.push(frame.clone(), &self.metrics);
@@ -308,6 +311,10 @@ impl Records for MemoryRecords {
 
     fn take_over(&self, replies: persist::Replies) -> (usize, usize) {
         self.restore(replies)
+    }
+
+    fn handed_over(&self) {
+        self.lock().handed = true;
     }
 
     async fn run(self: Arc<Self>) {
