@@ -151,6 +151,11 @@ impl History {
         self.index.front().map(|e| e.at)
     }
 
+    /// The newest event's time.
+    pub(super) fn back_at(&self) -> Option<u32> {
+        self.index.back().map(|e| e.at)
+    }
+
     /// Drop the oldest event; its cursor.
     pub(super) fn pop_front(&mut self) -> Option<u64> {
         let e = self.index.pop_front()?;

@@ -194,24 +194,22 @@ fn saved(s: Stored<'_>, clock: u32, now_ms: u64) -> Saved {
     }
 }
 
-/// A saved channel's events as its history, with its last publish, on the
-/// broker's clock (`clock` now; `now_ms` the wall clock).
+/// A saved channel's events as its history, on the broker's clock (`clock`
+/// now; `now_ms` the wall clock).
 fn restored(
     events: impl IntoIterator<Item = Saved>,
     clock: u32,
     now_ms: u64,
     size: usize,
-) -> (History, u32) {
+) -> History {
     let mut history = History::default();
-    let mut last = 0;
     for s in events {
         // Older than the clock: as old as it can be here.
         let age = now_ms.saturating_sub(s.at_ms).min(u64::from(clock)) as u32;
         let at = clock.wrapping_sub(age);
         history.push(s.seq, at, &s.frame, s.grip_only, s.dedupe, size);
-        last = at.max(1);
     }
-    (history, last)
+    history
 }
 
 impl MemoryBroker {

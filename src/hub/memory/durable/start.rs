@@ -111,11 +111,9 @@ fn state_of(image: &mut Image, seq: u64, clock: u32, size: usize) -> State {
     let now_ms = persist::now_ms();
     let mut channels = HashMap::with_capacity(image.channels.len());
     for (name, kept) in std::mem::take(&mut image.channels) {
-        let (history, last) = restored(kept.events, clock, now_ms, size);
         let ch = Channel {
-            history,
+            history: restored(kept.events, clock, now_ms, size),
             evicted: kept.evicted,
-            last,
             ..Channel::default()
         };
         channels.insert(name, ch);
