@@ -43,6 +43,7 @@ impl MemoryBroker {
             events: &[],
             lost,
             sections: Vec::new(),
+            replies: &[],
             clean: false,
         };
         store.save(&batch).map_err(|error| PersistError::Io {
@@ -70,8 +71,9 @@ impl MemoryBroker {
         self.epoch.store(image.epoch, Ordering::Release);
         *self.lock() = state;
         let sections = std::mem::take(&mut image.sections);
+        let replies = std::mem::take(&mut image.replies);
         self.durable
-            .set(self.durable_for(settings, store, sections));
+            .set(self.durable_for(settings, store, sections, replies));
         Ok(())
     }
 }
