@@ -10,10 +10,10 @@
 //! of the client are whatever the client wrote: never sent on.
 
 use http::{HeaderMap, HeaderValue};
-use std::fmt::Write as _;
 use ipnet::IpNet;
 use pingora_error::Result;
 use pingora_http::RequestHeader;
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 /// What the gateway establishes about the client connection.
