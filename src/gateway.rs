@@ -251,29 +251,30 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         let (hub, records): (Arc<dyn Broker>, Arc<dyn Records>) = match &config.hub.broker {
             BrokerKind::Memory => {
-                let hub: Arc<dyn Broker> = match &config.hub.persist {
-                    None => Arc::new(MemoryBroker::new(
+                let hub = match &config.hub.persist {
+                    None => MemoryBroker::new(
                         config.hub.history_size,
                         config.hub.history_ttl,
                         metrics.clone(),
-                    )),
-                    Some(p) if upgrading => Arc::new(MemoryBroker::persistent_later(
+                    ),
+                    Some(p) if upgrading => MemoryBroker::persistent_later(
                         config.hub.history_size,
                         config.hub.history_ttl,
                         metrics.clone(),
                         p,
-                    )),
-                    Some(p) => Arc::new(
-                        MemoryBroker::persistent(
-                            config.hub.history_size,
-                            config.hub.history_ttl,
-                            metrics.clone(),
-                            p,
-                        )
-                        .map_err(BuildError::Persist)?,
                     ),
+                    Some(p) => MemoryBroker::persistent(
+                        config.hub.history_size,
+                        config.hub.history_ttl,
+                        metrics.clone(),
+                        p,
+                    )
+                    .map_err(BuildError::Persist)?,
                 };
-                (hub, Arc::new(MemoryRecords::new(metrics.clone())))
+                let records = Arc::new(MemoryRecords::new(metrics.clone()));
+                // hub.persist saves them with the history.
+                hub.keep_records(records.clone());
+                (Arc::new(hub), records)
             }
             BrokerKind::Redis { url, prefix, ca } => {
                 let redis = RedisBroker::new(

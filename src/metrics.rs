@@ -16,6 +16,26 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// One upstream's pass-through series, looked up once (`Metrics::upstream`)
+/// instead of hashing the labels on every proxied request.
+#[derive(Debug, Clone)]
+pub struct UpstreamSeries {
+    pub duration: Histogram,
+    /// `ssegate_proxy_responses_total` by class: 1xx..5xx, then "none".
+    by_class: [IntCounter; 6],
+}
+
+impl UpstreamSeries {
+    /// The response counter for `status` (0 when none was written).
+    pub fn responses(&self, status: u16) -> &IntCounter {
+        let i = match status {
+            100..=599 => usize::from(status / 100 - 1),
+            _ => 5,
+        };
+        &self.by_class[i]
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -110,6 +130,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub fn upstream(&self, name: &str) -> UpstreamSeries {
+        let by = |class: &str| self.proxied.with_label_values(&[name, class]);
+        UpstreamSeries {
+            duration: self.proxy_duration.with_label_values(&[name]),
+            by_class: ["1xx", "2xx", "3xx", "4xx", "5xx", "none"].map(by),
+        }
+    }
+
     pub fn new() -> Metrics {
         let r = Registry::new();
         let counter =
@@ -405,5 +433,20 @@ fn status_label(s: u16) -> &'static str {
         503 => "503",
         504 => "504",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_upstream_s_responses_count_under_their_class() {
+        let m = super::Metrics::new();
+        let s = m.upstream("app");
+        for status in [101, 204, 304, 404, 503, 0, 600] {
+            s.responses(status).inc();
+        }
+        let got = |class: &str| m.proxied.with_label_values(&["app", class]).get();
+        let all = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"].map(got);
+        assert_eq!(all, [1, 1, 1, 1, 1, 2]);
     }
 }

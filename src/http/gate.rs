@@ -251,7 +251,10 @@ impl<A> HeadGate<A> {
             if buf.len() >= MAX_HEAD {
                 return Head::TooLarge;
             }
-            buf.reserve(4096.min(MAX_HEAD - buf.len()));
+            // Most heads fit the first 1 KiB: grown only once it is full.
+            if buf.len() == buf.capacity() {
+                buf.reserve(4096.min(MAX_HEAD - buf.len()));
+            }
             tokio::select! {
                 r = stream.read_buf(&mut buf) => {
                     if !matches!(r, Ok(n) if n > 0) {

@@ -201,9 +201,8 @@ impl PublicProxy {
         }
         let start = match outcome {
             Ok(grip::Outcome::Done) => {
-                gw.metrics
-                    .proxy_duration
-                    .with_label_values(&[&pool.name])
+                pool.series(&gw.metrics)
+                    .duration
                     .observe(ctx.started.elapsed().as_secs_f64());
                 return Ok(true);
             }
@@ -509,24 +508,9 @@ impl ProxyHttp for PublicProxy {
             );
         }
         if let Some(pool) = &ctx.pool {
-            self.gw
-                .metrics
-                .proxy_duration
-                .with_label_values(&[&pool.name])
-                .observe(ctx.started.elapsed().as_secs_f64());
-            let class = match status {
-                100..=199 => "1xx",
-                200..=299 => "2xx",
-                300..=399 => "3xx",
-                400..=499 => "4xx",
-                500..=599 => "5xx",
-                _ => "none",
-            };
-            self.gw
-                .metrics
-                .proxied
-                .with_label_values(&[&pool.name, class])
-                .inc();
+            let series = pool.series(&self.gw.metrics);
+            series.duration.observe(ctx.started.elapsed().as_secs_f64());
+            series.responses(status).inc();
         }
     }
 

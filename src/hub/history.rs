@@ -5,13 +5,18 @@
 //! history costs its frame and ~30 bytes; the frames handed to live
 //! subscribers are separate and go away once delivered.
 //!
+//! The `id:` line the broker writes first in every frame is not stored:
+//! it is the cursor, which the entry's seq and the history's epoch give
+//! back exactly when a frame is read out (~24 bytes an event).
+//!
 //! Buffers grow geometrically but never past what `size` events of the
 //! sizes seen so far need, so a full history sits in about one allocation
 //! of its own size.
 
-use super::Delivery;
-use bytes::Bytes;
+use super::{cursor, Delivery};
+use bytes::{BufMut, Bytes};
 use std::collections::{HashSet, VecDeque};
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 /// One stored event: where its frame is, and what the broker needs to know.
@@ -27,7 +32,9 @@ struct Entry {
 
 const GRIP_ONLY: u32 = 1 << 31;
 const HAS_ID: u32 = 1 << 30;
-const LEN: u32 = HAS_ID - 1;
+/// The frame began with `id: <cursor(epoch, seq)>\n`, left out of `frames`.
+const ID_LINE: u32 = 1 << 29;
+const LEN: u32 = ID_LINE - 1;
 
 impl Entry {
     fn len(&self) -> usize {
@@ -58,6 +65,21 @@ pub(super) struct History {
     frames: VecDeque<u8>,
     index: VecDeque<Entry>,
     ids: Option<Box<Ids>>,
+    /// The epoch of the stripped `id:` lines; one per history, so a frame
+    /// of another epoch (none in practice) is kept whole.
+    epoch: Option<NonZeroU64>,
+}
+
+/// The epoch of `frame`'s first line when it is exactly the cursor of
+/// `seq` (`id: <epoch hex>-<seq>\n`), and that line's length.
+fn id_line(frame: &[u8], seq: u64) -> Option<(NonZeroU64, usize)> {
+    let rest = frame.strip_prefix(b"id: ")?;
+    let end = rest.iter().position(|&b| b == b'\n')?;
+    let value = std::str::from_utf8(&rest[..end]).ok()?;
+    let (epoch, at) = cursor::parse(value)?;
+    // Only a canonical cursor comes back byte for byte from (epoch, seq).
+    (at == seq && cursor::format(epoch, seq) == value).then_some(())?;
+    Some((NonZeroU64::new(epoch)?, 4 + end + 1))
 }
 
 /// Room for `extra` more, growing to at most `cap_at` (but always enough).
@@ -95,7 +117,18 @@ impl History {
         dedupe_id: Option<Arc<str>>,
         size: usize,
     ) {
-        let mut len_flags = (frame.len() as u32).min(LEN);
+        let mut frame = frame;
+        let mut len_flags = 0;
+        if let Some((epoch, line)) = id_line(frame, seq) {
+            if self.epoch.is_none() {
+                self.epoch = Some(epoch);
+            }
+            if self.epoch == Some(epoch) {
+                frame = &frame[line..];
+                len_flags |= ID_LINE;
+            }
+        }
+        len_flags |= (frame.len() as u32).min(LEN);
         if grip_only {
             len_flags |= GRIP_ONLY;
         }
@@ -116,6 +149,11 @@ impl History {
     /// The oldest event's time.
     pub(super) fn front_at(&self) -> Option<u32> {
         self.index.front().map(|e| e.at)
+    }
+
+    /// The newest event's time.
+    pub(super) fn back_at(&self) -> Option<u32> {
+        self.index.back().map(|e| e.at)
     }
 
     /// Drop the oldest event; its cursor.
@@ -144,7 +182,7 @@ impl History {
         let mut ids = self.ids.iter().flat_map(|ids| ids.order.iter());
         let mut offset = 0;
         self.index.iter().map(move |e| {
-            let frame = self.frame_at(offset, e.len());
+            let frame = self.frame_at(e, offset);
             offset += e.len();
             Stored {
                 seq: e.seq,
@@ -166,7 +204,7 @@ impl History {
         let skip: usize = self.index.range(..start).map(Entry::len).sum();
         let mut offset = skip;
         for e in self.index.range(start..) {
-            let frame = self.frame_at(offset, e.len());
+            let frame = self.frame_at(e, offset);
             offset += e.len();
             // Replayed frames go out in the opening, not counted by source.
             out.push(Delivery {
@@ -177,10 +215,17 @@ impl History {
         }
     }
 
-    /// A copy of `len` frame bytes from `offset`.
-    fn frame_at(&self, offset: usize, len: usize) -> Bytes {
+    /// A copy of entry `e`'s frame, stored from `offset`, with its `id:`
+    /// line back in front.
+    fn frame_at(&self, e: &Entry, offset: usize) -> Bytes {
         let (a, b) = self.frames.as_slices();
-        let mut out = Vec::with_capacity(len);
+        let len = e.len();
+        let mut out = Vec::with_capacity(len + 32);
+        if let (true, Some(epoch)) = (e.len_flags & ID_LINE != 0, self.epoch) {
+            out.put_slice(b"id: ");
+            out.put_slice(cursor::format(epoch.get(), e.seq).as_bytes());
+            out.put_u8(b'\n');
+        }
         let end = offset + len;
         if offset < a.len() {
             out.extend_from_slice(&a[offset..end.min(a.len())]);
@@ -226,6 +271,39 @@ mod tests {
         assert_eq!(seqs, vec![36, 37, 38, 39, 40]);
         assert_eq!(out[0].frame, frame(36));
         assert_eq!(out.iter().filter(|d| d.grip_only).count(), 2);
+    }
+
+    #[test]
+    fn leaves_out_the_cursor_line_and_writes_it_back_exactly() {
+        let ev = |epoch: u64, seq: u64| {
+            Bytes::from(format!(
+                "id: {}\ndata: {}\n\n",
+                cursor::format(epoch, seq),
+                "y".repeat(200)
+            ))
+        };
+        let mut h = History::default();
+        let frames_in: Vec<(u64, Bytes)> = vec![
+            (1, ev(0x19a, 1)),
+            // Not this entry's cursor, another epoch, not canonical, a
+            // GRIP frame with its own id: all kept whole.
+            (2, ev(0x19a, 7)),
+            (3, ev(0x19b, 3)),
+            (4, Bytes::from_static(b"id: 19a-04\ndata: x\n\n")),
+            (5, Bytes::from_static(b"id: mine\ndata: x\n\n")),
+            (6, Bytes::from_static(b"data: no id\n\n")),
+            (7, ev(0x19a, 7)),
+        ];
+        for (seq, f) in &frames_in {
+            h.push(*seq, 0, f, false, None, 10);
+        }
+        let stored = frames_in.iter().map(|(_, f)| f.len()).sum::<usize>() - h.frames.len();
+        assert_eq!(stored, 2 * "id: 19a-1\n".len(), "two id lines left out");
+        assert_eq!(frames(&h), frames_in);
+        let mut out = Vec::new();
+        h.after(0, &mut out);
+        let replayed: Vec<(u64, Bytes)> = out.into_iter().map(|d| (d.seq, d.frame)).collect();
+        assert_eq!(replayed, frames_in);
     }
 
     #[test]

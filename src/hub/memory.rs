@@ -69,8 +69,6 @@ struct Channel {
     history: History,
     /// Highest cursor evicted from this channel's history.
     evicted: u64,
-    /// When its last event was published, on the broker's `clock` (0: never).
-    last: u32,
 }
 
 impl Channel {
@@ -306,7 +304,6 @@ impl Broker for MemoryBroker {
                 grip_only,
             };
             offer_all(ch.subs.values(), &delivery, &self.metrics);
-            ch.last = now.max(1);
             if let Some(r) = &mut recent {
                 r.push(super::tail::entry(&ev, cursor));
             }
@@ -416,7 +413,12 @@ impl Broker for MemoryBroker {
                 name: name.to_string(),
                 subscribers: ch.subs.len(),
                 history: Some(ch.history.len()),
-                idle_ms: (ch.last != 0).then(|| u64::from(now.wrapping_sub(ch.last))),
+                // A channel without history shows no idle time: one field
+                // less in every channel's slot (issue 17, history cost).
+                idle_ms: ch
+                    .history
+                    .back_at()
+                    .map(|at| u64::from(now.wrapping_sub(at))),
             })
             .collect()
     }

@@ -14,7 +14,7 @@
 
 pub mod memory;
 
-use super::{Delivery, Subscriber};
+use super::{persist, Delivery, Subscriber};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::fmt;
@@ -102,6 +102,13 @@ impl fmt::Debug for Credentials {
         f.write_str("Credentials(..)")
     }
 }
+
+/// The number of the `ssegate.incomplete` that ends a record whose writer
+/// was lost with the process (restored by `hub.persist` or after a live
+/// upgrade unended). Its last saved frame may not be the last one a client
+/// got, so the next number could name an event the client already has;
+/// a writer never numbers this far (`max_events` ≤ 1,000,000).
+pub const LOST_END: u64 = u64::MAX;
 
 /// How a record ended. Every end but `Complete` is told to readers by a
 /// last event, `ssegate.incomplete`, numbered as the record's next event.
@@ -223,6 +230,22 @@ pub trait Records: Send + Sync + fmt::Debug {
     ) -> Result<Following, RecordError>;
 
     fn unfollow(&self, sub: &Subscriber, id: RecordId);
+
+    /// A live upgrade: every record as it is now, for the new process. A
+    /// store shared by several instances has nothing to hand over.
+    fn hand_over(&self) -> persist::Replies {
+        persist::Replies::new()
+    }
+
+    /// Take the records a previous process handed over; how many, and how
+    /// many of them lost their writer with it.
+    fn take_over(&self, _replies: persist::Replies) -> (usize, usize) {
+        (0, 0)
+    }
+
+    /// The records were handed over (and the new process committed): what
+    /// the writers here still read would reach no one, so they stop.
+    fn handed_over(&self) {}
 
     /// The store's upkeep (expiry), run for the life of the process.
     async fn run(self: Arc<Self>);

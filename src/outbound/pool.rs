@@ -9,13 +9,14 @@
 
 use super::resolve::{system_resolver, Resolution, Resolver, Target};
 use crate::config::Upstream;
+use crate::metrics::{Metrics, UpstreamSeries};
 use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::utils::tls::{parse_x509, WrappedX509};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::time::Instant;
 
 pub struct Pool {
@@ -30,6 +31,9 @@ pub struct Pool {
     /// Keeps connections of different pools apart even when they share an
     /// address: pingora's reuse key does not include the CAs.
     group: u64,
+    /// This pool's metric series, resolved at the first request (a pool
+    /// belongs to one gateway, so to one `Metrics`).
+    series: OnceLock<UpstreamSeries>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -73,7 +77,12 @@ impl Pool {
             born,
             ca,
             group: h.finish(),
+            series: OnceLock::new(),
         }
+    }
+
+    pub fn series(&self, metrics: &Metrics) -> &UpstreamSeries {
+        self.series.get_or_init(|| metrics.upstream(&self.name))
     }
 
     fn now_ms(&self) -> u64 {

@@ -23,6 +23,7 @@
 
 mod pidfile;
 mod reexec;
+mod replies;
 pub(crate) mod systemd;
 pub(crate) mod wire;
 
@@ -30,6 +31,7 @@ pub(crate) use pidfile::{signal_when_listening, write as write_pid};
 pub(crate) use reexec::Reexec;
 
 use crate::gateway::{Action, Gateway};
+use crate::hub::persist::Replies;
 use crate::hub::{Delivery, HubState, Resume};
 use crate::stream::handoff::{self, Frozen, Handed};
 use crate::stream::socket::{Framing, SocketSink};
@@ -123,7 +125,7 @@ fn versions() -> (u16, u16) {
 /// (and is drained by the caller's drain).
 pub(crate) async fn hand_over(gw: &Gateway, socket: &Path) -> Result<usize, HandoffError> {
     let path = streams_socket(socket);
-    let sock = tokio::task::spawn_blocking(move || connect(&path))
+    let (sock, version) = tokio::task::spawn_blocking(move || connect(&path))
         .await
         .map_err(|e| HandoffError::Io(io::Error::other(e)))??;
     gw.hub.seal();
@@ -138,8 +140,13 @@ pub(crate) async fn hand_over(gw: &Gateway, socket: &Path) -> Result<usize, Hand
     let hub = gw.hub.state();
     let broker = gw.hub.identity();
     let records: Vec<StreamRecord> = frozen.iter().map(|f| record(gw, f)).collect();
+    let moves_records = version >= replies::SINCE;
+    let replies = match moves_records {
+        true => gw.records.hand_over(),
+        false => Default::default(),
+    };
     let (sent, frozen) = tokio::task::spawn_blocking(move || {
-        let r = send_all(&sock, &broker, hub, records, &frozen);
+        let r = send_all(&sock, &broker, (hub, replies), records, &frozen);
         (r, frozen)
     })
     .await
@@ -149,6 +156,10 @@ pub(crate) async fn hand_over(gw: &Gateway, socket: &Path) -> Result<usize, Hand
             // Committed: the new process owns the sockets now; dropping our
             // copies sends nothing to the clients.
             drop(frozen);
+            if moves_records {
+                // It owns the records too: a backend still read here is cut.
+                gw.records.handed_over();
+            }
             Ok(n)
         }
         Err(e) => {
@@ -160,7 +171,8 @@ pub(crate) async fn hand_over(gw: &Gateway, socket: &Path) -> Result<usize, Hand
     }
 }
 
-fn connect(path: &Path) -> Result<UnixStream, HandoffError> {
+/// The socket, and the protocol version the new process chose.
+fn connect(path: &Path) -> Result<(UnixStream, u16), HandoffError> {
     let sock = UnixStream::connect(path)?;
     sock.set_read_timeout(Some(PEER_WAIT))?;
     let (min, max) = versions();
@@ -169,7 +181,7 @@ fn connect(path: &Path) -> Result<UnixStream, HandoffError> {
     match wire::parse_hello(&reply) {
         None => Err(HandoffError::NotOurs),
         Some((0, reason)) => Err(HandoffError::Refused(reason)),
-        Some(_) => Ok(sock),
+        Some((chosen, _)) => Ok((sock, chosen)),
     }
 }
 
@@ -239,12 +251,12 @@ fn record(gw: &Gateway, f: &Frozen) -> StreamRecord {
     }
 }
 
-/// SETUP, HUB, STREAMS, END; then DONE from the new process and COMMIT
-/// from us. The number of streams handed over.
+/// SETUP, HUB, RECORDS, STREAMS, END; then DONE from the new process and
+/// COMMIT from us. The number of streams handed over.
 fn send_all(
     sock: &UnixStream,
     broker: &str,
-    hub: Option<HubState>,
+    (hub, replies): (Option<HubState>, Replies),
     records: Vec<StreamRecord>,
     frozen: &[Frozen],
 ) -> Result<usize, HandoffError> {
@@ -256,6 +268,7 @@ fn send_all(
     if let Some(state) = hub {
         wire::send_frame(sock, Kind::Hub, &wire::encode(&state)?, &[])?;
     }
+    replies::send(sock, replies)?;
     let mut records = records.into_iter();
     for batch in frozen.chunks(wire::MAX_FDS) {
         let recs: Vec<StreamRecord> = records.by_ref().take(batch.len()).collect();
@@ -378,6 +391,7 @@ impl fmt::Debug for Adopter {
 /// What the old process sent, with the sockets.
 struct Received {
     hub: Option<HubState>,
+    replies: Replies,
     streams: Vec<(StreamRecord, std::os::fd::OwnedFd)>,
     receiver: wire::Receiver,
 }
@@ -415,11 +429,20 @@ impl Adopter {
             .map_err(|e| HandoffError::Io(io::Error::other(e)))??;
         let Received {
             hub,
+            replies,
             streams,
             mut receiver,
         } = received;
         if let Some(state) = hub {
             self.gw.hub.restore(state);
+        }
+        if !replies.is_empty() {
+            let (restored, interrupted) = self.gw.records.take_over(replies);
+            tracing::info!(
+                restored,
+                interrupted,
+                "upgrade: recorded replies taken over"
+            );
         }
         let mut staged = Vec::with_capacity(streams.len());
         for (rec, fd) in streams {
@@ -556,6 +579,7 @@ fn receive(sock: UnixStream, broker: &str) -> Result<Received, HandoffError> {
     (&sock).write_all_hello(&wire::hello(chosen, 0))?;
     let mut receiver = wire::Receiver::new(sock);
     let mut hub = None;
+    let mut replies = Replies::new();
     let mut streams = Vec::new();
     loop {
         let Some(frame) = receiver.next()? else {
@@ -570,6 +594,7 @@ fn receive(sock: UnixStream, broker: &str) -> Result<Received, HandoffError> {
                 }
             }
             Kind::Hub => hub = Some(wire::decode::<HubState>(&frame.payload)?),
+            Kind::Records => replies::receive(&frame.payload, &mut replies)?,
             Kind::Streams => {
                 let recs: Vec<StreamRecord> = wire::decode(&frame.payload)?;
                 if recs.len() != frame.fds.len() {
@@ -588,6 +613,7 @@ fn receive(sock: UnixStream, broker: &str) -> Result<Received, HandoffError> {
                 }
                 return Ok(Received {
                     hub,
+                    replies,
                     streams,
                     receiver,
                 });

@@ -7,7 +7,8 @@
 //!   then frames:  len u32 | kind u8 | 0 u8 | nfds u16 | crc32(payload) u32 | payload
 //!   (little endian; payload postcard-encoded; a STREAMS frame carries `nfds`
 //!   sockets, SCM_RIGHTS, in the same sendmsg as its header)
-//!   old → new  SETUP, HUB (memory broker), STREAMS × n, END
+//!   old → new  SETUP, HUB (memory broker), RECORDS × n (memory broker,
+//!              version 2), STREAMS × n, END
 //!   new → old  DONE (the streams are staged, nothing written yet) or ABORT
 //!   old → new  COMMIT: the old process lets go; only now does the new one write
 //! ```
@@ -32,8 +33,8 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 pub(crate) const MAGIC: &[u8; 16] = b"SSEGATE-HANDOFF\0";
-/// The protocol versions this binary speaks.
-pub(crate) const VERSIONS: (u16, u16) = (1, 1);
+/// The protocol versions this binary speaks: 2 added RECORDS.
+pub(crate) const VERSIONS: (u16, u16) = (1, 2);
 /// Linux `SCM_MAX_FD`: more descriptors in one message fail with EINVAL.
 pub(crate) const MAX_FDS: usize = 253;
 const MAX_FRAME: usize = 256 << 20;
@@ -50,6 +51,7 @@ pub(crate) enum Kind {
     Done = 5,
     Abort = 6,
     Commit = 7,
+    Records = 8,
 }
 
 impl Kind {
@@ -62,6 +64,7 @@ impl Kind {
             5 => Kind::Done,
             6 => Kind::Abort,
             7 => Kind::Commit,
+            8 => Kind::Records,
             _ => return None,
         })
     }

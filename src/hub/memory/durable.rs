@@ -11,7 +11,10 @@
 use super::{MemoryBroker, State};
 use crate::config::Persist;
 use crate::hub::history::{History, Stored};
-use crate::hub::persist::{self, Image, Kept, PersistError, Saved, Section, Store, Trim, RESERVE};
+use crate::hub::persist::{
+    self, Image, Kept, PersistError, Replies, ReplyChange, Saved, Section, Store, Trim, RESERVE,
+};
+use crate::hub::record::memory::MemoryRecords;
 use crate::hub::Delivery;
 use crate::metrics::Metrics;
 use bytes::Bytes;
@@ -109,6 +112,8 @@ pub(in crate::hub) struct Slot {
     /// The previous process handed its hub over (`Broker::restore`).
     handed: AtomicBool,
     opened: Notify,
+    /// The recorded replies saved with the hub (`keep_records`).
+    records: std::sync::OnceLock<Arc<MemoryRecords>>,
 }
 
 impl Slot {
@@ -152,6 +157,8 @@ pub(super) struct Durable {
     stopping: Arc<AtomicBool>,
     sections: Mutex<Vec<Arc<dyn Section>>>,
     restored: BTreeMap<String, Bytes>,
+    /// The replies the files held, until the record store takes them.
+    restored_replies: Mutex<Replies>,
     trim: Trim,
     metrics: Arc<Metrics>,
 }
@@ -169,7 +176,7 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 enum Job {
-    Delta(Vec<(Arc<str>, Saved)>),
+    Delta(Vec<(Arc<str>, Saved)>, Vec<ReplyChange>),
     /// Everything, from memory: after an overflow or a failed append.
     Rewrite(Box<Image>),
 }
@@ -187,24 +194,22 @@ fn saved(s: Stored<'_>, clock: u32, now_ms: u64) -> Saved {
     }
 }
 
-/// A saved channel's events as its history, with its last publish, on the
-/// broker's clock (`clock` now; `now_ms` the wall clock).
+/// A saved channel's events as its history, on the broker's clock (`clock`
+/// now; `now_ms` the wall clock).
 fn restored(
     events: impl IntoIterator<Item = Saved>,
     clock: u32,
     now_ms: u64,
     size: usize,
-) -> (History, u32) {
+) -> History {
     let mut history = History::default();
-    let mut last = 0;
     for s in events {
         // Older than the clock: as old as it can be here.
         let age = now_ms.saturating_sub(s.at_ms).min(u64::from(clock)) as u32;
         let at = clock.wrapping_sub(age);
         history.push(s.seq, at, &s.frame, s.grip_only, s.dedupe, size);
-        last = at.max(1);
     }
-    (history, last)
+    history
 }
 
 impl MemoryBroker {
@@ -256,6 +261,7 @@ impl MemoryBroker {
         settings: &Persist,
         store: Store,
         restored: BTreeMap<String, Bytes>,
+        replies: Replies,
     ) -> Durable {
         Durable {
             interval: settings.interval,
@@ -265,6 +271,7 @@ impl MemoryBroker {
             stopping: Arc::default(),
             sections: Mutex::default(),
             restored,
+            restored_replies: Mutex::new(replies),
             trim: self.trim(),
             metrics: self.metrics.clone(),
         }
@@ -305,6 +312,7 @@ impl MemoryBroker {
             .filter_map(|s| s.snapshot().map(|b| (s.key(), b)))
             .collect();
         let broken = locked(&d.store).broken();
+        let records = self.durable.records.get();
         let (job, seq, reserved, forgotten) = {
             let mut guard = self.lock();
             let st = &mut *guard;
@@ -316,7 +324,10 @@ impl MemoryBroker {
             j.sealed = stopping;
             let reserved = (seq + j.reserve).max(j.reserved);
             let fresh = seq.saturating_add(j.reserve / 2) <= j.reserved;
-            let idle = j.pending.is_empty() && !j.overflowed && sections.is_empty();
+            let idle = j.pending.is_empty()
+                && !j.overflowed
+                && sections.is_empty()
+                && !records.is_some_and(|r| r.changed());
             if idle && fresh && !stopping && !broken {
                 return;
             }
@@ -324,15 +335,18 @@ impl MemoryBroker {
                 j.pending = Vec::new();
                 j.bytes = 0;
                 j.overflowed = false;
-                Job::Rewrite(Box::new(self.image_of(st, reserved)))
+                let mut image = self.image_of(st, reserved);
+                image.replies = records.map(|r| r.take_whole()).unwrap_or_default();
+                Job::Rewrite(Box::new(image))
             } else {
                 j.bytes = 0;
-                Job::Delta(std::mem::take(&mut j.pending))
+                let replies = records.map(|r| r.take_changes()).unwrap_or_default();
+                Job::Delta(std::mem::take(&mut j.pending), replies)
             };
             (job, seq, reserved, forgotten)
         };
         let kind = match &job {
-            Job::Delta(_) => "delta",
+            Job::Delta(..) => "delta",
             Job::Rewrite(_) => "checkpoint",
         };
         let store = d.store.clone();
@@ -347,11 +361,13 @@ impl MemoryBroker {
                 events: &[],
                 lost: None,
                 sections,
+                replies: &[],
                 clean: stopping,
             };
             let bytes = match job {
-                Job::Delta(events) => {
+                Job::Delta(events, replies) => {
                     batch.events = &events;
+                    batch.replies = &replies;
                     s.save(&batch)?
                 }
                 Job::Rewrite(mut image) => {
@@ -496,6 +512,34 @@ impl MemoryBroker {
 
     pub(super) fn persisted_section(&self, key: &str) -> Option<Bytes> {
         self.durable.get()?.restored.get(key).cloned()
+    }
+
+    /// Save `records` (the recorded replies of `record:` routes) with the
+    /// hub, and give them what the files held: at once when the files are
+    /// open, else once they are (`run --upgrade`). Without `hub.persist`
+    /// nothing is journaled.
+    pub fn keep_records(&self, records: Arc<MemoryRecords>) {
+        let _ = self.durable.records.set(records);
+        self.hand_records();
+    }
+
+    pub(super) fn hand_records(&self) {
+        let (Some(d), Some(records)) = (self.durable.get(), self.durable.records.get()) else {
+            return;
+        };
+        let saved = std::mem::take(&mut *locked(&d.restored_replies));
+        let found = saved.len();
+        let (restored, interrupted) = records.restore(saved);
+        records.journal_on();
+        if found > 0 {
+            // Skipped: expired, evicted, or already handed over in a live upgrade.
+            tracing::info!(
+                restored,
+                interrupted,
+                skipped = found - restored,
+                "hub.persist: recorded replies restored"
+            );
+        }
     }
 }
 

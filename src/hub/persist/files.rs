@@ -4,6 +4,7 @@
 use super::format::{self, Damage, Head, Kind, Record};
 use super::image::{Image, Saved, Trim};
 use super::load::{find, read_checkpoint, read_file, replay_log, Found, LogState};
+use super::replies::{self, ReplyChange};
 use super::{new_epoch, now_ms, PersistError, Start};
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -70,6 +71,8 @@ pub struct Batch<'a> {
     /// An unclean start's lost range, recorded before anything else.
     pub lost: Option<(u64, u64)>,
     pub sections: Vec<(&'static str, Bytes)>,
+    /// Recorded replies' changes since the previous save, in order.
+    pub replies: &'a [ReplyChange],
     /// The process stops after this save.
     pub clean: bool,
 }
@@ -191,6 +194,18 @@ fn write_checkpoint(
         for (key, body) in sections {
             format::frame(&Record::Section { key, body }, &mut buf);
         }
+        let mut changes = Vec::new();
+        for (id, reply) in &image.replies {
+            changes.clear();
+            replies::changes_of(*id, reply, &mut changes);
+            let ops = replies::ops_of(&changes);
+            format::frame(&Record::Replies { ops }, &mut buf);
+            if buf.len() >= FLUSH {
+                w.write_all(&buf)?;
+                len += buf.len() as u64;
+                buf.clear();
+            }
+        }
         format::frame(&Record::End { channels, events }, &mut buf);
         w.write_all(&buf)?;
         len += buf.len() as u64;
@@ -248,7 +263,11 @@ impl Store {
                 checkpoint_len,
                 log,
                 read,
-            } => (None, Some((image, generation, checkpoint_len, log, read))),
+                old,
+            } => (
+                None,
+                Some((*image, generation, checkpoint_len, log, read, old)),
+            ),
             Found::Nothing => (None, None),
             Found::Damaged(why) => {
                 for p in [path, &log_path] {
@@ -257,7 +276,7 @@ impl Store {
                 (Some(why), None)
             }
         };
-        let Some((mut image, generation, checkpoint_len, log, read)) = found else {
+        let Some((mut image, generation, checkpoint_len, log, read, old)) = found else {
             let image = Image::empty(new_epoch());
             let sections = BTreeMap::new();
             let never = AtomicBool::new(false);
@@ -312,7 +331,7 @@ impl Store {
         };
         image.trim(trim, now_ms());
         image.detach();
-        let store = Store::new(
+        let mut store = Store::new(
             path,
             log_path,
             lock,
@@ -322,6 +341,13 @@ impl Store {
             checkpoint_len,
             log_len,
         );
+        if old {
+            // Written by an older ssegate: a new generation in this version,
+            // so that the log never mixes two versions' records.
+            store
+                .rewrite(&image, &AtomicBool::new(false))
+                .map_err(io_err(path, "rewrite"))?;
+        }
         Ok(Opened {
             store,
             image,
@@ -378,7 +404,8 @@ impl Store {
                 .events
                 .iter()
                 .map(|(n, s)| n.len() + s.frame.len() + 32)
-                .sum::<usize>(),
+                .sum::<usize>()
+                + b.replies.iter().map(ReplyChange::size).sum::<usize>(),
         );
         if let Some((from, to)) = b.lost {
             format::frame(&Record::Lost { from, to }, &mut buf);
@@ -396,6 +423,10 @@ impl Store {
         );
         for (key, body) in &b.sections {
             format::frame(&Record::Section { key, body }, &mut buf);
+        }
+        if !b.replies.is_empty() {
+            let ops = replies::ops_of(b.replies);
+            format::frame(&Record::Replies { ops }, &mut buf);
         }
         if b.clean {
             format::frame(&Record::Clean { seq: b.seq }, &mut buf);
@@ -536,6 +567,7 @@ mod tests {
                 events: &events,
                 lost: None,
                 sections: Vec::new(),
+                replies: &[],
                 clean: false,
             })
             .unwrap();
@@ -646,6 +678,77 @@ mod tests {
         assert_ne!(o.image.epoch, epoch, "a fresh start is a new epoch");
         assert_eq!(fs::read(sibling(&log, ".corrupt")).unwrap(), bytes);
         assert!(sibling(&path, ".corrupt").exists());
+    }
+
+    #[test]
+    fn files_of_version_1_load_and_become_a_new_generation_of_this_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.bin");
+        let log = sibling(&path, ".log");
+        let mut o = open(&path);
+        save(&mut o.store, 1..=3);
+        drop(o);
+        // Nothing version 2 added is in them: as version 1 wrote them.
+        for p in [&path, &log] {
+            let mut bytes = fs::read(p).unwrap();
+            bytes[format::MAGIC.len()..format::PREAMBLE].copy_from_slice(&1u32.to_le_bytes());
+            fs::write(p, bytes).unwrap();
+        }
+        let o = open(&path);
+        assert_eq!(seqs(&o.image), [1, 2, 3]);
+        for p in [&path, &log] {
+            assert_eq!(
+                format::version_of(&fs::read(p).unwrap()),
+                Some(format::VERSION)
+            );
+        }
+        drop(o);
+        assert_eq!(seqs(&open(&path).image), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_cut_save_of_replies_drops_that_save_only() {
+        use crate::hub::persist::{ReplyChange, ReplyHead};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.bin");
+        let mut o = open(&path);
+        let id = [3; 16];
+        let head = ReplyHead {
+            route: "/chat".into(),
+            credentials: [1; 32],
+            created_ms: now_ms(),
+            ttl_ms: 60_000,
+            max_total: 1 << 20,
+        };
+        let frame = |n: u64| ReplyChange::Frame {
+            id,
+            n,
+            frame: Bytes::from(format!("id: r.{n}\ndata: {n}\n\n")),
+        };
+        let batch = |replies| Batch {
+            seq: 0,
+            reserved: 100,
+            forgotten: 0,
+            events: &[],
+            lost: None,
+            sections: Vec::new(),
+            replies,
+            clean: false,
+        };
+        let first = [ReplyChange::Start { id, head }, frame(1)];
+        o.store.save(&batch(&first)).unwrap();
+        o.store
+            .save(&batch(&[frame(2), ReplyChange::End { id }]))
+            .unwrap();
+        drop(o);
+        let log = sibling(&path, ".log");
+        let bytes = fs::read(&log).unwrap();
+        fs::write(&log, &bytes[..bytes.len() - 3]).unwrap();
+        let o = open(&path);
+        assert!(o.cut.is_some());
+        let r = &o.image.replies[&id];
+        assert_eq!(r.frames.len(), 1);
+        assert!(!r.ended);
     }
 
     #[test]

@@ -12,8 +12,12 @@ use std::fmt;
 
 pub(super) const MAGIC: &[u8; 8] = b"SSEGHUB\0";
 /// Bump on any change to `Record`'s layout: an older ssegate then refuses
-/// the file (warning, fresh start) instead of misreading it.
-pub(super) const VERSION: u32 = 1;
+/// the file (warning, fresh start) instead of misreading it. Version 2 added
+/// `Record::Replies` (recorded backend replies) at the end of the enum, so a
+/// version 1 file reads as it always did.
+pub(super) const VERSION: u32 = 2;
+/// The oldest version this ssegate still reads.
+pub(super) const OLDEST: u32 = 1;
 pub(super) const PREAMBLE: usize = MAGIC.len() + 4;
 const FRAME: usize = 8;
 
@@ -95,7 +99,47 @@ pub(super) enum Record<'a> {
         #[serde(with = "serde_bytes")]
         body: &'a [u8],
     },
+    /// Version 2. Recorded backend replies (`record:` routes): in a
+    /// checkpoint one reply whole, in the log what changed since the
+    /// previous save, applied in order.
+    Replies {
+        #[serde(borrow)]
+        ops: Vec<ReplyOp<'a>>,
+    },
 }
+
+/// One change to the recorded replies. A reply is named by its 16 id bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) enum ReplyOp<'a> {
+    /// Forget every reply (what follows writes them whole again).
+    Reset,
+    Start {
+        id: [u8; 16],
+        #[serde(borrow)]
+        route: &'a str,
+        credentials: [u8; 32],
+        /// Wall clock, unix ms: with `ttl_ms`, when it expires.
+        created_ms: u64,
+        ttl_ms: u64,
+        /// The route's `record.max_total` when it was made.
+        max_total: u64,
+    },
+    /// Frames `first`, `first + 1`, … as written to clients, their ids in them.
+    Frames {
+        id: [u8; 16],
+        first: u64,
+        #[serde(borrow)]
+        frames: Vec<Chunk<'a>>,
+    },
+    /// The reply ended; its last frame (an `ssegate.incomplete`) is already
+    /// among its frames when it did not end complete.
+    End { id: [u8; 16] },
+    /// Dropped (expired or evicted).
+    Drop { id: [u8; 16] },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Chunk<'a>(#[serde(with = "serde_bytes")] pub &'a [u8]);
 
 /// Why a file or a record was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,7 +166,7 @@ impl fmt::Display for Damage {
             Damage::NotOurs => write!(f, "not an ssegate history file"),
             Damage::Version(v) => write!(
                 f,
-                "format version {v}, this ssegate reads version {VERSION}"
+                "format version {v}, this ssegate reads versions {OLDEST} to {VERSION}"
             ),
             Damage::Torn { at } => write!(f, "cut short at byte {at}"),
             Damage::Checksum { at } => write!(f, "checksum mismatch in the record at byte {at}"),
@@ -137,6 +181,12 @@ pub(super) fn preamble() -> Vec<u8> {
     b.extend_from_slice(MAGIC);
     b.extend_from_slice(&VERSION.to_le_bytes());
     b
+}
+
+/// The version a file was written with (its header, unchecked).
+pub(super) fn version_of(buf: &[u8]) -> Option<u32> {
+    let v = buf.get(MAGIC.len()..PREAMBLE)?;
+    Some(u32::from_le_bytes([v[0], v[1], v[2], v[3]]))
 }
 
 /// Append `rec` to `out`, framed.
@@ -171,7 +221,7 @@ impl<'a> Records<'a> {
         let mut v = [0; 4];
         v.copy_from_slice(&buf[MAGIC.len()..PREAMBLE]);
         match u32::from_le_bytes(v) {
-            VERSION => Ok(Records { buf, at: PREAMBLE }),
+            OLDEST..=VERSION => Ok(Records { buf, at: PREAMBLE }),
             other => Err(Damage::Version(other)),
         }
     }
@@ -278,6 +328,26 @@ mod tests {
                 key: "record",
                 body: b"\x00\x01",
             },
+            Record::Replies {
+                ops: vec![
+                    ReplyOp::Start {
+                        id: [7; 16],
+                        route: "/chat",
+                        credentials: [9; 32],
+                        created_ms: 1_790_000_000_000,
+                        ttl_ms: 600_000,
+                        max_total: 1 << 20,
+                    },
+                    ReplyOp::Frames {
+                        id: [7; 16],
+                        first: 1,
+                        frames: vec![Chunk(b"id: x.1\ndata: a\n\n"), Chunk(b"id: x.2\n\n")],
+                    },
+                    ReplyOp::End { id: [7; 16] },
+                    ReplyOp::Drop { id: [7; 16] },
+                    ReplyOp::Reset,
+                ],
+            },
         ]
     }
 
@@ -302,10 +372,10 @@ mod tests {
         assert_eq!(rd.offset(), bytes.len() as u64);
     }
 
-    /// The layout of version 1, byte for byte. If this fails, the format
+    /// The layout of version 2, byte for byte. If this fails, the format
     /// changed: bump `VERSION` and update the expected digest.
     #[test]
-    fn version_1_layout_is_frozen() {
+    fn version_2_layout_is_frozen() {
         let bytes = file(&sample());
         let digest = crc32fast::hash(&bytes);
         assert_eq!(
@@ -314,8 +384,8 @@ mod tests {
             "the on-disk layout changed: bump format::VERSION"
         );
     }
-    const GOLDEN_LEN: usize = 248;
-    const GOLDEN_CRC: &str = "7f5017fa";
+    const GOLDEN_LEN: usize = 407;
+    const GOLDEN_CRC: &str = "faf05cf4";
 
     #[test]
     fn a_cut_tail_is_torn_and_damage_inside_is_not() {
@@ -363,7 +433,31 @@ mod tests {
             Damage::NotOurs
         );
         let mut future = MAGIC.to_vec();
-        future.extend_from_slice(&2u32.to_le_bytes());
-        assert_eq!(Records::new(&future).unwrap_err(), Damage::Version(2));
+        future.extend_from_slice(&3u32.to_le_bytes());
+        assert_eq!(Records::new(&future).unwrap_err(), Damage::Version(3));
+        assert_eq!(version_of(&future), Some(3));
+    }
+
+    /// A version 1 file (no replies) reads as before: the new kind was added
+    /// at the end of the enum, so the old ones keep their tags.
+    #[test]
+    fn version_1_files_still_read() {
+        let old: Vec<Record<'_>> = sample()
+            .into_iter()
+            .filter(|r| !matches!(r, Record::Replies { .. }))
+            .collect();
+        let mut bytes = file(&old);
+        bytes[MAGIC.len()..PREAMBLE].copy_from_slice(&1u32.to_le_bytes());
+        // The digest of version 1's golden file, before replies existed.
+        assert_eq!(
+            (bytes.len(), format!("{:08x}", crc32fast::hash(&bytes))),
+            (248, "7f5017fa".to_string())
+        );
+        let mut rd = Records::new(&bytes).unwrap();
+        let mut back = Vec::new();
+        while let Some(r) = rd.next_record() {
+            back.push(r.unwrap());
+        }
+        assert_eq!(back, old);
     }
 }

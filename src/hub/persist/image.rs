@@ -7,6 +7,7 @@
 //! spared, never a silent gap.
 
 use super::format::{Damage, Ev, Marks, Record};
+use super::replies::{self, Replies};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -62,6 +63,8 @@ pub struct Image {
     pub channels: HashMap<Arc<str>, Kept>,
     /// Other components' state, by key (`persist::Section`).
     pub sections: BTreeMap<String, Bytes>,
+    /// Recorded backend replies (`record:` routes), by id.
+    pub replies: Replies,
     /// The last record read was `Clean`.
     pub clean: bool,
 }
@@ -76,6 +79,7 @@ impl Image {
             lost: Vec::new(),
             channels: HashMap::new(),
             sections: BTreeMap::new(),
+            replies: Replies::new(),
             clean: false,
         }
     }
@@ -197,6 +201,7 @@ impl Image {
             Record::Section { key, body } => {
                 self.sections.insert(key.to_string(), buf.slice_ref(body));
             }
+            Record::Replies { ops } => replies::apply(&mut self.replies, buf, ops),
             Record::Head(_) | Record::Marks(_) | Record::End { .. } => {
                 return Err(Damage::Inconsistent(
                     "a header in the middle of a file".into(),
@@ -218,8 +223,8 @@ impl Image {
     }
 
     /// Apply `history.ttl` (by wall clock) and `size`, drop channels left
-    /// empty into the `forgotten` floor, and forget lost ranges no resume can
-    /// reach any more.
+    /// empty into the `forgotten` floor, forget lost ranges no resume can
+    /// reach any more, and drop expired replies.
     pub fn trim(&mut self, trim: Trim, now_ms: u64) {
         let ttl_ms = u64::try_from(trim.ttl.as_millis()).unwrap_or(u64::MAX);
         let mut forgotten = self.forgotten;
@@ -247,6 +252,7 @@ impl Image {
             .unwrap_or(u64::MAX)
             .min(self.forgotten);
         self.lost.retain(|&(_, to)| to > floor);
+        replies::expire(&mut self.replies, now_ms);
     }
 
     /// Frames copied out of the file buffers they were read from, one
@@ -269,6 +275,7 @@ impl Image {
         for body in self.sections.values_mut() {
             *body = Bytes::copy_from_slice(body);
         }
+        replies::detach(&mut self.replies);
     }
 }
 

@@ -2,7 +2,7 @@
 //! is replayed onto it up to a cut tail (the last save of a process that
 //! died while writing it), and any other damage refuses both.
 
-use super::format::{Damage, Kind, Record, Records};
+use super::format::{self, Damage, Kind, Record, Records};
 use super::image::Image;
 use bytes::Bytes;
 use std::fs;
@@ -117,11 +117,13 @@ pub(super) enum Found {
     Nothing,
     Damaged(String),
     Good {
-        image: Image,
+        image: Box<Image>,
         generation: u64,
         checkpoint_len: u64,
         log: LogState,
         read: u64,
+        /// Either file is of an older format version.
+        old: bool,
     },
 }
 
@@ -151,13 +153,17 @@ pub(super) fn find(path: &Path, log_path: &Path, size: usize) -> Found {
         Ok(None) => return Found::Damaged(format!("{} is missing", log_path.display())),
         Err(e) => return Found::Damaged(e),
     };
+    let old = [&checkpoint, &log]
+        .iter()
+        .any(|b| format::version_of(b).is_some_and(|v| v < format::VERSION));
     match replay_log(&log, &mut image, generation, size) {
         Ok(state) => Found::Good {
-            image,
+            image: Box::new(image),
             generation,
             checkpoint_len: checkpoint.len() as u64,
             log: state,
             read: (checkpoint.len() + log.len()) as u64,
+            old,
         },
         Err(d) => Found::Damaged(format!("{}: {d}", log_path.display())),
     }

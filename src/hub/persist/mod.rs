@@ -17,6 +17,9 @@
 //! `PATH.lock` is held (flock) for the life of the process: one writer per
 //! path.
 //!
+//! Recorded backend replies (`record:` routes) ride along (`replies`): their
+//! changes go into the same saves, their whole state into each checkpoint.
+//!
 //! Ids are never reused after an unclean stop: every save also records a
 //! *reservation*, and the hub hands out no cursor above the last one on disk.
 //! A start after a stop without a `Clean` record continues above it and
@@ -27,10 +30,12 @@ mod files;
 mod format;
 mod image;
 mod load;
+mod replies;
 
 pub use files::{Batch, Opened, Store};
 pub use format::Damage;
 pub use image::{Image, Kept, Saved, Trim};
+pub use replies::{changes_of, Replies, Reply, ReplyChange, ReplyHead, ReplyId};
 
 use bytes::Bytes;
 use std::fmt;
@@ -83,8 +88,9 @@ impl fmt::Display for PersistError {
 
 impl std::error::Error for PersistError {}
 
-/// The hook for other state that should survive restarts in the hub's files
-/// (issue 15's recorded backend replies, for instance). Register one with
+/// The hook for other small state that should survive restarts in the
+/// hub's files, saved whole (recorded replies are journaled instead:
+/// `replies`, `Batch::replies`). Register one with
 /// `Broker::add_section` once it exists; take what the files held at
 /// start with `Broker::restored_section(key)` before that.
 ///

@@ -8,13 +8,14 @@
 //! records of one route hold at most `max_total` bytes together — past
 //! that, the one closest to its deadline (the oldest) is dropped first.
 //!
-//! `save` and `restore` are the hook for `hub.persist` (the memory broker's
-//! history file): the records as plain data, written with the history and
-//! loaded at start.
+//! With `hub.persist` every change is also journaled for the memory
+//! broker's saver, and the records are restored at start (`saved`).
 
 use super::{
     Appended, Credentials, EndReason, Following, NewRecord, RecordError, RecordId, Records,
+    LOST_END,
 };
+use crate::hub::persist;
 use crate::hub::{offer_all, Delivery, Subscriber};
 use crate::metrics::Metrics;
 use crate::wire;
@@ -24,6 +25,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
+
+mod saved;
 
 /// How often expired records are looked for.
 const SWEEP: Duration = Duration::from_secs(1);
@@ -38,6 +41,10 @@ pub struct MemoryRecords {
 struct State {
     records: HashMap<RecordId, Rec>,
     routes: HashMap<Arc<str>, RouteUse>,
+    /// Changes for `hub.persist`'s next save, when it is on.
+    journal: Option<saved::Journal>,
+    /// Handed over to a new process: nothing more is appended here.
+    handed: bool,
 }
 
 #[derive(Debug)]
@@ -50,6 +57,14 @@ struct Rec {
     deadline: Instant,
     bytes: usize,
     readers: HashMap<u64, Arc<Subscriber>>,
+    /// When it was made (wall clock, unix ms), its ttl and its route's
+    /// `max_total` then: what `hub.persist` keeps.
+    created_ms: u64,
+    ttl_ms: u64,
+    max_total: u64,
+    /// Restored unended (its writer was lost with the previous process):
+    /// the `ssegate.incomplete` that ends it, numbered `LOST_END`.
+    lost_end: Option<Bytes>,
 }
 
 /// The records of one route, soonest deadline first, and their bytes.
@@ -81,9 +96,16 @@ impl Rec {
 }
 
 impl State {
+    fn note(&mut self, change: impl FnOnce() -> persist::ReplyChange) {
+        if let Some(j) = self.journal.as_mut() {
+            j.note(change());
+        }
+    }
+
     /// Forget a record; its readers are told why unless it had ended.
     fn remove(&mut self, id: RecordId, why: EndReason, metrics: &Metrics) -> Option<Rec> {
         let mut rec = self.records.remove(&id)?;
+        self.note(|| persist::ReplyChange::Drop { id: *id.bytes() });
         if let Some(u) = self.routes.get_mut(&rec.route) {
             u.bytes -= rec.bytes;
             u.by_deadline.remove(&(rec.deadline, id));
@@ -153,109 +175,29 @@ impl MemoryRecords {
     }
 }
 
-/// A record as `hub.persist` writes it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SavedRecord {
-    pub id: String,
-    pub route: String,
-    /// The credentials digest, hex.
-    pub credentials: String,
-    /// Frame n is `frames[n - 1]`, as written to clients.
-    pub frames: Vec<String>,
-    pub ended: bool,
-    /// When it expires, unix milliseconds.
-    pub expires_ms: u64,
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-impl MemoryRecords {
-    /// Every record, for `hub.persist` to write (at each interval and at stop).
-    pub fn save(&self) -> Vec<SavedRecord> {
-        let now = Instant::now();
-        let wall = unix_ms();
-        let st = self.lock();
-        st.records
-            .iter()
-            .map(|(id, r)| SavedRecord {
-                id: id.to_string(),
-                route: r.route.to_string(),
-                credentials: r.credentials.to_hex(),
-                frames: r
-                    .frames
-                    .iter()
-                    .map(|f| String::from_utf8_lossy(f).into_owned())
-                    .collect(),
-                ended: r.ended,
-                expires_ms: wall + r.deadline.saturating_duration_since(now).as_millis() as u64,
-            })
-            .collect()
-    }
-
-    /// Load saved records (at start). A record whose backend was still
-    /// being read when it was saved has lost its writer with the process:
-    /// it ends as `interrupted`. Expired or unreadable ones are skipped.
-    pub fn restore(&self, saved: Vec<SavedRecord>) {
-        let now = Instant::now();
-        let wall = unix_ms();
-        let mut st = self.lock();
-        for s in saved {
-            let (Some(id), Some(credentials)) = (
-                RecordId::parse(&s.id),
-                Credentials::from_hex(&s.credentials),
-            ) else {
-                continue;
-            };
-            if s.expires_ms <= wall {
-                continue;
-            }
-            let deadline = now + Duration::from_millis(s.expires_ms - wall);
-            let route: Arc<str> = s.route.into();
-            let mut rec = Rec {
-                route: route.clone(),
-                credentials,
-                frames: s.frames.into_iter().map(Bytes::from).collect(),
-                ended: s.ended,
-                deadline,
-                bytes: 0,
-                readers: HashMap::new(),
-            };
-            if !rec.ended {
-                let next = rec.frames.len() as u64 + 1;
-                let why = EndReason::Interrupted.as_str();
-                rec.frames.push(wire::incomplete(&id.event_id(next), why));
-                rec.ended = true;
-            }
-            rec.bytes = rec.frames.iter().map(Bytes::len).sum();
-            let u = st.routes.entry(route).or_default();
-            u.bytes += rec.bytes;
-            u.by_deadline.insert((deadline, id));
-            st.records.insert(id, rec);
-        }
-    }
-}
-
 #[async_trait]
 impl Records for MemoryRecords {
     async fn start(&self, rec: &NewRecord, first: &Arc<Subscriber>) -> Result<(), RecordError> {
         let deadline = Instant::now() + rec.ttl;
+        let r = Rec {
+            route: rec.route.clone(),
+            credentials: rec.credentials,
+            frames: Vec::new(),
+            ended: false,
+            deadline,
+            bytes: 0,
+            readers: HashMap::from([(first.id(), first.clone())]),
+            created_ms: persist::now_ms(),
+            ttl_ms: u64::try_from(rec.ttl.as_millis()).unwrap_or(u64::MAX),
+            max_total: rec.max_total as u64,
+            lost_end: None,
+        };
         let mut st = self.lock();
-        st.records.insert(
-            rec.id,
-            Rec {
-                route: rec.route.clone(),
-                credentials: rec.credentials,
-                frames: Vec::new(),
-                ended: false,
-                deadline,
-                bytes: 0,
-                readers: HashMap::from([(first.id(), first.clone())]),
-            },
-        );
+        st.note(|| persist::ReplyChange::Start {
+            id: *rec.id.bytes(),
+            head: r.head(),
+        });
+        st.records.insert(rec.id, r);
         st.routes
             .entry(rec.route.clone())
             .or_default()
@@ -266,16 +208,19 @@ impl Records for MemoryRecords {
 
     async fn append(&self, rec: &NewRecord, n: u64, frame: Bytes) -> Result<Appended, RecordError> {
         let mut st = self.lock();
+        let handed = st.handed;
         let Some(r) = st.records.get_mut(&rec.id) else {
             return Ok(Appended::Gone);
         };
-        if r.ended || r.frames.len() as u64 + 1 != n {
+        if handed || r.ended || r.frames.len() as u64 + 1 != n {
             return Ok(Appended::Gone);
         }
-        let size = r.push(frame, &self.metrics);
+        let size = r.push(frame.clone(), &self.metrics);
         if let Some(u) = st.routes.get_mut(&rec.route) {
             u.bytes += size;
         }
+        let id = *rec.id.bytes();
+        st.note(|| persist::ReplyChange::Frame { id, n, frame });
         st.evict(&rec.route, rec.max_total, &self.metrics);
         Ok(match st.records.contains_key(&rec.id) {
             true => Appended::Kept,
@@ -292,17 +237,22 @@ impl Records for MemoryRecords {
             return Ok(());
         }
         let mut size = 0;
+        let mut last = None;
         if reason != EndReason::Complete {
             let next = r.frames.len() as u64 + 1;
-            size = r.push(
-                wire::incomplete(&rec.id.event_id(next), reason.as_str()),
-                &self.metrics,
-            );
+            let frame = wire::incomplete(&rec.id.event_id(next), reason.as_str());
+            size = r.push(frame.clone(), &self.metrics);
+            last = Some((next, frame));
         }
         r.close();
         if let Some(u) = st.routes.get_mut(&rec.route) {
             u.bytes += size;
         }
+        let id = *rec.id.bytes();
+        if let Some((n, frame)) = last {
+            st.note(|| persist::ReplyChange::Frame { id, n, frame });
+        }
+        st.note(|| persist::ReplyChange::End { id });
         self.metrics
             .record_ends
             .with_label_values(&[reason.as_str()])
@@ -330,13 +280,16 @@ impl Records for MemoryRecords {
         }
         let held = r.frames.len() as u64;
         let published = std::time::Instant::now();
-        let frames = r
+        let mut frames: Vec<Delivery> = r
             .frames
             .iter()
             .enumerate()
             .skip(after.min(held) as usize)
             .map(|(i, f)| Delivery::recorded(i as u64 + 1, f.clone(), published))
             .collect();
+        if let Some(end) = r.lost_end.as_ref().filter(|_| after < LOST_END) {
+            frames.push(Delivery::recorded(LOST_END, end.clone(), published));
+        }
         if !r.ended {
             r.readers.insert(sub.id(), sub.clone());
         }
@@ -352,6 +305,18 @@ impl Records for MemoryRecords {
         }
     }
 
+    fn hand_over(&self) -> persist::Replies {
+        self.lock().whole()
+    }
+
+    fn take_over(&self, replies: persist::Replies) -> (usize, usize) {
+        self.restore(replies)
+    }
+
+    fn handed_over(&self) {
+        self.lock().handed = true;
+    }
+
     async fn run(self: Arc<Self>) {
         let mut t = tokio::time::interval(SWEEP);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -363,15 +328,15 @@ impl Records for MemoryRecords {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::hub::SubState;
 
-    fn store() -> MemoryRecords {
+    pub(crate) fn store() -> MemoryRecords {
         MemoryRecords::new(Arc::new(Metrics::new()))
     }
 
-    fn new_record(route: &str, max_total: usize) -> NewRecord {
+    pub(crate) fn new_record(route: &str, max_total: usize) -> NewRecord {
         NewRecord {
             id: RecordId::random(),
             route: route.into(),
@@ -381,7 +346,7 @@ mod tests {
         }
     }
 
-    fn frame(rec: &NewRecord, n: u64) -> Bytes {
+    pub(crate) fn frame(rec: &NewRecord, n: u64) -> Bytes {
         wire::encode(Some(&rec.id.event_id(n)), None, &format!("e{n}")).unwrap()
     }
 
@@ -506,43 +471,6 @@ mod tests {
         let r = s.follow(&reader, old.id, "/a", 0, &old.credentials).await;
         assert_eq!(r.unwrap_err(), RecordError::Unknown);
         assert_eq!(s.usage(), (2, size * 3));
-    }
-
-    #[tokio::test]
-    async fn saved_records_restore_and_a_live_one_is_interrupted() {
-        let s = store();
-        let done = new_record("/chat", 1 << 20);
-        let live = new_record("/chat", 1 << 20);
-        s.start(&done, &Arc::new(Subscriber::new(1, 8)))
-            .await
-            .unwrap();
-        s.start(&live, &Arc::new(Subscriber::new(2, 8)))
-            .await
-            .unwrap();
-        s.append(&done, 1, frame(&done, 1)).await.unwrap();
-        s.end(&done, EndReason::Complete).await.unwrap();
-        s.append(&live, 1, frame(&live, 1)).await.unwrap();
-        let saved = s.save();
-        let text = serde_json::to_string(&saved).unwrap();
-        let back = store();
-        back.restore(serde_json::from_str(&text).unwrap());
-        let reader = Arc::new(Subscriber::new(3, 8));
-        let f = back
-            .follow(&reader, done.id, "/chat", 0, &done.credentials)
-            .await
-            .unwrap();
-        assert!(f.ended);
-        assert_eq!(f.frames[0].frame, frame(&done, 1));
-        let f = back
-            .follow(&reader, live.id, "/chat", 1, &live.credentials)
-            .await
-            .unwrap();
-        assert!(f.ended);
-        assert_eq!(
-            f.frames[0].frame,
-            wire::incomplete(&live.id.event_id(2), "interrupted")
-        );
-        assert_eq!(back.usage().0, 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -43,6 +43,7 @@ impl MemoryBroker {
             events: &[],
             lost,
             sections: Vec::new(),
+            replies: &[],
             clean: false,
         };
         store.save(&batch).map_err(|error| PersistError::Io {
@@ -70,8 +71,9 @@ impl MemoryBroker {
         self.epoch.store(image.epoch, Ordering::Release);
         *self.lock() = state;
         let sections = std::mem::take(&mut image.sections);
+        let replies = std::mem::take(&mut image.replies);
         self.durable
-            .set(self.durable_for(settings, store, sections));
+            .set(self.durable_for(settings, store, sections, replies));
         Ok(())
     }
 }
@@ -109,11 +111,9 @@ fn state_of(image: &mut Image, seq: u64, clock: u32, size: usize) -> State {
     let now_ms = persist::now_ms();
     let mut channels = HashMap::with_capacity(image.channels.len());
     for (name, kept) in std::mem::take(&mut image.channels) {
-        let (history, last) = restored(kept.events, clock, now_ms, size);
         let ch = Channel {
-            history,
+            history: restored(kept.events, clock, now_ms, size),
             evicted: kept.evicted,
-            last,
             ..Channel::default()
         };
         channels.insert(name, ch);

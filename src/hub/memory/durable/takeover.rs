@@ -44,10 +44,14 @@ impl MemoryBroker {
                 error: std::io::Error::other(e),
             })??;
         if self.durable.was_handed_over() {
-            self.continue_files(opened, &settings, reserve)
+            self.continue_files(opened, &settings, reserve)?;
         } else {
-            self.load(opened, &settings, reserve)
+            self.load(opened, &settings, reserve)?;
         }
+        // The recorded replies come from the files either way: the old
+        // process saved them at its stop, before it handed the hub over.
+        self.hand_records();
+        Ok(())
     }
 
     /// The hub came over the upgrade socket: keep it, and make the files
@@ -92,6 +96,7 @@ impl MemoryBroker {
                     "hub.persist: the files do not hold the state the previous process handed over (its last save failed, or it did not persist); writing the handed-over state"
                 );
                 let mut img = self.image_of(&st, reserved);
+                img.replies = image.replies.clone();
                 img.trim(self.trim(), persist::now_ms());
                 Some(img)
             };
@@ -107,6 +112,7 @@ impl MemoryBroker {
             events: &[],
             lost: None,
             sections: Vec::new(),
+            replies: &[],
             clean: false,
         };
         store.save(&batch).map_err(io)?;
@@ -118,8 +124,7 @@ impl MemoryBroker {
         if let Some(j) = self.lock().journal.as_mut() {
             j.reserved = reserved;
         }
-        let sections = image.sections;
-        let durable = self.durable_for(settings, store, sections);
+        let durable = self.durable_for(settings, store, image.sections, image.replies);
         self.durable.set(durable);
         tracing::info!(
             path = %settings.path.display(),

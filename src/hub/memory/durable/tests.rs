@@ -252,3 +252,80 @@ async fn sections_ride_along_and_come_back() {
         Some(Bytes::from_static(b"v1:newer"))
     );
 }
+
+mod replies {
+    use super::*;
+    use crate::hub::record::memory::tests::{frame, new_record as record_on};
+    use crate::hub::record::memory::MemoryRecords;
+    use crate::hub::record::{EndReason, NewRecord, Records, LOST_END};
+
+    fn new_record() -> NewRecord {
+        record_on("/chat", 1 << 20)
+    }
+
+    /// A broker on `dir` with its record store.
+    fn open_with_records(dir: &tempfile::TempDir) -> (Arc<MemoryBroker>, Arc<MemoryRecords>) {
+        let b = open(dir, RESERVE);
+        let records = Arc::new(MemoryRecords::new(b.metrics.clone()));
+        b.keep_records(records.clone());
+        (b, records)
+    }
+
+    async fn seqs_after(records: &MemoryRecords, rec: &NewRecord, after: u64) -> Vec<u64> {
+        let sub = Arc::new(Subscriber::new(1, 64));
+        let f = records
+            .follow(&sub, rec.id, "/chat", after, &rec.credentials)
+            .await
+            .unwrap();
+        assert!(f.ended);
+        f.frames.iter().map(|d| d.seq).collect()
+    }
+
+    async fn write(records: &MemoryRecords, rec: &NewRecord, ns: std::ops::RangeInclusive<u64>) {
+        for n in ns {
+            records.append(rec, n, frame(rec, n)).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn recorded_replies_cross_an_unclean_stop_a_fold_and_a_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, records) = open_with_records(&dir);
+        let (done, live) = (new_record(), new_record());
+        for r in [&done, &live] {
+            let first = Arc::new(Subscriber::new(1, 64));
+            records.start(r, &first).await.unwrap();
+        }
+        write(&records, &done, 1..=3).await;
+        records.end(&done, EndReason::Complete).await.unwrap();
+        write(&records, &live, 1..=2).await;
+        b.save(false).await;
+        // Delivered, never saved: the process dies now.
+        write(&records, &live, 3..=3).await;
+        drop((b, records));
+
+        let (b, records) = open_with_records(&dir);
+        assert_eq!(seqs_after(&records, &done, 0).await, [1, 2, 3]);
+        assert_eq!(seqs_after(&records, &live, 0).await, [1, 2, LOST_END]);
+        // Through a fold of the files, then a whole rewrite from memory.
+        locked(&b.durable.get().unwrap().store).compact_over = 0;
+        publish_and_save(&b, 3).await;
+        assert!(saves(&b, "checkpoint") >= 1, "the log was folded");
+        drop((b, records));
+        let (b, records) = open_with_records(&dir);
+        assert_eq!(seqs_after(&records, &live, 1).await, [2, LOST_END]);
+        let third = new_record();
+        records
+            .start(&third, &Arc::new(Subscriber::new(1, 64)))
+            .await
+            .unwrap();
+        write(&records, &third, 1..=1).await;
+        b.lock().journal.as_mut().unwrap().overflowed = true;
+        b.stop().await;
+        drop((b, records));
+        let (_b, records) = open_with_records(&dir);
+        assert_eq!(seqs_after(&records, &done, 1).await, [2, 3]);
+        assert_eq!(seqs_after(&records, &live, 0).await, [1, 2, LOST_END]);
+        assert_eq!(seqs_after(&records, &third, 0).await, [1, LOST_END]);
+    }
+}
