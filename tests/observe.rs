@@ -310,13 +310,7 @@ routes:
     gw.publish_ok("room:a", json!("one")).await;
     assert_eq!(s.take(1).await.len(), 1);
     let mut old = gw;
-    let new = old.upgrade(&[]);
-    assert_eq!(
-        old.wait_exit(std::time::Duration::from_secs(30)),
-        Some(0),
-        "{}",
-        old.log()
-    );
+    let new = old.take_over(&[]);
     let line = access_lines(&old)
         .into_iter()
         .find(|l| l.contains("moved-1"))

@@ -382,8 +382,7 @@ async fn an_upgrade_then_a_sigterm_restart_resumes_exactly() {
         old.publish_ok("room:u", json!(i)).await;
     }
     let before: Vec<String> = moved.take(3).await.into_iter().map(|e| e.id).collect();
-    let new = old.upgrade(&[]);
-    assert_eq!(old.wait_exit(WAIT), Some(0), "old log:\n{}", old.log());
+    let new = old.take_over(&[]);
     let (old_log, new_log) = (old.log(), new.log());
     assert!(
         old_log.contains("hub.persist: saved at stop"),
@@ -450,8 +449,7 @@ async fn a_refused_handoff_starts_the_new_process_from_what_the_old_one_saved() 
     let config = upgradable(dir.path(), &path);
     let mut old = Gateway::start(&config);
     let before = publish_seen(&old, "r", &[json!(1), json!(2), json!(3)]).await;
-    let new = old.upgrade(&[("SSEGATE_TEST_HANDOFF_VERSION", "9")]);
-    assert_eq!(old.wait_exit(WAIT), Some(0), "old log:\n{}", old.log());
+    let new = old.take_over(&[("SSEGATE_TEST_HANDOFF_VERSION", "9")]);
     assert!(
         old.log().contains("hub.persist: saved at stop"),
         "{}",

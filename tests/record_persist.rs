@@ -178,8 +178,7 @@ async fn an_upgrade_carries_records_over(persist: bool) {
     let evs = live.take(10).await;
     expect_events(&live.record, &evs, 1, 10);
     let mut old = old;
-    let new = old.upgrade(&[]);
-    assert_eq!(old.wait_exit(WAIT), Some(0), "old log:\n{}", old.log());
+    let new = old.take_over(&[]);
     assert!(
         new.log()
             .contains("upgrade: recorded replies taken over restored=2 interrupted=1"),

@@ -206,6 +206,15 @@ impl Gateway {
         }
     }
 
+    /// `upgrade`, then this (old) process exits 0 within 30 s: pingora's
+    /// 5 s overlap, then its drain.
+    pub fn take_over(&mut self, env: &[(&str, &str)]) -> Gateway {
+        let new = self.upgrade(env);
+        let exit = self.wait_exit(Duration::from_secs(30));
+        assert_eq!(exit, Some(0), "old log:\n{}", self.log());
+        new
+    }
+
     /// `ssegate run --upgrade` on this gateway's config (and so its ports
     /// and upgrade socket), with `env`; returns once the new process has
     /// finished taking over (or given up), which it logs. The new process
