@@ -4,7 +4,17 @@
 //! cannot be resumed and gets `ssegate.reset`.
 
 pub fn format(epoch: u64, seq: u64) -> String {
-    format!("{epoch:x}-{seq}")
+    Cursor(epoch, seq).to_string()
+}
+
+/// A cursor to write without a `String` of its own (history's replay).
+#[derive(Debug, Clone, Copy)]
+pub struct Cursor(pub u64, pub u64);
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:x}-{}", self.0, self.1)
+    }
 }
 
 /// (epoch, seq), or None for anything that is not one of our cursors.

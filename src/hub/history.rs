@@ -14,8 +14,9 @@
 //! of its own size.
 
 use super::{cursor, Delivery};
-use bytes::{BufMut, Bytes};
+use bytes::Bytes;
 use std::collections::{HashSet, VecDeque};
+use std::io::Write as _;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 
@@ -77,8 +78,13 @@ fn id_line(frame: &[u8], seq: u64) -> Option<(NonZeroU64, usize)> {
     let end = rest.iter().position(|&b| b == b'\n')?;
     let value = std::str::from_utf8(&rest[..end]).ok()?;
     let (epoch, at) = cursor::parse(value)?;
-    // Only a canonical cursor comes back byte for byte from (epoch, seq).
-    (at == seq && cursor::format(epoch, seq) == value).then_some(())?;
+    // Only a canonical cursor comes back byte for byte from (epoch, seq);
+    // written on the stack, as this runs for every event published.
+    let mut canonical = [0u8; 48];
+    let mut w = &mut canonical[..];
+    write!(w, "{}", cursor::Cursor(epoch, seq)).ok()?;
+    let n = 48 - w.len();
+    (at == seq && &canonical[..n] == value.as_bytes()).then_some(())?;
     Some((NonZeroU64::new(epoch)?, 4 + end + 1))
 }
 
@@ -222,9 +228,7 @@ impl History {
         let len = e.len();
         let mut out = Vec::with_capacity(len + 32);
         if let (true, Some(epoch)) = (e.len_flags & ID_LINE != 0, self.epoch) {
-            out.put_slice(b"id: ");
-            out.put_slice(cursor::format(epoch.get(), e.seq).as_bytes());
-            out.put_u8(b'\n');
+            let _ = writeln!(out, "id: {}", cursor::Cursor(epoch.get(), e.seq));
         }
         let end = offset + len;
         if offset < a.len() {
