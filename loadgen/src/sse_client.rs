@@ -245,50 +245,102 @@ struct Probe {
     t: u64,
 }
 
+/// Seqs received, one bit each. Up to 256 inline: at the arrival of an
+/// event the subscriber's state is cold (10,000 of them), and every pointer
+/// followed is one more cache miss per delivery.
+enum Seen {
+    Inline([u64; 4]),
+    Heap(Vec<u64>),
+}
+
+impl Seen {
+    fn new(n: usize) -> Self {
+        if n <= 256 {
+            Seen::Inline([0; 4])
+        } else {
+            Seen::Heap(vec![0; n.div_ceil(64)])
+        }
+    }
+
+    /// Mark `i` received; false when it already was.
+    fn insert(&mut self, i: usize) -> bool {
+        let words: &mut [u64] = match self {
+            Seen::Inline(w) => w,
+            Seen::Heap(v) => v,
+        };
+        let (w, b) = (&mut words[i / 64], 1u64 << (i % 64));
+        let new = *w & b == 0;
+        *w |= b;
+        new
+    }
+}
+
+/// Per-subscriber bookkeeping; the spec's numbers are copied in so that an
+/// event touches this struct and not the spec too.
 struct Tracker<'a> {
-    spec: &'a SubSpec,
+    events: u64,
+    stride: u64,
+    offset: u64,
+    shard: usize,
     shared: &'a Shared,
-    seen: Vec<u64>,
+    seen: Seen,
     res: SubResult,
     lat_buf: Vec<u64>,
+    /// Deliveries not yet added to `Shared::deliveries`.
+    unpublished: u64,
     counted_done: bool,
 }
 
 impl Tracker<'_> {
     fn on_event(&mut self, ev: &Event) {
-        let Ok(p) = serde_json::from_slice::<Probe>(&ev.data) else {
+        let Ok(p) = serde_json::from_slice::<Probe>(ev.data) else {
             self.res.other_events += 1;
             return;
         };
         let now = now_unix_nanos();
         let lat_us = now.saturating_sub(p.t) / 1000;
-        if p.seq >= self.spec.events || p.seq % self.spec.stride != self.spec.offset {
+        if p.seq >= self.events || p.seq % self.stride != self.offset {
             self.res.unexpected += 1;
             return;
         }
-        let local = (p.seq / self.spec.stride) as usize;
-        let (w, b) = (local / 64, 1u64 << (local % 64));
-        if self.seen[w] & b != 0 {
+        if !self.seen.insert((p.seq / self.stride) as usize) {
             self.res.dups += 1;
             return;
         }
-        self.seen[w] |= b;
         self.res.distinct += 1;
         self.lat_buf.push(lat_us.max(1));
         if self.lat_buf.len() >= LAT_BATCH {
             self.flush();
         }
-        let sh = self.shared;
-        sh.per_seq_max_us[p.seq as usize].fetch_max(lat_us + 1, Ordering::Relaxed);
-        sh.deliveries.fetch_add(1, Ordering::Relaxed);
-        sh.last_delivery_ns
-            .fetch_max(sh.since_base_ns(), Ordering::Relaxed);
+        // Every subscriber gets the same seq at about the same time: read
+        // the shared maximum before writing it (no store when it is larger).
+        let max = &self.shared.per_seq_max_us[p.seq as usize];
+        if max.load(Ordering::Relaxed) < lat_us + 1 {
+            max.fetch_max(lat_us + 1, Ordering::Relaxed);
+        }
+        self.unpublished += 1;
         if self.res.distinct == self.res.expected {
             self.mark_done();
         }
     }
 
+    /// Add this read's deliveries to the shared counters: once per read
+    /// (one HTTP/2 DATA frame, or what one socket read held), not per
+    /// event.
+    fn publish_counts(&mut self) {
+        if self.unpublished == 0 {
+            return;
+        }
+        let sh = self.shared;
+        sh.deliveries
+            .fetch_add(std::mem::take(&mut self.unpublished), Ordering::Relaxed);
+        sh.last_delivery_ns
+            .fetch_max(sh.since_base_ns(), Ordering::Relaxed);
+    }
+
     fn mark_done(&mut self) {
+        // The controller reads the counters once everyone is done.
+        self.publish_counts();
         if !self.counted_done {
             self.counted_done = true;
             self.shared.done.fetch_add(1, Ordering::AcqRel);
@@ -299,7 +351,7 @@ impl Tracker<'_> {
         if self.lat_buf.is_empty() {
             return;
         }
-        let shard = &self.shared.shards[self.spec.index % HIST_SHARDS];
+        let shard = &self.shared.shards[self.shard];
         let mut h = lock(shard);
         for &v in &self.lat_buf {
             h.saturating_record(v);
@@ -365,14 +417,18 @@ pub async fn run_subscriber(
     let expected = spec.expected();
     let policy = spec.policy.clone();
     let mut tr = Tracker {
-        spec: &spec,
+        events: spec.events,
+        stride: spec.stride,
+        offset: spec.offset,
+        shard: spec.index % HIST_SHARDS,
         shared: &shared,
-        seen: vec![0u64; (expected as usize).div_ceil(64)],
+        seen: Seen::new(expected as usize),
         res: SubResult {
             expected,
             ..Default::default()
         },
         lat_buf: Vec::new(),
+        unpublished: 0,
         counted_done: false,
     };
     let mut rng = Rng::new(
@@ -511,30 +567,39 @@ pub async fn run_subscriber(
         let mut parser = SseParser::new();
         let mut frames_seen = 0u64;
         // Ok(None): the controller wants the connection closed.
-        let outcome: Result<Option<()>, String> = loop {
-            let mut bytes = 0usize;
-            let mut sink = |chunk: &[u8]| {
-                bytes += chunk.len();
-                parser.feed(chunk, &mut |ev: &Event| tr.on_event(ev))
-            };
-            let r = tokio::select! {
-                r = opened.body.read(&mut sink) => r,
-                _ = ctl.wait_for(|x| !running(x, c.gen)) => break Ok(None),
-            };
-            shared.body_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-            if parser.frames != frames_seen {
-                shared
-                    .frames
-                    .fetch_add(parser.frames - frames_seen, Ordering::Relaxed);
-                frames_seen = parser.frames;
-            }
-            if !stream_ready && parser.prelude_seen() {
-                mark_ready(&mut stream_ready, &mut tr);
-            }
-            match r {
-                Ok(true) => {}
-                Ok(false) => break Ok(Some(())),
-                Err(e) => break Err(e),
+        let outcome: Result<Option<()>, String> = {
+            // One watch registration per stream, not one per read: a fresh
+            // `wait_for` per read locks and unlocks the watch's waiter list
+            // around every event.
+            let stop = ctl.wait_for(|x| !running(x, c.gen));
+            tokio::pin!(stop);
+            loop {
+                let mut bytes = 0usize;
+                let mut sink = |chunk: &[u8]| {
+                    bytes += chunk.len();
+                    parser.feed(chunk, &mut |ev: &Event| tr.on_event(ev))
+                };
+                let r = tokio::select! {
+                    biased;
+                    _ = &mut stop => break Ok(None),
+                    r = opened.body.read(&mut sink) => r,
+                };
+                tr.publish_counts();
+                shared.body_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                if parser.frames != frames_seen {
+                    shared
+                        .frames
+                        .fetch_add(parser.frames - frames_seen, Ordering::Relaxed);
+                    frames_seen = parser.frames;
+                }
+                if !stream_ready && parser.prelude_seen() {
+                    mark_ready(&mut stream_ready, &mut tr);
+                }
+                match r {
+                    Ok(true) => {}
+                    Ok(false) => break Ok(Some(())),
+                    Err(e) => break Err(e),
+                }
             }
         };
         drop(opened);
@@ -608,6 +673,18 @@ mod tests {
         assert_eq!(mk(10, 3, 2).expected(), 3); // 2,5,8
         assert_eq!(mk(2, 5, 4).expected(), 0);
         assert_eq!(mk(0, 1, 0).expected(), 0);
+    }
+
+    #[test]
+    fn seen_marks_each_seq_once() {
+        for n in [1, 256, 257, 1000] {
+            let mut s = Seen::new(n);
+            assert_eq!(matches!(s, Seen::Inline(_)), n <= 256);
+            for i in 0..n {
+                assert!(s.insert(i), "{i} of {n}");
+            }
+            assert!(!s.insert(0) && !s.insert(n - 1), "{n}");
+        }
     }
 
     #[test]
