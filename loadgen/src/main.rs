@@ -4,6 +4,7 @@
 //! processes. Loopback targets only.
 
 mod conn;
+mod group;
 mod http;
 #[cfg(test)]
 mod loopback_tests;

@@ -8,14 +8,13 @@ use crate::report::{quantiles_ms, Report, ServerStats};
 use crate::sse_client::{
     self, lock, new_histogram, Action, Ctl, Policy, Shared, SubResult, SubSpec,
 };
-use crate::{procstat, target, tls, SubArgs};
+use crate::{group, procstat, target, tls, SubArgs};
 use hdrhistogram::Histogram;
 use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinHandle;
 
 pub fn secs(v: f64) -> Duration {
     Duration::from_secs_f64(v.clamp(0.0, 86_400.0))
@@ -190,7 +189,9 @@ pub fn finish_report(r: &mut Report, o: &Opened, server: Server, a: &SubArgs) {
 /// Subscribers that have been opened, plus the means to control them.
 pub struct Opened {
     pub shared: Arc<Shared>,
-    pub handles: Vec<JoinHandle<SubResult>>,
+    pub groups: Vec<group::Group>,
+    /// Subscribers in all groups.
+    pub subscribers: usize,
     pub ctl: watch::Sender<Ctl>,
     pub slots: Vec<Arc<H2Slot>>,
     pub transport: String,
@@ -203,7 +204,7 @@ pub struct Opened {
 
 impl Opened {
     pub fn n(&self) -> usize {
-        self.handles.len()
+        self.subscribers
     }
 
     /// Wait (bounded) until every subscriber of generation `gen` streams or
@@ -257,21 +258,12 @@ pub async fn open_subscribers(a: &SubArgs, events: u64, built: Built) -> Opened 
     shared.gens[0]
         .start_ns
         .store(shared.since_base_ns(), Ordering::Release);
-    let handles: Vec<_> = built
-        .specs
-        .into_iter()
-        .map(|spec| {
-            tokio::spawn(sse_client::run_subscriber(
-                spec,
-                shared.clone(),
-                sem.clone(),
-                rx.clone(),
-            ))
-        })
-        .collect();
+    let subscribers = built.specs.len();
+    let groups = group::spawn(built.specs, &shared, &sem, &rx);
     let mut o = Opened {
         shared,
-        handles,
+        groups,
+        subscribers,
         ctl,
         slots: built.slots,
         transport: built.transport,
@@ -292,16 +284,16 @@ pub async fn close_subscribers(o: &mut Opened) -> Vec<SubResult> {
         gen,
         action: Action::Stop,
     });
-    let mut out = Vec::with_capacity(o.handles.len());
+    let mut out = Vec::with_capacity(o.subscribers);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    for h in o.handles.drain(..) {
-        let abort = h.abort_handle();
-        match tokio::time::timeout_at(deadline, h).await {
-            Ok(Ok(r)) => out.push(r),
-            Ok(Err(_)) => out.push(SubResult::default()),
+    for g in o.groups.drain(..) {
+        let abort = g.handle.abort_handle();
+        match tokio::time::timeout_at(deadline, g.handle).await {
+            Ok(Ok(r)) => out.extend(r),
+            Ok(Err(_)) => out.resize_with(out.len() + g.size, SubResult::default),
             Err(_) => {
                 abort.abort();
-                out.push(SubResult::default());
+                out.resize_with(out.len() + g.size, SubResult::default);
             }
         }
     }
