@@ -14,6 +14,7 @@ mod publish;
 mod redis;
 mod report;
 mod run;
+mod seqmax;
 mod sse;
 mod sse_client;
 mod storm;

@@ -108,7 +108,7 @@ pub fn build(
                 Some(p) => p,
                 None => {
                     let src = sources[slots.len() % sources.len()];
-                    let slot = H2Slot::new(tr.clone(), t.clone(), Some(src));
+                    let slot = H2Slot::new(tr.clone(), t.clone(), Some(src), per_conn);
                     slots.push(slot.clone());
                     filling.retain(|f| !(f.0 == t.addr && f.1 == t.host_header));
                     filling.push((t.addr, t.host_header.clone(), slot, 0));
@@ -485,11 +485,7 @@ impl Deliveries {
                 .iter_recorded()
                 .map(|v| (v.value_iterated_to(), v.count_at_value()))
                 .collect(),
-            per_seq_max_us: sh
-                .per_seq_max_us
-                .iter()
-                .map(|v| v.load(Ordering::Acquire))
-                .collect(),
+            per_seq_max_us: sh.per_seq_max_us.merged(),
             last_delivery_unix_ns: if last > 0 { base_unix + last } else { 0 },
         }
     }

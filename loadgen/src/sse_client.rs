@@ -5,6 +5,7 @@
 //! streams, waits the `retry:` it was told, and sends `Last-Event-ID`.
 
 use crate::conn::{OpenError, Opener};
+use crate::seqmax::SeqMax;
 use crate::sse::{Event, SseParser};
 use crate::target::Target;
 use hdrhistogram::Histogram;
@@ -145,7 +146,7 @@ pub struct Shared {
     pub frames: AtomicU64,
     pub body_bytes: AtomicU64,
     /// Per seq: 1 + max latency (µs) over subscribers; 0 = never received.
-    pub per_seq_max_us: Vec<AtomicU64>,
+    pub per_seq_max_us: SeqMax,
     shards: Vec<Mutex<Histogram<u64>>>,
     pub errors: Mutex<Vec<String>>,
 }
@@ -162,7 +163,7 @@ impl Shared {
             last_delivery_ns: AtomicU64::new(0),
             frames: AtomicU64::new(0),
             body_bytes: AtomicU64::new(0),
-            per_seq_max_us: (0..events).map(|_| AtomicU64::new(0)).collect(),
+            per_seq_max_us: SeqMax::new(events as usize),
             shards: (0..HIST_SHARDS)
                 .map(|_| Mutex::new(new_histogram()))
                 .collect(),
@@ -312,12 +313,7 @@ impl Tracker<'_> {
         if self.lat_buf.len() >= LAT_BATCH {
             self.flush();
         }
-        // Every subscriber gets the same seq at about the same time: read
-        // the shared maximum before writing it (no store when it is larger).
-        let max = &self.shared.per_seq_max_us[p.seq as usize];
-        if max.load(Ordering::Relaxed) < lat_us + 1 {
-            max.fetch_max(lat_us + 1, Ordering::Relaxed);
-        }
+        self.shared.per_seq_max_us.raise(p.seq as usize, lat_us + 1);
         self.unpublished += 1;
         if self.res.distinct == self.res.expected {
             self.mark_done();
