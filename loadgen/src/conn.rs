@@ -69,7 +69,12 @@ pub enum Body {
         raw: BytesMut,
         dec: BodyDecoder,
     },
-    H2(h2::RecvStream),
+    H2 {
+        recv: h2::RecvStream,
+        /// Received bytes not yet given back to the flow-control window.
+        unreleased: usize,
+        release_at: usize,
+    },
 }
 
 impl Body {
@@ -100,12 +105,24 @@ impl Body {
                 dec.decode(raw, out)?;
                 Ok(!dec.is_done())
             }
-            Body::H2(recv) => match recv.data().await {
+            Body::H2 {
+                recv,
+                unreleased,
+                release_at,
+            } => match recv.data().await {
                 None => Ok(false),
                 Some(Err(e)) => Err(format!("h2 stream: {e}")),
                 Some(Ok(b)) => {
                     out(&b);
-                    let _ = recv.flow_control().release_capacity(b.len());
+                    // Each release locks the connection's stream store,
+                    // which its driver task holds while it reads: give
+                    // capacity back in batches (`H2Slot::release_at`).
+                    *unreleased += b.len();
+                    if *unreleased >= *release_at {
+                        let _ = recv
+                            .flow_control()
+                            .release_capacity(std::mem::take(unreleased));
+                    }
                     Ok(true)
                 }
             },
@@ -214,6 +231,10 @@ pub struct H2Slot {
     state: tokio::sync::Mutex<SlotState>,
     /// Connections opened by this slot (the first one included).
     pub connects: AtomicU64,
+    /// Bytes a stream receives before it releases them to the windows: a
+    /// quarter of what its share of the windows allows, at most 16 KiB, so
+    /// that batching never stalls a stream or the connection.
+    release_at: usize,
 }
 
 #[derive(Default)]
@@ -229,8 +250,17 @@ struct SlotState {
 const SLOT_FAILURE_HOLD: Duration = Duration::from_millis(200);
 
 impl H2Slot {
-    pub fn new(transport: Arc<Transport>, target: Target, src: Option<Ipv4Addr>) -> Arc<Self> {
+    /// A slot for up to `streams` streams at a time.
+    pub fn new(
+        transport: Arc<Transport>,
+        target: Target,
+        src: Option<Ipv4Addr>,
+        streams: usize,
+    ) -> Arc<Self> {
+        let share = (transport.h2_conn_window as usize / streams.max(1))
+            .min(transport.h2_stream_window as usize);
         Arc::new(H2Slot {
+            release_at: (share / 4).clamp(1, 16 << 10),
             transport,
             target,
             src,
@@ -325,7 +355,11 @@ impl H2Slot {
             .and_then(|v| v.to_str().ok());
         Ok(Opened {
             event_stream: is_event_stream(ct),
-            body: Body::H2(resp.into_body()),
+            body: Body::H2 {
+                recv: resp.into_body(),
+                unreleased: 0,
+                release_at: self.release_at,
+            },
         })
     }
 }
@@ -362,6 +396,27 @@ mod tests {
         assert_eq!(r.headers()["last-event-id"], "7:1");
         let r = h2_request(&t, None).unwrap();
         assert!(r.headers().get("last-event-id").is_none());
+    }
+
+    #[test]
+    fn release_batches_fit_in_the_windows() {
+        let tr = |stream, conn| {
+            Arc::new(Transport {
+                h2: true,
+                tls: None,
+                connect_timeout: Duration::from_secs(1),
+                header_timeout: Duration::from_secs(1),
+                h2_stream_window: stream,
+                h2_conn_window: conn,
+            })
+        };
+        let t = parse_url("http://127.0.0.1:1/").unwrap();
+        let at = |s, c, n| H2Slot::new(tr(s, c), t.clone(), None, n).release_at;
+        assert_eq!(at(1 << 20, 16 << 20, 100), 16 << 10);
+        // 100 streams share 1 MiB: a quarter of each one's 10,485 bytes.
+        assert_eq!(at(65_535, 1 << 20, 100), 2_621);
+        assert_eq!(at(1_000, 1 << 20, 1), 250);
+        assert_eq!(at(1, 1, 100), 1);
     }
 
     #[test]

@@ -91,8 +91,8 @@ mod tests {
         });
         let t = crate::target::parse_url("http://127.0.0.1:1/").unwrap();
         let (a, b) = (
-            H2Slot::new(tr.clone(), t.clone(), None),
-            H2Slot::new(tr.clone(), t.clone(), None),
+            H2Slot::new(tr.clone(), t.clone(), None, 2),
+            H2Slot::new(tr.clone(), t.clone(), None, 2),
         );
         let openers = [
             Opener::H2(a.clone()),

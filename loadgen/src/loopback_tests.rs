@@ -285,7 +285,7 @@ async fn h2c_streams_share_one_connection() {
     let server = tokio::spawn(h2c_server(l, conns.clone()));
     let good = format!("http://{addr}/events/a");
     let bad = format!("http://{addr}/bad");
-    let slot = H2Slot::new(transport(true), parse_url(&good).unwrap(), None);
+    let slot = H2Slot::new(transport(true), parse_url(&good).unwrap(), None, 5);
     let url = |i: usize| if i == 4 { bad.clone() } else { good.clone() };
     let shared = deliver_all(5, url, |_| Opener::H2(slot.clone())).await;
     assert_eq!(shared.streaming(), 4);
@@ -414,7 +414,7 @@ async fn tls_h1_and_h2_streams_with_a_ca_file() {
     assert_eq!(shared.deliveries.load(Ordering::Acquire), 3);
 
     // HTTP/2 over TLS: six streams on one connection.
-    let slot = H2Slot::new(tls_transport(true, &ca), parse_url(&url).unwrap(), None);
+    let slot = H2Slot::new(tls_transport(true, &ca), parse_url(&url).unwrap(), None, 6);
     let shared = deliver_all(6, |_| url.clone(), |_| Opener::H2(slot.clone())).await;
     assert_eq!(shared.streaming(), 6);
     assert_eq!(shared.deliveries.load(Ordering::Acquire), 6);
@@ -430,6 +430,7 @@ async fn tls_h1_and_h2_streams_with_a_ca_file() {
         tls_transport(true, &dir.join("ca.pem")),
         parse_url(&url).unwrap(),
         None,
+        1,
     );
     let shared = Shared::new(0);
     let r = one_attempt(&url, Opener::H2(slot), &shared).await;
