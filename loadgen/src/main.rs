@@ -20,6 +20,7 @@ mod sse_client;
 mod storm;
 mod target;
 mod tls;
+mod tracker;
 
 use clap::{Args, Parser, Subcommand};
 use publish::{Format, PubCfg};

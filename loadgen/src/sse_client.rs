@@ -8,8 +8,8 @@ use crate::conn::{OpenError, Opener};
 use crate::seqmax::SeqMax;
 use crate::sse::{Event, SseParser};
 use crate::target::Target;
+use crate::tracker::Tracker;
 use hdrhistogram::Histogram;
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -17,8 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{watch, Semaphore};
 
-const HIST_SHARDS: usize = 32;
-const LAT_BATCH: usize = 256;
+pub(crate) const HIST_SHARDS: usize = 32;
 const MAX_ERRORS: usize = 8;
 /// Generations of a run: 0 = the first connect, 1 = after a storm's drop.
 pub const GENERATIONS: usize = 2;
@@ -147,7 +146,7 @@ pub struct Shared {
     pub body_bytes: AtomicU64,
     /// Per seq: 1 + max latency (µs) over subscribers; 0 = never received.
     pub per_seq_max_us: SeqMax,
-    shards: Vec<Mutex<Histogram<u64>>>,
+    pub(crate) shards: Vec<Mutex<Histogram<u64>>>,
     pub errors: Mutex<Vec<String>>,
 }
 
@@ -240,123 +239,6 @@ pub struct SubResult {
     pub ended_early: bool,
 }
 
-#[derive(Deserialize)]
-struct Probe {
-    seq: u64,
-    t: u64,
-}
-
-/// Seqs received, one bit each. Up to 256 inline: at the arrival of an
-/// event the subscriber's state is cold (10,000 of them), and every pointer
-/// followed is one more cache miss per delivery.
-enum Seen {
-    Inline([u64; 4]),
-    Heap(Vec<u64>),
-}
-
-impl Seen {
-    fn new(n: usize) -> Self {
-        if n <= 256 {
-            Seen::Inline([0; 4])
-        } else {
-            Seen::Heap(vec![0; n.div_ceil(64)])
-        }
-    }
-
-    /// Mark `i` received; false when it already was.
-    fn insert(&mut self, i: usize) -> bool {
-        let words: &mut [u64] = match self {
-            Seen::Inline(w) => w,
-            Seen::Heap(v) => v,
-        };
-        let (w, b) = (&mut words[i / 64], 1u64 << (i % 64));
-        let new = *w & b == 0;
-        *w |= b;
-        new
-    }
-}
-
-/// Per-subscriber bookkeeping; the spec's numbers are copied in so that an
-/// event touches this struct and not the spec too.
-struct Tracker<'a> {
-    events: u64,
-    stride: u64,
-    offset: u64,
-    shard: usize,
-    shared: &'a Shared,
-    seen: Seen,
-    res: SubResult,
-    lat_buf: Vec<u64>,
-    /// Deliveries not yet added to `Shared::deliveries`.
-    unpublished: u64,
-    counted_done: bool,
-}
-
-impl Tracker<'_> {
-    fn on_event(&mut self, ev: &Event) {
-        let Ok(p) = serde_json::from_slice::<Probe>(ev.data) else {
-            self.res.other_events += 1;
-            return;
-        };
-        let now = now_unix_nanos();
-        let lat_us = now.saturating_sub(p.t) / 1000;
-        if p.seq >= self.events || p.seq % self.stride != self.offset {
-            self.res.unexpected += 1;
-            return;
-        }
-        if !self.seen.insert((p.seq / self.stride) as usize) {
-            self.res.dups += 1;
-            return;
-        }
-        self.res.distinct += 1;
-        self.lat_buf.push(lat_us.max(1));
-        if self.lat_buf.len() >= LAT_BATCH {
-            self.flush();
-        }
-        self.shared.per_seq_max_us.raise(p.seq as usize, lat_us + 1);
-        self.unpublished += 1;
-        if self.res.distinct == self.res.expected {
-            self.mark_done();
-        }
-    }
-
-    /// Add this read's deliveries to the shared counters: once per read
-    /// (one HTTP/2 DATA frame, or what one socket read held), not per
-    /// event.
-    fn publish_counts(&mut self) {
-        if self.unpublished == 0 {
-            return;
-        }
-        let sh = self.shared;
-        sh.deliveries
-            .fetch_add(std::mem::take(&mut self.unpublished), Ordering::Relaxed);
-        sh.last_delivery_ns
-            .fetch_max(sh.since_base_ns(), Ordering::Relaxed);
-    }
-
-    fn mark_done(&mut self) {
-        // The controller reads the counters once everyone is done.
-        self.publish_counts();
-        if !self.counted_done {
-            self.counted_done = true;
-            self.shared.done.fetch_add(1, Ordering::AcqRel);
-        }
-    }
-
-    fn flush(&mut self) {
-        if self.lat_buf.is_empty() {
-            return;
-        }
-        let shard = &self.shared.shards[self.shard];
-        let mut h = lock(shard);
-        for &v in &self.lat_buf {
-            h.saturating_record(v);
-        }
-        drop(h);
-        self.lat_buf.clear();
-    }
-}
-
 /// splitmix64: small, seeded, reproducible (not for anything secret).
 pub struct Rng(u64);
 
@@ -412,21 +294,7 @@ pub async fn run_subscriber(
 ) -> SubResult {
     let expected = spec.expected();
     let policy = spec.policy.clone();
-    let mut tr = Tracker {
-        events: spec.events,
-        stride: spec.stride,
-        offset: spec.offset,
-        shard: spec.index % HIST_SHARDS,
-        shared: &shared,
-        seen: Seen::new(expected as usize),
-        res: SubResult {
-            expected,
-            ..Default::default()
-        },
-        lat_buf: Vec::new(),
-        unpublished: 0,
-        counted_done: false,
-    };
+    let mut tr = Tracker::new(&spec, &shared, expected);
     let mut rng = Rng::new(
         policy
             .seed
@@ -669,18 +537,6 @@ mod tests {
         assert_eq!(mk(10, 3, 2).expected(), 3); // 2,5,8
         assert_eq!(mk(2, 5, 4).expected(), 0);
         assert_eq!(mk(0, 1, 0).expected(), 0);
-    }
-
-    #[test]
-    fn seen_marks_each_seq_once() {
-        for n in [1, 256, 257, 1000] {
-            let mut s = Seen::new(n);
-            assert_eq!(matches!(s, Seen::Inline(_)), n <= 256);
-            for i in 0..n {
-                assert!(s.insert(i), "{i} of {n}");
-            }
-            assert!(!s.insert(0) && !s.insert(n - 1), "{n}");
-        }
     }
 
     #[test]
