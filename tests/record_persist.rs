@@ -26,6 +26,15 @@ fn persisted(chat: &Chat, path: &Path, extra: &str, record: &str) -> String {
     config(chat, &top, record)
 }
 
+/// A chat backend, and the config of a gateway that records its replies
+/// (`record`) and keeps the hub in a file of the returned directory.
+fn setup(record: &str) -> (tempfile::TempDir, Chat, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let chat = Chat::start("");
+    let conf = persisted(&chat, &dir.path().join("hub.bin"), "", record);
+    (dir, chat, conf)
+}
+
 fn stop(gw: &mut Gateway) {
     gw.signal("-TERM");
     assert_eq!(gw.wait_exit(WAIT), Some(0), "log:\n{}", gw.log());
@@ -44,10 +53,7 @@ fn expect_cut(rec: &str, evs: &[Ev], from: usize) -> usize {
 
 #[tokio::test]
 async fn a_recorded_reply_resumes_exactly_after_a_sigterm_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("hub.bin");
-    let chat = Chat::start("");
-    let conf = persisted(&chat, &path, "", "{ ttl: 1m }");
+    let (_dir, chat, conf) = setup("{ ttl: 1m }");
     let mut gw = Gateway::start(&conf);
     let mut reply = Reply::open(&client(), &gw.url("/chat"), ALICE).await;
     let rec = reply.record.clone();
@@ -85,10 +91,7 @@ async fn a_recorded_reply_resumes_exactly_after_a_sigterm_restart() {
 
 #[tokio::test]
 async fn a_reply_cut_by_sigkill_resumes_what_was_saved_then_ends() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("hub.bin");
-    let chat = Chat::start("");
-    let conf = persisted(&chat, &path, "", "{ ttl: 1m }");
+    let (_dir, chat, conf) = setup("{ ttl: 1m }");
     let mut gw = Gateway::start(&conf);
     let mut reply = Reply::open(&client(), &gw.url("/chat"), ALICE).await;
     let rec = reply.record.clone();
@@ -126,10 +129,7 @@ async fn a_reply_cut_by_sigkill_resumes_what_was_saved_then_ends() {
 
 #[tokio::test]
 async fn a_record_expires_after_a_restart_at_its_saved_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("hub.bin");
-    let chat = Chat::start("");
-    let conf = persisted(&chat, &path, "", "{ ttl: 2s }");
+    let (_dir, _chat, conf) = setup("{ ttl: 2s }");
     let mut gw = Gateway::start(&conf);
     let made = std::time::Instant::now();
     let mut reply = Reply::open(&client(), &gw.url("/chat?n=3&ms=10"), ALICE).await;
